@@ -1,0 +1,56 @@
+// Torch-free launchers of the Marlin-style W4A16 kernels (definitions in *.cu).
+// The binding layer (marlin_bindings.cpp) validates tensors and calls these.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace vmp {
+namespace marlin {
+
+enum class DType { kFloat16, kBFloat16 };
+
+// codes: uint8 [k, n] row-major, values 0..15. out: uint32 [k_pad/16, 2*n_pad], the
+// layout of marlin_layout.cuh; rows >= k and columns >= n are filled with code 0.
+// k_pad % 128 == 0, n_pad % 128 == 0, k <= k_pad, n <= n_pad.
+cudaError_t repack(const uint8_t* codes, int k, int n, int k_pad, int n_pad, uint32_t* out,
+                   cudaStream_t stream);
+
+// src: [g, n] 16-bit values (scales or zero points); dst: [g_pad, n_pad] with the
+// column permutation of marlin_layout.cuh; padding is zero. n_pad % 64 == 0.
+cudaError_t permute_groups(const uint16_t* src, int g, int n, int g_pad, int n_pad, uint16_t* dst,
+                           cudaStream_t stream);
+
+// How one GEMM call is split; computed on the host from the shape and the device.
+struct GemmPlan {
+  int m_blocks;         // 16-row blocks per M chunk (1..4)
+  int chunks;           // M chunks of 16*m_blocks rows
+  int units_per_block;  // k-tiles per block stripe
+  int grid;             // blocks launched (<= multiprocessors, all co-resident)
+  int stages;           // cp.async pipeline depth
+  int smem_bytes;
+  size_t reduce_floats;  // fp32 scratch needed for the cross-block reduction
+};
+
+// Fails (cudaErrorInvalidValue) when the device lacks the shared memory for any config.
+cudaError_t plan_gemm(int m, int n_pad, int k_pad, int device, GemmPlan* plan);
+
+struct GemmArgs {
+  DType dtype;
+  const void* x;       // [m, k_pad] activations, row-major, 16-byte aligned
+  const uint32_t* w;   // packed weight [k_pad/16, 2*n_pad]
+  const void* scales;  // [groups, n_pad], permuted group rows
+  const void* zeros;   // same shape as scales (zero points as values), or nullptr: zero point 8
+  void* out;           // [m, n] row-major
+  float* reduce;       // plan.reduce_floats floats, no initialisation needed
+  int* locks;          // >= plan.grid ints, zero before the call, zero again after it
+  int m, n, n_pad, k_pad;
+  int group_size;      // power of two >= 32 dividing k_pad, or -1 for one group (channelwise)
+};
+
+cudaError_t gemm(const GemmArgs& args, const GemmPlan& plan, cudaStream_t stream);
+
+}  // namespace marlin
+}  // namespace vmp

@@ -1,0 +1,169 @@
+// Torch binding of the Marlin-style W4A16 ops: checks every tensor, turns them into
+// pointers and calls the torch-free launchers of marlin.h on the current CUDA stream.
+// Fake (meta) implementations: vllm_machete_plugin/backends/marlin.py.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "../registration.h"
+#include "marlin.h"
+
+namespace vmp {
+namespace {
+
+namespace mk = vmp::marlin;
+constexpr int64_t kTile = 128;  // mk::kTileN == mk::kTileK; marlin_layout.cuh is CUDA-only
+constexpr int64_t kMaxDim = int64_t(1) << 30;
+
+void check_cuda_2d(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got device ", t.device(),
+              "; fix: move it to the GPU (.cuda())");
+  TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous (row-major), got strides ", t.strides(),
+              " for shape ", t.sizes(), "; fix: pass ", name, ".contiguous()");
+}
+
+void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but x is on ", ref.device(),
+              "; fix: keep all inputs on one GPU");
+}
+
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
+}
+
+at::Tensor marlin_repack(const at::Tensor& codes, int64_t k_pad, int64_t n_pad) {
+  const char* op = "vmp::marlin_repack";
+  check_cuda_2d(codes, op, "codes");
+  TORCH_CHECK(codes.scalar_type() == at::kByte, op, ": codes must be uint8 [K, N] with one 4-bit code per byte, got ",
+              codes.scalar_type(), "; fix: codes.to(torch.uint8)");
+  const int64_t k = codes.size(0), n = codes.size(1);
+  TORCH_CHECK(k_pad >= k && k_pad % kTile == 0 && k_pad <= kMaxDim, op, ": k_pad must be a multiple of ", kTile,
+              " and >= K=", k, ", got ", k_pad, "; fix: k_pad = ceil(K / 128) * 128");
+  TORCH_CHECK(n_pad >= n && n_pad % kTile == 0 && n_pad <= kMaxDim, op, ": n_pad must be a multiple of ", kTile,
+              " and >= N=", n, ", got ", n_pad, "; fix: n_pad = ceil(N / 128) * 128");
+  const c10::cuda::CUDAGuard guard(codes.device());
+  at::Tensor out = at::empty({k_pad / 16, 2 * n_pad}, codes.options().dtype(at::kInt));
+  check_launch(mk::repack(codes.data_ptr<uint8_t>(), static_cast<int>(k), static_cast<int>(n),
+                          static_cast<int>(k_pad), static_cast<int>(n_pad),
+                          reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>()), at::cuda::getCurrentCUDAStream()),
+               op);
+  return out;
+}
+
+at::Tensor marlin_permute_groups(const at::Tensor& src, int64_t g_pad, int64_t n_pad) {
+  const char* op = "vmp::marlin_permute_groups";
+  check_cuda_2d(src, op, "src");
+  TORCH_CHECK(src.scalar_type() == at::kHalf || src.scalar_type() == at::kBFloat16, op,
+              ": src must be float16 or bfloat16 [G, N] (scales or zero points in the activation dtype), got ",
+              src.scalar_type());
+  const int64_t g = src.size(0), n = src.size(1);
+  TORCH_CHECK(g_pad >= g && g_pad <= kMaxDim, op, ": g_pad must be >= G=", g, ", got ", g_pad);
+  TORCH_CHECK(n_pad >= n && n_pad % kTile == 0 && n_pad <= kMaxDim, op, ": n_pad must be a multiple of ", kTile,
+              " and >= N=", n, ", got ", n_pad, "; fix: n_pad = ceil(N / 128) * 128");
+  const c10::cuda::CUDAGuard guard(src.device());
+  at::Tensor out = at::empty({g_pad, n_pad}, src.options());
+  check_launch(mk::permute_groups(reinterpret_cast<const uint16_t*>(src.data_ptr()), static_cast<int>(g),
+                                  static_cast<int>(n), static_cast<int>(g_pad), static_cast<int>(n_pad),
+                                  reinterpret_cast<uint16_t*>(out.data_ptr()), at::cuda::getCurrentCUDAStream()),
+               op);
+  return out;
+}
+
+at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales,
+                       const std::optional<at::Tensor>& zeros, const at::Tensor& workspace, int64_t size_n,
+                       int64_t group_size) {
+  const char* op = "vmp::marlin_gemm";
+  check_cuda_2d(x, op, "x");
+  TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
+              ": x must be float16 or bfloat16, got ", x.scalar_type());
+  check_cuda_2d(w, op, "w");
+  check_same_device(w, x, op, "w");
+  TORCH_CHECK(w.scalar_type() == at::kInt, op, ": w must be the int32 output of vmp::marlin_repack, got ",
+              w.scalar_type());
+  TORCH_CHECK(w.size(0) % (kTile / 16) == 0 && w.size(1) % (2 * kTile) == 0 && w.numel() > 0, op,
+              ": w must be [K_pad/16, 2*N_pad] with K_pad, N_pad multiples of ", kTile, ", got shape ", w.sizes(),
+              "; fix: build it with vmp::marlin_repack");
+  const int64_t k_pad = w.size(0) * 16, n_pad = w.size(1) / 2;
+  TORCH_CHECK(k_pad <= kMaxDim && n_pad <= kMaxDim, op, ": w shape ", w.sizes(), " is too large");
+  TORCH_CHECK(x.size(1) == k_pad, op, ": x must be [M, K_pad] = [M, ", k_pad, "] to match w, got shape ", x.sizes(),
+              "; fix: zero-pad x's columns to K_pad (torch.nn.functional.pad(x, (0, K_pad - K)))");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, op,
+              ": x's data must be 16-byte aligned; fix: pass x.clone() instead of an offset view");
+  TORCH_CHECK(size_n >= 1 && size_n <= n_pad, op, ": size_n must be in [1, N_pad=", n_pad, "], got ", size_n);
+  const bool channelwise = group_size == -1;
+  TORCH_CHECK(channelwise || (group_size >= 32 && (group_size & (group_size - 1)) == 0 && k_pad % group_size == 0),
+              op, ": group_size must be -1 (channelwise) or a power of two >= 32 dividing K_pad=", k_pad, ", got ",
+              group_size);
+  const int64_t groups = channelwise ? 1 : k_pad / group_size;
+  check_cuda_2d(scales, op, "scales");
+  check_same_device(scales, x, op, "scales");
+  TORCH_CHECK(scales.scalar_type() == x.scalar_type(), op, ": scales dtype ", scales.scalar_type(),
+              " must equal x dtype ", x.scalar_type(), "; fix: convert scales before vmp::marlin_permute_groups");
+  TORCH_CHECK(scales.size(0) == groups && scales.size(1) == n_pad, op, ": scales must be [groups, N_pad] = [", groups,
+              ", ", n_pad, "], got ", scales.sizes(), "; fix: build them with vmp::marlin_permute_groups(s, ", groups,
+              ", ", n_pad, ")");
+  if (zeros.has_value()) {
+    const at::Tensor& z = *zeros;
+    check_cuda_2d(z, op, "zeros");
+    check_same_device(z, x, op, "zeros");
+    TORCH_CHECK(z.scalar_type() == x.scalar_type(), op, ": zeros dtype ", z.scalar_type(), " must equal x dtype ",
+                x.scalar_type(), " (zero points stored as values)");
+    TORCH_CHECK(z.sizes() == scales.sizes(), op, ": zeros must have the shape of scales ", scales.sizes(), ", got ",
+                z.sizes());
+  }
+  TORCH_CHECK(workspace.is_cuda() && workspace.scalar_type() == at::kInt && workspace.is_contiguous(), op,
+              ": workspace must be a contiguous int32 CUDA tensor, got ", workspace.scalar_type(), " on ",
+              workspace.device());
+  check_same_device(workspace, x, op, "workspace");
+
+  const int64_t m = x.size(0);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty({m, size_n}, x.options());
+  if (m == 0) return out;
+  TORCH_CHECK(m <= kMaxDim, op, ": M=", m, " is too large");
+
+  mk::GemmPlan plan;
+  check_launch(mk::plan_gemm(static_cast<int>(m), static_cast<int>(n_pad), static_cast<int>(k_pad), x.get_device(),
+                             &plan),
+               op);
+  TORCH_CHECK(workspace.numel() >= plan.grid, op, ": workspace has ", workspace.numel(), " ints, this call needs ",
+              plan.grid, "; fix: allocate torch.zeros(multiprocessor count, dtype=torch.int32) once per layer");
+  at::Tensor reduce = at::empty({static_cast<int64_t>(plan.reduce_floats)}, x.options().dtype(at::kFloat));
+
+  mk::GemmArgs args;
+  args.dtype = x.scalar_type() == at::kHalf ? mk::DType::kFloat16 : mk::DType::kBFloat16;
+  args.x = x.data_ptr();
+  args.w = reinterpret_cast<const uint32_t*>(w.data_ptr<int32_t>());
+  args.scales = scales.data_ptr();
+  args.zeros = zeros.has_value() ? zeros->data_ptr() : nullptr;
+  args.out = out.data_ptr();
+  args.reduce = reduce.data_ptr<float>();
+  args.locks = workspace.data_ptr<int32_t>();
+  args.m = static_cast<int>(m);
+  args.n = static_cast<int>(size_n);
+  args.n_pad = static_cast<int>(n_pad);
+  args.k_pad = static_cast<int>(k_pad);
+  args.group_size = static_cast<int>(group_size);
+  check_launch(mk::gemm(args, plan, at::cuda::getCurrentCUDAStream()), op);
+  return out;
+}
+
+}  // namespace
+
+void register_marlin_ops(torch::Library& m) {
+  m.def("marlin_repack(Tensor codes, SymInt k_pad, SymInt n_pad) -> Tensor");
+  m.def("marlin_permute_groups(Tensor src, SymInt g_pad, SymInt n_pad) -> Tensor");
+  m.def(
+      "marlin_gemm(Tensor x, Tensor w, Tensor scales, Tensor? zeros, Tensor workspace, SymInt size_n, "
+      "int group_size) -> Tensor");
+  m.impl("marlin_repack", torch::dispatch(c10::DispatchKey::CUDA, TORCH_FN(marlin_repack)));
+  m.impl("marlin_permute_groups", torch::dispatch(c10::DispatchKey::CUDA, TORCH_FN(marlin_permute_groups)));
+  m.impl("marlin_gemm", torch::dispatch(c10::DispatchKey::CUDA, TORCH_FN(marlin_gemm)));
+}
+
+}  // namespace vmp

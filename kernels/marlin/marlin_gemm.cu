@@ -1,0 +1,541 @@
+// Marlin-style W4A16 GEMM: Y[M, N] = X[M, K] . dequant(W)[K, N], fp32 accumulation.
+//
+// Block tile kTileK x kTileN (128 x 128), 256 threads = 2 warps along N (64 columns
+// each) x 4 warps along K (32 rows of every k-tile each); the 4 partial tiles are
+// summed in shared memory at the end of each slice. M is cut into chunks of 16*MB
+// rows (MB = 1..4). The work units are (n-tile, M chunk, k-tile) triples, numbered
+// with k-tile fastest; a "slice" is all k-tiles of one (n-tile, chunk) pair. Every
+// block takes one contiguous stripe of units_per_block units, so all SMs stay busy
+// whatever the tile count; a slice that spans several blocks is reduced in fp32
+// through global scratch, one block at a time, highest block first (that block
+// reaches the slice at the start of its stripe, so nobody waits for a whole stripe),
+// ordered by a per-slice lock that the last contributor resets to zero.
+//
+// Only sm_80 instructions are used (cp.async, ldmatrix, mma.sync m16n8k16, lop3).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <climits>
+
+#include "marlin.h"
+#include "marlin_layout.cuh"
+
+namespace vmp {
+namespace marlin {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarpsN = kTileN / kSubN;           // 2
+constexpr int kWarpsK = kThreads / 32 / kWarpsN;  // 4
+constexpr int kWarpRows = kTileK / kWarpsK;       // 32 consecutive k rows per warp and tile
+constexpr int kWarpSteps = kWarpRows / kSubK;     // 2 k16 steps per warp and tile
+constexpr int kMinGroup = kWarpRows;              // a group never splits a warp's rows
+constexpr int kMaxGroupRows = kTileK / kMinGroup;  // group rows one k-tile can touch
+constexpr int kMaxStages = 8;
+constexpr int kMaxMBlocks = 4;
+constexpr int kOneGroupShift = 30;  // group_shift for channelwise: (k >> 30) == 0 for any k
+
+constexpr int kARowBytes = kTileK * 2;
+constexpr int kBBytes = kTileK * kTileN / 2;
+constexpr int kSubBytes = kSubK * kSubN / 2;
+constexpr int kGroupRowBytes = kTileN * 2;
+constexpr int kGroupBytes = kMaxGroupRows * kGroupRowBytes;
+constexpr int kRedStride = kTileN + 8;  // floats; the pad spreads rows over the banks
+
+__host__ __device__ constexpr int a_bytes(int mb) { return mb * 16 * kARowBytes; }
+__host__ __device__ constexpr int stage_bytes(int mb) { return a_bytes(mb) + kBBytes + 2 * kGroupBytes; }
+__host__ __device__ constexpr int red_bytes(int mb) { return mb * 16 * kRedStride * 4; }
+
+static_assert(kBBytes / 16 % kThreads == 0, "weight tile must split evenly over the threads");
+static_assert(kTileK / 8 == 16, "activation rows are 16 chunks of 16 bytes (swizzle assumes it)");
+static_assert(kMaxGroupRows * kGroupRowBytes / 16 <= kThreads / 4, "group rows: one chunk per thread");
+
+// ---- PTX wrappers ----------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy; zero-fills the destination when !pred (src is not read then).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0)
+               : "memory");
+}
+
+__device__ __forceinline__ void cp_async16_hint(uint32_t dst, const void* src, uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "l"(policy)
+               : "memory");
+}
+
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Wait until at most n groups are pending (n = stages - 2 <= 6).
+__device__ __forceinline__ void cp_async_wait_dyn(int n) {
+  switch (n) {
+    case 0: cp_async_wait<0>(); break;
+    case 1: cp_async_wait<1>(); break;
+    case 2: cp_async_wait<2>(); break;
+    case 3: cp_async_wait<3>(); break;
+    case 4: cp_async_wait<4>(); break;
+    case 5: cp_async_wait<5>(); break;
+    default: cp_async_wait<6>(); break;
+  }
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// (a & kMask) | kMagic in one instruction.
+template <uint32_t kMask, uint32_t kMagic>
+__device__ __forceinline__ uint32_t and_or(uint32_t a) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "n"(kMask), "n"(kMagic));
+  return d;
+}
+
+__device__ __forceinline__ int ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void st_release(int* p, int v) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+template <typename T2>
+__device__ __forceinline__ T2 bits_to(uint32_t u) {
+  return *reinterpret_cast<T2*>(&u);
+}
+template <typename T2>
+__device__ __forceinline__ uint32_t to_bits(T2 v) {
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// ---- per-type pieces: dequantisation, mma, conversions ------------------------------
+// Group registers of one thread for its 8 columns (n8-blocks j = 0..7): scale s[j] and
+// the offsets that turn the magic-biased code into (q - z).
+template <typename T2>
+struct GroupRegs {
+  T2 s[8];
+  T2 lo[8];  // subtracted from (magic + q)
+  T2 hi[8];  // fp16 only: added to (magic + 16 q) / 16
+};
+
+template <typename T>
+struct Ops;
+
+template <>
+struct Ops<half> {
+  using T2 = half2;
+  static constexpr uint32_t kMagic = 0x64006400;  // 1024 in both halves: 1024 + q is exact
+  __device__ static T2 splat(half v) { return __half2half2(v); }
+  __device__ static void set_zero_point(GroupRegs<T2>& g, int j, half z) {
+    const half2 z2 = __half2half2(z);
+    g.lo[j] = __hadd2(z2, __float2half2_rn(1024.f));
+    g.hi[j] = __hneg2(__hadd2(z2, __float2half2_rn(64.f)));
+  }
+  // Word q -> B registers b[0..1] of n8-block 2w and b[2..3] of block 2w+1.
+  __device__ static void dequant(uint32_t q, const GroupRegs<T2>& g, int w, uint32_t (&b)[4]) {
+    const half2 inv16 = __float2half2_rn(0.0625f);
+    const uint32_t q8 = q >> 8;
+    const half2 p0 = bits_to<half2>(and_or<0x000F000F, kMagic>(q));   // 1024 + q, rows 2t / 2t+1
+    const half2 p1 = bits_to<half2>(and_or<0x00F000F0, kMagic>(q));   // 1024 + 16 q, rows +8
+    const half2 p2 = bits_to<half2>(and_or<0x000F000F, kMagic>(q8));
+    const half2 p3 = bits_to<half2>(and_or<0x00F000F0, kMagic>(q8));
+    const int j0 = 2 * w, j1 = 2 * w + 1;
+    b[0] = to_bits(__hmul2(__hsub2(p0, g.lo[j0]), g.s[j0]));
+    b[1] = to_bits(__hmul2(__hfma2(p1, inv16, g.hi[j0]), g.s[j0]));
+    b[2] = to_bits(__hmul2(__hsub2(p2, g.lo[j1]), g.s[j1]));
+    b[3] = to_bits(__hmul2(__hfma2(p3, inv16, g.hi[j1]), g.s[j1]));
+  }
+  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  __device__ static uint32_t pack2(float a, float b) { return to_bits(__floats2half2_rn(a, b)); }
+  __device__ static half from_float(float v) { return __float2half_rn(v); }
+};
+
+template <>
+struct Ops<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  static constexpr uint32_t kMagic = 0x43004300;  // 128 in both halves: 128 + q is exact
+  __device__ static T2 splat(__nv_bfloat16 v) { return __bfloat162bfloat162(v); }
+  __device__ static void set_zero_point(GroupRegs<T2>& g, int j, __nv_bfloat16 z) {
+    g.lo[j] = __hadd2(__bfloat162bfloat162(z), __float2bfloat162_rn(128.f));
+  }
+  __device__ static void dequant(uint32_t q, const GroupRegs<T2>& g, int w, uint32_t (&b)[4]) {
+    const T2 p0 = bits_to<T2>(and_or<0x000F000F, kMagic>(q));
+    const T2 p1 = bits_to<T2>(and_or<0x000F000F, kMagic>(q >> 4));
+    const T2 p2 = bits_to<T2>(and_or<0x000F000F, kMagic>(q >> 8));
+    const T2 p3 = bits_to<T2>(and_or<0x000F000F, kMagic>(q >> 12));
+    const int j0 = 2 * w, j1 = 2 * w + 1;
+    b[0] = to_bits(__hmul2(__hsub2(p0, g.lo[j0]), g.s[j0]));
+    b[1] = to_bits(__hmul2(__hsub2(p1, g.lo[j0]), g.s[j0]));
+    b[2] = to_bits(__hmul2(__hsub2(p2, g.lo[j1]), g.s[j1]));
+    b[3] = to_bits(__hmul2(__hsub2(p3, g.lo[j1]), g.s[j1]));
+  }
+  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  __device__ static uint32_t pack2(float a, float b) { return to_bits(__floats2bfloat162_rn(a, b)); }
+  __device__ static __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+};
+
+struct KernelParams {
+  const void* x;
+  const uint4* w;
+  const void* scales;
+  const void* zeros;
+  void* out;
+  float* reduce;
+  int* locks;
+  int m, n, n_pad, k_pad;
+  int group_shift;
+  int chunks, units_per_block, stages;
+};
+
+template <typename T, int MB>
+__global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const KernelParams p) {
+  using O = Ops<T>;
+  using T2 = typename O::T2;
+  extern __shared__ __align__(16) unsigned char smem[];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wn = warp % kWarpsN, wk = warp / kWarpsN;
+  const int n_tiles = p.n_pad / kTileN, k_tiles = p.k_pad / kTileK;
+  const int total = p.chunks * n_tiles * k_tiles;
+  const int u_begin = blockIdx.x * p.units_per_block;
+  const int u_end = min(total, u_begin + p.units_per_block);
+  if (u_begin >= u_end) return;
+
+  const int stage_sz = stage_bytes(MB);
+  float* red = reinterpret_cast<float*>(smem + p.stages * stage_sz);
+  const T* x = static_cast<const T*>(p.x);
+  const T* scales = static_cast<const T*>(p.scales);
+  const T* zeros = static_cast<const T*>(p.zeros);
+  const bool has_zeros = zeros != nullptr;
+  const int group_rows = max(1, kTileK >> p.group_shift);
+  const uint64_t policy = evict_first_policy();
+
+  // Position of a unit as (k-tile, chunk, n-tile), advanced one unit at a time.
+  struct Pos {
+    int kt, c, nt;
+  };
+  auto pos_of = [&](int u) {
+    const int slice = u / k_tiles;
+    return Pos{u - slice * k_tiles, slice % p.chunks, slice / p.chunks};
+  };
+  auto advance = [&](Pos& q) {
+    if (++q.kt == k_tiles) {
+      q.kt = 0;
+      if (++q.c == p.chunks) {
+        q.c = 0;
+        ++q.nt;
+      }
+    }
+  };
+
+  Pos ld = pos_of(u_begin);
+  auto load_tile = [&](int stage) {
+    const uint32_t s_a = smem_u32(smem + stage * stage_sz);
+    const uint32_t s_b = s_a + a_bytes(MB), s_s = s_b + kBBytes, s_z = s_s + kGroupBytes;
+    const int row0 = ld.c * MB * 16;
+#pragma unroll
+    for (int i = 0; i < MB; ++i) {  // activations: MB*16 rows x 16 chunks, rows >= m zero-filled
+      const int idx = tid + i * kThreads;
+      const int r = idx >> 4, ch = idx & 15;
+      const bool ok = row0 + r < p.m;
+      const T* src = x + (ok ? static_cast<size_t>(row0 + r) * p.k_pad + ld.kt * kTileK + ch * 8 : 0);
+      cp_async16(s_a + r * kARowBytes + ((ch ^ (r & 7)) << 4), src, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < kBBytes / 16 / kThreads; ++i) {  // weights: kTileK/16 runs of 1 KB
+      const int idx = tid + i * kThreads;
+      const int band = idx / (kTileN / kSubN * kSubBytes / 16), off = idx % (kTileN / kSubN * kSubBytes / 16);
+      const uint4* src = p.w +
+                         (static_cast<size_t>(ld.kt * (kTileK / kSubK) + band) * (p.n_pad / kSubN) +
+                          ld.nt * (kTileN / kSubN)) * (kSubBytes / 16) + off;
+      cp_async16_hint(s_b + idx * 16, src, policy);
+    }
+    const int grow0 = (ld.kt * kTileK) >> p.group_shift;
+    const int g_chunks = group_rows * (kGroupRowBytes / 16);
+    const int gi = tid & (kThreads / 4 - 1);
+    if (gi < g_chunks && (tid < kThreads / 4 || (has_zeros && tid < kThreads / 2))) {
+      const bool is_zero = tid >= kThreads / 4;
+      const int r = gi / (kGroupRowBytes / 16), ch = gi % (kGroupRowBytes / 16);
+      const T* src = (is_zero ? zeros : scales) + static_cast<size_t>(grow0 + r) * p.n_pad + ld.nt * kTileN + ch * 8;
+      cp_async16((is_zero ? s_z : s_s) + r * kGroupRowBytes + ch * 16, src, true);
+    }
+  };
+
+  int loaded = u_begin;
+  for (int s = 0; s < p.stages - 1; ++s) {
+    if (loaded < u_end) {
+      load_tile(s);
+      advance(ld);
+      ++loaded;
+    }
+    cp_async_commit();
+  }
+
+  GroupRegs<T2> gr;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) O::set_zero_point(gr, j, O::from_float(8.f));  // u4b8 until zeros load
+  float acc[MB][8][4];
+#pragma unroll
+  for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mb][j][e] = 0.f;
+
+  Pos cp = pos_of(u_begin);
+  int cur_group = -1, cur_nt = -1;
+  int read_stage = 0, write_stage = p.stages - 1;
+  for (int u = u_begin; u < u_end; ++u) {
+    cp_async_wait_dyn(p.stages - 2);
+    __syncthreads();
+    if (loaded < u_end) {
+      load_tile(write_stage);
+      advance(ld);
+      ++loaded;
+    }
+    cp_async_commit();
+    if (++write_stage == p.stages) write_stage = 0;
+
+    const unsigned char* stage = smem + read_stage * stage_sz;
+    if (++read_stage == p.stages) read_stage = 0;
+
+    // Group registers: one group covers all kWarpRows rows of this warp in this tile.
+    const int group = (cp.kt * kTileK + wk * kWarpRows) >> p.group_shift;
+    if (group != cur_group || cp.nt != cur_nt) {
+      cur_group = group;
+      cur_nt = cp.nt;
+      const int off = (group - ((cp.kt * kTileK) >> p.group_shift)) * kGroupRowBytes + wn * (kSubN * 2) +
+                      (lane >> 2) * 16;
+      const uint4 sv = *reinterpret_cast<const uint4*>(stage + a_bytes(MB) + kBBytes + off);
+      const T* s8 = reinterpret_cast<const T*>(&sv);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) gr.s[j] = O::splat(s8[j]);
+      if (has_zeros) {
+        const uint4 zv = *reinterpret_cast<const uint4*>(stage + a_bytes(MB) + kBBytes + kGroupBytes + off);
+        const T* z8 = reinterpret_cast<const T*>(&zv);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) O::set_zero_point(gr, j, z8[j]);
+      }
+    }
+
+    uint4 bq[kWarpSteps];
+    uint32_t af[kWarpSteps][MB][4];
+    const uint32_t s_a = smem_u32(stage);
+#pragma unroll
+    for (int s = 0; s < kWarpSteps; ++s) {
+      const int kk = wk * kWarpSteps + s;  // 16-row band inside the tile
+      bq[s] = *reinterpret_cast<const uint4*>(stage + a_bytes(MB) + (kk * kWarpsN + wn) * kSubBytes + lane * 16);
+#pragma unroll
+      for (int mb = 0; mb < MB; ++mb) {
+        const int r = mb * 16 + (lane & 15), ch = 2 * kk + (lane >> 4);
+        ldsm_x4(af[s][mb], s_a + r * kARowBytes + ((ch ^ (r & 7)) << 4));
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < kWarpSteps; ++s) {
+      const uint32_t words[4] = {bq[s].x, bq[s].y, bq[s].z, bq[s].w};
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        uint32_t b[4];
+        O::dequant(words[w], gr, w, b);
+#pragma unroll
+        for (int mb = 0; mb < MB; ++mb) {
+          O::mma(acc[mb][2 * w], af[s][mb], b[0], b[1]);
+          O::mma(acc[mb][2 * w + 1], af[s][mb], b[2], b[3]);
+        }
+      }
+    }
+
+    if (cp.kt == k_tiles - 1 || u == u_end - 1) {
+      // 1. Sum the kWarpsK partial tiles of this block in shared memory.
+      for (int r = 0; r < kWarpsK; ++r) {
+        if (wk == r) {
+#pragma unroll
+          for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+              const int row = mb * 16 + (lane >> 2), col = wn * kSubN + j * 8 + 2 * (lane & 3);
+              float2* p0 = reinterpret_cast<float2*>(red + row * kRedStride + col);
+              float2* p1 = reinterpret_cast<float2*>(red + (row + 8) * kRedStride + col);
+              float2 v0 = make_float2(acc[mb][j][0], acc[mb][j][1]);
+              float2 v1 = make_float2(acc[mb][j][2], acc[mb][j][3]);
+              if (r > 0) {
+                const float2 o0 = *p0, o1 = *p1;
+                v0.x += o0.x; v0.y += o0.y; v1.x += o1.x; v1.y += o1.y;
+              }
+              *p0 = v0;
+              *p1 = v1;
+            }
+        }
+        __syncthreads();
+      }
+      // 2. Combine with the other blocks of this slice, then write the output.
+      const int slice_first = (cp.nt * p.chunks + cp.c) * k_tiles;
+      const int first_block = slice_first / p.units_per_block;
+      const int last_block = (slice_first + k_tiles - 1) / p.units_per_block;
+      const bool split = first_block != last_block;
+      const int order = last_block - static_cast<int>(blockIdx.x);  // 0 contributes first
+      const bool writes_out = static_cast<int>(blockIdx.x) == first_block;
+      float* gbuf = p.reduce + static_cast<size_t>(first_block) * (MB * 16 * kTileN);
+      if (split && order > 0) {
+        if (tid == 0)
+          while (ld_acquire(p.locks + first_block) != order) {
+          }
+        __syncthreads();
+      }
+      const int row0 = cp.c * MB * 16;
+      const int rows = min(MB * 16, p.m - row0);
+      T* out = static_cast<T*>(p.out);
+      const bool vec_out = (p.n & 3) == 0;
+      for (int i = tid; i < rows * (kTileN / 4); i += kThreads) {
+        const int r = i / (kTileN / 4), c4 = (i % (kTileN / 4)) * 4;
+        float4 v = *reinterpret_cast<const float4*>(red + r * kRedStride + c4);
+        if (split && order > 0) {
+          const float4 o = __ldcg(reinterpret_cast<const float4*>(gbuf + r * kTileN + c4));
+          v.x += o.x; v.y += o.y; v.z += o.z; v.w += o.w;
+        }
+        if (!writes_out) {
+          __stcg(reinterpret_cast<float4*>(gbuf + r * kTileN + c4), v);
+          continue;
+        }
+        const int col = cp.nt * kTileN + c4;
+        if (col >= p.n) continue;
+        T* dst = out + static_cast<size_t>(row0 + r) * p.n + col;
+        if (vec_out) {
+          *reinterpret_cast<uint2*>(dst) = make_uint2(O::pack2(v.x, v.y), O::pack2(v.z, v.w));
+        } else {
+          const float vals[4] = {v.x, v.y, v.z, v.w};
+          for (int e = 0; e < 4 && col + e < p.n; ++e) dst[e] = O::from_float(vals[e]);
+        }
+      }
+      if (split) {
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) st_release(p.locks + first_block, writes_out ? 0 : order + 1);
+      }
+#pragma unroll
+      for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mb][j][e] = 0.f;
+    }
+    advance(cp);
+  }
+}
+
+template <typename T>
+const void* kernel_for(int mb) {
+  switch (mb) {
+    case 1: return reinterpret_cast<const void*>(&gemm_kernel<T, 1>);
+    case 2: return reinterpret_cast<const void*>(&gemm_kernel<T, 2>);
+    case 3: return reinterpret_cast<const void*>(&gemm_kernel<T, 3>);
+    case 4: return reinterpret_cast<const void*>(&gemm_kernel<T, 4>);
+    default: return nullptr;
+  }
+}
+
+int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
+
+}  // namespace
+
+cudaError_t plan_gemm(int m, int n_pad, int k_pad, int device, GemmPlan* plan) {
+  if (m <= 0 || n_pad <= 0 || k_pad <= 0 || n_pad % kTileN || k_pad % kTileK) return cudaErrorInvalidValue;
+  int sms = 0, smem_optin = 0;
+  cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err != cudaSuccess) return err;
+
+  // Fewest chunks of at most 64 rows, balanced; fewer rows per chunk when shared memory
+  // cannot hold 3 pipeline stages of the larger tile (sm_86/sm_89 have ~100 KB).
+  int chunks = ceil_div(m, kMaxMBlocks * 16);
+  int mb = ceil_div(m, 16LL * chunks);
+  int stages = 0;
+  for (;;) {
+    stages = std::min(kMaxStages, (smem_optin - red_bytes(mb)) / stage_bytes(mb));
+    if (stages >= 3 || mb == 1) break;
+    --mb;
+    chunks = ceil_div(m, 16LL * mb);
+  }
+  if (stages < 2) return cudaErrorInvalidValue;
+  const long long total = static_cast<long long>(chunks) * (n_pad / kTileN) * (k_pad / kTileK);
+  if (total > INT_MAX) return cudaErrorInvalidValue;
+  const int units = ceil_div(total, sms);
+  plan->m_blocks = mb;
+  plan->chunks = chunks;
+  plan->units_per_block = units;
+  plan->grid = ceil_div(total, units);
+  plan->stages = stages;
+  plan->smem_bytes = stages * stage_bytes(mb) + red_bytes(mb);
+  plan->reduce_floats = static_cast<size_t>(plan->grid) * mb * 16 * kTileN;
+  return cudaSuccess;
+}
+
+cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
+  if (a.n_pad % kTileN || a.k_pad % kTileK || a.n > a.n_pad || a.n <= 0 || a.m <= 0)
+    return cudaErrorInvalidValue;
+  int shift = kOneGroupShift;
+  if (a.group_size != -1) {
+    if (a.group_size < kMinGroup || (a.group_size & (a.group_size - 1)) || a.k_pad % a.group_size)
+      return cudaErrorInvalidValue;
+    shift = __builtin_ctz(static_cast<unsigned>(a.group_size));
+  }
+  const void* fn = a.dtype == DType::kFloat16 ? kernel_for<half>(plan.m_blocks)
+                                              : kernel_for<__nv_bfloat16>(plan.m_blocks);
+  if (fn == nullptr || plan.stages < 2 || plan.stages > kMaxStages) return cudaErrorInvalidValue;
+  cudaError_t err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
+  if (err != cudaSuccess) return err;
+
+  KernelParams p;
+  p.x = a.x;
+  p.w = reinterpret_cast<const uint4*>(a.w);
+  p.scales = a.scales;
+  p.zeros = a.zeros;
+  p.out = a.out;
+  p.reduce = a.reduce;
+  p.locks = a.locks;
+  p.m = a.m;
+  p.n = a.n;
+  p.n_pad = a.n_pad;
+  p.k_pad = a.k_pad;
+  p.group_shift = shift;
+  p.chunks = plan.chunks;
+  p.units_per_block = plan.units_per_block;
+  p.stages = plan.stages;
+  void* kargs[] = {&p};
+  return cudaLaunchKernel(fn, dim3(plan.grid), dim3(kThreads), kargs, static_cast<size_t>(plan.smem_bytes),
+                          stream);
+}
+
+}  // namespace marlin
+}  // namespace vmp

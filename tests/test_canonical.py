@@ -1,0 +1,83 @@
+"""CanonicalW4, bit packing helpers, reference dequant, act-order sorting."""
+import pytest
+import torch
+
+from vllm_machete_plugin.act_order import ActOrderSplitError, sort_by_group
+from vllm_machete_plugin.backends.reference import reference_mm
+from vllm_machete_plugin.canonical import CanonicalW4, dequantize, pack_int4, unpack_int4
+
+
+def _rand_w(k=64, n=16, g=16, zeros=False, seed=0, dtype=torch.float16):
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (k, n), generator=gen, dtype=torch.uint8)
+    scales = (torch.rand(k // g, n, generator=gen) * 0.1 + 0.01).to(dtype)
+    z = torch.randint(0, 16, (k // g, n), generator=gen, dtype=torch.uint8) if zeros else None
+    return CanonicalW4(codes, scales, z, g)
+
+
+def test_pack_int4_matches_hand_arithmetic():
+    vals = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 15]], dtype=torch.uint8)
+    word = sum(int(v) << (4 * j) for j, v in enumerate(vals[0]))
+    expected = word - 2**32 if word >= 2**31 else word
+    assert pack_int4(vals, dim=1).tolist() == [[expected]]
+    order = [0, 2, 4, 6, 1, 3, 5, 7]
+    word_o = sum(int(vals[0, order[j]]) << (4 * j) for j in range(8))
+    expected_o = word_o - 2**32 if word_o >= 2**31 else word_o
+    assert pack_int4(vals, dim=1, order=order).tolist() == [[expected_o]]
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("order", [None, [0, 2, 4, 6, 1, 3, 5, 7]])
+def test_pack_unpack_roundtrip(dim, order):
+    x = torch.randint(0, 16, (16, 24), dtype=torch.uint8)
+    p = pack_int4(x, dim, order)
+    assert p.dtype == torch.int32 and p.shape[dim] == x.shape[dim] // 8
+    assert torch.equal(unpack_int4(p, dim, order), x)
+
+
+def test_pack_rejects_non_multiple_of_8():
+    with pytest.raises(ValueError, match="not a multiple of 8"):
+        pack_int4(torch.zeros(3, 12, dtype=torch.uint8), dim=1)
+
+
+def test_dequantize_formula():
+    w = _rand_w(zeros=True)
+    k = torch.arange(w.k)
+    expected = (w.codes.float() - w.zeros.float()[k // w.group_size]) * w.scales.float()[k // w.group_size]
+    assert torch.equal(dequantize(w), expected)
+    sym = _rand_w(zeros=False)
+    assert torch.equal(dequantize(sym), (sym.codes.float() - 8) * sym.scales.float()[k // sym.group_size])
+
+
+def test_validate_names_the_problem():
+    w = _rand_w()
+    with pytest.raises(ValueError, match=r"layer.x: scales shape \(3, 16\), expected \(4, 16\)"):
+        CanonicalW4(w.codes, w.scales[:3], None, 16).validate("layer.x")
+    with pytest.raises(ValueError, match="group size 48 does not divide K=64"):
+        CanonicalW4(w.codes, w.scales, None, 48).validate("layer.x")
+
+
+def _act_order(w: CanonicalW4, seed=1) -> CanonicalW4:
+    """GPTQ desc_act: group j holds rows perm[j*g:(j+1)*g]."""
+    perm = torch.randperm(w.k, generator=torch.Generator().manual_seed(seed))
+    g_idx = torch.empty(w.k, dtype=torch.int32)
+    g_idx[perm] = (torch.arange(w.k) // w.group_size).to(torch.int32)
+    return CanonicalW4(w.codes, w.scales, w.zeros, w.group_size, g_idx)
+
+
+@pytest.mark.parametrize("zeros", [False, True])
+def test_sort_by_group_preserves_product(zeros):
+    w = _act_order(_rand_w(zeros=zeros))
+    x = torch.randn(5, w.k, dtype=torch.float16)
+    ws, perm = sort_by_group(w)
+    assert ws.g_idx is None
+    assert torch.equal(ws.group_of_rows(), torch.arange(w.k) // w.group_size)
+    torch.testing.assert_close(reference_mm(x[:, perm], ws).float(), reference_mm(x, w).float(),
+                               rtol=1e-3, atol=1e-2)
+
+
+def test_sort_by_group_refuses_straddling_groups():
+    w = _act_order(_rand_w(k=64, g=16))
+    half = CanonicalW4(w.codes[:32], w.scales, w.zeros, 16, w.g_idx[:32])  # a TP=2 K slice
+    with pytest.raises(ActOrderSplitError, match="tensor_parallel_size=1"):
+        sort_by_group(half, where="model.layers.0.mlp.down_proj")

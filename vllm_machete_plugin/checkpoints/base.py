@@ -1,0 +1,88 @@
+"""The contract every checkpoint format module implements (gptq.py, awq.py,
+compressed_tensors.py). A format module owns everything about its on-disk layout:
+parsing/validating config.json's quantization_config, which layers are quantized,
+the vLLM parameters that receive the tensors (so vLLM's weight loaders do the
+merged-qkv/gate_up and tensor-parallel slicing), the exact unpacking into
+CanonicalW4, and the exact packing from CanonicalW4 (used by the tiny checkpoint
+builder and by round-trip tests)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Mapping, Optional
+
+import torch
+
+from ..canonical import CanonicalW4
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or config we cannot serve. Messages name the layer/tensor,
+    the expected and actual value, and the fix."""
+
+
+@dataclass(frozen=True)
+class LayerScheme:
+    """How one linear layer is quantized, resolved from the format's config."""
+    bits: int
+    group_size: int      # as in the checkpoint: -1 means channelwise
+    sym: bool            # True: codes are u4b8 (zero point 8), no zeros tensor used
+    act_order: bool      # a g_idx tensor is loaded and used
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Geometry of one layer partition, as vLLM hands it to create_weights."""
+    k: int                          # input_size_per_partition
+    output_sizes: tuple[int, ...]   # output_partition_sizes (per logical shard)
+    k_full: int                     # input_size (whole layer)
+    n_full: int                     # output_size (whole layer)
+
+    @property
+    def n(self) -> int:
+        return sum(self.output_sizes)
+
+    @property
+    def k_split(self) -> bool:
+        """Row-parallel layer whose K is split across tensor-parallel ranks."""
+        return self.k != self.k_full
+
+    def group_size(self, scheme: LayerScheme) -> int:
+        """Canonical group size of this partition (channelwise -> K of the partition)."""
+        return self.k if scheme.group_size == -1 else scheme.group_size
+
+
+class CheckpointFormat:
+    """One instance per model, built from the raw quantization_config dict. Must be
+    picklable (it travels inside vLLM's config to engine and worker processes)."""
+    name: ClassVar[str]              # the quant_method in config.json
+
+    def __init__(self, raw: dict):
+        raise NotImplementedError
+
+    def scheme_for(self, prefix: str, packed_modules_mapping: Mapping[str, list[str]]) -> Optional[LayerScheme]:
+        """The scheme for the linear layer at `prefix` (vLLM module name), or None when
+        the checkpoint leaves it unquantized. Fused layers (qkv_proj, gate_up_proj) are
+        expanded through packed_modules_mapping; shards that disagree raise CheckpointError."""
+        raise NotImplementedError
+
+    def create_weights(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
+                       params_dtype: torch.dtype, weight_loader: Callable) -> None:
+        """Register the checkpoint's tensors for this layer as vLLM parameters."""
+        raise NotImplementedError
+
+    def to_canonical(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
+                     where: str) -> CanonicalW4:
+        """Read the loaded parameters into CanonicalW4 (on their device). Raises
+        CheckpointError naming `where` when a tensor is missing or malformed."""
+        raise NotImplementedError
+
+    @staticmethod
+    def pack(w: CanonicalW4, scheme: LayerScheme) -> dict[str, torch.Tensor]:
+        """Inverse of to_canonical for a whole (unpartitioned) layer: the tensors exactly
+        as the format's own tool writes them (suffixes like 'qweight', 'scales')."""
+        raise NotImplementedError
+
+    @staticmethod
+    def quantization_config(scheme: LayerScheme, **kw) -> dict:
+        """The config.json quantization_config this format's tool writes for `scheme`."""
+        raise NotImplementedError

@@ -1,0 +1,109 @@
+"""The `machete` QuantizationConfig: claims GPTQ / AWQ / compressed-tensors W4A16
+checkpoints, but only when the user asked for `--quantization machete`."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMethod
+from vllm.model_executor.layers.quantization import (get_quantization_config,
+                                                     register_quantization_config)
+from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
+
+from . import QUANTIZATION_NAME
+from .checkpoints import FORMATS, format_for
+from .checkpoints.base import CheckpointError
+
+
+def normalize_quant_config(raw: dict) -> dict:
+    """Fill in quant_method for legacy files that lack it (quantize_config.json of
+    AutoGPTQ, quant_config.json of AutoAWQ) and normalise its spelling."""
+    raw = dict(raw)
+    qm = str(raw.get("quant_method", "")).lower().replace("compressed_tensors", "compressed-tensors")
+    if not qm:
+        if "w_bit" in raw or "zero_point" in raw or "version" in raw:
+            qm = "awq"
+        elif "bits" in raw:
+            qm = "gptq"
+    raw["quant_method"] = qm
+    return raw
+
+
+class MacheteConfig(QuantizationConfig):
+    """One per model. Holds the raw quantization_config and the parsed format
+    (both picklable: vLLM ships this object to engine and worker processes)."""
+
+    def __init__(self, raw: dict):
+        super().__init__()
+        self.raw = normalize_quant_config(raw)
+        self.fmt = format_for(self.raw)
+
+    def __repr__(self) -> str:
+        return f"MacheteConfig(format={self.fmt.name})"
+
+    def get_name(self) -> str:
+        return QUANTIZATION_NAME
+
+    def get_supported_act_dtypes(self) -> list[torch.dtype]:
+        return [torch.float16, torch.bfloat16]
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 80
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        # Only consulted when config.json has no quantization_config (old GPTQ/AWQ repos).
+        return ["quantize_config.json", "quant_config.json"]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "MacheteConfig":
+        return cls(config)
+
+    @classmethod
+    def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None) -> Optional[str]:
+        """Claim the checkpoint only when the user asked for `machete`; then refuse
+        unsupported checkpoints here, at config time, with the reason."""
+        if user_quant != QUANTIZATION_NAME:
+            return None
+        raw = normalize_quant_config(hf_quant_cfg or {})
+        if raw["quant_method"] not in FORMATS:
+            raise CheckpointError(
+                f"--quantization {QUANTIZATION_NAME} serves {', '.join(sorted(FORMATS))} W4A16 "
+                f"checkpoints; this checkpoint's quant_method is {raw['quant_method'] or 'missing'!r}. "
+                f"Fix: drop --quantization {QUANTIZATION_NAME} to use vLLM's own method for it.")
+        format_for(raw)  # validates the whole config; raises CheckpointError with details
+        return QUANTIZATION_NAME
+
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str):
+        if isinstance(layer, LinearBase):
+            scheme = self.fmt.scheme_for(prefix, self.packed_modules_mapping)
+            if scheme is None:
+                return UnquantizedLinearMethod()
+            from .linear_method import MacheteLinearMethod
+            return MacheteLinearMethod(self, scheme, prefix)
+        if _is_moe(layer):
+            raise CheckpointError(
+                f"{prefix}: mixture-of-experts layers are not supported by --quantization "
+                f"{QUANTIZATION_NAME} yet. Fix: serve this model with vLLM's built-in method "
+                f"(drop --quantization {QUANTIZATION_NAME}).")
+        return None  # embeddings, lm_head, attention: vLLM's unquantized defaults
+
+
+def _is_moe(layer: torch.nn.Module) -> bool:
+    try:
+        from vllm.model_executor.layers.fused_moe import RoutedExperts
+    except ImportError:  # pragma: no cover - layout of other vLLM versions
+        return False
+    return isinstance(layer, RoutedExperts)
+
+
+def register_config() -> None:
+    """Idempotent: vLLM loads plugins once per process, but tests and users may call
+    register() again; re-registering would only log, but we skip it entirely."""
+    try:
+        registered = get_quantization_config(QUANTIZATION_NAME) is MacheteConfig
+    except ValueError:  # name unknown to vLLM yet
+        registered = False
+    if not registered:
+        register_quantization_config(QUANTIZATION_NAME)(MacheteConfig)

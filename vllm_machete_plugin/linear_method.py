@@ -1,0 +1,75 @@
+"""MacheteLinearMethod: create the checkpoint's parameters, repack them once after
+loading into the chosen backend's layout, and run the backend every forward."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from vllm.model_executor.layers.linear import (LinearMethodBase,
+                                               register_weight_loader_v2_supported_method)
+
+from . import backends
+from .act_order import sort_by_group
+from .backends.base import LayerSpec
+from .checkpoints.base import LayerScheme, Partition
+
+_PREFIX = "vmp_"  # prepared tensors are registered on the layer as vmp_<name>
+
+
+@register_weight_loader_v2_supported_method
+class MacheteLinearMethod(LinearMethodBase):
+    def __init__(self, config, scheme: LayerScheme, prefix: str):
+        self.config = config
+        self.scheme = scheme
+        self.prefix = prefix
+
+    def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
+                       output_partition_sizes: list[int], input_size: int, output_size: int,
+                       params_dtype: torch.dtype, **extra_weight_attrs):
+        part = Partition(k=input_size_per_partition, output_sizes=tuple(output_partition_sizes),
+                         k_full=input_size, n_full=output_size)
+        before = set(layer._parameters)
+        self.config.fmt.create_weights(layer, self.scheme, part, params_dtype,
+                                       extra_weight_attrs["weight_loader"])
+        layer.vmp_checkpoint_params = tuple(n for n in layer._parameters if n not in before)
+        layer.vmp_partition = part
+        layer.vmp_params_dtype = params_dtype
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        part: Partition = layer.vmp_partition
+        w = self.config.fmt.to_canonical(layer, self.scheme, part, where=self.prefix)
+        spec = LayerSpec(k=part.k, n=part.n, group_size=w.group_size, has_zeros=w.zeros is not None,
+                         act_dtype=layer.vmp_params_dtype, act_order=w.g_idx is not None,
+                         k_split=part.k_split)
+        backend = backends.select(spec, self.prefix)
+        perm: Optional[torch.Tensor] = None
+        if w.g_idx is not None and backend.name != "reference":
+            w, perm = sort_by_group(w, where=self.prefix)
+        if w.scales.dtype != spec.act_dtype:
+            w.scales = w.scales.to(spec.act_dtype)
+        prepared = backend.prepare(spec, w)
+        # Drop the checkpoint-layout parameters before keeping the repacked ones, so a
+        # layer never holds both longer than this call (peak = one layer's extra copy).
+        for name in layer.vmp_checkpoint_params:
+            delattr(layer, name)
+        del w
+        for name, t in prepared.items():
+            layer.register_parameter(_PREFIX + name, torch.nn.Parameter(t, requires_grad=False))
+        if perm is not None:
+            layer.register_parameter(_PREFIX + "perm", torch.nn.Parameter(perm, requires_grad=False))
+        layer.vmp_backend = backend
+        layer.vmp_spec = spec
+        layer.vmp_weight_names = tuple(prepared)
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor,
+              bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        spec: LayerSpec = layer.vmp_spec
+        x2 = x.reshape(-1, spec.k)
+        perm = getattr(layer, _PREFIX + "perm", None)
+        if perm is not None:
+            x2 = x2.index_select(1, perm)
+        weights = {n: getattr(layer, _PREFIX + n) for n in layer.vmp_weight_names}
+        y = layer.vmp_backend.apply(spec, weights, x2.contiguous())
+        if bias is not None:
+            y = y + bias
+        return y.reshape(*x.shape[:-1], spec.n)
