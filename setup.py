@@ -8,9 +8,19 @@ Environment:
   VMP_SKIP_KERNELS=1  build no kernels.
   MAX_JOBS         parallel nvcc jobs (torch's BuildExtension honours it).
   PYTORCH_NVCC     compiler launcher, e.g. "ccache nvcc".
+  CUTLASS_DIR      CUTLASS source tree (a dir with include/ and tools/util/include/)
+                   for the Machete extension; default: the nvidia-cutlass wheel's
+                   cutlass_library/source.
+
+A second extension, vllm_machete_plugin._machete_C (Machete, sm_90a only), is built
+when VMP_CUDA_ARCHS contains 90 or 90a. Its compiles run through
+kernels/machete/nvcc_guard.py, which fails the build if ptxas serializes a wgmma
+pipeline (C7509..C7515).
 """
 import glob
+import importlib.util
 import os
+import sys
 
 from setuptools import setup
 
@@ -37,6 +47,19 @@ def _cuda_toolchain():
     return torch, ""
 
 
+def _pip_cuda_includes():
+    """Headers of the CUDA libraries torch was installed with (cusparse.h, cublas...):
+    torch's ATen/cuda headers include them, and a bare toolkit may lack them."""
+    import importlib.util
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    found = []
+    for base in spec.submodule_search_locations:
+        found += sorted(glob.glob(os.path.join(base, "cu1*", "include")))
+    return found
+
+
 def _ext_modules():
     torch, why = _cuda_toolchain()
     if torch is None:
@@ -49,13 +72,15 @@ def _ext_modules():
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = ["kernels/torch_bindings.cpp"] + rel("kernels/marlin/*.cpp") + rel("kernels/marlin/*.cu")
     define = [("VMP_CUDA_ARCHS", '"' + ",".join(archs) + '"')]
+    # Searched after the toolkit's own headers, so they only fill what it lacks.
+    late_includes = [f for d in _pip_cuda_includes() for f in ("-idirafter", d)]
     ext = CUDAExtension(
         name="vllm_machete_plugin._C",
         sources=sources,
         include_dirs=[os.path.join(ROOT, "kernels")],
         define_macros=define,
         extra_compile_args={
-            "cxx": ["-O3", "-std=c++17"],
+            "cxx": ["-O3", "-std=c++17", *late_includes],
             "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
                      "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
                      "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__",
@@ -63,7 +88,68 @@ def _ext_modules():
         },
         py_limited_api=False,
     )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    exts = [ext]
+    if any(a in ("90", "90a") for a in archs):
+        exts.append(_machete_extension(CUDAExtension, rel))
+    return exts, {"build_ext": _machete_guarded(BuildExtension).with_options(use_ninja=True)}
+
+
+def _cutlass_dirs():
+    root = os.environ.get("CUTLASS_DIR")
+    if not root:
+        spec = importlib.util.find_spec("cutlass_library")
+        if spec is None or spec.origin is None:
+            raise RuntimeError(
+                "[vllm-machete-plugin] the Machete kernels (sm_90a) need CUTLASS 4.2 headers: "
+                "`pip install nvidia-cutlass==4.2.0.0`, or set CUTLASS_DIR to a CUTLASS tree, or build "
+                "without Hopper (VMP_CUDA_ARCHS without 90).")
+        root = os.path.join(os.path.dirname(spec.origin), "source")
+    root = os.path.abspath(os.path.join(ROOT, root))
+    dirs = [os.path.join(root, "include"), os.path.join(root, "tools", "util", "include")]
+    missing = [d for d in dirs if not os.path.isdir(d)]
+    if missing:
+        raise RuntimeError(f"[vllm-machete-plugin] CUTLASS headers not found: {missing} (CUTLASS_DIR={root})")
+    return dirs
+
+
+def _machete_extension(CUDAExtension, rel):
+    sources = rel("kernels/machete/*.cpp") + rel("kernels/machete/*.cu")
+    return CUDAExtension(
+        name="vllm_machete_plugin._machete_C",
+        sources=sources,
+        include_dirs=[os.path.join(ROOT, "kernels", "machete")] + _cutlass_dirs(),
+        extra_compile_args={
+            "cxx": ["-O3", "-std=c++17", *late_includes],
+            "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-DNDEBUG", "-lineinfo",
+                     "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+                     "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__",
+                     "-gencode=arch=compute_90a,code=sm_90a"],
+        },
+        py_limited_api=False,
+    )
+
+
+def _machete_guarded(BuildExtension):
+    """BuildExtension whose nvcc, for _machete_C only, runs through nvcc_guard.py."""
+    guard = os.path.join(ROOT, "kernels", "machete", "nvcc_guard.py")
+
+    class Build(BuildExtension):
+        def build_extension(self, ext):
+            if not ext.name.endswith("._machete_C"):
+                return super().build_extension(ext)
+            from torch.utils.cpp_extension import CUDA_HOME
+            before = os.environ.get("PYTORCH_NVCC")
+            inner = before or os.path.join(CUDA_HOME, "bin", "nvcc")
+            os.environ["PYTORCH_NVCC"] = f"{sys.executable} {guard} {inner}"
+            try:
+                return super().build_extension(ext)
+            finally:
+                if before is None:
+                    os.environ.pop("PYTORCH_NVCC", None)
+                else:
+                    os.environ["PYTORCH_NVCC"] = before
+
+    return Build
 
 
 ext_modules, cmdclass = _ext_modules()

@@ -1,9 +1,10 @@
 // Torch binding of the Marlin-style W4A16 ops: checks every tensor, turns them into
-// pointers and calls the torch-free launchers of marlin.h on the current CUDA stream.
+// pointers and calls the torch-free launchers of marlin.h on the current CUDA stream
+// (c10::cuda::getCurrentCUDAStream, which at::cuda re-exports; its header needs no cuSPARSE).
 // Fake (meta) implementations: vllm_machete_plugin/backends/marlin.py.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -50,7 +51,7 @@ at::Tensor marlin_repack(const at::Tensor& codes, int64_t k_pad, int64_t n_pad) 
   at::Tensor out = at::empty({k_pad / 16, 2 * n_pad}, codes.options().dtype(at::kInt));
   check_launch(mk::repack(codes.data_ptr<uint8_t>(), static_cast<int>(k), static_cast<int>(n),
                           static_cast<int>(k_pad), static_cast<int>(n_pad),
-                          reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>()), at::cuda::getCurrentCUDAStream()),
+                          reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>()), c10::cuda::getCurrentCUDAStream()),
                op);
   return out;
 }
@@ -69,7 +70,7 @@ at::Tensor marlin_permute_groups(const at::Tensor& src, int64_t g_pad, int64_t n
   at::Tensor out = at::empty({g_pad, n_pad}, src.options());
   check_launch(mk::permute_groups(reinterpret_cast<const uint16_t*>(src.data_ptr()), static_cast<int>(g),
                                   static_cast<int>(n), static_cast<int>(g_pad), static_cast<int>(n_pad),
-                                  reinterpret_cast<uint16_t*>(out.data_ptr()), at::cuda::getCurrentCUDAStream()),
+                                  reinterpret_cast<uint16_t*>(out.data_ptr()), c10::cuda::getCurrentCUDAStream()),
                op);
   return out;
 }
@@ -149,7 +150,7 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   args.n_pad = static_cast<int>(n_pad);
   args.k_pad = static_cast<int>(k_pad);
   args.group_size = static_cast<int>(group_size);
-  check_launch(mk::gemm(args, plan, at::cuda::getCurrentCUDAStream()), op);
+  check_launch(mk::gemm(args, plan, c10::cuda::getCurrentCUDAStream()), op);
   return out;
 }
 

@@ -12,6 +12,8 @@
 // ordered by a per-slice lock that the last contributor resets to zero.
 //
 // Only sm_80 instructions are used (cp.async, ldmatrix, mma.sync m16n8k16, lop3).
+// No L2 cache-policy hint on cp.async: with nvcc 13.0 for sm_90, a createpolicy
+// result folded into the copy's descriptor raised "illegal instruction" on an H200.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -60,18 +62,6 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0)
                : "memory");
-}
-
-__device__ __forceinline__ void cp_async16_hint(uint32_t dst, const void* src, uint64_t policy) {
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "l"(policy)
-               : "memory");
-}
-
-__device__ __forceinline__ uint64_t evict_first_policy() {
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-  return policy;
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
@@ -237,7 +227,6 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const KernelParams p)
   const T* zeros = static_cast<const T*>(p.zeros);
   const bool has_zeros = zeros != nullptr;
   const int group_rows = max(1, kTileK >> p.group_shift);
-  const uint64_t policy = evict_first_policy();
 
   // Position of a unit as (k-tile, chunk, n-tile), advanced one unit at a time.
   struct Pos {
@@ -277,7 +266,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const KernelParams p)
       const uint4* src = p.w +
                          (static_cast<size_t>(ld.kt * (kTileK / kSubK) + band) * (p.n_pad / kSubN) +
                           ld.nt * (kTileN / kSubN)) * (kSubBytes / 16) + off;
-      cp_async16_hint(s_b + idx * 16, src, policy);
+      cp_async16(s_b + idx * 16, src, true);
     }
     const int grow0 = (ld.kt * kTileK) >> p.group_shift;
     const int g_chunks = group_rows * (kGroupRowBytes / 16);

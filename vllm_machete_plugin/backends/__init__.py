@@ -71,3 +71,7 @@ def select(spec: LayerSpec, where: str, capability: int | None = None) -> type[B
         ". Fix: run on a supported GPU (sm_80+: Marlin, sm_90: Machete), use a supported "
         "checkpoint layout, or serve it with vLLM's built-in path (drop --quantization machete).")
 
+
+# Backends register themselves with add_backend on import (after add_backend exists).
+from .marlin import MarlinBackend  # noqa: E402,F401
+from . import machete as _machete  # noqa: E402,F401

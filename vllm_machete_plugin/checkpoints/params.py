@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from ..canonical import PACK_FACTOR
+from ..canonical import PACK_FACTOR, CanonicalW4
 from .base import CheckpointError, LayerScheme, Partition
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16)
@@ -63,15 +63,18 @@ def _tp_choices(k_full: int, group_size: int) -> list[int]:
             and (k_full // t) % PACK_FACTOR == 0]
 
 
-def check_partition(scheme: LayerScheme, part: Partition, params_dtype: torch.dtype, where: str,
+def check_act_dtype(params_dtype: torch.dtype, where: str) -> None:
+    if params_dtype not in FLOAT_DTYPES:
+        raise CheckpointError(f"{where}: activation dtype {params_dtype} is not supported; "
+                              f"use --dtype float16 or bfloat16.")
+
+
+def check_partition(scheme: LayerScheme, part: Partition, where: str,
                     *, packed_k: bool, packed_n: bool) -> None:
     """Raise CheckpointError when this layer partition cannot be loaded exactly.
     packed_k / packed_n: some tensor of the format packs 8 values along K / along N."""
     check_bits(scheme.bits, where)
     check_group_size(scheme.group_size, where)
-    if params_dtype not in FLOAT_DTYPES:
-        raise CheckpointError(f"{where}: activation dtype {params_dtype} is not supported; "
-                              f"use --dtype float16 or bfloat16.")
     g = scheme.group_size
     tp = part.k_full // part.k if part.k_split else 1
     if g != -1 and part.k_full % g:
@@ -201,3 +204,15 @@ def check_trivial_g_idx(g_idx: torch.Tensor, group_size: int, where: str, name: 
             f"{where}: '{name}' is not k // group_size although the config has no act-order; "
             f"the checkpoint looks act-ordered. Fix: set desc_act=true (GPTQ) or actorder: group "
             f"(compressed-tensors) in quantization_config.")
+
+
+def check_pack(w: CanonicalW4, scheme: LayerScheme) -> None:
+    """pack() writes a whole layer in the layout `scheme` describes."""
+    check_bits(scheme.bits, "pack")
+    if scheme.sym and w.zeros is not None:
+        raise ValueError("pack: scheme is symmetric but the weight has zero points")
+    if w.g_idx is not None and not scheme.act_order:
+        raise ValueError("pack: the weight has an act-order g_idx but the scheme has no act-order")
+    expected = w.k if scheme.group_size == -1 else scheme.group_size
+    if w.group_size != expected:
+        raise ValueError(f"pack: weight group size {w.group_size} != scheme's {expected}")

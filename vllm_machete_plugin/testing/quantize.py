@@ -20,18 +20,20 @@ def act_order_g_idx(k: int, group_size: int, generator: torch.Generator) -> torc
 
 def quantize_rtn(weight: torch.Tensor, group_size: int = 128, sym: bool = True,
                  act_order: bool = False, scale_dtype: torch.dtype = torch.float16,
-                 generator: Optional[torch.Generator] = None) -> CanonicalW4:
+                 generator: Optional[torch.Generator] = None,
+                 g_idx: Optional[torch.Tensor] = None) -> CanonicalW4:
     """weight: float [N, K] (torch Linear layout). group_size -1 = channelwise.
-    sym: scale = absmax/7.5-ish (2*absmax/15), zero point 8. asym: min/max with an
-    integer zero point in 0..15. act_order: groups follow act_order_g_idx."""
+    sym: scale = 2*absmax/15, zero point 8. asym: min/max with an integer zero point in
+    0..15. act_order: groups follow act_order_g_idx(generator), or the given `g_idx`
+    (layers fed the same input, like q/k/v, share one in GPTQ)."""
     n, k = weight.shape
     g = k if group_size == -1 else group_size
     if k % g:
         raise ValueError(f"group size {g} does not divide K={k}")
     w = weight.detach().float().t().contiguous()  # [K, N]
-    g_idx = None
-    if act_order and group_size != -1:
+    if act_order and group_size != -1 and g_idx is None:
         g_idx = act_order_g_idx(k, g, generator if generator is not None else torch.Generator().manual_seed(0))
+    if g_idx is not None:
         order = torch.argsort(g_idx.to(torch.int64), stable=True)  # rows of group j at [j*g, (j+1)*g)
     else:
         order = torch.arange(k)

@@ -1,0 +1,60 @@
+// Torch-free host API of the Machete W4A16 GEMM (sm_90a). Computes
+//   Y[M, N] = X[M, K] . dequant(W)[K, N],  dequant = q*s + z' per group of g rows,
+// as the transposed problem Y^T = W^T X^T so the 4-bit weight is the register-sourced
+// wgmma operand. fp32 accumulation; Y has the activation dtype.
+//   u4b8 (no zeros): the prepacked codes hold q-8 as signed int4, z' = 0.
+//   u4 + zeros     : the prepacked codes hold q, z' = -s*z pre-multiplied by the caller.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace vmp::machete {
+
+enum ActType : int { kF16 = 0, kBF16 = 1 };
+
+struct MMArgs {
+  const void* x = nullptr;       // [M, K] act dtype, row stride ldx (elements), 16-byte aligned
+  int64_t ldx = 0;
+  const void* w = nullptr;       // prepacked codes (machete_layout.cuh), N*K/2 bytes
+  const void* scales = nullptr;  // [K/g, N] act dtype, row-major
+  const void* zeros = nullptr;   // [K/g, N] act dtype (-s*z) or nullptr
+  void* y = nullptr;             // [M, N] act dtype, row-major contiguous
+  int m = 0, n = 0, k = 0;
+  int group_size = 0;            // rows per group; == k for channelwise
+  int device = 0, sm_count = 0;
+};
+
+// The frozen schedule set compiled into every type configuration. A name is
+// "<tile N>x<tile M>": output features x tokens per CTA tile; all use the cooperative
+// warp-specialized kernel (2 consumer warpgroups), a 1x1x1 cluster and Stream-K.
+constexpr int kNumSchedules = 5;
+constexpr const char* kScheduleNames[kNumSchedules] = {"128x16", "128x32", "128x64", "128x128", "256x128"};
+
+// One entry point per type configuration (one translation unit each). With
+// workspace_bytes != nullptr only the Stream-K workspace size is computed; otherwise
+// the GEMM runs on `stream` with `workspace` (zeroed by the kernel's own init on the
+// stream, so a fresh torch allocation per call is graph-safe). Returns nullptr on
+// success, else a static message.
+using MMFn = const char* (*)(int schedule, const MMArgs& args, void* workspace, size_t* workspace_bytes,
+                             cudaStream_t stream);
+const char* mm_f16_u4b8(int, const MMArgs&, void*, size_t*, cudaStream_t);
+const char* mm_f16_u4(int, const MMArgs&, void*, size_t*, cudaStream_t);
+const char* mm_bf16_u4b8(int, const MMArgs&, void*, size_t*, cudaStream_t);
+const char* mm_bf16_u4(int, const MMArgs&, void*, size_t*, cudaStream_t);
+
+inline MMFn mm_fn(ActType act, bool has_zeros) {
+  if (act == kF16) return has_zeros ? mm_f16_u4 : mm_f16_u4b8;
+  return has_zeros ? mm_bf16_u4 : mm_bf16_u4b8;
+}
+
+// codes: uint8 [K, N] row-major, values 0..15. out: N*K/8 words in the prepacked
+// layout. to_signed: store q-8 (u4b8 path) instead of q.
+cudaError_t prepack(const uint8_t* codes, int k, int n, bool to_signed, uint32_t* out, cudaStream_t stream);
+
+// Schedule chosen when the caller names none; see docs/machete_heuristic.md.
+int choose_schedule(int m, int n, int k);
+
+}  // namespace vmp::machete

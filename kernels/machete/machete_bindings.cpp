@@ -1,0 +1,173 @@
+// Torch binding of the Machete W4A16 GEMM (sm_90a): checks every tensor, turns them
+// into pointers and calls the torch-free entry points of machete.h on the current
+// CUDA stream. Built as vllm_machete_plugin._machete_C; its ops join the `vmp`
+// namespace that kernels/torch_bindings.cpp defines. Fakes: backends/machete.py.
+#include <Python.h>
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "machete.h"
+
+namespace vmp {
+namespace {
+
+namespace mc = vmp::machete;
+constexpr int64_t kAlignN = 128;  // smallest schedule tile along N
+constexpr int64_t kAlignK = 64;   // one K tile / prepack atom depth
+constexpr int64_t kMaxDim = int64_t(1) << 30;
+
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
+}
+
+int sm_count(int device) {
+  static int counts[64] = {0};
+  TORCH_CHECK(device >= 0 && device < 64, "vmp::machete_mm: device index ", device, " out of range");
+  if (counts[device] == 0) {
+    int c = 0;
+    check_launch(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, device), "vmp::machete_mm");
+    counts[device] = c;
+  }
+  return counts[device];
+}
+
+int schedule_index(const std::string& name) {
+  for (int i = 0; i < mc::kNumSchedules; ++i)
+    if (name == mc::kScheduleNames[i]) return i;
+  std::string all;
+  for (int i = 0; i < mc::kNumSchedules; ++i) all += std::string(i ? ", " : "") + mc::kScheduleNames[i];
+  TORCH_CHECK(false, "vmp::machete_mm: unknown schedule '", name, "'; choose one of [", all,
+              "] (vmp::machete_schedules()) or pass None for the built-in heuristic");
+  return -1;
+}
+
+int tile_n(int schedule) { return std::stoi(mc::kScheduleNames[schedule]); }
+
+at::Tensor machete_prepack(const at::Tensor& codes, bool has_zeros) {
+  const char* op = "vmp::machete_prepack";
+  TORCH_CHECK(codes.is_cuda(), op, ": codes must be a CUDA tensor, got device ", codes.device(),
+              "; fix: move it to the GPU (.cuda())");
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kByte, op,
+              ": codes must be uint8 [K, N] (one 4-bit code per byte), got ", codes.scalar_type(), " of shape ",
+              codes.sizes(), "; fix: CanonicalW4.codes");
+  TORCH_CHECK(codes.is_contiguous(), op, ": codes must be contiguous [K, N], got strides ", codes.strides(),
+              "; fix: codes.contiguous()");
+  const int64_t k = codes.size(0), n = codes.size(1);
+  TORCH_CHECK(k % kAlignK == 0 && k > 0 && k <= kMaxDim, op, ": K=", k, " must be a positive multiple of ", kAlignK,
+              "; fix: use Marlin or pad K");
+  TORCH_CHECK(n % kAlignN == 0 && n > 0 && n <= kMaxDim, op, ": N=", n, " must be a positive multiple of ", kAlignN,
+              "; fix: use Marlin or pad N");
+  const c10::cuda::CUDAGuard guard(codes.device());
+  at::Tensor out = at::empty({k / 8, n}, codes.options().dtype(at::kInt));
+  check_launch(mc::prepack(codes.data_ptr<uint8_t>(), int(k), int(n), /*to_signed=*/!has_zeros,
+                           reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>()), at::cuda::getCurrentCUDAStream()),
+               op);
+  return out;
+}
+
+at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales,
+                      const std::optional<at::Tensor>& zeros, int64_t group_size,
+                      const std::optional<std::string>& schedule) {
+  const char* op = "vmp::machete_mm";
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2, op, ": x must be a 2-D CUDA tensor [M, K], got ", x.sizes(), " on ",
+              x.device());
+  TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
+              ": x must be float16 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kInt && w.is_contiguous(), op,
+              ": w must be the int32 [K/8, N] tensor from vmp::machete_prepack, got ", w.scalar_type(), " ",
+              w.sizes());
+  const int64_t m = x.size(0), k = w.size(0) * 8, n = w.size(1);
+  TORCH_CHECK(x.size(1) == k, op, ": x has K=", x.size(1), " but w was prepacked for K=", k,
+              "; fix: pass activations [M, ", k, "]");
+  TORCH_CHECK(x.stride(1) == 1 && x.stride(0) % 8 == 0 && x.stride(0) >= k &&
+                  reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, op,
+              ": x must be row-major with unit column stride, a row stride that is a multiple of 8 elements and a "
+              "16-byte aligned start (TMA), got strides ", x.strides(), "; fix: x.contiguous()");
+  for (const at::Tensor* t : {&w, &scales}) {
+    TORCH_CHECK(t->device() == x.device(), op, ": all inputs must be on ", x.device(), ", got ", t->device());
+  }
+  const int64_t g = group_size == -1 ? k : group_size;
+  TORCH_CHECK(g == k || (g > 0 && g % kAlignK == 0 && k % g == 0), op, ": group_size=", group_size,
+              " unsupported for K=", k, "; expected -1 (channelwise) or a multiple of 64 dividing K");
+  const int64_t groups = k / g;
+  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == groups && scales.size(1) == n && scales.is_contiguous(), op,
+              ": scales must be contiguous [K/group_size, N] = [", groups, ", ", n, "], got ", scales.sizes(),
+              " strides ", scales.strides(), "; fix: scales.contiguous() in the layout of CanonicalW4.scales");
+  TORCH_CHECK(scales.scalar_type() == x.scalar_type(), op, ": scales dtype ", scales.scalar_type(),
+              " must equal x dtype ", x.scalar_type(), "; fix: scales.to(x.dtype)");
+  if (zeros) {
+    TORCH_CHECK(zeros->device() == x.device(), op, ": zeros must be on ", x.device(), ", got ", zeros->device());
+    TORCH_CHECK(zeros->sizes() == scales.sizes() && zeros->is_contiguous() &&
+                    zeros->scalar_type() == x.scalar_type(), op,
+                ": zeros must be contiguous ", x.scalar_type(), " ", scales.sizes(),
+                " holding -scale*zero_point (pre-multiplied), got ", zeros->scalar_type(), " ", zeros->sizes(),
+                "; fix: zeros = (-scales.float() * zp.float()).to(x.dtype).contiguous()");
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor y = at::empty({m, n}, x.options());
+  if (m == 0) return y;
+  TORCH_CHECK(m <= kMaxDim, op, ": M=", m, " too large");
+
+  const int sched = schedule ? schedule_index(*schedule) : mc::choose_schedule(int(m), int(n), int(k));
+  TORCH_CHECK(n % tile_n(sched) == 0, op, ": schedule ", mc::kScheduleNames[sched], " needs N % ", tile_n(sched),
+              " == 0, got N=", n, "; fix: choose a schedule with a 128-row tile or pass None");
+  mc::MMArgs a;
+  a.x = x.data_ptr();
+  a.ldx = x.stride(0);
+  a.w = w.data_ptr();
+  a.scales = scales.data_ptr();
+  a.zeros = zeros ? zeros->data_ptr() : nullptr;
+  a.y = y.data_ptr();
+  a.m = int(m);
+  a.n = int(n);
+  a.k = int(k);
+  a.group_size = int(g);
+  a.device = x.get_device();
+  a.sm_count = sm_count(a.device);
+  const mc::MMFn fn = mc::mm_fn(x.scalar_type() == at::kHalf ? mc::kF16 : mc::kBF16, zeros.has_value());
+  size_t ws_bytes = 0;
+  const char* err = fn(sched, a, nullptr, &ws_bytes, nullptr);
+  TORCH_CHECK(err == nullptr, op, ": ", err);
+  // Stream-K partials/locks: a fresh allocation from the caching allocator on this
+  // stream; the kernel's init zeroes what it needs, so capture/replay is safe.
+  at::Tensor ws = at::empty({int64_t(ws_bytes)}, x.options().dtype(at::kByte));
+  err = fn(sched, a, ws_bytes ? ws.data_ptr() : nullptr, nullptr, at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == nullptr, op, " (schedule ", mc::kScheduleNames[sched], ", M=", m, " N=", n, " K=", k,
+              "): ", err);
+  check_launch(cudaGetLastError(), op);
+  return y;
+}
+
+std::vector<std::string> machete_schedules() {
+  return std::vector<std::string>(mc::kScheduleNames, mc::kScheduleNames + mc::kNumSchedules);
+}
+
+std::string machete_heuristic(int64_t m, int64_t n, int64_t k) {
+  return mc::kScheduleNames[mc::choose_schedule(int(m), int(n), int(k))];
+}
+
+}  // namespace
+}  // namespace vmp
+
+TORCH_LIBRARY_FRAGMENT(vmp, m) {
+  m.def("machete_prepack(Tensor codes, bool has_zeros) -> Tensor");
+  m.def("machete_mm(Tensor x, Tensor w, Tensor scales, Tensor? zeros, int group_size, str? schedule=None) -> Tensor");
+  m.def("machete_schedules() -> str[]", &vmp::machete_schedules);
+  m.def("machete_heuristic(int m, int n, int k) -> str", &vmp::machete_heuristic);
+}
+
+TORCH_LIBRARY_IMPL(vmp, CUDA, m) {
+  m.impl("machete_prepack", &vmp::machete_prepack);
+  m.impl("machete_mm", &vmp::machete_mm);
+}
+
+// Importable as vllm_machete_plugin._machete_C; importing it registers the ops above.
+static struct PyModuleDef vmp_machete_module = {PyModuleDef_HEAD_INIT, "_machete_C", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit__machete_C(void) { return PyModule_Create(&vmp_machete_module); }

@@ -1,0 +1,104 @@
+// The Machete GEMM template: CUTLASS's sm90 TMA warp-specialized register-sourced
+// mixed-input collective, instantiated on the transposed problem
+//   D[N, M] = W^T[N, K] (4-bit, prepacked layout) x X^T[K, M] (16-bit)
+// with our prepacked layout as the weight's gmem layout. Included only by the
+// per-type translation units (machete_<act>_<wtype>.cu).
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/cutlass.h>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/device/gemm_universal_adapter.h>
+#include <cutlass/gemm/dispatch_policy.hpp>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
+#include <cutlass/gemm/kernel/tile_scheduler.hpp>
+
+#include "machete.h"
+#include "machete_layout.cuh"
+
+namespace vmp::machete {
+
+template <class ElemAct, class ElemW, bool kZeros, int kTileN, int kTileM>
+struct Gemm {
+  using TileShape = cute::Shape<cute::Int<kTileN>, cute::Int<kTileM>, cute::Int<kPrepackAlignK>>;
+  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
+  using KernelSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
+
+  // Weight tuple: (codes, scale[, zero]); scales and zeros share the act dtype.
+  using ElemWTuple = cute::conditional_t<kZeros, cute::tuple<ElemW, ElemAct, ElemAct>, cute::tuple<ElemW, ElemAct>>;
+  using LayoutX = cutlass::layout::ColumnMajor;  // X^T [K, M] column-major == X [M, K] row-major
+  using LayoutD = cutlass::layout::ColumnMajor;  // D [N, M] column-major == Y [M, N] row-major
+  static constexpr int kAlignW = 128 / cutlass::sizeof_bits<ElemW>::value;
+  static constexpr int kAlignAct = 128 / cutlass::sizeof_bits<ElemAct>::value;
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD, kAlignAct, ElemAct, LayoutD,
+      kAlignAct, EpilogueSchedule>::CollectiveOp;
+
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElemWTuple, PrepackedLayout, kAlignW, ElemAct, LayoutX,
+      kAlignAct, float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      KernelSchedule>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue,
+                                                      cutlass::gemm::StreamKScheduler>;
+  using Adapter = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static typename Adapter::Arguments arguments(const MMArgs& a) {
+    using StrideX = typename Mainloop::StrideB;
+    using StrideD = typename Epilogue::StrideD;
+    const int groups = a.k / a.group_size;
+    typename Mainloop::Arguments ml{};
+    ml.ptr_A = static_cast<const ElemW*>(a.w);
+    ml.dA = make_prepacked_layout(a.n, a.k, 1);
+    ml.ptr_B = static_cast<const ElemAct*>(a.x);
+    ml.dB = StrideX{a.ldx, cute::_1{}, a.ldx * a.m};
+    ml.ptr_S = static_cast<const ElemAct*>(a.scales);
+    ml.dS = typename Mainloop::NonVoidStrideScale{cute::_1{}, int64_t(a.n), int64_t(a.n) * groups};
+    ml.group_size = a.group_size;
+    if constexpr (kZeros) ml.ptr_Z = static_cast<const ElemAct*>(a.zeros);
+    typename Epilogue::Arguments epi{};
+    epi.thread.alpha = 1.0f;
+    epi.thread.beta = 0.0f;
+    epi.dC = StrideD{cute::_1{}, int64_t(a.n), int64_t(a.n) * a.m};
+    epi.ptr_D = static_cast<ElemAct*>(a.y);
+    epi.dD = epi.dC;
+    cutlass::KernelHardwareInfo hw{a.device, a.sm_count};
+    return typename Adapter::Arguments{cutlass::gemm::GemmUniversalMode::kGemm, {a.n, a.m, a.k, 1}, ml, epi, hw};
+  }
+
+  static const char* run(const MMArgs& a, void* workspace, size_t* workspace_bytes, cudaStream_t stream) {
+    auto args = arguments(a);
+    if (workspace_bytes != nullptr) {
+      *workspace_bytes = Adapter::get_workspace_size(args);
+      return nullptr;
+    }
+    if (Adapter::can_implement(args) != cutlass::Status::kSuccess)
+      return "CUTLASS can_implement rejected the problem (alignment or group size)";
+    Adapter op;
+    if (op.initialize(args, workspace, stream) != cutlass::Status::kSuccess)
+      return "CUTLASS initialize failed (workspace or smem attribute)";
+    if (op.run(stream) != cutlass::Status::kSuccess) return "CUTLASS kernel launch failed";
+    return nullptr;
+  }
+};
+
+// The frozen schedule set, indexed like kScheduleNames in machete.h.
+template <class ElemAct, class ElemW, bool kZeros>
+const char* run_schedule(int schedule, const MMArgs& a, void* ws, size_t* ws_bytes, cudaStream_t stream) {
+  switch (schedule) {
+    case 0: return Gemm<ElemAct, ElemW, kZeros, 128, 16>::run(a, ws, ws_bytes, stream);
+    case 1: return Gemm<ElemAct, ElemW, kZeros, 128, 32>::run(a, ws, ws_bytes, stream);
+    case 2: return Gemm<ElemAct, ElemW, kZeros, 128, 64>::run(a, ws, ws_bytes, stream);
+    case 3: return Gemm<ElemAct, ElemW, kZeros, 128, 128>::run(a, ws, ws_bytes, stream);
+    case 4: return Gemm<ElemAct, ElemW, kZeros, 256, 128>::run(a, ws, ws_bytes, stream);
+    default: return "unknown schedule index";
+  }
+}
+static_assert(kNumSchedules == 5, "run_schedule must list every schedule of kScheduleNames");
+
+}  // namespace vmp::machete

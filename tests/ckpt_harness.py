@@ -1,0 +1,160 @@
+"""Test harness for the checkpoint format modules: vLLM 0.26.0's real linear layers
+(QKVParallelLinear, MergedColumnParallelLinear, ColumnParallelLinear, RowParallelLinear)
+and real parameter classes / weight_loader_v2 on CPU. Tensor parallelism is simulated by
+patching vLLM's TP rank/size getters (no distributed init), so a TP=2 rank loads exactly
+the slice vLLM would load on that rank."""
+from __future__ import annotations
+
+import contextlib
+from unittest import mock
+
+import torch
+import vllm.model_executor.layers.linear as vllm_linear
+import vllm.model_executor.parameter as vllm_parameter
+from vllm.model_executor.layers.linear import (LinearMethodBase, UnquantizedLinearMethod,
+                                               register_weight_loader_v2_supported_method)
+
+from vllm_machete_plugin.canonical import CanonicalW4
+from vllm_machete_plugin.checkpoints.base import CheckpointFormat, Partition
+
+MAPPING = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+
+
+@contextlib.contextmanager
+def tensor_parallel(rank: int, size: int):
+    with contextlib.ExitStack() as stack:
+        for module in (vllm_linear, vllm_parameter):
+            stack.enter_context(mock.patch.object(module, "get_tensor_model_parallel_rank", return_value=rank))
+            stack.enter_context(mock.patch.object(module, "get_tensor_model_parallel_world_size", return_value=size))
+        yield
+
+
+@register_weight_loader_v2_supported_method
+class CheckpointTestLinearMethod(LinearMethodBase):
+    """Creates the format's parameters exactly as the plugin's linear method does."""
+
+    def __init__(self, fmt: CheckpointFormat, scheme):
+        self.fmt, self.scheme = fmt, scheme
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size,
+                       output_size, params_dtype, **extra_weight_attrs):
+        layer.part = Partition(k=input_size_per_partition, output_sizes=tuple(output_partition_sizes),
+                               k_full=input_size, n_full=output_size)
+        layer.scheme = self.scheme
+        self.fmt.create_weights(layer, self.scheme, layer.part, params_dtype, extra_weight_attrs["weight_loader"])
+
+    def apply(self, layer, x, bias=None):
+        raise NotImplementedError("loading tests only")
+
+
+class FormatQuantConfig:
+    """The part of a QuantizationConfig that vLLM's linear layers call."""
+
+    def __init__(self, fmt: CheckpointFormat):
+        self.fmt = fmt
+
+    def get_quant_method(self, layer, prefix):
+        scheme = self.fmt.scheme_for(prefix, MAPPING)
+        return UnquantizedLinearMethod() if scheme is None else CheckpointTestLinearMethod(self.fmt, scheme)
+
+
+def make_layer(kind: str, fmt: CheckpointFormat, k: int, n, *, tp_rank: int = 0, tp_size: int = 1,
+               dtype=torch.float16, layer_prefix: str = "model.layers.0"):
+    """kind: "qkv" (n = (heads, kv_heads, head_dim)), "gate_up" (n = per-shard N),
+    "column" / "row" (n = N). Prefixes are the Llama module names vLLM uses."""
+    cfg = FormatQuantConfig(fmt)
+    with tensor_parallel(tp_rank, tp_size):
+        if kind == "qkv":
+            heads, kv_heads, head_dim = n
+            return vllm_linear.QKVParallelLinear(k, head_dim, heads, kv_heads, bias=False, params_dtype=dtype,
+                                                 quant_config=cfg, prefix=f"{layer_prefix}.self_attn.qkv_proj")
+        if kind == "gate_up":
+            return vllm_linear.MergedColumnParallelLinear(k, [n, n], bias=False, params_dtype=dtype,
+                                                          quant_config=cfg, prefix=f"{layer_prefix}.mlp.gate_up_proj")
+        if kind == "column":
+            return vllm_linear.ColumnParallelLinear(k, n, bias=False, params_dtype=dtype, quant_config=cfg,
+                                                    prefix=f"{layer_prefix}.mlp.up_proj")
+        if kind == "row":
+            return vllm_linear.RowParallelLinear(k, n, bias=False, params_dtype=dtype, quant_config=cfg,
+                                                 prefix=f"{layer_prefix}.mlp.down_proj")
+    raise ValueError(kind)
+
+
+def load(layer, tensors: dict, shard_id=None, skip=()) -> None:
+    """Feed one checkpoint module's tensors (suffix -> tensor) through each parameter's
+    weight_loader, as Llama's load_weights does (shard_id for fused layers)."""
+    for suffix, t in tensors.items():
+        if suffix in skip:
+            continue
+        param = getattr(layer, suffix)
+        if shard_id is None:
+            param.weight_loader(param, t)
+        else:
+            param.weight_loader(param, t, shard_id)
+
+
+def canonical(layer, fmt: CheckpointFormat) -> CanonicalW4:
+    return fmt.to_canonical(layer, layer.scheme, layer.part, where=layer.prefix)
+
+
+def bare_layer(tensors: dict) -> torch.nn.Module:
+    """A module holding checkpoint tensors as plain attributes (no vLLM), for pack/unpack tests."""
+    m = torch.nn.Module()
+    for name, t in tensors.items():
+        m.register_buffer(name, t)
+    return m
+
+
+def whole(k: int, n: int) -> Partition:
+    return Partition(k=k, output_sizes=(n,), k_full=k, n_full=n)
+
+
+# ---- what a rank must hold: slices of the full canonical weights ---------------
+
+def column_slice(w: CanonicalW4, rank: int, size: int) -> CanonicalW4:
+    """Columns of `w` that tensor-parallel rank `rank` of `size` holds (column-parallel)."""
+    step = w.n // size
+    cols = slice(rank * step, (rank + 1) * step)
+    return CanonicalW4(codes=w.codes[:, cols], scales=w.scales[:, cols],
+                       zeros=None if w.zeros is None else w.zeros[:, cols], group_size=w.group_size, g_idx=w.g_idx)
+
+
+def concat_columns(parts: list[CanonicalW4]) -> CanonicalW4:
+    return CanonicalW4(codes=torch.cat([p.codes for p in parts], 1), scales=torch.cat([p.scales for p in parts], 1),
+                       zeros=None if parts[0].zeros is None else torch.cat([p.zeros for p in parts], 1),
+                       group_size=parts[0].group_size, g_idx=parts[0].g_idx)
+
+
+def assert_same(got: CanonicalW4, want: CanonicalW4) -> None:
+    assert got.group_size == want.group_size
+    assert torch.equal(got.codes, want.codes)
+    assert torch.equal(got.scales.float(), want.scales.float())
+    assert (got.zeros is None) == (want.zeros is None)
+    if want.zeros is not None:
+        assert torch.equal(got.zeros, want.zeros)
+    assert (got.g_idx is None) == (want.g_idx is None)
+    if want.g_idx is not None:
+        assert torch.equal(got.g_idx.to(torch.int64), want.g_idx.to(torch.int64))
+
+
+def row_slice(w: CanonicalW4, rank: int, size: int, replicated_scales: bool) -> CanonicalW4:
+    """Rows (K) of `w` that rank `rank` of `size` holds on a row-parallel layer. With
+    act-order or channelwise scales (replicated_scales) the rank keeps the full group
+    table; act-order g_idx keeps global group ids."""
+    step = w.k // size
+    rows = slice(rank * step, (rank + 1) * step)
+    g_idx = None if w.g_idx is None else w.g_idx[rows]
+    if replicated_scales:
+        group_size = w.group_size if w.g_idx is not None else step
+        return CanonicalW4(codes=w.codes[rows], scales=w.scales, zeros=w.zeros, group_size=group_size, g_idx=g_idx)
+    gs = slice(rank * step // w.group_size, (rank + 1) * step // w.group_size)
+    return CanonicalW4(codes=w.codes[rows], scales=w.scales[gs], zeros=None if w.zeros is None else w.zeros[gs],
+                       group_size=w.group_size, g_idx=g_idx)
+
+
+def nibble_word(nibbles: list[int]) -> int:
+    """One int32 from 8 values, value j in bits [4j, 4j+4): plain integer arithmetic,
+    independent of the code under test."""
+    assert len(nibbles) == 8 and all(0 <= x < 16 for x in nibbles)
+    v = sum(x * 16 ** j for j, x in enumerate(nibbles))
+    return v - 2 ** 32 if v >= 2 ** 31 else v

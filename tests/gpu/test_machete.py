@@ -1,0 +1,278 @@
+"""GPU tests of the Machete backend (vmp::machete_* ops, sm_90a) against the reference.
+
+Tolerance (`assert_close`): the kernel dequantizes every weight in the activation
+dtype as q*s (+ z' with z' = -s*z pre-rounded to that dtype), so each weight carries
+an independent rounding error of at most u*(|q*s| + |z'| + |w|) (u = 2^-11 fp16,
+2^-8 bf16); products are exact and K of them accumulate in fp32, then the output is
+rounded once (u*|y|). Independent errors add in quadrature, so the accumulated error
+has standard deviation ~ u/sqrt(3) * sqrt(K) * rms(x) * rms(e), e = |q*s| + |z'| + |w|:
+the bound grows with sqrt(K). We allow 4*u*sqrt(K)*rms(x)*rms(e) (about 7 standard
+deviations) plus 2u*|y_ref| for the output rounding; fp32 accumulation error is far
+smaller. The reference is fp32 math on the same (act-dtype) scales.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vllm_machete_plugin import backends, ops
+from vllm_machete_plugin.act_order import sort_by_group
+from vllm_machete_plugin.backends.base import LayerSpec
+from vllm_machete_plugin.backends.machete import ENV_SCHEDULE, MacheteBackend, kernels_built, schedules
+from vllm_machete_plugin.canonical import SYMMETRIC_ZERO, CanonicalW4, dequantize
+from vllm_machete_plugin.machete_layout_ref import prepack_ref
+
+
+def _skip_reason() -> str:
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    if not ops.kernels_available():
+        return f"kernels not built: {ops._load()}"
+    if torch.cuda.get_device_capability()[0] != 9:
+        return "Machete needs a Hopper (sm_90) GPU"
+    if not kernels_built():
+        return "vllm_machete_plugin._machete_C not built (VMP_CUDA_ARCHS without 90?)"
+    return ""
+
+
+_why_skip = _skip_reason()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(_why_skip), reason=_why_skip or "-")]
+
+DEV = "cuda"
+DTYPES = [torch.float16, torch.bfloat16]
+UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+M_SIZES = [1, 7, 16, 33, 64, 128, 257, 1024]
+SCHEDULES = (["128x16", "128x32", "128x64", "128x128", "256x128"] if not _why_skip else [])
+
+
+def make_weight(k: int, n: int, group: int, zero_points: bool, dtype: torch.dtype,
+                pow2_scales: bool = False, g_idx: bool = False) -> CanonicalW4:
+    gs = k if group == -1 else group
+    g = k // gs
+    codes = torch.randint(0, 16, (k, n), dtype=torch.uint8, device=DEV)
+    if pow2_scales:
+        scales = 2.0 ** torch.randint(-8, -3, (g, n), device=DEV).float()
+    else:
+        scales = torch.rand(g, n, device=DEV) * 0.02 + 0.002
+    zeros = torch.randint(0, 16, (g, n), dtype=torch.uint8, device=DEV) if zero_points else None
+    gi = None
+    if g_idx:  # GPTQ desc_act: a random permutation of rows, g_idx[perm[i]] = i // gs
+        perm = torch.randperm(k, device=DEV)
+        gi = torch.empty(k, dtype=torch.int32, device=DEV)
+        gi[perm] = (torch.arange(k, device=DEV) // gs).to(torch.int32)
+    return CanonicalW4(codes, scales.to(dtype), zeros, gs, gi).validate()
+
+
+def spec_for(w: CanonicalW4, dtype: torch.dtype, act_order: bool = False) -> LayerSpec:
+    return LayerSpec(k=w.k, n=w.n, group_size=w.group_size, has_zeros=not w.symmetric,
+                     act_dtype=dtype, act_order=act_order)
+
+
+def error_scale(w: CanonicalW4) -> float:
+    """rms over weights of |q*s| + |z'| + |w| (see the module docstring)."""
+    g = w.group_of_rows()
+    s = w.scales.float()[g]
+    q = w.codes.float()
+    if w.zeros is None:
+        e = 2 * ((q - SYMMETRIC_ZERO) * s).abs()
+    else:
+        z = w.zeros.float()[g]
+        e = (q * s).abs() + (z * s).abs() + ((q - z) * s).abs()
+    return float(e.pow(2).mean().sqrt())
+
+
+def assert_close(y: torch.Tensor, x: torch.Tensor, w: CanonicalW4) -> None:
+    assert y.dtype == x.dtype and y.shape == (x.shape[0], w.n)
+    assert not torch.isnan(y).any(), "NaN in output (unwritten or poisoned element)"
+    ref = x.float() @ dequantize(w, torch.float32)
+    u = UNIT_ROUNDOFF[x.dtype]
+    rms_x = float(x.float().pow(2).mean().sqrt())
+    bound = 4 * u * math.sqrt(w.k) * rms_x * error_scale(w) + 2 * u * ref.abs()
+    err = (y.float() - ref).abs()
+    bad = err > bound
+    assert not bad.any(), (f"{int(bad.sum())} of {bad.numel()} outputs off; worst err "
+                           f"{float(err.max()):.4g}, bound there {float(bound.flatten()[err.argmax()]):.4g}")
+
+
+def poison_cache(m: int, n: int, dtype: torch.dtype) -> None:
+    """Leave a NaN block of the output's size in the caching allocator, so an output
+    element the kernel fails to write shows up as NaN."""
+    t = torch.full((m, n), float("nan"), dtype=dtype, device=DEV)
+    del t
+
+
+def run_mm(x, prepared, group, schedule=None):
+    return torch.ops.vmp.machete_mm(x, prepared["w"], prepared["scales"], prepared.get("zeros"), group, schedule)
+
+
+# ---- layout -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("has_zeros", [False, True])
+@pytest.mark.parametrize("k,n", [(64, 128), (256, 384), (1024, 2048)])
+def test_prepack_matches_python_reference(k, n, has_zeros):
+    codes = torch.randint(0, 16, (k, n), dtype=torch.uint8, device=DEV)
+    got = torch.ops.vmp.machete_prepack(codes, has_zeros)
+    assert got.dtype == torch.int32 and got.shape == (k // 8, n)
+    assert torch.equal(got, prepack_ref(codes, has_zeros))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("zero_points", [False, True])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_identity_probe_bit_exact(dtype, zero_points, schedule):
+    """X = I, power-of-two scales: every dequantized weight and the single nonzero product
+    per output are exact, so Y must equal dequant(W) bit for bit. Any layout, nibble
+    order or scale/zero indexing error shows up here."""
+    k, n = 256, 512
+    w = make_weight(k, n, 128, zero_points, dtype, pow2_scales=True)
+    prepared = MacheteBackend.prepare(spec_for(w, dtype), w)
+    x = torch.eye(k, dtype=dtype, device=DEV)
+    y = run_mm(x, prepared, 128, schedule)
+    assert torch.equal(y, dequantize(w, dtype))
+
+
+# ---- GEMM vs reference --------------------------------------------------------------
+
+@pytest.mark.parametrize("m", M_SIZES)
+@pytest.mark.parametrize("group", [-1, 64, 128])
+@pytest.mark.parametrize("zero_points", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mm_every_schedule(dtype, zero_points, group, m):
+    k, n = 512, 256
+    w = make_weight(k, n, group, zero_points, dtype)
+    prepared = MacheteBackend.prepare(spec_for(w, dtype), w)
+    x = torch.randn(m, k, dtype=dtype, device=DEV)
+    for schedule in SCHEDULES + [None]:
+        poison_cache(m, n, dtype)
+        assert_close(run_mm(x, prepared, group, schedule), x, w)
+
+
+@pytest.mark.parametrize("n,k", [(1280, 8192), (8192, 3584)])
+@pytest.mark.parametrize("zero_points", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mm_tp_sliced_shapes(dtype, zero_points, n, k):
+    w = make_weight(k, n, 128, zero_points, dtype)
+    prepared = MacheteBackend.prepare(spec_for(w, dtype), w)
+    for m in (1, 33, 257):
+        x = torch.randn(m, k, dtype=dtype, device=DEV)
+        for schedule in SCHEDULES + [None]:
+            if schedule is not None and n % int(schedule.split("x")[0]):
+                continue
+            poison_cache(m, n, dtype)
+            assert_close(run_mm(x, prepared, 128, schedule), x, w)
+
+
+@pytest.mark.parametrize("zero_points", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_act_order(dtype, zero_points):
+    k, n, m = 1024, 256, 33
+    w = make_weight(k, n, 128, zero_points, dtype, g_idx=True)
+    sorted_w, perm = sort_by_group(w)
+    prepared = MacheteBackend.prepare(spec_for(sorted_w, dtype, act_order=True), sorted_w)
+    x = torch.randn(m, k, dtype=dtype, device=DEV)
+    y = MacheteBackend.apply(spec_for(sorted_w, dtype, True), prepared, x[:, perm].contiguous())
+    assert_close(y, x, w)  # reference: the unsorted weight with its g_idx, unpermuted x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_input_view(dtype):
+    k, n, m = 512, 256, 40
+    w = make_weight(k, n, 128, False, dtype)
+    prepared = MacheteBackend.prepare(spec_for(w, dtype), w)
+    big = torch.randn(m, k + 64, dtype=dtype, device=DEV)
+    x = big[:, 32:32 + k]  # row stride K+64, 64-byte offset: still TMA-legal
+    assert not x.is_contiguous()
+    y = run_mm(x, prepared, 128)
+    assert_close(y, x, w)
+    assert torch.equal(y, run_mm(x.contiguous(), prepared, 128))
+
+
+def test_bad_inputs_have_clear_errors():
+    dtype = torch.float16
+    k, n = 256, 256
+    w = make_weight(k, n, 128, False, dtype)
+    p = MacheteBackend.prepare(spec_for(w, dtype), w)
+    x = torch.randn(4, k, dtype=dtype, device=DEV)
+    with pytest.raises(RuntimeError, match="unit column stride"):
+        run_mm(torch.randn(k, 4, dtype=dtype, device=DEV).t(), p, 128)
+    with pytest.raises(RuntimeError, match="scales must be contiguous"):
+        torch.ops.vmp.machete_mm(x, p["w"], p["scales"][:1], None, 128, None)
+    with pytest.raises(RuntimeError, match="unknown schedule"):
+        run_mm(x, p, 128, "64x8")
+    with pytest.raises(RuntimeError, match="group_size=32"):
+        run_mm(x, p, 32)
+    with pytest.raises(RuntimeError, match="multiple of 128"):
+        torch.ops.vmp.machete_prepack(torch.zeros(64, 96, dtype=torch.uint8, device=DEV), False)
+
+
+# ---- serving contract ---------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_graph_capture_replay(dtype):
+    k, n, m = 1024, 512, 64
+    w = make_weight(k, n, 128, True, dtype)
+    spec = spec_for(w, dtype)
+    prepared = MacheteBackend.prepare(spec, w)
+    x = torch.randn(m, k, dtype=dtype, device=DEV)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up off the default stream, as capture requires
+        MacheteBackend.apply(spec, prepared, x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = MacheteBackend.apply(spec, prepared, x)
+    for _ in range(3):
+        x.copy_(torch.randn(m, k, dtype=dtype, device=DEV))
+        y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_close(y, x, w)
+        assert torch.equal(y, MacheteBackend.apply(spec, prepared, x))
+
+
+def test_forced_schedule_env(monkeypatch):
+    dtype = torch.bfloat16
+    w = make_weight(512, 256, 64, True, dtype)
+    spec = spec_for(w, dtype)
+    p = MacheteBackend.prepare(spec, w)
+    x = torch.randn(5, 512, dtype=dtype, device=DEV)
+    for name in schedules():
+        monkeypatch.setenv(ENV_SCHEDULE, name)
+        assert torch.equal(MacheteBackend.apply(spec, p, x), run_mm(x, p, 64, name))
+    monkeypatch.setenv(ENV_SCHEDULE, "nope")
+    with pytest.raises(RuntimeError, match="unknown schedule"):
+        MacheteBackend.apply(spec, p, x)
+
+
+def test_schedules_and_heuristic():
+    names = schedules()
+    assert names == SCHEDULES
+    for m in M_SIZES:
+        for n, k in [(10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (1280, 8192)]:
+            assert torch.ops.vmp.machete_heuristic(m, n, k) in names
+
+
+def test_backend_selected_first_on_hopper():
+    spec = LayerSpec(k=4096, n=4096, group_size=128, has_zeros=False, act_dtype=torch.float16)
+    assert backends.select(spec, "layer") is MacheteBackend
+    ok, why = MacheteBackend.can_implement(LayerSpec(k=4096, n=4000, group_size=128, has_zeros=False,
+                                                     act_dtype=torch.float16), 90)
+    assert not ok and "multiple of 128" in why
+    ok, why = MacheteBackend.can_implement(spec, 80)
+    assert not ok and "Hopper" in why
+
+
+@pytest.mark.parametrize("zero_points", [False, True])
+def test_opcheck(zero_points):
+    dtype = torch.float16
+    k, n = 256, 256
+    codes = torch.randint(0, 16, (k, n), dtype=torch.uint8, device=DEV)
+    torch.library.opcheck(torch.ops.vmp.machete_prepack.default, (codes, zero_points))
+    w = make_weight(k, n, 64, zero_points, dtype)
+    p = MacheteBackend.prepare(spec_for(w, dtype), w)
+    x = torch.randn(17, k, dtype=dtype, device=DEV)
+    torch.library.opcheck(torch.ops.vmp.machete_mm.default, (x, p["w"], p["scales"], p.get("zeros"), 64, None))
+    torch.library.opcheck(torch.ops.vmp.machete_mm.default, (x, p["w"], p["scales"], p.get("zeros"), 64, "128x32"))

@@ -1,0 +1,282 @@
+"""GPU tests of the Marlin backend (vmp::marlin_* ops) against the reference backend.
+
+Tolerance (see `assert_close_to_reference`): the kernel rounds every dequantized
+weight (q - z) * s to the activation dtype (relative error <= u, u = 2^-11 fp16,
+2^-8 bf16), multiplies exactly and accumulates K products in fp32, then rounds the
+result to the activation dtype. The weight roundings are independent, so their sum
+has standard deviation ~ u/sqrt(3) * sqrt(K) * rms(x) * rms(w): the bound grows with
+sqrt(K). We allow 4 u sqrt(K) rms(x) rms(w) (about 7 standard deviations) plus two
+ulps of the reference for the output rounding; fp32 accumulation error is far below.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vllm_machete_plugin import ops
+from vllm_machete_plugin.act_order import sort_by_group
+from vllm_machete_plugin.backends.base import LayerSpec
+from vllm_machete_plugin.backends.marlin import MarlinBackend
+from vllm_machete_plugin.backends.reference import reference_mm
+from vllm_machete_plugin.canonical import CanonicalW4, dequantize
+from vllm_machete_plugin.marlin_layout_ref import padded_kn, permute_groups_ref, repack_ref
+
+_why_skip = ("no CUDA GPU" if not torch.cuda.is_available()
+             else "" if ops.kernels_available() else f"kernels not built: {ops._load()}")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(_why_skip), reason=_why_skip or "-")]
+
+DEV = "cuda"
+DTYPES = [torch.float16, torch.bfloat16]
+UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+
+
+def make_weight(k: int, n: int, group: int, zero_points: bool, scale_dtype: torch.dtype,
+                pow2_scales: bool = False, act_order: bool = False) -> CanonicalW4:
+    gs = k if group == -1 else group
+    g = k // gs
+    codes = torch.randint(0, 16, (k, n), dtype=torch.uint8, device=DEV)
+    if pow2_scales:
+        scales = 2.0 ** torch.randint(-9, -4, (g, n), device=DEV).float()
+    else:
+        scales = torch.rand(g, n, device=DEV) * 0.02 + 0.002
+    zeros = torch.randint(0, 16, (g, n), dtype=torch.uint8, device=DEV) if zero_points else None
+    g_idx = None
+    if act_order:
+        g_idx = (torch.arange(k, device=DEV) // gs)[torch.randperm(k, device=DEV)].to(torch.int32)
+    return CanonicalW4(codes, scales.to(scale_dtype), zeros, gs, g_idx).validate()
+
+
+def spec_for(w: CanonicalW4, dtype: torch.dtype, act_order: bool = False) -> LayerSpec:
+    return LayerSpec(k=w.k, n=w.n, group_size=w.group_size, has_zeros=not w.symmetric,
+                     act_dtype=dtype, act_order=act_order)
+
+
+def poisoned_cache(m: int, n: int, dtype: torch.dtype) -> None:
+    """Leave a NaN block of the output's size in the caching allocator, so an output
+    element the kernel fails to write shows up as NaN instead of a lucky zero."""
+    t = torch.full((m, n), float("nan"), dtype=dtype, device=DEV)
+    del t
+
+
+def run_marlin(w: CanonicalW4, x: torch.Tensor, act_order: bool = False) -> torch.Tensor:
+    spec = spec_for(w, x.dtype, act_order)
+    ok, why = MarlinBackend.can_implement(spec, 80)
+    assert ok, why
+    weights = MarlinBackend.prepare(spec, w)
+    poisoned_cache(x.shape[0], w.n, x.dtype)
+    out = MarlinBackend.apply(spec, weights, x)
+    assert int(weights["workspace"].abs().sum()) == 0, "locks must be back at zero after every call"
+    return out
+
+
+def assert_close_to_reference(out: torch.Tensor, x: torch.Tensor, w: CanonicalW4, ref: torch.Tensor) -> None:
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert not out.isnan().any(), "NaN in output: some element was not written"
+    u = UNIT_ROUNDOFF[x.dtype]
+    w_rms = dequantize(w).float().pow(2).mean().sqrt().item()
+    x_rms = x.float().pow(2).mean().sqrt().item()
+    tol = 4 * u * math.sqrt(w.k) * x_rms * w_rms + 2 * u * ref.float().abs()
+    err = (out.float() - ref.float()).abs()
+    bad = err > tol
+    assert not bad.any(), (f"{int(bad.sum())} of {err.numel()} elements off; worst err {err.max().item():.4g} "
+                           f"at {divmod(int(err.argmax()), err.shape[1])}, bound there "
+                           f"{tol.flatten()[err.argmax()].item():.4g}")
+
+
+# ---- layout ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k,n", [(128, 128), (256, 384), (200, 300), (1024, 1280)])
+def test_repack_matches_layout_reference(k, n):
+    codes = torch.randint(0, 16, (k, n), dtype=torch.uint8, device=DEV)
+    k_pad, n_pad = padded_kn(k, n)
+    got = torch.ops.vmp.marlin_repack(codes, k_pad, n_pad)
+    assert torch.equal(got, repack_ref(codes, k_pad, n_pad))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("g,n,g_pad", [(1, 128, 1), (8, 256, 8), (3, 200, 4)])
+def test_permute_groups_matches_layout_reference(dtype, g, n, g_pad):
+    src = torch.randn(g, n, device=DEV).to(dtype)
+    n_pad = padded_kn(128, n)[1]
+    got = torch.ops.vmp.marlin_permute_groups(src, g_pad, n_pad)
+    assert torch.equal(got, permute_groups_ref(src, g_pad, n_pad))
+
+
+# ---- exactness probe ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("zero_points", [False, True])
+@pytest.mark.parametrize("k,n,group", [(256, 256, -1), (256, 256, 32), (256, 256, 128),
+                                       (192, 200, 64), (192, 200, -1)])  # second shape is padded
+def test_identity_probe_is_bit_exact(dtype, zero_points, k, n, group):
+    """X = I, power-of-two scales: every output is one exact product, so Y must equal
+    the dequantized weight bit for bit; any layout, scale or zero-point slip shows."""
+    w = make_weight(k, n, group, zero_points, dtype, pow2_scales=True)
+    x = torch.eye(k, dtype=dtype, device=DEV)
+    out = run_marlin(w, x)
+    assert torch.equal(out, dequantize(w, dtype))
+
+
+# ---- against the reference ------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("zero_points", [False, True])
+@pytest.mark.parametrize("group", [-1, 32, 64, 128])
+@pytest.mark.parametrize("m", [1, 7, 16, 33, 64, 128, 257, 1024])
+def test_matches_reference(dtype, zero_points, group, m):
+    w = make_weight(1024, 768, group, zero_points, dtype)
+    x = torch.randn(m, w.k, device=DEV).to(dtype)
+    assert_close_to_reference(run_marlin(w, x), x, w, reference_mm(x, w))
+
+
+# Llama-3.1-70B layer shapes (N x K) and tensor-parallel slices of them.
+TP_SHAPES = [            # (K, N)
+    (8192 // 8, 1280),      # K sliced by TP=8 with a TP=8 qkv N
+    (8192, 10240 // 8),     # qkv, TP=8
+    (8192 // 8, 8192),      # o_proj, TP=8
+    (8192, 57344 // 8),     # gate_up, TP=8
+    (28672 // 8, 8192),     # down, TP=8 (K = 3584)
+    (28672 // 4, 8192 // 4),  # down, TP=4 (N cut to 2048 to keep the test quick)
+    (8192, 8192),           # o_proj, TP=1
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,n", TP_SHAPES)
+@pytest.mark.parametrize("m", [1, 16, 100])
+def test_tp_shapes(dtype, k, n, m):
+    w = make_weight(k, n, 128, False, dtype)
+    x = torch.randn(m, k, device=DEV).to(dtype)
+    assert_close_to_reference(run_marlin(w, x), x, w, reference_mm(x, w))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,n,group,zero_points", [
+    (320, 200, 64, True),    # K and N both padded
+    (96, 100, 32, False),
+    (200, 136, -1, True),    # channelwise, K not a multiple of 32
+    (4096, 72, 128, False),  # N smaller than one tile
+])
+@pytest.mark.parametrize("m", [1, 5, 70])
+def test_padded_shapes(dtype, k, n, group, zero_points, m):
+    w = make_weight(k, n, group, zero_points, dtype)
+    x = torch.randn(m, k, device=DEV).to(dtype)
+    assert_close_to_reference(run_marlin(w, x), x, w, reference_mm(x, w))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("zero_points", [False, True])
+@pytest.mark.parametrize("group", [32, 128])
+@pytest.mark.parametrize("m", [3, 64])
+def test_act_order(dtype, zero_points, group, m):
+    w = make_weight(1024, 512, group, zero_points, dtype, act_order=True)
+    x = torch.randn(m, w.k, device=DEV).to(dtype)
+    w_sorted, perm = sort_by_group(w)
+    out = run_marlin(w_sorted, x[:, perm].contiguous(), act_order=True)
+    assert_close_to_reference(out, x, w, reference_mm(x, w))
+
+
+def test_scales_in_other_dtype_than_activations():
+    w = make_weight(512, 256, 128, True, torch.float16)
+    x = torch.randn(9, 512, device=DEV).to(torch.bfloat16)
+    assert_close_to_reference(run_marlin(w, x), x, w, reference_mm(x, w))
+
+
+def test_repeat_calls_are_deterministic():
+    """The cross-block reduction has a fixed order: a race shows as a moving result."""
+    w = make_weight(4096, 1024, 128, False, torch.float16)
+    spec = spec_for(w, torch.float16)
+    weights = MarlinBackend.prepare(spec, w)
+    x = torch.randn(16, 4096, device=DEV).half()
+    first = MarlinBackend.apply(spec, weights, x)
+    for _ in range(20):
+        assert torch.equal(MarlinBackend.apply(spec, weights, x), first)
+
+
+# ---- CUDA graphs and streams ------------------------------------------------------------
+
+@pytest.mark.parametrize("m", [1, 48, 200])
+def test_cuda_graph_capture_and_replay(m):
+    w = make_weight(2048, 1280, 128, True, torch.float16)
+    spec = spec_for(w, torch.float16)
+    weights = MarlinBackend.prepare(spec, w)
+    static_x = torch.randn(m, w.k, device=DEV).half()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up outside capture, as torch recommends
+        MarlinBackend.apply(spec, weights, static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = MarlinBackend.apply(spec, weights, static_x)
+    for _ in range(3):
+        new_x = torch.randn(m, w.k, device=DEV).half()
+        static_x.copy_(new_x)
+        static_out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_close_to_reference(static_out, new_x, w, reference_mm(new_x, w))
+    assert int(weights["workspace"].abs().sum()) == 0
+
+
+def test_non_default_stream():
+    w = make_weight(4096, 2048, 64, False, torch.bfloat16)
+    spec = spec_for(w, torch.bfloat16)
+    weights = MarlinBackend.prepare(spec, w)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        x = torch.randn(24, w.k, device=DEV).bfloat16()  # produced on `stream`
+        out = MarlinBackend.apply(spec, weights, x)
+        ref = reference_mm(x, w)
+    stream.synchronize()
+    assert_close_to_reference(out, x, w, ref)
+
+
+# ---- op contracts --------------------------------------------------------------------
+
+def test_opcheck_every_op():
+    w = make_weight(256, 256, 128, True, torch.float16)
+    spec = spec_for(w, torch.float16)
+    weights = MarlinBackend.prepare(spec, w)
+    x = torch.randn(5, 256, device=DEV).half()
+    torch.library.opcheck(torch.ops.vmp.marlin_repack.default, (w.codes, 256, 256))
+    torch.library.opcheck(torch.ops.vmp.marlin_permute_groups.default, (w.scales, 2, 256))
+    torch.library.opcheck(torch.ops.vmp.marlin_gemm.default,
+                          (x, weights["qweight"], weights["scales"], weights["zeros"], weights["workspace"], 256, 128))
+    torch.library.opcheck(torch.ops.vmp.marlin_gemm.default,
+                          (x, weights["qweight"], weights["scales"], None, weights["workspace"], 200, 128))
+
+
+def test_bad_inputs_raise_clear_errors():
+    w = make_weight(256, 256, 128, False, torch.float16)
+    spec = spec_for(w, torch.float16)
+    weights = MarlinBackend.prepare(spec, w)
+    gemm = torch.ops.vmp.marlin_gemm
+    x = torch.randn(4, 256, device=DEV).half()
+    with pytest.raises(RuntimeError, match=r"x must be \[M, K_pad\]"):
+        gemm(x[:, :128].contiguous(), weights["qweight"], weights["scales"], None, weights["workspace"], 256, 128)
+    with pytest.raises(RuntimeError, match="scales dtype"):
+        gemm(x, weights["qweight"], weights["scales"].bfloat16(), None, weights["workspace"], 256, 128)
+    with pytest.raises(RuntimeError, match="group_size"):
+        gemm(x, weights["qweight"], weights["scales"], None, weights["workspace"], 256, 48)
+    with pytest.raises(RuntimeError, match="x must be contiguous"):
+        gemm(x.t(), weights["qweight"], weights["scales"], None, weights["workspace"], 256, 128)
+    with pytest.raises(RuntimeError, match="workspace has"):
+        gemm(torch.randn(64, 256, device=DEV).half(), weights["qweight"], weights["scales"], None,
+             weights["workspace"][:1], 256, 128)
+
+
+def test_can_implement_reasons():
+    ok_spec = LayerSpec(k=4096, n=4096, group_size=128, has_zeros=False, act_dtype=torch.float16)
+    assert MarlinBackend.can_implement(ok_spec, 80) == (True, "")
+    assert "sm_80" in MarlinBackend.can_implement(ok_spec, 75)[1]
+    bad_group = LayerSpec(k=4096, n=4096, group_size=256, has_zeros=False, act_dtype=torch.float16)
+    assert "group size 256" in MarlinBackend.can_implement(bad_group, 90)[1]
+    split = LayerSpec(k=4096, n=4096, group_size=128, has_zeros=False, act_dtype=torch.float16,
+                      act_order=True, k_split=True)
+    assert "act-order" in MarlinBackend.can_implement(split, 90)[1]
+    fp32 = LayerSpec(k=4096, n=4096, group_size=128, has_zeros=False, act_dtype=torch.float32)
+    assert "float32" in MarlinBackend.can_implement(fp32, 90)[1]

@@ -1,0 +1,120 @@
+"""vLLM's own linear layers (QKV, merged gate_up, row-parallel) driven through our
+quant method on the CPU: parameters created by the format module, filled by vLLM's
+weight loaders from a tiny checkpoint's tensors, repacked, and run with the reference
+backend (forced with VMP_BACKEND=reference; it is never chosen on its own)."""
+import json
+
+import pytest
+import torch
+
+from vllm_machete_plugin.backends.reference import reference_mm
+from vllm_machete_plugin.testing import build_tiny_checkpoint
+from vllm_machete_plugin.testing.tiny import read_tiny_linears
+
+PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+
+CASES = [
+    ("gptq", dict(group_size=128, sym=True)),
+    ("gptq", dict(group_size=64, sym=False)),
+    ("gptq", dict(group_size=32, sym=True, act_order=True)),
+    ("gptq", dict(group_size=-1, sym=True)),
+    ("awq", dict(group_size=128)),
+    ("awq", dict(group_size=64)),
+    ("compressed-tensors", dict(group_size=128, sym=True)),
+    ("compressed-tensors", dict(group_size=128, sym=False, act_order=True)),
+    ("compressed-tensors", dict(group_size=-1, sym=False)),
+]
+
+
+def _layers(qc, dtype, cfg):
+    from vllm.model_executor.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear,
+                                                   RowParallelLinear)
+    h, heads, kv, hd, inter = (cfg["hidden_size"], cfg["num_attention_heads"],
+                               cfg["num_key_value_heads"], cfg["head_dim"], cfg["intermediate_size"])
+    pre = "model.layers.0"
+    kw = dict(bias=False, params_dtype=dtype, quant_config=qc)
+    return {
+        "qkv_proj": QKVParallelLinear(h, hd, heads, kv, prefix=f"{pre}.self_attn.qkv_proj", **kw),
+        "o_proj": RowParallelLinear(heads * hd, h, prefix=f"{pre}.self_attn.o_proj", **kw),
+        "gate_up_proj": MergedColumnParallelLinear(h, [inter, inter], prefix=f"{pre}.mlp.gate_up_proj", **kw),
+        "down_proj": RowParallelLinear(inter, h, prefix=f"{pre}.mlp.down_proj", **kw),
+    }
+
+
+def _load(layers, tensors, skip=()):
+    """What vLLM's Llama load_weights does for these four layers."""
+    shards = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
+              "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+              "o_proj": ("o_proj", None), "down_proj": ("down_proj", None)}
+    for key, t in tensors.items():
+        if not key.startswith("model.layers.0.") or key in skip:
+            continue
+        module, suffix = key.split(".")[-2:]
+        if module not in shards:
+            continue
+        target, shard = shards[module]
+        param = getattr(layers[target], suffix)
+        if shard is None:
+            param.weight_loader(param, t)
+        else:
+            param.weight_loader(param, t, shard)
+
+
+def _build(tmp_path, fmt, opts, dtype):
+    from safetensors.torch import load_file
+
+    from vllm_machete_plugin.config import MacheteConfig
+
+    path = build_tiny_checkpoint(tmp_path / "ckpt", fmt, dtype=dtype, **opts)
+    cfg = json.loads((path / "config.json").read_text())
+    qc = MacheteConfig.from_config(cfg["quantization_config"])
+    qc.packed_modules_mapping = PACKED  # vLLM sets this from the model class
+    return path, cfg, qc, load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("fmt,opts", CASES)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_vllm_layers_match_reference(vllm_tp1, tmp_path, monkeypatch, fmt, opts, dtype):
+    monkeypatch.setenv("VMP_BACKEND", "reference")
+    tdtype = getattr(torch, dtype)
+    path, cfg, qc, tensors = _build(tmp_path, fmt, opts, dtype)
+    layers = _layers(qc, tdtype, cfg)
+    _load(layers, tensors)
+    expected_w = read_tiny_linears(path)
+    pre = "model.layers.0"
+    parts = {"qkv_proj": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+             "o_proj": ["self_attn.o_proj"], "gate_up_proj": ["mlp.gate_proj", "mlp.up_proj"],
+             "down_proj": ["mlp.down_proj"]}
+    gen = torch.Generator().manual_seed(0)
+    for name, layer in layers.items():
+        ckpt_params = set(layer.vmp_checkpoint_params)
+        layer.quant_method.process_weights_after_loading(layer)
+        assert not ckpt_params & set(layer._parameters), "checkpoint-layout params must be freed"
+        x = torch.randn(5, layer.input_size, generator=gen).to(tdtype)
+        y, _ = layer(x)
+        want = torch.cat([reference_mm(x, expected_w[f"{pre}.{p}"]).float() for p in parts[name]], dim=1)
+        # Same fp32 products; only the output rounding to fp16/bf16 differs.
+        tol = 1e-2 if dtype == "bfloat16" else 2e-3
+        torch.testing.assert_close(y.float(), want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+def test_missing_tensor_is_reported_with_layer_and_name(vllm_tp1, tmp_path, monkeypatch):
+    from vllm_machete_plugin.checkpoints.base import CheckpointError
+
+    monkeypatch.setenv("VMP_BACKEND", "reference")
+    _, cfg, qc, tensors = _build(tmp_path, "gptq", dict(group_size=128, sym=False), "float16")
+    layers = _layers(qc, torch.float16, cfg)
+    _load(layers, tensors, skip={"model.layers.0.mlp.down_proj.qzeros"})
+    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.down_proj.*qzeros"):
+        layers["down_proj"].quant_method.process_weights_after_loading(layers["down_proj"])
+
+
+def test_no_backend_error_names_layer_and_reasons(vllm_tp1, tmp_path, monkeypatch):
+    from vllm_machete_plugin.backends import NoBackendError
+
+    monkeypatch.setenv("VMP_DISABLED_BACKENDS", "marlin,machete")
+    _, cfg, qc, tensors = _build(tmp_path, "gptq", dict(group_size=128), "float16")
+    layers = _layers(qc, torch.float16, cfg)
+    _load(layers, tensors)
+    with pytest.raises(NoBackendError, match=r"model\.layers\.0\.self_attn\.o_proj.*K=256 N=256"):
+        layers["o_proj"].quant_method.process_weights_after_loading(layers["o_proj"])

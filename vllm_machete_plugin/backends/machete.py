@@ -1,0 +1,112 @@
+"""Machete backend: our Hopper (sm_90a) W4A16 GEMM on CUTLASS's wgmma mixed-input
+collective (kernels/machete/, extension vllm_machete_plugin._machete_C).
+
+prepare(): codes -> vmp::machete_prepack (GPU, layout of kernels/machete/machete_layout.cuh;
+u4b8 codes are stored as signed q-8), scales [G, N] in the act dtype, zero points
+pre-multiplied as -s*z in the act dtype, so the mainloop dequantizes with one FMA
+(q*s + z'). apply(): vmp::machete_mm with the schedule from VMP_MACHETE_SCHEDULE if set,
+else the C++ heuristic (kernels/machete/machete_heuristic.cpp).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+
+from .. import ops
+from ..canonical import CanonicalW4
+from . import SERVING_BACKENDS, add_backend
+from .base import Backend, LayerSpec
+
+ENV_SCHEDULE = "VMP_MACHETE_SCHEDULE"  # force one schedule name (see schedules())
+GROUP_SIZES = (64, 128)                # plus channelwise (group_size == K)
+ALIGN_N = 128
+ALIGN_K = 64
+
+
+def _extension_present() -> bool:
+    return importlib.util.find_spec("vllm_machete_plugin._machete_C") is not None
+
+
+def kernels_built() -> bool:
+    return ops.has_op("machete_mm")
+
+
+def schedules() -> list[str]:
+    """Names of the compiled schedules, e.g. '128x16' (output features x tokens per tile)."""
+    ops.require_kernels("machete schedules")
+    if not kernels_built():
+        raise ops.KernelsNotBuiltError("the Machete kernels (vllm_machete_plugin._machete_C) were not built; "
+                                       "rebuild with VMP_CUDA_ARCHS containing 90 and nvidia-cutlass installed")
+    return list(torch.ops.vmp.machete_schedules())
+
+
+def forced_schedule() -> Optional[str]:
+    return os.environ.get(ENV_SCHEDULE, "").strip() or None
+
+
+class MacheteBackend(Backend):
+    name = "machete"
+    min_capability = 90
+    max_capability = 100  # sm_90 only: wgmma is sm_90a-specific
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec, capability: int) -> tuple[bool, str]:
+        if not 90 <= capability < 100:
+            where = "no CUDA GPU" if capability < 0 else f"sm_{capability}"
+            return False, f"needs Hopper (sm_90), this is {where}"
+        if spec.act_dtype not in (torch.float16, torch.bfloat16):
+            return False, f"activations must be float16 or bfloat16, got {spec.act_dtype}"
+        if spec.n % ALIGN_N:
+            return False, f"N={spec.n} is not a multiple of {ALIGN_N}"
+        if spec.k % ALIGN_K:
+            return False, f"K={spec.k} is not a multiple of {ALIGN_K}"
+        if spec.group_size != spec.k and spec.group_size not in GROUP_SIZES:
+            return False, f"group size {spec.group_size} unsupported (64, 128 or channelwise)"
+        if spec.act_order and spec.k_split:
+            return False, "act-order with K split across tensor-parallel ranks"
+        if not kernels_built():
+            return False, ("kernels not built for sm_90a (vllm_machete_plugin._machete_C missing: build with "
+                           "VMP_CUDA_ARCHS containing 90 and nvidia-cutlass installed)")
+        return True, ""
+
+    @classmethod
+    def prepare(cls, spec: LayerSpec, w: CanonicalW4) -> dict[str, torch.Tensor]:
+        ops.require_kernels("machete prepare")
+        if w.g_idx is not None:
+            raise ValueError("machete prepare: resolve act-order first (act_order.sort_by_group)")
+        codes = w.codes.contiguous()
+        out = {"w": torch.ops.vmp.machete_prepack(codes, w.zeros is not None)}
+        scales = w.scales.to(device=codes.device, dtype=spec.act_dtype).contiguous()
+        out["scales"] = scales
+        if w.zeros is not None:
+            out["zeros"] = (-(scales.float() * w.zeros.to(codes.device).float())).to(spec.act_dtype).contiguous()
+        return out
+
+    @classmethod
+    def apply(cls, spec: LayerSpec, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        group = -1 if spec.group_size == spec.k else spec.group_size
+        return torch.ops.vmp.machete_mm(x, weights["w"], weights["scales"], weights.get("zeros"), group,
+                                        forced_schedule())
+
+
+# Fakes for torch.compile / CUDA-graph tracing, registered by ops._load when the
+# extension is present (registering a fake for an op that does not exist raises).
+if _extension_present():
+    @ops.fake_impl("machete_prepack")
+    def _prepack_fake(codes: torch.Tensor, has_zeros: bool) -> torch.Tensor:
+        return codes.new_empty((codes.shape[0] // 8, codes.shape[1]), dtype=torch.int32)
+
+    @ops.fake_impl("machete_mm")
+    def _mm_fake(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
+                 group_size: int, schedule: Optional[str] = None) -> torch.Tensor:
+        return x.new_empty((x.shape[0], w.shape[1]))
+
+
+add_backend(MacheteBackend)
+# Priority: first among serving backends, so on Hopper it is tried before Marlin (it
+# declines every other GPU). The M-based Marlin/Machete crossover is a later issue.
+SERVING_BACKENDS.remove(MacheteBackend)
+SERVING_BACKENDS.insert(0, MacheteBackend)

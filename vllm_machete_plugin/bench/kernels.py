@@ -1,0 +1,242 @@
+"""Kernel benchmark: our backends vs vLLM 0.26.0's Marlin and Machete vs fp16 vs the floor.
+
+Llama-3.1-70B layer shapes, g=128, symmetric u4b8 weights, fp16 activations. Every
+kernel runs on identical data; each measurement is the CUDA-graph replay time of a
+graph that calls the kernel over several weight copies, enough bytes to exceed 2x L2,
+so weights come from device memory as in serving. floor = (int4 weight + fp16 scale
++ fp16 activation bytes) / measured device copy bandwidth (read + write counted).
+vLLM columns are null when vLLM (or its compiled ops) cannot be imported.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+from typing import Callable, Optional
+
+import torch
+
+from ..backends import SERVING_BACKENDS, device_capability
+from ..backends.base import LayerSpec
+from ..canonical import CanonicalW4, dequantize, pack_int4
+
+LAYERS = {  # name: (N, K), Llama-3.1-70B, TP=1
+    "qkv": (10240, 8192),
+    "o": (8192, 8192),
+    "gate_up": (57344, 8192),
+    "down": (8192, 28672),
+}
+M_VALUES = (1, 16, 32, 64, 128, 256, 512, 1024, 4096)
+GROUP = 128
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s, read + write counted."""
+    src = torch.empty(nbytes // 2, dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    return 2 * src.numel() * src.element_size() / statistics.median(times)
+
+
+def copies_for(bytes_per_copy: int) -> int:
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    return max(1, math.ceil(2 * l2 / bytes_per_copy))
+
+
+def graph_time_us(calls: list[Callable[[], object]], min_calls: int = 20, replays: int = 7) -> float:
+    """Median per-call time of a CUDA graph that runs `calls` in turn (repeated to at
+    least `min_calls` calls), over `replays` timed replays after a warm-up."""
+    reps = max(1, math.ceil(min_calls / len(calls)))
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for fn in calls:  # warm-up outside capture (lazy init, workspace allocation)
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            for fn in calls:
+                fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    del graph
+    return statistics.median(times) / (reps * len(calls))
+
+
+def random_weight(n: int, k: int) -> CanonicalW4:
+    codes = torch.randint(0, 16, (k, n), dtype=torch.uint8, device="cuda")
+    scales = (torch.rand(k // GROUP, n, device="cuda") * 0.02 + 0.002).half()
+    return CanonicalW4(codes, scales, None, GROUP)
+
+
+class VllmKernels:
+    """vLLM 0.26.0's own Marlin and Machete on a CanonicalW4, as vLLM prepares them."""
+
+    def __init__(self) -> None:
+        from vllm import _custom_ops as vops  # noqa: F401 (loads vLLM's compiled ops)
+        from vllm.model_executor.layers.quantization.utils import marlin_utils
+        from vllm.scalar_type import scalar_types
+        self.ops, self.mu, self.u4b8 = vops, marlin_utils, scalar_types.uint4b8
+        self.has_machete = hasattr(torch.ops._C, "machete_mm") and device_capability() == 90
+
+    def marlin(self, w: CanonicalW4) -> Callable[[torch.Tensor], torch.Tensor]:
+        k, n = w.k, w.n
+        packed = pack_int4(w.codes, dim=0)  # GPTQ layout: int32 [K/8, N]
+        empty = torch.empty(0, dtype=torch.int, device="cuda")
+        qw = self.ops.gptq_marlin_repack(packed, empty, k, n, 4)
+        s = self.mu.marlin_permute_scales(w.scales, k, n, GROUP)
+        ws = self.mu.marlin_make_workspace_new(torch.device("cuda"))
+        return lambda x: self.ops.marlin_gemm(x, None, qw, None, s, None, None, empty, empty, empty, ws,
+                                              self.u4b8, x.shape[0], n, k, is_k_full=True,
+                                              use_atomic_add=False, use_fp32_reduce=True)
+
+    def machete(self, w: CanonicalW4) -> Callable[[torch.Tensor], torch.Tensor]:
+        packed = pack_int4(w.codes, dim=0).t().contiguous().t()  # column-major, as vLLM passes it
+        qw = self.ops.machete_prepack_B(packed, torch.float16, self.u4b8, torch.float16)
+        s = w.scales.contiguous()
+        return lambda x: self.ops.machete_mm(a=x, b_q=qw, b_type=self.u4b8, b_group_scales=s,
+                                             b_group_size=GROUP)
+
+
+def load_vllm() -> tuple[Optional[VllmKernels], str]:
+    try:
+        import vllm
+        return VllmKernels(), vllm.__version__
+    except Exception as e:  # vLLM absent or its compiled ops unusable on this host
+        print(f"[bench] vLLM kernels unavailable ({type(e).__name__}: {e}); their columns are null")
+        return None, None
+
+
+def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optional[VllmKernels],
+                ours: list, check: bool) -> list[dict]:
+    w4_bytes = n * k // 2 + (k // GROUP) * n * 2
+    weights = [random_weight(n, k) for _ in range(copies_for(w4_bytes))]
+    spec = LayerSpec(k=k, n=n, group_size=GROUP, has_zeros=False, act_dtype=torch.float16)
+    impls: dict[str, list[Callable]] = {}
+    for b in ours:
+        prepared = [b.prepare(spec, w) for w in weights]
+        impls[f"{b.name}_us"] = [lambda x, b=b, p=p: b.apply(spec, p, x) for p in prepared]
+    if vk is not None:
+        impls["vllm_marlin_us"] = [vk.marlin(w) for w in weights]
+        if vk.has_machete:
+            impls["vllm_machete_us"] = [vk.machete(w) for w in weights]
+    fp16 = [dequantize(w, torch.float16) for w in weights[:copies_for(n * k * 2)]]
+    impls["fp16_us"] = [lambda x, wf=wf: torch.matmul(x, wf) for wf in fp16]
+
+    rows = []
+    for m in m_values:
+        x = torch.randn(m, k, device="cuda").half()
+        row = {"layer": name, "N": n, "K": k, "M": m,
+               "floor_us": (w4_bytes + m * k * 2) / bandwidth * 1e6,
+               "fp16_us": None, "vllm_marlin_us": None, "vllm_machete_us": None}
+        if check:  # every kernel must compute the same product before it is timed
+            ref = torch.matmul(x, fp16[0])
+            for col, fns in impls.items():
+                err = ((fns[0](x).float() - ref.float()).norm() / ref.float().norm()).item()
+                if not err < 1e-2:
+                    raise RuntimeError(f"{col} wrong on {name} M={m}: relative error {err:.3g}")
+        for col, fns in impls.items():
+            row[col] = graph_time_us([lambda fn=fn: fn(x) for fn in fns])
+        rows.append(row)
+        print(f"[bench] {name} M={m}: " + ", ".join(
+            f"{c}={v:.1f}" for c, v in row.items() if c.endswith("_us") and v is not None), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], cols: list[str]) -> str:
+    head = ["layer", "M"] + cols
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = [r["layer"], str(r["M"])] + ["-" if r.get(c) is None else f"{r[c]:.1f}" for c in cols]
+        lines.append("| " + " | ".join(vals) + " |")
+    # per-M sums over layers: the number the targets are stated in
+    for m in sorted({r["M"] for r in rows}):
+        sel = [r for r in rows if r["M"] == m]
+        vals = ["sum", str(m)] + ["-" if any(r.get(c) is None for r in sel) else f"{sum(r[c] for r in sel):.1f}"
+                                 for c in cols]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], cols: list[str], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 4), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        sel = [r for r in rows if r["layer"] == layer]
+        for c in cols:
+            pts = [(r["M"], r[c]) for r in sel if r.get(c) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=c.removesuffix("_us"))
+        ax.set(xscale="log", yscale="log", xlabel="M", ylabel="µs", title=f"{layer} N={sel[0]['N']} K={sel[0]['K']}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vllm_machete_plugin.bench kernels", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
+    ap.add_argument("--m", default=",".join(map(str, M_VALUES)), help="comma-separated M values")
+    ap.add_argument("--layers", default=",".join(LAYERS), help=f"comma-separated subset of {list(LAYERS)}")
+    ap.add_argument("--backends", default="", help="comma-separated subset of our backends (default: all usable)")
+    ap.add_argument("--no-check", action="store_true", help="skip the correctness check before timing")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("the kernel benchmark needs a CUDA GPU")
+    from ..ops import require_kernels
+    require_kernels("the kernel benchmark")
+
+    cap = device_capability()
+    wanted = {s for s in args.backends.split(",") if s}
+    probe = LayerSpec(k=8192, n=8192, group_size=GROUP, has_zeros=False, act_dtype=torch.float16)
+    ours = [b for b in SERVING_BACKENDS if (not wanted or b.name in wanted) and b.can_implement(probe, cap)[0]]
+    vk, vllm_version = load_vllm()
+    bandwidth = copy_bandwidth()
+    print(f"[bench] {torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e9:.0f} GB/s; "
+          f"ours: {[b.name for b in ours]}")
+    m_values = [int(s) for s in args.m.split(",") if s]
+    rows = []
+    for name in [s for s in args.layers.split(",") if s]:
+        n, k = LAYERS[name]
+        rows += bench_layer(name, n, k, m_values, bandwidth, vk, ours, not args.no_check)
+        torch.cuda.empty_cache()
+
+    cols = ["floor_us", "fp16_us", "vllm_marlin_us", "vllm_machete_us"] + [f"{b.name}_us" for b in ours]
+    print(markdown(rows, cols))
+    if args.json:
+        meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "vllm": vllm_version,
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "copy_bandwidth_GBps": bandwidth / 1e9, "group_size": GROUP, "dtype": "float16",
+                "weights": "u4b8 (symmetric)", "rows": rows}
+        with open(args.json, "w") as f:
+            json.dump(meta, f, indent=1)
+    if args.plot:
+        plot(rows, cols, args.plot)
+    return 0
