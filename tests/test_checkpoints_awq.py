@@ -208,3 +208,10 @@ def test_grouped_row_parallel_split_straddling_a_group():
     with pytest.raises(CheckpointError, match=r"down_proj: K=384 split over tensor_parallel_size=2 gives K=192 per "
                                               r"rank.*group_size=128.*Fix"):
         make_layer("row", awq(128), 384, 128, tp_rank=0, tp_size=2)
+
+
+def test_format_is_picklable():
+    import pickle
+    back = pickle.loads(pickle.dumps(awq(64, modules_to_not_convert=["down_proj"])))
+    assert back.scheme_for(DOWN, MAPPING) is None
+    assert back.scheme_for("model.layers.0.mlp.gate_up_proj", MAPPING) == LayerScheme(4, 64, False, False)

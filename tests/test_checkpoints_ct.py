@@ -355,3 +355,11 @@ def test_k_per_rank_not_multiple_of_8():
     with pytest.raises(CheckpointError, match=r"down_proj: K per rank = 36 \(K=72, tensor_parallel_size=2\) is not "
                                               r"a multiple of 8"):
         make_layer("row", ct(-1), 72, 128, tp_rank=0, tp_size=2)
+
+
+def test_format_is_picklable():
+    import pickle
+    fmt = CompressedTensorsFormat(ct_config(ignore=["lm_head", "re:.*down_proj"]))
+    back = pickle.loads(pickle.dumps(fmt))
+    assert back.scheme_for(DOWN, MAPPING) is None
+    assert back.scheme_for(QKV, MAPPING) == fmt.scheme_for(QKV, MAPPING) == LayerScheme(4, 128, True, False)

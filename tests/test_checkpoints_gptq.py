@@ -373,3 +373,29 @@ def test_fused_shards_with_different_g_idx_are_refused():
     load(layer, GPTQFormat.pack(rtn(256, 256, 64, True, True, seed=0), layer.scheme), shard_id="q")
     with pytest.raises(CheckpointError, match=r"qkv_proj: the fused shards carry different 'g_idx'"):
         load(layer, GPTQFormat.pack(rtn(128, 256, 64, True, True, seed=1), layer.scheme), shard_id="k")
+
+
+@pytest.mark.parametrize("checkpoint_format", ["gptq", "gptq_v2"])
+def test_dummy_fill_gives_symmetric_zeros(checkpoint_format):
+    """load_format="dummy": random int32 words everywhere, then fill_dummy makes the
+    symmetric qzeros valid for this checkpoint_format's encoding."""
+    fmt = gptq(64, sym=True, desc_act=True, checkpoint_format=checkpoint_format)
+    layer = make_layer("row", fmt, 256, 128)
+    names = ("qweight", "g_idx", "scales", "qzeros")
+    for name in names:
+        p = getattr(layer, name)
+        p.data.copy_(torch.randint(-2 ** 31, 2 ** 31 - 1, p.shape).to(p.dtype) if not p.dtype.is_floating_point
+                     else torch.rand(p.shape).to(p.dtype))
+    fmt.fill_dummy(layer, layer.scheme, layer.part, names)
+    w = canonical(layer, fmt)
+    assert w.zeros is None and sorted(w.g_idx.tolist()) == [k // 64 for k in range(256)]
+
+
+def test_format_is_picklable():
+    """The format travels inside vLLM's quant config to engine and worker processes."""
+    import pickle
+    fmt = gptq(64, sym=False, checkpoint_format="gptq_v2", dynamic={r"-:.*o_proj": {}},
+               modules_in_block_to_quantize=[["mlp.down_proj"]])
+    back = pickle.loads(pickle.dumps(fmt))
+    assert back.version == 2 and back.scheme_for(DOWN, MAPPING) == fmt.scheme_for(DOWN, MAPPING)
+    assert back.scheme_for("model.layers.0.self_attn.o_proj", MAPPING) is None

@@ -147,3 +147,20 @@ def test_dequantized_model_generates_varied_tokens(tmp_path, fmt, opts):
             out = model.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.eos_token_id)
         new = out[0, ids.shape[1]:].tolist()
         assert len(set(new)) >= 8, (prompt, new)
+
+
+@pytest.mark.parametrize("fmt,opts", [("gptq", dict(sym=True, act_order=True)), ("awq", dict(sym=False)),
+                                      ("compressed-tensors", dict(sym=False, act_order=True, group_size=64))])
+def test_vllm_builtin_configs_parse_the_written_quantization_config(tmp_path, fmt, opts):
+    """The quantization_config is the tool's: vLLM's own GPTQ / AWQ / compressed-tensors
+    configs read it (vLLM's dense GPTQ only takes sym=true)."""
+    from vllm.model_executor.layers.quantization import get_quantization_config
+
+    raw = json.loads((build_tiny_checkpoint(tmp_path, fmt, **opts) / "config.json").read_text())["quantization_config"]
+    parsed = get_quantization_config(fmt).from_config(raw)
+    if fmt == "compressed-tensors":
+        args = parsed.target_scheme_map["Linear"]["weights"]
+        assert (args.num_bits, args.group_size, args.symmetric, args.actorder) == (4, 64, False, "group")
+    else:
+        assert parsed.group_size == 128
+        assert str(parsed.quant_type) == ("uint4b8" if fmt == "gptq" else "uint4")

@@ -34,9 +34,12 @@ class MacheteLinearMethod(LinearMethodBase):
         layer.vmp_checkpoint_params = tuple(n for n in layer._parameters if n not in before)
         layer.vmp_partition = part
         layer.vmp_params_dtype = params_dtype
+        layer.vmp_dummy = _load_format() == "dummy"
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         part: Partition = layer.vmp_partition
+        if layer.vmp_dummy:
+            self.config.fmt.fill_dummy(layer, self.scheme, part, layer.vmp_checkpoint_params)
         w = self.config.fmt.to_canonical(layer, self.scheme, part, where=self.prefix)
         spec = LayerSpec(k=part.k, n=part.n, group_size=w.group_size, has_zeros=w.zeros is not None,
                          act_dtype=layer.vmp_params_dtype, act_order=w.g_idx is not None,
@@ -73,3 +76,12 @@ class MacheteLinearMethod(LinearMethodBase):
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], spec.n)
+
+
+def _load_format() -> str:
+    from vllm.config import get_current_vllm_config
+    try:
+        return str(get_current_vllm_config().load_config.load_format)
+    except AssertionError:  # no current config: a layer built outside vLLM's loader
+        return ""
+

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 TILE_K = 128  # K and N are zero-padded to multiples of these (kTileK, kTileN)
-TILE_N = 128
+TILE_N = 256
 
 
 def padded_kn(k: int, n: int) -> tuple[int, int]:

@@ -14,28 +14,30 @@ enum class DType { kFloat16, kBFloat16 };
 
 // codes: uint8 [k, n] row-major, values 0..15. out: uint32 [k_pad/16, 2*n_pad], the
 // layout of marlin_layout.cuh; rows >= k and columns >= n are filled with code 0.
-// k_pad % 128 == 0, n_pad % 128 == 0, k <= k_pad, n <= n_pad.
+// k_pad % kTileK == 0, n_pad % kTileN == 0, k <= k_pad, n <= n_pad.
 cudaError_t repack(const uint8_t* codes, int k, int n, int k_pad, int n_pad, uint32_t* out,
                    cudaStream_t stream);
 
 // src: [g, n] 16-bit values (scales or zero points); dst: [g_pad, n_pad] with the
-// column permutation of marlin_layout.cuh; padding is zero. n_pad % 64 == 0.
+// column permutation of marlin_layout.cuh; padding is zero. n_pad % kTileN == 0.
 cudaError_t permute_groups(const uint16_t* src, int g, int n, int g_pad, int n_pad, uint16_t* dst,
                            cudaStream_t stream);
 
 // How one GEMM call is split; computed on the host from the shape and the device.
 struct GemmPlan {
+  DType dtype;
   int m_blocks;         // 16-row blocks per M chunk (1..4)
   int chunks;           // M chunks of 16*m_blocks rows
   int units_per_block;  // k-tiles per block stripe
-  int grid;             // blocks launched (<= multiprocessors, all co-resident)
+  int grid;             // blocks launched (all co-resident: at most multiprocessors x resident blocks)
   int stages;           // cp.async pipeline depth
   int smem_bytes;
-  size_t reduce_floats;  // fp32 scratch needed for the cross-block reduction
+  size_t reduce_floats;  // fp32 scratch for the cross-block reduction (no initialisation needed)
 };
 
 // Fails (cudaErrorInvalidValue) when the device lacks the shared memory for any config.
-cudaError_t plan_gemm(int m, int n_pad, int k_pad, int device, GemmPlan* plan);
+// k_pad % kTileK == 0 and n_pad % kTileN == 0 (marlin_layout.cuh).
+cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, GemmPlan* plan);
 
 struct GemmArgs {
   DType dtype;
@@ -45,7 +47,7 @@ struct GemmArgs {
   const void* zeros;   // same shape as scales (zero points as values), or nullptr: zero point 8
   void* out;           // [m, n] row-major
   float* reduce;       // plan.reduce_floats floats, no initialisation needed
-  int* locks;          // >= plan.grid ints, zero before the call, zero again after it
+  int* locks;          // >= plan.grid ints (slice counters), zero before the call and after it
   int m, n, n_pad, k_pad;
   int group_size;      // power of two >= 32 dividing k_pad, or -1 for one group (channelwise)
 };

@@ -10,43 +10,45 @@
 #include <cstdint>
 #include <optional>
 
+#include "../check.h"
 #include "../registration.h"
 #include "marlin.h"
+#include "marlin_layout.cuh"
 
 namespace vmp {
 namespace {
 
 namespace mk = vmp::marlin;
-constexpr int64_t kTile = 128;  // mk::kTileN == mk::kTileK; marlin_layout.cuh is CUDA-only
+constexpr int64_t kTileK = mk::kTileK, kTileN = mk::kTileN;
 constexpr int64_t kMaxDim = int64_t(1) << 30;
 
 void check_cuda_2d(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got device ", t.device(),
+  VMP_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got device ", t.device(),
               "; fix: move it to the GPU (.cuda())");
-  TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous (row-major), got strides ", t.strides(),
+  VMP_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
+  VMP_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous (row-major), got strides ", t.strides(),
               " for shape ", t.sizes(), "; fix: pass ", name, ".contiguous()");
 }
 
 void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but x is on ", ref.device(),
+  VMP_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but x is on ", ref.device(),
               "; fix: keep all inputs on one GPU");
 }
 
 void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
+  VMP_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
 }
 
 at::Tensor marlin_repack(const at::Tensor& codes, int64_t k_pad, int64_t n_pad) {
   const char* op = "vmp::marlin_repack";
   check_cuda_2d(codes, op, "codes");
-  TORCH_CHECK(codes.scalar_type() == at::kByte, op, ": codes must be uint8 [K, N] with one 4-bit code per byte, got ",
+  VMP_CHECK(codes.scalar_type() == at::kByte, op, ": codes must be uint8 [K, N] with one 4-bit code per byte, got ",
               codes.scalar_type(), "; fix: codes.to(torch.uint8)");
   const int64_t k = codes.size(0), n = codes.size(1);
-  TORCH_CHECK(k_pad >= k && k_pad % kTile == 0 && k_pad <= kMaxDim, op, ": k_pad must be a multiple of ", kTile,
-              " and >= K=", k, ", got ", k_pad, "; fix: k_pad = ceil(K / 128) * 128");
-  TORCH_CHECK(n_pad >= n && n_pad % kTile == 0 && n_pad <= kMaxDim, op, ": n_pad must be a multiple of ", kTile,
-              " and >= N=", n, ", got ", n_pad, "; fix: n_pad = ceil(N / 128) * 128");
+  VMP_CHECK(k_pad >= k && k_pad % kTileK == 0 && k_pad <= kMaxDim, op, ": k_pad must be a multiple of ", kTileK,
+              " and >= K=", k, ", got ", k_pad, "; fix: k_pad = ceil(K / ", kTileK, ") * ", kTileK);
+  VMP_CHECK(n_pad >= n && n_pad % kTileN == 0 && n_pad <= kMaxDim, op, ": n_pad must be a multiple of ", kTileN,
+              " and >= N=", n, ", got ", n_pad, "; fix: n_pad = ceil(N / ", kTileN, ") * ", kTileN);
   const c10::cuda::CUDAGuard guard(codes.device());
   at::Tensor out = at::empty({k_pad / 16, 2 * n_pad}, codes.options().dtype(at::kInt));
   check_launch(mk::repack(codes.data_ptr<uint8_t>(), static_cast<int>(k), static_cast<int>(n),
@@ -59,13 +61,13 @@ at::Tensor marlin_repack(const at::Tensor& codes, int64_t k_pad, int64_t n_pad) 
 at::Tensor marlin_permute_groups(const at::Tensor& src, int64_t g_pad, int64_t n_pad) {
   const char* op = "vmp::marlin_permute_groups";
   check_cuda_2d(src, op, "src");
-  TORCH_CHECK(src.scalar_type() == at::kHalf || src.scalar_type() == at::kBFloat16, op,
+  VMP_CHECK(src.scalar_type() == at::kHalf || src.scalar_type() == at::kBFloat16, op,
               ": src must be float16 or bfloat16 [G, N] (scales or zero points in the activation dtype), got ",
               src.scalar_type());
   const int64_t g = src.size(0), n = src.size(1);
-  TORCH_CHECK(g_pad >= g && g_pad <= kMaxDim, op, ": g_pad must be >= G=", g, ", got ", g_pad);
-  TORCH_CHECK(n_pad >= n && n_pad % kTile == 0 && n_pad <= kMaxDim, op, ": n_pad must be a multiple of ", kTile,
-              " and >= N=", n, ", got ", n_pad, "; fix: n_pad = ceil(N / 128) * 128");
+  VMP_CHECK(g_pad >= g && g_pad <= kMaxDim, op, ": g_pad must be >= G=", g, ", got ", g_pad);
+  VMP_CHECK(n_pad >= n && n_pad % kTileN == 0 && n_pad <= kMaxDim, op, ": n_pad must be a multiple of ", kTileN,
+              " and >= N=", n, ", got ", n_pad, "; fix: n_pad = ceil(N / ", kTileN, ") * ", kTileN);
   const c10::cuda::CUDAGuard guard(src.device());
   at::Tensor out = at::empty({g_pad, n_pad}, src.options());
   check_launch(mk::permute_groups(reinterpret_cast<const uint16_t*>(src.data_ptr()), static_cast<int>(g),
@@ -80,44 +82,45 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
                        int64_t group_size) {
   const char* op = "vmp::marlin_gemm";
   check_cuda_2d(x, op, "x");
-  TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
+  VMP_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
               ": x must be float16 or bfloat16, got ", x.scalar_type());
   check_cuda_2d(w, op, "w");
   check_same_device(w, x, op, "w");
-  TORCH_CHECK(w.scalar_type() == at::kInt, op, ": w must be the int32 output of vmp::marlin_repack, got ",
+  VMP_CHECK(w.scalar_type() == at::kInt, op, ": w must be the int32 output of vmp::marlin_repack, got ",
               w.scalar_type());
-  TORCH_CHECK(w.size(0) % (kTile / 16) == 0 && w.size(1) % (2 * kTile) == 0 && w.numel() > 0, op,
-              ": w must be [K_pad/16, 2*N_pad] with K_pad, N_pad multiples of ", kTile, ", got shape ", w.sizes(),
+  VMP_CHECK(w.size(0) % (kTileK / 16) == 0 && w.size(1) % (2 * kTileN) == 0 && w.numel() > 0, op,
+              ": w must be [K_pad/16, 2*N_pad] with K_pad a multiple of ", kTileK, " and N_pad of ", kTileN,
+              ", got shape ", w.sizes(),
               "; fix: build it with vmp::marlin_repack");
   const int64_t k_pad = w.size(0) * 16, n_pad = w.size(1) / 2;
-  TORCH_CHECK(k_pad <= kMaxDim && n_pad <= kMaxDim, op, ": w shape ", w.sizes(), " is too large");
-  TORCH_CHECK(x.size(1) == k_pad, op, ": x must be [M, K_pad] = [M, ", k_pad, "] to match w, got shape ", x.sizes(),
+  VMP_CHECK(k_pad <= kMaxDim && n_pad <= kMaxDim, op, ": w shape ", w.sizes(), " is too large");
+  VMP_CHECK(x.size(1) == k_pad, op, ": x must be [M, K_pad] = [M, ", k_pad, "] to match w, got shape ", x.sizes(),
               "; fix: zero-pad x's columns to K_pad (torch.nn.functional.pad(x, (0, K_pad - K)))");
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, op,
+  VMP_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, op,
               ": x's data must be 16-byte aligned; fix: pass x.clone() instead of an offset view");
-  TORCH_CHECK(size_n >= 1 && size_n <= n_pad, op, ": size_n must be in [1, N_pad=", n_pad, "], got ", size_n);
+  VMP_CHECK(size_n >= 1 && size_n <= n_pad, op, ": size_n must be in [1, N_pad=", n_pad, "], got ", size_n);
   const bool channelwise = group_size == -1;
-  TORCH_CHECK(channelwise || (group_size >= 32 && (group_size & (group_size - 1)) == 0 && k_pad % group_size == 0),
+  VMP_CHECK(channelwise || (group_size >= 32 && (group_size & (group_size - 1)) == 0 && k_pad % group_size == 0),
               op, ": group_size must be -1 (channelwise) or a power of two >= 32 dividing K_pad=", k_pad, ", got ",
               group_size);
   const int64_t groups = channelwise ? 1 : k_pad / group_size;
   check_cuda_2d(scales, op, "scales");
   check_same_device(scales, x, op, "scales");
-  TORCH_CHECK(scales.scalar_type() == x.scalar_type(), op, ": scales dtype ", scales.scalar_type(),
+  VMP_CHECK(scales.scalar_type() == x.scalar_type(), op, ": scales dtype ", scales.scalar_type(),
               " must equal x dtype ", x.scalar_type(), "; fix: convert scales before vmp::marlin_permute_groups");
-  TORCH_CHECK(scales.size(0) == groups && scales.size(1) == n_pad, op, ": scales must be [groups, N_pad] = [", groups,
+  VMP_CHECK(scales.size(0) == groups && scales.size(1) == n_pad, op, ": scales must be [groups, N_pad] = [", groups,
               ", ", n_pad, "], got ", scales.sizes(), "; fix: build them with vmp::marlin_permute_groups(s, ", groups,
               ", ", n_pad, ")");
   if (zeros.has_value()) {
     const at::Tensor& z = *zeros;
     check_cuda_2d(z, op, "zeros");
     check_same_device(z, x, op, "zeros");
-    TORCH_CHECK(z.scalar_type() == x.scalar_type(), op, ": zeros dtype ", z.scalar_type(), " must equal x dtype ",
+    VMP_CHECK(z.scalar_type() == x.scalar_type(), op, ": zeros dtype ", z.scalar_type(), " must equal x dtype ",
                 x.scalar_type(), " (zero points stored as values)");
-    TORCH_CHECK(z.sizes() == scales.sizes(), op, ": zeros must have the shape of scales ", scales.sizes(), ", got ",
+    VMP_CHECK(z.sizes() == scales.sizes(), op, ": zeros must have the shape of scales ", scales.sizes(), ", got ",
                 z.sizes());
   }
-  TORCH_CHECK(workspace.is_cuda() && workspace.scalar_type() == at::kInt && workspace.is_contiguous(), op,
+  VMP_CHECK(workspace.is_cuda() && workspace.scalar_type() == at::kInt && workspace.is_contiguous(), op,
               ": workspace must be a contiguous int32 CUDA tensor, got ", workspace.scalar_type(), " on ",
               workspace.device());
   check_same_device(workspace, x, op, "workspace");
@@ -126,18 +129,19 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty({m, size_n}, x.options());
   if (m == 0) return out;
-  TORCH_CHECK(m <= kMaxDim, op, ": M=", m, " is too large");
+  VMP_CHECK(m <= kMaxDim, op, ": M=", m, " is too large");
 
+  const mk::DType dtype = x.scalar_type() == at::kHalf ? mk::DType::kFloat16 : mk::DType::kBFloat16;
   mk::GemmPlan plan;
-  check_launch(mk::plan_gemm(static_cast<int>(m), static_cast<int>(n_pad), static_cast<int>(k_pad), x.get_device(),
-                             &plan),
+  check_launch(mk::plan_gemm(static_cast<int>(m), static_cast<int>(n_pad), static_cast<int>(k_pad), dtype,
+                             x.get_device(), &plan),
                op);
-  TORCH_CHECK(workspace.numel() >= plan.grid, op, ": workspace has ", workspace.numel(), " ints, this call needs ",
-              plan.grid, "; fix: allocate torch.zeros(multiprocessor count, dtype=torch.int32) once per layer");
+  VMP_CHECK(workspace.numel() >= plan.grid, op, ": workspace has ", workspace.numel(), " ints, this call needs ",
+              plan.grid, "; fix: allocate torch.zeros(4 * multiprocessor count, dtype=torch.int32) once per layer");
   at::Tensor reduce = at::empty({static_cast<int64_t>(plan.reduce_floats)}, x.options().dtype(at::kFloat));
 
   mk::GemmArgs args;
-  args.dtype = x.scalar_type() == at::kHalf ? mk::DType::kFloat16 : mk::DType::kBFloat16;
+  args.dtype = dtype;
   args.x = x.data_ptr();
   args.w = reinterpret_cast<const uint32_t*>(w.data_ptr<int32_t>());
   args.scales = scales.data_ptr();

@@ -1,15 +1,16 @@
 // Marlin-style W4A16 GEMM: Y[M, N] = X[M, K] . dequant(W)[K, N], fp32 accumulation.
 //
-// Block tile kTileK x kTileN (128 x 128), 256 threads = 2 warps along N (64 columns
-// each) x 4 warps along K (32 rows of every k-tile each); the 4 partial tiles are
-// summed in shared memory at the end of each slice. M is cut into chunks of 16*MB
+// Block tile kTileK x kTileN (128 x 256), 256 threads = 4 warps along N (64 columns
+// each) x 2 warps along K (64 rows, 4 k16 steps of every k-tile each, fragments
+// double-buffered in registers); the 2 partial tiles are summed in shared memory at
+// the end of each slice. M is cut into chunks of 16*MB
 // rows (MB = 1..4). The work units are (n-tile, M chunk, k-tile) triples, numbered
 // with k-tile fastest; a "slice" is all k-tiles of one (n-tile, chunk) pair. Every
 // block takes one contiguous stripe of units_per_block units, so all SMs stay busy
-// whatever the tile count; a slice that spans several blocks is reduced in fp32
-// through global scratch, one block at a time, highest block first (that block
-// reaches the slice at the start of its stripe, so nobody waits for a whole stripe),
-// ordered by a per-slice lock that the last contributor resets to zero.
+// whatever the tile count. A slice that spans several blocks is reduced in fp32
+// through global scratch: every contributor stores its partial tile and increments
+// the slice's counter; the last to arrive sums the partials in block order (so the
+// result is deterministic), writes the output and resets the counter to zero.
 //
 // Only sm_80 instructions are used (cp.async, ldmatrix, mma.sync m16n8k16, lop3).
 // No L2 cache-policy hint on cp.async: with nvcc 13.0 for sm_90, a createpolicy
@@ -28,11 +29,11 @@ namespace marlin {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarpsN = kTileN / kSubN;           // 2
-constexpr int kWarpsK = kThreads / 32 / kWarpsN;  // 4
-constexpr int kWarpRows = kTileK / kWarpsK;       // 32 consecutive k rows per warp and tile
-constexpr int kWarpSteps = kWarpRows / kSubK;     // 2 k16 steps per warp and tile
-constexpr int kMinGroup = kWarpRows;              // a group never splits a warp's rows
+constexpr int kWarpsN = kTileN / kSubN;           // 4 warps side by side along N
+constexpr int kWarpsK = kThreads / 32 / kWarpsN;  // 2 warps along K share one output tile
+constexpr int kWarpRows = kTileK / kWarpsK;       // 64 consecutive k rows per warp and tile
+constexpr int kWarpSteps = kWarpRows / kSubK;     // 4 k16 steps per warp and tile
+constexpr int kMinGroup = 32;                     // smallest group size (a k16 step never splits one)
 constexpr int kMaxGroupRows = kTileK / kMinGroup;  // group rows one k-tile can touch
 constexpr int kMaxStages = 8;
 constexpr int kMaxMBlocks = 4;
@@ -41,17 +42,22 @@ constexpr int kOneGroupShift = 30;  // group_shift for channelwise: (k >> 30) ==
 constexpr int kARowBytes = kTileK * 2;
 constexpr int kBBytes = kTileK * kTileN / 2;
 constexpr int kSubBytes = kSubK * kSubN / 2;
+constexpr int kBandChunks = kTileN / kSubN * kSubBytes / 16;  // 16-byte chunks of one 16-row band
 constexpr int kGroupRowBytes = kTileN * 2;
+constexpr int kGroupRowChunks = kGroupRowBytes / 16;
 constexpr int kGroupBytes = kMaxGroupRows * kGroupRowBytes;
 constexpr int kRedStride = kTileN + 8;  // floats; the pad spreads rows over the banks
 
+// Blocks per SM the launch bounds ask for: 2 for the smallest M tile (memory-bound,
+// few registers), so 16 warps hide latency; 1 otherwise.
+__host__ __device__ constexpr int blocks_per_sm(int mb) { return mb == 1 ? 2 : 1; }
 __host__ __device__ constexpr int a_bytes(int mb) { return mb * 16 * kARowBytes; }
 __host__ __device__ constexpr int stage_bytes(int mb) { return a_bytes(mb) + kBBytes + 2 * kGroupBytes; }
 __host__ __device__ constexpr int red_bytes(int mb) { return mb * 16 * kRedStride * 4; }
 
 static_assert(kBBytes / 16 % kThreads == 0, "weight tile must split evenly over the threads");
 static_assert(kTileK / 8 == 16, "activation rows are 16 chunks of 16 bytes (swizzle assumes it)");
-static_assert(kMaxGroupRows * kGroupRowBytes / 16 <= kThreads / 4, "group rows: one chunk per thread");
+static_assert(kMaxGroupRows * kGroupRowChunks <= kThreads / 2, "group rows: one chunk per thread");
 
 // ---- PTX wrappers ----------------------------------------------------------------
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
@@ -96,16 +102,6 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a) {
   uint32_t d;
   asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "n"(kMask), "n"(kMagic));
   return d;
-}
-
-__device__ __forceinline__ int ld_acquire(const int* p) {
-  int v;
-  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
-__device__ __forceinline__ void st_release(int* p, int v) {
-  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
 template <typename T2>
@@ -207,10 +203,11 @@ struct KernelParams {
 };
 
 template <typename T, int MB>
-__global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const KernelParams p) {
+__global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const KernelParams p) {
   using O = Ops<T>;
   using T2 = typename O::T2;
   extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ int s_last;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wn = warp % kWarpsN, wk = warp / kWarpsN;
@@ -227,6 +224,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const KernelParams p)
   const T* zeros = static_cast<const T*>(p.zeros);
   const bool has_zeros = zeros != nullptr;
   const int group_rows = max(1, kTileK >> p.group_shift);
+  const size_t band_stride = static_cast<size_t>(p.n_pad / kSubN) * (kSubBytes / 16);  // uint4 per 16-row band
 
   // Position of a unit as (k-tile, chunk, n-tile), advanced one unit at a time.
   struct Pos {
@@ -250,30 +248,31 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const KernelParams p)
   auto load_tile = [&](int stage) {
     const uint32_t s_a = smem_u32(smem + stage * stage_sz);
     const uint32_t s_b = s_a + a_bytes(MB), s_s = s_b + kBBytes, s_z = s_s + kGroupBytes;
+    // Activations: MB*16 rows x 16 chunks. Rows >= m are not loaded: they only feed
+    // accumulator rows >= m, which are never written out.
     const int row0 = ld.c * MB * 16;
 #pragma unroll
-    for (int i = 0; i < MB; ++i) {  // activations: MB*16 rows x 16 chunks, rows >= m zero-filled
+    for (int i = 0; i < MB; ++i) {
       const int idx = tid + i * kThreads;
       const int r = idx >> 4, ch = idx & 15;
-      const bool ok = row0 + r < p.m;
-      const T* src = x + (ok ? static_cast<size_t>(row0 + r) * p.k_pad + ld.kt * kTileK + ch * 8 : 0);
-      cp_async16(s_a + r * kARowBytes + ((ch ^ (r & 7)) << 4), src, ok);
+      if (row0 + r < p.m)
+        cp_async16(s_a + r * kARowBytes + ((ch ^ (r & 7)) << 4),
+                   x + static_cast<size_t>(row0 + r) * p.k_pad + ld.kt * kTileK + ch * 8, true);
     }
+    // Weights: kTileK/16 bands, each a contiguous run of kTileN/64 sub-tiles.
+    const uint4* w_tile = p.w + static_cast<size_t>(ld.kt) * (kTileK / kSubK) * band_stride +
+                          static_cast<size_t>(ld.nt) * kBandChunks;
 #pragma unroll
-    for (int i = 0; i < kBBytes / 16 / kThreads; ++i) {  // weights: kTileK/16 runs of 1 KB
+    for (int i = 0; i < kBBytes / 16 / kThreads; ++i) {
       const int idx = tid + i * kThreads;
-      const int band = idx / (kTileN / kSubN * kSubBytes / 16), off = idx % (kTileN / kSubN * kSubBytes / 16);
-      const uint4* src = p.w +
-                         (static_cast<size_t>(ld.kt * (kTileK / kSubK) + band) * (p.n_pad / kSubN) +
-                          ld.nt * (kTileN / kSubN)) * (kSubBytes / 16) + off;
-      cp_async16(s_b + idx * 16, src, true);
+      cp_async16(s_b + idx * 16, w_tile + (idx / kBandChunks) * band_stride + idx % kBandChunks, true);
     }
+    // Group rows (scales by threads [0, 128), zero points by [128, 256)).
     const int grow0 = (ld.kt * kTileK) >> p.group_shift;
-    const int g_chunks = group_rows * (kGroupRowBytes / 16);
-    const int gi = tid & (kThreads / 4 - 1);
-    if (gi < g_chunks && (tid < kThreads / 4 || (has_zeros && tid < kThreads / 2))) {
-      const bool is_zero = tid >= kThreads / 4;
-      const int r = gi / (kGroupRowBytes / 16), ch = gi % (kGroupRowBytes / 16);
+    const int gi = tid & (kThreads / 2 - 1);
+    const bool is_zero = tid >= kThreads / 2;
+    if (gi < group_rows * kGroupRowChunks && (!is_zero || has_zeros)) {
+      const int r = gi / kGroupRowChunks, ch = gi % kGroupRowChunks;
       const T* src = (is_zero ? zeros : scales) + static_cast<size_t>(grow0 + r) * p.n_pad + ld.nt * kTileN + ch * 8;
       cp_async16((is_zero ? s_z : s_s) + r * kGroupRowBytes + ch * 16, src, true);
     }
@@ -316,50 +315,51 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const KernelParams p)
 
     const unsigned char* stage = smem + read_stage * stage_sz;
     if (++read_stage == p.stages) read_stage = 0;
-
-    // Group registers: one group covers all kWarpRows rows of this warp in this tile.
-    const int group = (cp.kt * kTileK + wk * kWarpRows) >> p.group_shift;
-    if (group != cur_group || cp.nt != cur_nt) {
-      cur_group = group;
-      cur_nt = cp.nt;
-      const int off = (group - ((cp.kt * kTileK) >> p.group_shift)) * kGroupRowBytes + wn * (kSubN * 2) +
-                      (lane >> 2) * 16;
-      const uint4 sv = *reinterpret_cast<const uint4*>(stage + a_bytes(MB) + kBBytes + off);
-      const T* s8 = reinterpret_cast<const T*>(&sv);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) gr.s[j] = O::splat(s8[j]);
-      if (has_zeros) {
-        const uint4 zv = *reinterpret_cast<const uint4*>(stage + a_bytes(MB) + kBBytes + kGroupBytes + off);
-        const T* z8 = reinterpret_cast<const T*>(&zv);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) O::set_zero_point(gr, j, z8[j]);
-      }
-    }
-
-    uint4 bq[kWarpSteps];
-    uint32_t af[kWarpSteps][MB][4];
     const uint32_t s_a = smem_u32(stage);
-#pragma unroll
-    for (int s = 0; s < kWarpSteps; ++s) {
+    const int grow0 = (cp.kt * kTileK) >> p.group_shift;
+
+    // Fragments of one k16 step: the weight sub-tile word quad and MB A fragments.
+    uint4 bq[2];
+    uint32_t af[2][MB][4];
+    auto load_frags = [&](int s, int buf) {
       const int kk = wk * kWarpSteps + s;  // 16-row band inside the tile
-      bq[s] = *reinterpret_cast<const uint4*>(stage + a_bytes(MB) + (kk * kWarpsN + wn) * kSubBytes + lane * 16);
+      bq[buf] = *reinterpret_cast<const uint4*>(stage + a_bytes(MB) + (kk * kWarpsN + wn) * kSubBytes + lane * 16);
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb) {
         const int r = mb * 16 + (lane & 15), ch = 2 * kk + (lane >> 4);
-        ldsm_x4(af[s][mb], s_a + r * kARowBytes + ((ch ^ (r & 7)) << 4));
+        ldsm_x4(af[buf][mb], s_a + r * kARowBytes + ((ch ^ (r & 7)) << 4));
       }
-    }
+    };
+    load_frags(0, 0);
 #pragma unroll
     for (int s = 0; s < kWarpSteps; ++s) {
-      const uint32_t words[4] = {bq[s].x, bq[s].y, bq[s].z, bq[s].w};
+      if (s + 1 < kWarpSteps) load_frags(s + 1, (s + 1) & 1);
+      // Group registers for this step (a step never straddles groups: kMinGroup >= 16).
+      const int group = (cp.kt * kTileK + (wk * kWarpSteps + s) * kSubK) >> p.group_shift;
+      if (group != cur_group || cp.nt != cur_nt) {
+        cur_group = group;
+        cur_nt = cp.nt;
+        const int off = (group - grow0) * kGroupRowBytes + wn * (kSubN * 2) + (lane >> 2) * 16;
+        const uint4 sv = *reinterpret_cast<const uint4*>(stage + a_bytes(MB) + kBBytes + off);
+        const T* s8 = reinterpret_cast<const T*>(&sv);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) gr.s[j] = O::splat(s8[j]);
+        if (has_zeros) {
+          const uint4 zv = *reinterpret_cast<const uint4*>(stage + a_bytes(MB) + kBBytes + kGroupBytes + off);
+          const T* z8 = reinterpret_cast<const T*>(&zv);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) O::set_zero_point(gr, j, z8[j]);
+        }
+      }
+      const uint32_t words[4] = {bq[s & 1].x, bq[s & 1].y, bq[s & 1].z, bq[s & 1].w};
 #pragma unroll
       for (int w = 0; w < 4; ++w) {
         uint32_t b[4];
         O::dequant(words[w], gr, w, b);
 #pragma unroll
         for (int mb = 0; mb < MB; ++mb) {
-          O::mma(acc[mb][2 * w], af[s][mb], b[0], b[1]);
-          O::mma(acc[mb][2 * w + 1], af[s][mb], b[2], b[3]);
+          O::mma(acc[mb][2 * w], af[s & 1][mb], b[0], b[1]);
+          O::mma(acc[mb][2 * w + 1], af[s & 1][mb], b[2], b[3]);
         }
       }
     }
@@ -387,49 +387,62 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const KernelParams p)
         }
         __syncthreads();
       }
-      // 2. Combine with the other blocks of this slice, then write the output.
-      const int slice_first = (cp.nt * p.chunks + cp.c) * k_tiles;
-      const int first_block = slice_first / p.units_per_block;
-      const int last_block = (slice_first + k_tiles - 1) / p.units_per_block;
+      // 2. A slice split over blocks first_block..last_block: each writes its partial to
+      //    its own fp32 slot and bumps the slice counter; the last to arrive sums the slots
+      //    in block order (deterministic), writes the output and resets the counter.
+      const int slice = cp.nt * p.chunks + cp.c;
+      const int first_block = slice * k_tiles / p.units_per_block;
+      const int last_block = (slice * k_tiles + k_tiles - 1) / p.units_per_block;
       const bool split = first_block != last_block;
-      const int order = last_block - static_cast<int>(blockIdx.x);  // 0 contributes first
-      const bool writes_out = static_cast<int>(blockIdx.x) == first_block;
-      float* gbuf = p.reduce + static_cast<size_t>(first_block) * (MB * 16 * kTileN);
-      if (split && order > 0) {
-        if (tid == 0)
-          while (ld_acquire(p.locks + first_block) != order) {
-          }
-        __syncthreads();
-      }
       const int row0 = cp.c * MB * 16;
       const int rows = min(MB * 16, p.m - row0);
-      T* out = static_cast<T*>(p.out);
-      const bool vec_out = (p.n & 3) == 0;
-      for (int i = tid; i < rows * (kTileN / 4); i += kThreads) {
-        const int r = i / (kTileN / 4), c4 = (i % (kTileN / 4)) * 4;
-        float4 v = *reinterpret_cast<const float4*>(red + r * kRedStride + c4);
-        if (split && order > 0) {
-          const float4 o = __ldcg(reinterpret_cast<const float4*>(gbuf + r * kTileN + c4));
-          v.x += o.x; v.y += o.y; v.z += o.z; v.w += o.w;
-        }
-        if (!writes_out) {
-          __stcg(reinterpret_cast<float4*>(gbuf + r * kTileN + c4), v);
-          continue;
-        }
-        const int col = cp.nt * kTileN + c4;
-        if (col >= p.n) continue;
-        T* dst = out + static_cast<size_t>(row0 + r) * p.n + col;
-        if (vec_out) {
-          *reinterpret_cast<uint2*>(dst) = make_uint2(O::pack2(v.x, v.y), O::pack2(v.z, v.w));
-        } else {
-          const float vals[4] = {v.x, v.y, v.z, v.w};
-          for (int e = 0; e < 4 && col + e < p.n; ++e) dst[e] = O::from_float(vals[e]);
-        }
-      }
+      const int items = rows * (kTileN / 4);  // float4 items of the valid rows
+      // Slot of block b for this slice: 0 if it is b's first slice, else 1 (its last).
+      auto slot = [&](int b) {
+        const int b_first_slice = b * p.units_per_block / k_tiles;
+        return p.reduce + (static_cast<size_t>(b) * 2 + (slice == b_first_slice ? 0 : 1)) * (MB * 16 * kTileN);
+      };
+      bool reduce_here = true;
       if (split) {
+        float* mine = slot(blockIdx.x);
+        for (int i = tid; i < items; i += kThreads) {
+          const int r = i / (kTileN / 4), c4 = (i % (kTileN / 4)) * 4;
+          __stcg(reinterpret_cast<float4*>(mine + r * kTileN + c4),
+                 *reinterpret_cast<const float4*>(red + r * kRedStride + c4));
+        }
         __threadfence();
         __syncthreads();
-        if (tid == 0) st_release(p.locks + first_block, writes_out ? 0 : order + 1);
+        if (tid == 0) s_last = atomicAdd(p.locks + first_block, 1) == last_block - first_block;
+        __syncthreads();
+        reduce_here = s_last;
+        if (reduce_here) __threadfence();
+      }
+      if (reduce_here) {
+        T* out = static_cast<T*>(p.out);
+        const bool vec_out = (p.n & 3) == 0;
+        for (int i = tid; i < items; i += kThreads) {
+          const int r = i / (kTileN / 4), c4 = (i % (kTileN / 4)) * 4;
+          float4 v;
+          if (split) {
+            v = make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int b = first_block; b <= last_block; ++b) {
+              const float4 o = __ldcg(reinterpret_cast<const float4*>(slot(b) + r * kTileN + c4));
+              v.x += o.x; v.y += o.y; v.z += o.z; v.w += o.w;
+            }
+          } else {
+            v = *reinterpret_cast<const float4*>(red + r * kRedStride + c4);
+          }
+          const int col = cp.nt * kTileN + c4;
+          if (col >= p.n) continue;
+          T* dst = out + static_cast<size_t>(row0 + r) * p.n + col;
+          if (vec_out) {
+            *reinterpret_cast<uint2*>(dst) = make_uint2(O::pack2(v.x, v.y), O::pack2(v.z, v.w));
+          } else {
+            const float vals[4] = {v.x, v.y, v.z, v.w};
+            for (int e = 0; e < 4 && col + e < p.n; ++e) dst[e] = O::from_float(vals[e]);
+          }
+        }
+        if (split && tid == 0) p.locks[first_block] = 0;  // every contributor has arrived
       }
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb)
@@ -443,7 +456,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const KernelParams p)
 }
 
 template <typename T>
-const void* kernel_for(int mb) {
+const void* kernel_for_type(int mb) {
   switch (mb) {
     case 1: return reinterpret_cast<const void*>(&gemm_kernel<T, 1>);
     case 2: return reinterpret_cast<const void*>(&gemm_kernel<T, 2>);
@@ -453,16 +466,21 @@ const void* kernel_for(int mb) {
   }
 }
 
+const void* kernel_for(DType dtype, int mb) {
+  return dtype == DType::kFloat16 ? kernel_for_type<half>(mb) : kernel_for_type<__nv_bfloat16>(mb);
+}
+
 int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
 }  // namespace
 
-cudaError_t plan_gemm(int m, int n_pad, int k_pad, int device, GemmPlan* plan) {
+cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, GemmPlan* plan) {
   if (m <= 0 || n_pad <= 0 || k_pad <= 0 || n_pad % kTileN || k_pad % kTileK) return cudaErrorInvalidValue;
-  int sms = 0, smem_optin = 0;
+  int sms = 0, smem_optin = 0, smem_sm = 0, smem_reserved = 0;
   cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_reserved, cudaDevAttrReservedSharedMemoryPerBlock, device);
   if (err != cudaSuccess) return err;
 
   // Fewest chunks of at most 64 rows, balanced; fewer rows per chunk when shared memory
@@ -471,22 +489,34 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, int device, GemmPlan* plan) {
   int mb = ceil_div(m, 16LL * chunks);
   int stages = 0;
   for (;;) {
-    stages = std::min(kMaxStages, (smem_optin - red_bytes(mb)) / stage_bytes(mb));
+    const int budget = std::min(smem_optin, smem_sm / blocks_per_sm(mb) - smem_reserved);
+    stages = std::min(kMaxStages, (budget - red_bytes(mb)) / stage_bytes(mb));
     if (stages >= 3 || mb == 1) break;
     --mb;
     chunks = ceil_div(m, 16LL * mb);
   }
   if (stages < 2) return cudaErrorInvalidValue;
+  const int smem = stages * stage_bytes(mb) + red_bytes(mb);
+  // Every block must be resident at once: blocks wait on each other's locks.
+  const void* fn = kernel_for(dtype, mb);
+  err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  int resident = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, fn, kThreads, smem);
+  if (err != cudaSuccess) return err;
+  if (resident < 1) return cudaErrorInvalidConfiguration;
+  resident = std::min(resident, blocks_per_sm(mb));
   const long long total = static_cast<long long>(chunks) * (n_pad / kTileN) * (k_pad / kTileK);
   if (total > INT_MAX) return cudaErrorInvalidValue;
-  const int units = ceil_div(total, sms);
+  const int units = ceil_div(total, static_cast<long long>(sms) * resident);
+  plan->dtype = dtype;
   plan->m_blocks = mb;
   plan->chunks = chunks;
   plan->units_per_block = units;
   plan->grid = ceil_div(total, units);
   plan->stages = stages;
-  plan->smem_bytes = stages * stage_bytes(mb) + red_bytes(mb);
-  plan->reduce_floats = static_cast<size_t>(plan->grid) * mb * 16 * kTileN;
+  plan->smem_bytes = smem;
+  plan->reduce_floats = static_cast<size_t>(plan->grid) * 2 * mb * 16 * kTileN;  // 2 slots per block
   return cudaSuccess;
 }
 
@@ -499,9 +529,8 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
       return cudaErrorInvalidValue;
     shift = __builtin_ctz(static_cast<unsigned>(a.group_size));
   }
-  const void* fn = a.dtype == DType::kFloat16 ? kernel_for<half>(plan.m_blocks)
-                                              : kernel_for<__nv_bfloat16>(plan.m_blocks);
-  if (fn == nullptr || plan.stages < 2 || plan.stages > kMaxStages) return cudaErrorInvalidValue;
+  const void* fn = kernel_for(a.dtype, plan.m_blocks);
+  if (a.dtype != plan.dtype || fn == nullptr || plan.stages < 2 || plan.stages > kMaxStages) return cudaErrorInvalidValue;
   cudaError_t err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
   if (err != cudaSuccess) return err;
 

@@ -15,7 +15,7 @@ namespace vmp {
 namespace marlin {
 
 // Block tile of the GEMM; K and N are zero-padded to multiples of these at repack.
-constexpr int kTileN = 128;
+constexpr int kTileN = 256;
 constexpr int kTileK = 128;
 
 // Packed weight: 16 (k) x 64 (n) sub-tiles of 4-bit codes, 512 bytes = 128 uint32

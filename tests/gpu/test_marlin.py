@@ -1,12 +1,14 @@
 """GPU tests of the Marlin backend (vmp::marlin_* ops) against the reference backend.
 
 Tolerance (see `assert_close_to_reference`): the kernel rounds every dequantized
-weight (q - z) * s to the activation dtype (relative error <= u, u = 2^-11 fp16,
-2^-8 bf16), multiplies exactly and accumulates K products in fp32, then rounds the
-result to the activation dtype. The weight roundings are independent, so their sum
-has standard deviation ~ u/sqrt(3) * sqrt(K) * rms(x) * rms(w): the bound grows with
-sqrt(K). We allow 4 u sqrt(K) rms(x) rms(w) (about 7 standard deviations) plus two
-ulps of the reference for the output rounding; fp32 accumulation error is far below.
+weight (q - z) * s to the activation dtype (error |e_k| <= u |w_k|, u = 2^-11 fp16,
+2^-8 bf16), multiplies exactly by x_k and accumulates the K products in fp32, then
+rounds the result to the activation dtype. sum_k x_k e_k has random signs through x,
+so its standard deviation is at most u * sqrt(K) * rms(x) * rms(w): the bound grows
+with sqrt(K). (Worst case |e_k|, not the rms of a uniform rounding error: with one
+scale per column the e_k of a column repeat and need not average out.) We allow 6
+such deviations plus two ulps of the reference for the output rounding; the fp32
+accumulation error is orders of magnitude smaller.
 """
 from __future__ import annotations
 
@@ -77,12 +79,13 @@ def assert_close_to_reference(out: torch.Tensor, x: torch.Tensor, w: CanonicalW4
     u = UNIT_ROUNDOFF[x.dtype]
     w_rms = dequantize(w).float().pow(2).mean().sqrt().item()
     x_rms = x.float().pow(2).mean().sqrt().item()
-    tol = 4 * u * math.sqrt(w.k) * x_rms * w_rms + 2 * u * ref.float().abs()
+    tol = 6 * u * math.sqrt(w.k) * x_rms * w_rms + 2 * u * ref.float().abs()
     err = (out.float() - ref.float()).abs()
-    bad = err > tol
-    assert not bad.any(), (f"{int(bad.sum())} of {err.numel()} elements off; worst err {err.max().item():.4g} "
-                           f"at {divmod(int(err.argmax()), err.shape[1])}, bound there "
-                           f"{tol.flatten()[err.argmax()].item():.4g}")
+    ratio = err / tol
+    worst = int(ratio.argmax())
+    assert not (ratio > 1).any(), (
+        f"{int((ratio > 1).sum())} of {err.numel()} elements off; worst at {divmod(worst, err.shape[1])}: "
+        f"err {err.flatten()[worst].item():.4g} > bound {tol.flatten()[worst].item():.4g}")
 
 
 # ---- layout ---------------------------------------------------------------------------

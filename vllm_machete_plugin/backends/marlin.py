@@ -4,8 +4,10 @@ Device tensors made by `prepare` (layout: kernels/marlin/marlin_layout.cuh):
   qweight    int32 [K_pad/16, 2*N_pad]   vmp::marlin_repack of the codes
   scales     act dtype [G_pad, N_pad]    vmp::marlin_permute_groups of the scales
   zeros      act dtype [G_pad, N_pad]    zero points as values (only for u4 + zeros)
-  workspace  int32 [multiprocessors]     cross-block locks; zero, and zero again after every call
-K_pad, N_pad are K, N rounded up to 128 (zero padding); G_pad = K_pad / g, or 1 for
+  workspace  int32 [4 * multiprocessors] cross-block locks (one per resident block, at most 2 per
+                                         SM, see blocks_per_sm in marlin_gemm.cu); zero, and zero
+                                         again after every call
+K_pad, N_pad are K, N rounded up to 128 and 256 (zero padding); G_pad = K_pad / g, or 1 for
 channelwise. Activations are zero-padded to K_pad in `apply` when K % 128 != 0.
 """
 from __future__ import annotations
@@ -73,7 +75,7 @@ class MarlinBackend(Backend):
             "qweight": torch.ops.vmp.marlin_repack(w.codes.to(device).contiguous(), k_pad, n_pad),
             "scales": torch.ops.vmp.marlin_permute_groups(
                 w.scales.to(device=device, dtype=spec.act_dtype).contiguous(), g_pad, n_pad),
-            "workspace": torch.zeros(torch.cuda.get_device_properties(device).multi_processor_count,
+            "workspace": torch.zeros(4 * torch.cuda.get_device_properties(device).multi_processor_count,
                                      dtype=torch.int32, device=device),
         }
         if w.zeros is not None:

@@ -76,8 +76,32 @@ class CheckpointFormat:
         CheckpointError naming `where` when a tensor is missing or malformed."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def fill_dummy(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
+                   names: tuple[str, ...]) -> None:
+        """load_format="dummy": vLLM filled float tensors with small random values and left
+        integer ones uninitialised (any int32 is a valid word of 4-bit codes). Make the index
+        tensors valid (g_idx [K]: a seeded act-order permutation, or k // g; weight_shape [2]:
+        the layer's [N, K]) and mark every tensor loaded, so a model is fully quantized from
+        config.json alone, act-order path included. Formats with more rules extend this."""
+        from .params import mark_loaded
+
+        g = part.group_size(scheme)
+        gen = torch.Generator().manual_seed(part.k * 131 + part.n)
+        for name in names:
+            p = getattr(layer, name)
+            if not p.dtype.is_floating_point and p.dim() == 1 and p.numel() == part.k:
+                rows = torch.randperm(part.k, generator=gen) if scheme.act_order else torch.arange(part.k)
+                g_idx = torch.empty(part.k, dtype=torch.int64)
+                g_idx[rows] = torch.arange(part.k) // g
+                p.data.copy_(g_idx.to(p.dtype))
+            elif not p.dtype.is_floating_point and p.dim() == 1 and p.numel() == 2:
+                p.data.copy_(torch.tensor([part.n_full, part.k_full], dtype=p.dtype))
+            if hasattr(p, "vmp_loaded"):
+                mark_loaded(p)
+
     @staticmethod
-    def pack(w: CanonicalW4, scheme: LayerScheme) -> dict[str, torch.Tensor]:
+    def pack(w: CanonicalW4, scheme: LayerScheme, **kw) -> dict[str, torch.Tensor]:
         """Inverse of to_canonical for a whole (unpartitioned) layer: the tensors exactly
         as the format's own tool writes them (suffixes like 'qweight', 'scales')."""
         raise NotImplementedError

@@ -157,6 +157,17 @@ class GPTQFormat(CheckpointFormat):
         return CanonicalW4(codes=codes, scales=scales, zeros=zeros, group_size=group_size,
                            g_idx=g_idx).validate(where)
 
+    @torch.no_grad()
+    def fill_dummy(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
+                   names: tuple[str, ...]) -> None:
+        """As the base, plus: symmetric qzeros hold zero point 8 in this checkpoint_format's
+        encoding (to_canonical checks that)."""
+        super().fill_dummy(layer, scheme, part, names)
+        if scheme.sym and "qzeros" in names:
+            stored = SYMMETRIC_ZERO - 1 if self.version == 1 else SYMMETRIC_ZERO
+            layer.qzeros.data.copy_(pack_int4(torch.full((1, 8), stored, dtype=torch.uint8), dim=1)
+                                    .expand_as(layer.qzeros))
+
     @staticmethod
     def pack(w: CanonicalW4, scheme: LayerScheme, checkpoint_format: str = "gptq") -> dict[str, torch.Tensor]:
         """What AutoGPTQ (checkpoint_format "gptq") or GPTQModel ("gptq_v2") writes."""

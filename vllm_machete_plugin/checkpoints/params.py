@@ -150,6 +150,11 @@ def add_param(layer: torch.nn.Module, name: str, cls_name: str, data: torch.Tens
     layer.register_parameter(name, param)
 
 
+def mark_loaded(param: torch.nn.Parameter) -> None:
+    """Count `param` as filled for every shard (used for load_format="dummy")."""
+    param.vmp_loaded.add(_ALL_SHARDS)
+
+
 def is_loaded(layer: torch.nn.Module, name: str, part: Partition) -> bool:
     """True when every output shard of `name` was filled. A plain tensor attribute (not
     created by add_param, e.g. tensors read straight from a file) counts as loaded."""

@@ -1,0 +1,50 @@
+"""Backend selection and the not-built error (CPU: capabilities are passed explicitly)."""
+import pytest
+import torch
+
+from vllm_machete_plugin import backends, ops
+from vllm_machete_plugin.backends import NoBackendError, select
+from vllm_machete_plugin.backends.base import LayerSpec
+
+SPEC = LayerSpec(k=8192, n=10240, group_size=128, has_zeros=False, act_dtype=torch.float16)
+
+
+def test_gpu_below_sm80_is_refused_with_every_reason():
+    with pytest.raises(NoBackendError) as e:
+        select(SPEC, "model.layers.0.self_attn.qkv_proj", capability=75)
+    msg = str(e.value)
+    assert "model.layers.0.self_attn.qkv_proj" in msg and "K=8192 N=10240" in msg
+    assert "marlin: needs sm_80 or newer, this is sm_75" in msg
+    assert "machete: needs sm_90" in msg
+    assert "Fix:" in msg
+
+
+def test_no_gpu_is_named():
+    with pytest.raises(NoBackendError, match="marlin: needs sm_80 or newer, this is no CUDA GPU"):
+        select(SPEC, "layer", capability=-1)
+
+
+def test_forced_and_disabled_backends(monkeypatch):
+    monkeypatch.setenv(backends.ENV_FORCE, "reference")
+    assert select(SPEC, "layer", capability=-1).name == "reference"
+    monkeypatch.setenv(backends.ENV_FORCE, "turbo")
+    with pytest.raises(NoBackendError, match="VMP_BACKEND='turbo' is not a backend"):
+        select(SPEC, "layer", capability=90)
+    monkeypatch.delenv(backends.ENV_FORCE)
+    monkeypatch.setenv(backends.ENV_DISABLE, "marlin,machete")
+    with pytest.raises(NoBackendError, match="every backend is disabled by VMP_DISABLED_BACKENDS"):
+        select(SPEC, "layer", capability=90)
+
+
+def test_reference_is_never_a_serving_candidate():
+    assert all(b.serving for b in backends.SERVING_BACKENDS)
+    assert "reference" not in [b.name for b in backends.SERVING_BACKENDS]
+    assert {"marlin", "machete"} <= {b.name for b in backends.SERVING_BACKENDS}
+
+
+def test_ops_raise_clear_error_when_kernels_are_not_built(monkeypatch):
+    monkeypatch.setattr(ops, "_load", lambda: "No module named 'vllm_machete_plugin._C'")
+    with pytest.raises(ops.KernelsNotBuiltError, match=r"marlin_gemm needs the compiled CUDA kernels.*"
+                                                        r"pip install --no-build-isolation"):
+        ops.require_kernels("marlin_gemm")
+    assert not ops.kernels_available()
