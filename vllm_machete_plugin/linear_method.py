@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from vllm.logger import init_logger
 from vllm.model_executor.layers.linear import (LinearMethodBase,
                                                register_weight_loader_v2_supported_method)
 
@@ -13,7 +14,9 @@ from .act_order import sort_by_group
 from .backends.base import LayerSpec
 from .checkpoints.base import LayerScheme, Partition
 
+logger = init_logger(__name__)
 _PREFIX = "vmp_"  # prepared tensors are registered on the layer as vmp_<name>
+_announced: set[str] = set()  # backends already logged in this process
 
 
 @register_weight_loader_v2_supported_method
@@ -45,6 +48,10 @@ class MacheteLinearMethod(LinearMethodBase):
                          act_dtype=layer.vmp_params_dtype, act_order=w.g_idx is not None,
                          k_split=part.k_split)
         backend = backends.select(spec, self.prefix)
+        if backend.name not in _announced:
+            _announced.add(backend.name)
+            logger.info("vllm-machete-plugin: quantized linear layers run on the %s backend "
+                        "(first: %s, %s)", backend.name, self.prefix, spec.describe())
         perm: Optional[torch.Tensor] = None
         if w.g_idx is not None and backend.name != "reference":
             w, perm = sort_by_group(w, where=self.prefix)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Serve a W4A16 checkpoint with `vllm serve --quantization machete` on loopback and send
+# one OpenAI-compatible completion request with curl. Needs a CUDA GPU.
+#   examples/serve.sh [MODEL_DIR]      (default: the tiny demo checkpoint, built on the fly)
+set -euo pipefail
+PORT="${PORT:-8011}"
+MODEL="${1:-}"
+if [ -z "$MODEL" ]; then
+  MODEL="$(mktemp -d)/tiny-llama-gptq"
+  python -c "from vllm_machete_plugin.testing import build_tiny_checkpoint as b; b('$MODEL', 'gptq')"
+fi
+export VLLM_USE_FLASHINFER_SAMPLER=0
+vllm serve "$MODEL" --quantization machete --host 127.0.0.1 --port "$PORT" \
+  --max-model-len 1024 --gpu-memory-utilization 0.5 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 180); do
+  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
+  kill -0 $SERVER 2>/dev/null || { echo "vllm serve exited during startup" >&2; exit 1; }
+  sleep 1
+done
+curl -sf "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
+  -d "{\"model\": \"$MODEL\", \"prompt\": \"The quick brown fox\", \"max_tokens\": 16, \"temperature\": 0}"
+echo

@@ -1,0 +1,46 @@
+"""Greedy generation in a fresh process, for end-to-end comparisons of our method with
+vLLM's built-in one on the same checkpoint. Prints one JSON object on the last line:
+{"outputs": [{"token_ids": [...], "logprobs": [...]}, ...]}.
+
+  python -m vllm_machete_plugin.testing.generate MODEL --quantization machete|builtin
+"""
+import argparse
+import json
+
+PROMPTS = [
+    "The capital of France is", "Once upon a time there was", "In a galaxy far away",
+    "The best way to learn", "def fibonacci(n):", "Water boils at", "My favourite colour is",
+    "Quantized language models", "The stock market today", "A recipe for pancakes:",
+    "Dear hiring manager,", "The theory of relativity", "Roses are red,",
+    "Breaking news:", "import torch\n", "The weather tomorrow will be",
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--quantization", default="machete", help="'builtin' = vLLM's own method")
+    ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    args = ap.parse_args()
+
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=args.model, dtype=args.dtype, enforce_eager=args.enforce_eager,
+              quantization=None if args.quantization == "builtin" else args.quantization,
+              tensor_parallel_size=args.tensor_parallel_size, max_model_len=512,
+              gpu_memory_utilization=0.3, seed=0)
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=0, ignore_eos=True)
+    outs = llm.generate(PROMPTS, params)
+    result = []
+    for o in outs:
+        c = o.outputs[0]
+        result.append({"token_ids": list(c.token_ids),
+                       "logprobs": [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)]})
+    print(json.dumps({"outputs": result}))
+
+
+if __name__ == "__main__":
+    main()
