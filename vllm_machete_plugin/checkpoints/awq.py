@@ -18,7 +18,7 @@ import torch
 from ..canonical import SYMMETRIC_ZERO, CanonicalW4, pack_int4, unpack_int4
 from . import params as P
 from .base import CheckpointError, CheckpointFormat, LayerScheme, Partition
-from .naming import is_lm_head, same_for_all_shards, shard_names
+from .naming import is_lm_head
 
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
 
@@ -58,31 +58,16 @@ class AWQFormat(CheckpointFormat):
             return None
         return self.base
 
-    def scheme_for(self, prefix, packed_modules_mapping):
-        names = shard_names(prefix, packed_modules_mapping)
-        return same_for_all_shards(prefix, names, [self._scheme_of_module(n) for n in names])
-
     def create_weights(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
                        params_dtype: torch.dtype, weight_loader: Callable) -> None:
         where = P.layer_name(layer)
         P.check_act_dtype(params_dtype, where)
         P.check_partition(scheme, part, where, packed_k=False, packed_n=True)
-        g, n = P.num_groups(scheme, part), part.n
+        n = part.n
         P.add_param(layer, "qweight", "PackedvLLMParameter",
                     torch.empty(part.k, n // 8, dtype=torch.int32), weight_loader,
                     dtypes=P.INT32, layout=QWEIGHT, input_dim=0, output_dim=1, packed_dim=1, packed_factor=8)
-        scales = torch.empty(g, n, dtype=params_dtype)
-        qzeros = torch.empty(g, n // 8, dtype=torch.int32)
-        if P.replicated_scales(scheme, part):
-            P.add_param(layer, "scales", "ChannelQuantScaleParameter", scales, weight_loader,
-                        dtypes=P.FLOAT_DTYPES, layout=SCALES, output_dim=1)
-            P.add_param(layer, "qzeros", "PackedColumnParameter", qzeros, weight_loader,
-                        dtypes=P.INT32, layout=QZEROS, output_dim=1, packed_dim=1, packed_factor=8)
-        else:
-            P.add_param(layer, "scales", "GroupQuantScaleParameter", scales, weight_loader,
-                        dtypes=P.FLOAT_DTYPES, layout=SCALES, input_dim=0, output_dim=1)
-            P.add_param(layer, "qzeros", "PackedvLLMParameter", qzeros, weight_loader,
-                        dtypes=P.INT32, layout=QZEROS, input_dim=0, output_dim=1, packed_dim=1, packed_factor=8)
+        P.add_group_params(layer, scheme, part, params_dtype, weight_loader, SCALES, QZEROS)
 
     def to_canonical(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
                      where: str) -> CanonicalW4:

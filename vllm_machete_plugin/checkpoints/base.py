@@ -63,6 +63,12 @@ class CheckpointFormat:
         """The scheme for the linear layer at `prefix` (vLLM module name), or None when
         the checkpoint leaves it unquantized. Fused layers (qkv_proj, gate_up_proj) are
         expanded through packed_modules_mapping; shards that disagree raise CheckpointError."""
+        from .naming import same_for_all_shards, shard_names
+        names = shard_names(prefix, packed_modules_mapping)
+        return same_for_all_shards(prefix, names, [self._scheme_of_module(n) for n in names])
+
+    def _scheme_of_module(self, name: str) -> Optional[LayerScheme]:
+        """The scheme of one checkpoint module (an unfused name like ...q_proj), or None."""
         raise NotImplementedError
 
     def create_weights(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,

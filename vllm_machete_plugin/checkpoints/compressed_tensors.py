@@ -21,7 +21,6 @@ import torch
 from ..canonical import SYMMETRIC_ZERO, CanonicalW4, pack_int4, unpack_int4
 from . import params as P
 from .base import CheckpointError, CheckpointFormat, LayerScheme, Partition
-from .naming import same_for_all_shards, shard_names
 
 PACKED = "weight_packed int32 [N, K/8], packed along K"
 SCALE = "weight_scale float16/bfloat16 [N, G]"
@@ -118,8 +117,7 @@ class CompressedTensorsFormat(CheckpointFormat):
     def scheme_for(self, prefix, packed_modules_mapping):
         if any(_matches(prefix, i) for i in self.ignore):
             return None
-        names = shard_names(prefix, packed_modules_mapping)
-        return same_for_all_shards(prefix, names, [self._scheme_of_module(n) for n in names])
+        return super().scheme_for(prefix, packed_modules_mapping)
 
     def create_weights(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
                        params_dtype: torch.dtype, weight_loader: Callable) -> None:

@@ -18,7 +18,7 @@ import torch
 from ..canonical import SYMMETRIC_ZERO, CanonicalW4, pack_int4, unpack_int4
 from . import params as P
 from .base import CheckpointError, CheckpointFormat, LayerScheme, Partition
-from .naming import is_lm_head, same_for_all_shards, shard_names
+from .naming import is_lm_head
 
 _CHECKPOINT_FORMATS = {"gptq": 1, "gptq_v2": 2}
 _OVERRIDABLE = ("bits", "group_size", "sym", "desc_act")
@@ -95,33 +95,18 @@ class GPTQFormat(CheckpointFormat):
                 return scheme
         return self.base
 
-    def scheme_for(self, prefix, packed_modules_mapping):
-        names = shard_names(prefix, packed_modules_mapping)
-        return same_for_all_shards(prefix, names, [self._scheme_of_module(n) for n in names])
-
     def create_weights(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
                        params_dtype: torch.dtype, weight_loader: Callable) -> None:
         where = P.layer_name(layer)
         P.check_act_dtype(params_dtype, where)
         P.check_partition(scheme, part, where, packed_k=True, packed_n=True)
-        g, n = P.num_groups(scheme, part), part.n
+        n = part.n
         P.add_param(layer, "qweight", "PackedvLLMParameter",
                     torch.empty(part.k // 8, n, dtype=torch.int32), weight_loader,
                     dtypes=P.INT32, layout=QWEIGHT, input_dim=0, output_dim=1, packed_dim=0, packed_factor=8)
         P.add_param(layer, "g_idx", "RowvLLMParameter", torch.empty(part.k, dtype=torch.int32), weight_loader,
                     dtypes=P.INDEX_DTYPES, layout=G_IDX, same_across_shards=True, input_dim=0)
-        scales = torch.empty(g, n, dtype=params_dtype)
-        qzeros = torch.empty(g, n // 8, dtype=torch.int32)
-        if P.replicated_scales(scheme, part):
-            P.add_param(layer, "scales", "ChannelQuantScaleParameter", scales, weight_loader,
-                        dtypes=P.FLOAT_DTYPES, layout=SCALES, output_dim=1)
-            P.add_param(layer, "qzeros", "PackedColumnParameter", qzeros, weight_loader,
-                        dtypes=P.INT32, layout=QZEROS, output_dim=1, packed_dim=1, packed_factor=8)
-        else:
-            P.add_param(layer, "scales", "GroupQuantScaleParameter", scales, weight_loader,
-                        dtypes=P.FLOAT_DTYPES, layout=SCALES, input_dim=0, output_dim=1)
-            P.add_param(layer, "qzeros", "PackedvLLMParameter", qzeros, weight_loader,
-                        dtypes=P.INT32, layout=QZEROS, input_dim=0, output_dim=1, packed_dim=1, packed_factor=8)
+        P.add_group_params(layer, scheme, part, params_dtype, weight_loader, SCALES, QZEROS)
 
     def to_canonical(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
                      where: str) -> CanonicalW4:

@@ -150,6 +150,26 @@ def add_param(layer: torch.nn.Module, name: str, cls_name: str, data: torch.Tens
     layer.register_parameter(name, param)
 
 
+def add_group_params(layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
+                     params_dtype: torch.dtype, weight_loader: Callable, scales_layout: str,
+                     qzeros_layout: str) -> None:
+    """GPTQ/AWQ `scales` [G, N] and `qzeros` [G, N/8] (packed along N). Split along K with
+    the layer, or the full group table on every rank when replicated_scales()."""
+    g, n = num_groups(scheme, part), part.n
+    scales = torch.empty(g, n, dtype=params_dtype)
+    qzeros = torch.empty(g, n // 8, dtype=torch.int32)
+    if replicated_scales(scheme, part):
+        add_param(layer, "scales", "ChannelQuantScaleParameter", scales, weight_loader,
+                  dtypes=FLOAT_DTYPES, layout=scales_layout, output_dim=1)
+        add_param(layer, "qzeros", "PackedColumnParameter", qzeros, weight_loader,
+                  dtypes=INT32, layout=qzeros_layout, output_dim=1, packed_dim=1, packed_factor=8)
+    else:
+        add_param(layer, "scales", "GroupQuantScaleParameter", scales, weight_loader,
+                  dtypes=FLOAT_DTYPES, layout=scales_layout, input_dim=0, output_dim=1)
+        add_param(layer, "qzeros", "PackedvLLMParameter", qzeros, weight_loader,
+                  dtypes=INT32, layout=qzeros_layout, input_dim=0, output_dim=1, packed_dim=1, packed_factor=8)
+
+
 def mark_loaded(param: torch.nn.Parameter) -> None:
     """Count `param` as filled for every shard (used for load_format="dummy")."""
     param.vmp_loaded.add(_ALL_SHARDS)
