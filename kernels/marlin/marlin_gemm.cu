@@ -42,7 +42,6 @@ constexpr int kOneGroupShift = 30;  // group_shift for channelwise: (k >> 30) ==
 constexpr int kARowBytes = kTileK * 2;
 constexpr int kBBytes = kTileK * kTileN / 2;
 constexpr int kSubBytes = kSubK * kSubN / 2;
-constexpr int kBandChunks = kTileN / kSubN * kSubBytes / 16;  // 16-byte chunks of one 16-row band
 constexpr int kGroupRowBytes = kTileN * 2;
 constexpr int kGroupRowChunks = kGroupRowBytes / 16;
 constexpr int kGroupBytes = kMaxGroupRows * kGroupRowBytes;
@@ -77,7 +76,7 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// Wait until at most n groups are pending (n = stages - 2 <= 6).
+// Wait until at most n groups are pending (n = stages - 1 <= 7).
 __device__ __forceinline__ void cp_async_wait_dyn(int n) {
   switch (n) {
     case 0: cp_async_wait<0>(); break;
@@ -86,7 +85,8 @@ __device__ __forceinline__ void cp_async_wait_dyn(int n) {
     case 3: cp_async_wait<3>(); break;
     case 4: cp_async_wait<4>(); break;
     case 5: cp_async_wait<5>(); break;
-    default: cp_async_wait<6>(); break;
+    case 6: cp_async_wait<6>(); break;
+    default: cp_async_wait<7>(); break;
   }
 }
 
@@ -130,6 +130,8 @@ template <>
 struct Ops<half> {
   using T2 = half2;
   static constexpr uint32_t kMagic = 0x64006400;  // 1024 in both halves: 1024 + q is exact
+  static constexpr uint32_t kLoU4B8 = 0x64086408;  // lo for zero point 8: 1032
+  static constexpr uint32_t kHiU4B8 = 0xD480D480;  // hi for zero point 8: -72
   __device__ static T2 splat(half v) { return __half2half2(v); }
   __device__ static void set_zero_point(GroupRegs<T2>& g, int j, half z) {
     const half2 z2 = __half2half2(z);
@@ -164,6 +166,8 @@ template <>
 struct Ops<__nv_bfloat16> {
   using T2 = __nv_bfloat162;
   static constexpr uint32_t kMagic = 0x43004300;  // 128 in both halves: 128 + q is exact
+  static constexpr uint32_t kLoU4B8 = 0x43084308;  // lo for zero point 8: 136
+  static constexpr uint32_t kHiU4B8 = 0;           // unused
   __device__ static T2 splat(__nv_bfloat16 v) { return __bfloat162bfloat162(v); }
   __device__ static void set_zero_point(GroupRegs<T2>& g, int j, __nv_bfloat16 z) {
     g.lo[j] = __hadd2(__bfloat162bfloat162(z), __float2bfloat162_rn(128.f));
@@ -202,7 +206,9 @@ struct KernelParams {
   int chunks, units_per_block, stages;
 };
 
-template <typename T, int MB>
+// kZeros = false: symmetric u4b8 only (zero point 8 folded into immediates, fewer
+// registers); kZeros = true handles both (zero points when p.zeros != nullptr).
+template <typename T, int MB, bool kZeros>
 __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const KernelParams p) {
   using O = Ops<T>;
   using T2 = typename O::T2;
@@ -218,13 +224,15 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   if (u_begin >= u_end) return;
 
   const int stage_sz = stage_bytes(MB);
-  float* red = reinterpret_cast<float*>(smem + p.stages * stage_sz);
+  const int stages = p.stages;
+  const uint32_t smem0 = smem_u32(smem);
+  float* red = reinterpret_cast<float*>(smem + stages * stage_sz);
   const T* x = static_cast<const T*>(p.x);
   const T* scales = static_cast<const T*>(p.scales);
   const T* zeros = static_cast<const T*>(p.zeros);
-  const bool has_zeros = zeros != nullptr;
+  const bool has_zeros = kZeros && zeros != nullptr;
+  const bool two_groups_per_warp = p.group_shift < 6;  // g = 32: a warp's 64 rows span 2 groups
   const int group_rows = max(1, kTileK >> p.group_shift);
-  const size_t band_stride = static_cast<size_t>(p.n_pad / kSubN) * (kSubBytes / 16);  // uint4 per 16-row band
 
   // Position of a unit as (k-tile, chunk, n-tile), advanced one unit at a time.
   struct Pos {
@@ -244,53 +252,90 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
     }
   };
 
-  Pos ld = pos_of(u_begin);
-  auto load_tile = [&](int stage) {
-    const uint32_t s_a = smem_u32(smem + stage * stage_sz);
-    const uint32_t s_b = s_a + a_bytes(MB), s_s = s_b + kBBytes, s_z = s_s + kGroupBytes;
-    // Activations: MB*16 rows x 16 chunks. Rows >= m are not loaded: they only feed
-    // accumulator rows >= m, which are never written out.
-    const int row0 = ld.c * MB * 16;
+  // ---- global -> shared copies of one unit (loop-invariant parts hoisted) ----
+  // Activations: thread copies chunk a_ch of rows a_row + 16 i (i < MB).
+  const int a_ch = tid & 15, a_row = tid >> 4;
+  const uint32_t a_dst = a_row * kARowBytes + ((a_ch ^ (a_row & 7)) << 4);
+  // Weights: a tile is one contiguous 16 KB run (marlin_layout.cuh), copied 1:1;
+  // thread copies chunks tid + 256 i (i < 4).
+  static_assert(kBBytes == 32 * kSubBytes, "weight tile = 32 sub-tiles");
+  // Group rows: scales by threads [0, 128), zero points by [128, 256).
+  const int gi = tid & (kThreads / 2 - 1);
+  const bool g_is_zero = tid >= kThreads / 2;
+  const int g_r = gi / kGroupRowChunks, g_ch = gi % kGroupRowChunks;
+  const bool g_active = g_r < group_rows && (!g_is_zero || has_zeros);
+  const T* g_src = g_active ? (g_is_zero ? zeros : scales) + static_cast<size_t>(g_r) * p.n_pad + g_ch * 8 : nullptr;
+  const uint32_t g_dst = a_bytes(MB) + kBBytes + (g_is_zero ? kGroupBytes : 0) + g_r * kGroupRowBytes + g_ch * 16;
+
+  auto load_tile = [&](int stage, const Pos& q) {
+    const uint32_t s0 = smem0 + stage * stage_sz;
+    // Rows >= m are not loaded: they only feed accumulator rows >= m, never written out.
+    const int row0 = q.c * MB * 16 + a_row;
+    const T* xa = x + static_cast<size_t>(row0) * p.k_pad + q.kt * kTileK + a_ch * 8;
 #pragma unroll
-    for (int i = 0; i < MB; ++i) {
-      const int idx = tid + i * kThreads;
-      const int r = idx >> 4, ch = idx & 15;
-      if (row0 + r < p.m)
-        cp_async16(s_a + r * kARowBytes + ((ch ^ (r & 7)) << 4),
-                   x + static_cast<size_t>(row0 + r) * p.k_pad + ld.kt * kTileK + ch * 8, true);
-    }
-    // Weights: kTileK/16 bands, each a contiguous run of kTileN/64 sub-tiles.
-    const uint4* w_tile = p.w + static_cast<size_t>(ld.kt) * (kTileK / kSubK) * band_stride +
-                          static_cast<size_t>(ld.nt) * kBandChunks;
+    for (int i = 0; i < MB; ++i)
+      if (row0 + 16 * i < p.m)
+        cp_async16(s0 + a_dst + i * 16 * kARowBytes, xa + static_cast<size_t>(16 * i) * p.k_pad, true);
+    const size_t band_stride = static_cast<size_t>(p.n_pad / kSubN) * (kSubBytes / 16);
+    constexpr int kBandChunks = kTileN / kSubN * kSubBytes / 16;
+    const uint4* wsrc = p.w + static_cast<size_t>(q.kt * (kTileK / kSubK) + tid / kBandChunks) * band_stride +
+                        q.nt * kBandChunks + tid % kBandChunks;
 #pragma unroll
-    for (int i = 0; i < kBBytes / 16 / kThreads; ++i) {
-      const int idx = tid + i * kThreads;
-      cp_async16(s_b + idx * 16, w_tile + (idx / kBandChunks) * band_stride + idx % kBandChunks, true);
-    }
-    // Group rows (scales by threads [0, 128), zero points by [128, 256)).
-    const int grow0 = (ld.kt * kTileK) >> p.group_shift;
-    const int gi = tid & (kThreads / 2 - 1);
-    const bool is_zero = tid >= kThreads / 2;
-    if (gi < group_rows * kGroupRowChunks && (!is_zero || has_zeros)) {
-      const int r = gi / kGroupRowChunks, ch = gi % kGroupRowChunks;
-      const T* src = (is_zero ? zeros : scales) + static_cast<size_t>(grow0 + r) * p.n_pad + ld.nt * kTileN + ch * 8;
-      cp_async16((is_zero ? s_z : s_s) + r * kGroupRowBytes + ch * 16, src, true);
-    }
+    for (int i = 0; i < kBBytes / 16 / kThreads; ++i)
+      cp_async16(s0 + a_bytes(MB) + (tid + i * kThreads) * 16,
+                 wsrc + static_cast<size_t>(i * (kThreads / kBandChunks)) * band_stride, true);
+    if (g_active)
+      cp_async16(s0 + g_dst,
+                 g_src + static_cast<size_t>((q.kt * kTileK) >> p.group_shift) * p.n_pad + q.nt * kTileN, true);
   };
 
-  int loaded = u_begin;
-  for (int s = 0; s < p.stages - 1; ++s) {
-    if (loaded < u_end) {
-      load_tile(s);
-      advance(ld);
-      ++loaded;
-    }
-    cp_async_commit();
-  }
+  // ---- shared -> register fragments ----
+  // Step s of a warp covers the 16-row band kk = wk * kWarpSteps + s of the tile.
+  const uint32_t b_rd = a_bytes(MB) + wn * kSubBytes + lane * 16;
+  const uint32_t a_rd_row = (lane & 15) * kARowBytes;
+  const uint32_t g_rd = a_bytes(MB) + kBBytes + wn * (kSubN * 2) + (lane >> 2) * 16;
+  uint4 bq[2];
+  uint32_t af[2][MB][4];
+  auto load_frags = [&](uint32_t st, int s, int buf) {
+    const int kk = wk * kWarpSteps + s;
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(bq[buf].x), "=r"(bq[buf].y), "=r"(bq[buf].z), "=r"(bq[buf].w)
+                 : "r"(st + b_rd + kk * kWarpsN * kSubBytes));
+    const uint32_t a_rd = st + a_rd_row + (((2 * kk + (lane >> 4)) ^ (lane & 7)) << 4);
+#pragma unroll
+    for (int mb = 0; mb < MB; ++mb) ldsm_x4(af[buf][mb], a_rd + mb * 16 * kARowBytes);
+  };
+  // Raw group values (scale and zero point words) of the group of step s, loaded one
+  // step ahead and turned into GroupRegs when the step starts.
+  uint4 s_raw = make_uint4(0, 0, 0, 0), z_raw = make_uint4(0, 0, 0, 0);
+  auto load_group = [&](uint32_t st, int s) {
+    const uint32_t off = st + g_rd + ((wk * kWarpRows + s * kSubK) >> p.group_shift) * kGroupRowBytes;
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(s_raw.x), "=r"(s_raw.y), "=r"(s_raw.z), "=r"(s_raw.w)
+                 : "r"(off));
+    if (has_zeros)
+      asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                   : "=r"(z_raw.x), "=r"(z_raw.y), "=r"(z_raw.z), "=r"(z_raw.w)
+                   : "r"(off + kGroupBytes));
+  };
 
   GroupRegs<T2> gr;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) O::set_zero_point(gr, j, O::from_float(8.f));  // u4b8 until zeros load
+  for (int j = 0; j < 8; ++j) {  // u4b8 unless zero points are given
+    gr.lo[j] = bits_to<T2>(O::kLoU4B8);
+    gr.hi[j] = bits_to<T2>(O::kHiU4B8);
+  }
+  auto set_group = [&]() {
+    const T* s8 = reinterpret_cast<const T*>(&s_raw);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) gr.s[j] = O::splat(s8[j]);
+    if (has_zeros) {
+      const T* z8 = reinterpret_cast<const T*>(&z_raw);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) O::set_zero_point(gr, j, z8[j]);
+    }
+  };
+
   float acc[MB][8][4];
 #pragma unroll
   for (int mb = 0; mb < MB; ++mb)
@@ -299,56 +344,53 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[mb][j][e] = 0.f;
 
-  Pos cp = pos_of(u_begin);
-  int cur_group = -1, cur_nt = -1;
-  int read_stage = 0, write_stage = p.stages - 1;
-  for (int u = u_begin; u < u_end; ++u) {
-    cp_async_wait_dyn(p.stages - 2);
-    __syncthreads();
+  // Pipeline: all `stages` stages are filled up front; afterwards, while a warp works on
+  // stage r, the next stages-1 units are in flight. The one barrier per unit sits before
+  // the unit's last k16 step: by then every read of stage r has been issued, so stage r is
+  // refilled right after it, and the fragments of the next unit's first step are fetched
+  // while the last step's MMAs run.
+  Pos ld = pos_of(u_begin);
+  int loaded = u_begin;
+  for (int s = 0; s < stages; ++s) {
     if (loaded < u_end) {
-      load_tile(write_stage);
+      load_tile(s, ld);
       advance(ld);
       ++loaded;
     }
     cp_async_commit();
-    if (++write_stage == p.stages) write_stage = 0;
+  }
+  cp_async_wait_dyn(stages - 1);
+  __syncthreads();
+  load_frags(smem0, 0, 0);
+  load_group(smem0, 0);
 
-    const unsigned char* stage = smem + read_stage * stage_sz;
-    if (++read_stage == p.stages) read_stage = 0;
-    const uint32_t s_a = smem_u32(stage);
-    const int grow0 = (cp.kt * kTileK) >> p.group_shift;
-
-    // Fragments of one k16 step: the weight sub-tile word quad and MB A fragments.
-    uint4 bq[2];
-    uint32_t af[2][MB][4];
-    auto load_frags = [&](int s, int buf) {
-      const int kk = wk * kWarpSteps + s;  // 16-row band inside the tile
-      bq[buf] = *reinterpret_cast<const uint4*>(stage + a_bytes(MB) + (kk * kWarpsN + wn) * kSubBytes + lane * 16);
-#pragma unroll
-      for (int mb = 0; mb < MB; ++mb) {
-        const int r = mb * 16 + (lane & 15), ch = 2 * kk + (lane >> 4);
-        ldsm_x4(af[buf][mb], s_a + r * kARowBytes + ((ch ^ (r & 7)) << 4));
-      }
-    };
-    load_frags(0, 0);
+  Pos cp = pos_of(u_begin);
+  int read_stage = 0;
+  for (int u = u_begin; u < u_end; ++u) {
+    const uint32_t st = smem0 + read_stage * stage_sz;
 #pragma unroll
     for (int s = 0; s < kWarpSteps; ++s) {
-      if (s + 1 < kWarpSteps) load_frags(s + 1, (s + 1) & 1);
-      // Group registers for this step (a step never straddles groups: kMinGroup >= 16).
-      const int group = (cp.kt * kTileK + (wk * kWarpSteps + s) * kSubK) >> p.group_shift;
-      if (group != cur_group || cp.nt != cur_nt) {
-        cur_group = group;
-        cur_nt = cp.nt;
-        const int off = (group - grow0) * kGroupRowBytes + wn * (kSubN * 2) + (lane >> 2) * 16;
-        const uint4 sv = *reinterpret_cast<const uint4*>(stage + a_bytes(MB) + kBBytes + off);
-        const T* s8 = reinterpret_cast<const T*>(&sv);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) gr.s[j] = O::splat(s8[j]);
-        if (has_zeros) {
-          const uint4 zv = *reinterpret_cast<const uint4*>(stage + a_bytes(MB) + kBBytes + kGroupBytes + off);
-          const T* z8 = reinterpret_cast<const T*>(&zv);
-#pragma unroll
-          for (int j = 0; j < 8; ++j) O::set_zero_point(gr, j, z8[j]);
+      // A k16 step never straddles groups (kMinGroup >= 16); new groups start at step 0
+      // and, for g = 32, at step 2.
+      if (s == 0 || (s == 2 && two_groups_per_warp)) set_group();
+      if (s == 1 && two_groups_per_warp) load_group(st, 2);
+      if (s + 1 < kWarpSteps) {
+        load_frags(st, s + 1, (s + 1) & 1);
+      } else {
+        // Next unit's stage complete and visible; every read of this stage issued.
+        cp_async_wait_dyn(stages - 2);
+        __syncthreads();
+        if (loaded < u_end) {
+          load_tile(read_stage, ld);
+          advance(ld);
+          ++loaded;
+        }
+        cp_async_commit();
+        if (++read_stage == stages) read_stage = 0;
+        if (u + 1 < u_end) {
+          const uint32_t nst = smem0 + read_stage * stage_sz;
+          load_frags(nst, 0, 0);
+          load_group(nst, 0);
         }
       }
       const uint32_t words[4] = {bq[s & 1].x, bq[s & 1].y, bq[s & 1].z, bq[s & 1].w};
@@ -455,19 +497,22 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   }
 }
 
+// The register-capped single-m-block kernel gets a zero-point-free variant; the others
+// have registers to spare and handle both cases at run time (10 instantiations).
 template <typename T>
-const void* kernel_for_type(int mb) {
+const void* kernel_for_type(int mb, bool zeros) {
   switch (mb) {
-    case 1: return reinterpret_cast<const void*>(&gemm_kernel<T, 1>);
-    case 2: return reinterpret_cast<const void*>(&gemm_kernel<T, 2>);
-    case 3: return reinterpret_cast<const void*>(&gemm_kernel<T, 3>);
-    case 4: return reinterpret_cast<const void*>(&gemm_kernel<T, 4>);
+    case 1: return zeros ? reinterpret_cast<const void*>(&gemm_kernel<T, 1, true>)
+                         : reinterpret_cast<const void*>(&gemm_kernel<T, 1, false>);
+    case 2: return reinterpret_cast<const void*>(&gemm_kernel<T, 2, true>);
+    case 3: return reinterpret_cast<const void*>(&gemm_kernel<T, 3, true>);
+    case 4: return reinterpret_cast<const void*>(&gemm_kernel<T, 4, true>);
     default: return nullptr;
   }
 }
 
-const void* kernel_for(DType dtype, int mb) {
-  return dtype == DType::kFloat16 ? kernel_for_type<half>(mb) : kernel_for_type<__nv_bfloat16>(mb);
+const void* kernel_for(DType dtype, int mb, bool zeros) {
+  return dtype == DType::kFloat16 ? kernel_for_type<half>(mb, zeros) : kernel_for_type<__nv_bfloat16>(mb, zeros);
 }
 
 int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
@@ -488,9 +533,14 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, Gemm
   int chunks = ceil_div(m, kMaxMBlocks * 16);
   int mb = ceil_div(m, 16LL * chunks);
   int stages = 0;
+  auto stages_for = [&](int blocks) {
+    const int budget = std::min(smem_optin, smem_sm / blocks - smem_reserved);
+    return std::min(kMaxStages, (budget - red_bytes(mb)) / stage_bytes(mb));
+  };
   for (;;) {
-    const int budget = std::min(smem_optin, smem_sm / blocks_per_sm(mb) - smem_reserved);
-    stages = std::min(kMaxStages, (budget - red_bytes(mb)) / stage_bytes(mb));
+    stages = stages_for(blocks_per_sm(mb));
+    // Too little shared memory for two blocks per SM (sm_86/sm_89): one block, deeper.
+    if (stages < 4 && blocks_per_sm(mb) > 1) stages = stages_for(1);
     if (stages >= 3 || mb == 1) break;
     --mb;
     chunks = ceil_div(m, 16LL * mb);
@@ -498,8 +548,9 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, Gemm
   if (stages < 2) return cudaErrorInvalidValue;
   const int smem = stages * stage_bytes(mb) + red_bytes(mb);
   // Every block must be resident at once: blocks wait on each other's locks.
-  const void* fn = kernel_for(dtype, mb);
-  err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  const void* fn = kernel_for(dtype, mb, true);
+  err = cudaFuncSetAttribute(kernel_for(dtype, mb, false), cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err == cudaSuccess) err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   int resident = 0;
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, fn, kThreads, smem);
@@ -529,7 +580,7 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
       return cudaErrorInvalidValue;
     shift = __builtin_ctz(static_cast<unsigned>(a.group_size));
   }
-  const void* fn = kernel_for(a.dtype, plan.m_blocks);
+  const void* fn = kernel_for(a.dtype, plan.m_blocks, a.zeros != nullptr);
   if (a.dtype != plan.dtype || fn == nullptr || plan.stages < 2 || plan.stages > kMaxStages) return cudaErrorInvalidValue;
   cudaError_t err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
   if (err != cudaSuccess) return err;
