@@ -90,7 +90,7 @@ def _ext_modules():
     )
     exts = [ext]
     if any(a in ("90", "90a") for a in archs):
-        exts.append(_machete_extension(CUDAExtension, rel))
+        exts.append(_machete_extension(CUDAExtension, rel, late_includes))
     return exts, {"build_ext": _machete_guarded(BuildExtension).with_options(use_ninja=True)}
 
 
@@ -112,7 +112,7 @@ def _cutlass_dirs():
     return dirs
 
 
-def _machete_extension(CUDAExtension, rel):
+def _machete_extension(CUDAExtension, rel, late_includes):
     sources = rel("kernels/machete/*.cpp") + rel("kernels/machete/*.cu")
     return CUDAExtension(
         name="vllm_machete_plugin._machete_C",

@@ -15,6 +15,14 @@ namespace vmp::machete {
 
 enum ActType : int { kF16 = 0, kBF16 = 1 };
 
+// How CTA work is cut along K (CUTLASS Stream-K tile scheduler, chosen per call).
+enum Decomposition : int {
+  kAuto = 0,          // CUTLASS heuristic: data-parallel, split-K or Stream-K hybrid
+  kDataParallel = 1,  // one CTA per output tile
+  kStreamK = 2,       // forced Stream-K
+  kSplitK = 3,        // `splits` equal K slices per tile, reduced in the workspace
+};
+
 struct MMArgs {
   const void* x = nullptr;       // [M, K] act dtype, row stride ldx (elements), 16-byte aligned
   int64_t ldx = 0;
@@ -24,14 +32,24 @@ struct MMArgs {
   void* y = nullptr;             // [M, N] act dtype, row-major contiguous
   int m = 0, n = 0, k = 0;
   int group_size = 0;            // rows per group; == k for channelwise
+  int decomposition = kAuto;
+  int splits = 1;                // kSplitK only
   int device = 0, sm_count = 0;
 };
 
-// The frozen schedule set compiled into every type configuration. A name is
+// The frozen tile set compiled into every type configuration. A tile name is
 // "<tile N>x<tile M>": output features x tokens per CTA tile; all use the cooperative
-// warp-specialized kernel (2 consumer warpgroups), a 1x1x1 cluster and Stream-K.
+// warp-specialized kernel (2 consumer warpgroups), a 1x1x1 cluster and the Stream-K
+// tile scheduler. A schedule is a tile plus a runtime decomposition suffix:
+// "" (kAuto), "_dp", "_sk" or "_split<S>" (S in 2..16), e.g. "128x16_split4".
 constexpr int kNumSchedules = 5;
 constexpr const char* kScheduleNames[kNumSchedules] = {"128x16", "128x32", "128x64", "128x128", "256x128"};
+
+struct Schedule {
+  int tile = 0;  // index into kScheduleNames
+  int decomposition = kAuto;
+  int splits = 1;
+};
 
 // One entry point per type configuration (one translation unit each). With
 // workspace_bytes != nullptr only the Stream-K workspace size is computed; otherwise
@@ -55,6 +73,6 @@ inline MMFn mm_fn(ActType act, bool has_zeros) {
 cudaError_t prepack(const uint8_t* codes, int k, int n, bool to_signed, uint32_t* out, cudaStream_t stream);
 
 // Schedule chosen when the caller names none; see docs/machete_heuristic.md.
-int choose_schedule(int m, int n, int k);
+Schedule choose_schedule(int m, int n, int k, int sm_count);
 
 }  // namespace vmp::machete

@@ -38,17 +38,48 @@ int sm_count(int device) {
   return counts[device];
 }
 
-int schedule_index(const std::string& name) {
-  for (int i = 0; i < mc::kNumSchedules; ++i)
-    if (name == mc::kScheduleNames[i]) return i;
+std::string tile_list() {
   std::string all;
   for (int i = 0; i < mc::kNumSchedules; ++i) all += std::string(i ? ", " : "") + mc::kScheduleNames[i];
-  TORCH_CHECK(false, "vmp::machete_mm: unknown schedule '", name, "'; choose one of [", all,
-              "] (vmp::machete_schedules()) or pass None for the built-in heuristic");
-  return -1;
+  return all;
 }
 
-int tile_n(int schedule) { return std::stoi(mc::kScheduleNames[schedule]); }
+// "<tile>[_dp|_sk|_split<S>]" -> Schedule (grammar in machete.h).
+mc::Schedule parse_schedule(const std::string& name) {
+  const size_t cut = name.find('_');
+  const std::string tile = name.substr(0, cut), suffix = cut == std::string::npos ? "" : name.substr(cut + 1);
+  mc::Schedule s;
+  s.tile = -1;
+  for (int i = 0; i < mc::kNumSchedules; ++i)
+    if (tile == mc::kScheduleNames[i]) s.tile = i;
+  bool ok = s.tile >= 0;
+  if (suffix == "dp") {
+    s.decomposition = mc::kDataParallel;
+  } else if (suffix == "sk") {
+    s.decomposition = mc::kStreamK;
+  } else if (suffix.rfind("split", 0) == 0 && suffix.size() > 5 && suffix.size() <= 7 &&
+             suffix.find_first_not_of("0123456789", 5) == std::string::npos) {
+    s.decomposition = mc::kSplitK;
+    s.splits = std::stoi(suffix.substr(5));
+    ok = ok && s.splits >= 2 && s.splits <= 16;
+  } else {
+    ok = ok && suffix.empty();
+  }
+  TORCH_CHECK(ok, "vmp::machete_mm: unknown schedule '", name, "'; a schedule is a tile from [", tile_list(),
+              "] (vmp::machete_schedules()), optionally with _dp, _sk or _split<2..16>; or pass None for the "
+              "built-in heuristic");
+  return s;
+}
+
+std::string schedule_name(const mc::Schedule& s) {
+  std::string name = mc::kScheduleNames[s.tile];
+  if (s.decomposition == mc::kDataParallel) name += "_dp";
+  if (s.decomposition == mc::kStreamK) name += "_sk";
+  if (s.decomposition == mc::kSplitK) name += "_split" + std::to_string(s.splits);
+  return name;
+}
+
+int tile_n(int tile) { return std::stoi(mc::kScheduleNames[tile]); }
 
 at::Tensor machete_prepack(const at::Tensor& codes, bool has_zeros) {
   const char* op = "vmp::machete_prepack";
@@ -115,9 +146,10 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   if (m == 0) return y;
   TORCH_CHECK(m <= kMaxDim, op, ": M=", m, " too large");
 
-  const int sched = schedule ? schedule_index(*schedule) : mc::choose_schedule(int(m), int(n), int(k));
-  TORCH_CHECK(n % tile_n(sched) == 0, op, ": schedule ", mc::kScheduleNames[sched], " needs N % ", tile_n(sched),
-              " == 0, got N=", n, "; fix: choose a schedule with a 128-row tile or pass None");
+  const int sms = sm_count(x.get_device());
+  const mc::Schedule sched = schedule ? parse_schedule(*schedule) : mc::choose_schedule(int(m), int(n), int(k), sms);
+  TORCH_CHECK(n % tile_n(sched.tile) == 0, op, ": schedule ", schedule_name(sched), " needs N % ",
+              tile_n(sched.tile), " == 0, got N=", n, "; fix: choose a schedule with a 128-row tile or pass None");
   mc::MMArgs a;
   a.x = x.data_ptr();
   a.ldx = x.stride(0);
@@ -130,16 +162,18 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   a.k = int(k);
   a.group_size = int(g);
   a.device = x.get_device();
-  a.sm_count = sm_count(a.device);
+  a.sm_count = sms;
+  a.decomposition = sched.decomposition;
+  a.splits = sched.splits;
   const mc::MMFn fn = mc::mm_fn(x.scalar_type() == at::kHalf ? mc::kF16 : mc::kBF16, zeros.has_value());
   size_t ws_bytes = 0;
-  const char* err = fn(sched, a, nullptr, &ws_bytes, nullptr);
+  const char* err = fn(sched.tile, a, nullptr, &ws_bytes, nullptr);
   TORCH_CHECK(err == nullptr, op, ": ", err);
   // Stream-K partials/locks: a fresh allocation from the caching allocator on this
   // stream; the kernel's init zeroes what it needs, so capture/replay is safe.
   at::Tensor ws = at::empty({int64_t(ws_bytes)}, x.options().dtype(at::kByte));
-  err = fn(sched, a, ws_bytes ? ws.data_ptr() : nullptr, nullptr, at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == nullptr, op, " (schedule ", mc::kScheduleNames[sched], ", M=", m, " N=", n, " K=", k,
+  err = fn(sched.tile, a, ws_bytes ? ws.data_ptr() : nullptr, nullptr, at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == nullptr, op, " (schedule ", schedule_name(sched), ", M=", m, " N=", n, " K=", k,
               "): ", err);
   check_launch(cudaGetLastError(), op);
   return y;
@@ -149,8 +183,11 @@ std::vector<std::string> machete_schedules() {
   return std::vector<std::string>(mc::kScheduleNames, mc::kScheduleNames + mc::kNumSchedules);
 }
 
+// The heuristic's pick for the current CUDA device.
 std::string machete_heuristic(int64_t m, int64_t n, int64_t k) {
-  return mc::kScheduleNames[mc::choose_schedule(int(m), int(n), int(k))];
+  int device = 0;
+  check_launch(cudaGetDevice(&device), "vmp::machete_heuristic");
+  return schedule_name(mc::choose_schedule(int(m), int(n), int(k), sm_count(device)));
 }
 
 }  // namespace

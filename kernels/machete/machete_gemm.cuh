@@ -68,7 +68,14 @@ struct Gemm {
     epi.ptr_D = static_cast<ElemAct*>(a.y);
     epi.dD = epi.dC;
     cutlass::KernelHardwareInfo hw{a.device, a.sm_count};
-    return typename Adapter::Arguments{cutlass::gemm::GemmUniversalMode::kGemm, {a.n, a.m, a.k, 1}, ml, epi, hw};
+    typename Adapter::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm, {a.n, a.m, a.k, 1}, ml, epi, hw};
+    using Mode = typename Kernel::TileScheduler::DecompositionMode;
+    args.scheduler.decomposition_mode = a.decomposition == kDataParallel ? Mode::DataParallel
+                                        : a.decomposition == kStreamK    ? Mode::StreamK
+                                        : a.decomposition == kSplitK     ? Mode::SplitK
+                                                                         : Mode::Heuristic;
+    args.scheduler.splits = a.decomposition == kSplitK ? a.splits : 1;
+    return args;
   }
 
   static const char* run(const MMArgs& a, void* workspace, size_t* workspace_bytes, cudaStream_t stream) {

@@ -164,6 +164,22 @@ def test_mm_tp_sliced_shapes(dtype, zero_points, n, k):
             assert_close(run_mm(x, prepared, 128, schedule), x, w)
 
 
+@pytest.mark.parametrize("decomposition", ["_dp", "_sk", "_split2", "_split5", "_split16"])
+@pytest.mark.parametrize("zero_points", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mm_decompositions(dtype, zero_points, decomposition):
+    """Runtime K decompositions of every tile: data-parallel, Stream-K, split-K (with a
+    split count that does not divide the 64 k-tiles), reduced through the workspace."""
+    k, n = 4096, 512
+    w = make_weight(k, n, 128, zero_points, dtype)
+    prepared = MacheteBackend.prepare(spec_for(w, dtype), w)
+    for m in (1, 33, 200):
+        x = torch.randn(m, k, dtype=dtype, device=DEV)
+        for tile in SCHEDULES:
+            poison_cache(m, n, dtype)
+            assert_close(run_mm(x, prepared, 128, tile + decomposition), x, w)
+
+
 @pytest.mark.parametrize("zero_points", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_act_order(dtype, zero_points):
@@ -199,8 +215,9 @@ def test_bad_inputs_have_clear_errors():
         run_mm(torch.randn(k, 4, dtype=dtype, device=DEV).t(), p, 128)
     with pytest.raises(RuntimeError, match="scales must be contiguous"):
         torch.ops.vmp.machete_mm(x, p["w"], p["scales"][:1], None, 128, None)
-    with pytest.raises(RuntimeError, match="unknown schedule"):
-        run_mm(x, p, 128, "64x8")
+    for bad in ("64x8", "128x16_split1", "128x16_split17", "128x16_xx"):
+        with pytest.raises(RuntimeError, match="unknown schedule"):
+            run_mm(x, p, 128, bad)
     with pytest.raises(RuntimeError, match="group_size=32"):
         run_mm(x, p, 32)
     with pytest.raises(RuntimeError, match="multiple of 128"):
@@ -252,7 +269,8 @@ def test_schedules_and_heuristic():
     assert names == SCHEDULES
     for m in M_SIZES:
         for n, k in [(10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (1280, 8192)]:
-            assert torch.ops.vmp.machete_heuristic(m, n, k) in names
+            pick = torch.ops.vmp.machete_heuristic(m, n, k)
+            assert pick.split("_")[0] in names and n % int(pick.split("x")[0]) == 0, pick
 
 
 def test_backend_selected_first_on_hopper():

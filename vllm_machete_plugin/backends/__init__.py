@@ -19,10 +19,11 @@ ENV_FORCE = "VMP_BACKEND"            # force one backend by name
 ENV_DISABLE = "VMP_DISABLED_BACKENDS"  # comma-separated names to skip
 
 
-def add_backend(cls: type[Backend]) -> type[Backend]:
+def add_backend(cls: type[Backend], priority: int | None = None) -> type[Backend]:
+    """Register `cls`; serving backends go to position `priority` (default: last)."""
     ALL_BACKENDS[cls.name] = cls
     if cls.serving and cls not in SERVING_BACKENDS:
-        SERVING_BACKENDS.append(cls)
+        SERVING_BACKENDS.insert(len(SERVING_BACKENDS) if priority is None else priority, cls)
     return cls
 
 

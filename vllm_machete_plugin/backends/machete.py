@@ -9,7 +9,6 @@ else the C++ heuristic (kernels/machete/machete_heuristic.cpp).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Optional
 
@@ -26,12 +25,8 @@ ALIGN_N = 128
 ALIGN_K = 64
 
 
-def _extension_present() -> bool:
-    return importlib.util.find_spec("vllm_machete_plugin._machete_C") is not None
-
-
 def kernels_built() -> bool:
-    return ops.has_op("machete_mm")
+    return ops.kernels_available() and ops.has_op("machete_mm")
 
 
 def schedules() -> list[str]:
@@ -92,21 +87,18 @@ class MacheteBackend(Backend):
                                         forced_schedule())
 
 
-# Fakes for torch.compile / CUDA-graph tracing, registered by ops._load when the
-# extension is present (registering a fake for an op that does not exist raises).
-if _extension_present():
-    @ops.fake_impl("machete_prepack")
-    def _prepack_fake(codes: torch.Tensor, has_zeros: bool) -> torch.Tensor:
-        return codes.new_empty((codes.shape[0] // 8, codes.shape[1]), dtype=torch.int32)
-
-    @ops.fake_impl("machete_mm")
-    def _mm_fake(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
-                 group_size: int, schedule: Optional[str] = None) -> torch.Tensor:
-        return x.new_empty((x.shape[0], w.shape[1]))
+# Fakes for torch.compile / CUDA-graph tracing (registered by ops._load when the op exists).
+@ops.fake_impl("machete_prepack")
+def _prepack_fake(codes: torch.Tensor, has_zeros: bool) -> torch.Tensor:
+    return codes.new_empty((codes.shape[0] // 8, codes.shape[1]), dtype=torch.int32)
 
 
-add_backend(MacheteBackend)
-# Priority: first among serving backends, so on Hopper it is tried before Marlin (it
-# declines every other GPU). The M-based Marlin/Machete crossover is a later issue.
-SERVING_BACKENDS.remove(MacheteBackend)
-SERVING_BACKENDS.insert(0, MacheteBackend)
+@ops.fake_impl("machete_mm")
+def _mm_fake(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
+             group_size: int, schedule: Optional[str] = None) -> torch.Tensor:
+    return x.new_empty((x.shape[0], w.shape[1]))
+
+
+# Priority 0: tried before Marlin; it declines every GPU but sm_90. The M-based
+# Marlin/Machete crossover is a later issue.
+add_backend(MacheteBackend, priority=0)
