@@ -14,7 +14,7 @@ from .act_order import sort_by_group
 from .backends.base import LayerSpec
 from .checkpoints.base import LayerScheme, Partition
 
-logger = init_logger(__name__)
+logger = init_logger(f"vllm.{__name__}")  # under "vllm" so vLLM's log handler shows it
 _PREFIX = "vmp_"  # prepared tensors are registered on the layer as vmp_<name>
 _announced: set[str] = set()  # backends already logged in this process
 

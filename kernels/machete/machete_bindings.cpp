@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../check.h"
 #include "machete.h"
 
 namespace vmp {
@@ -24,12 +25,12 @@ constexpr int64_t kAlignK = 64;   // one K tile / prepack atom depth
 constexpr int64_t kMaxDim = int64_t(1) << 30;
 
 void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
+  VMP_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
 }
 
 int sm_count(int device) {
   static int counts[64] = {0};
-  TORCH_CHECK(device >= 0 && device < 64, "vmp::machete_mm: device index ", device, " out of range");
+  VMP_CHECK(device >= 0 && device < 64, "vmp::machete_mm: device index ", device, " out of range");
   if (counts[device] == 0) {
     int c = 0;
     check_launch(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, device), "vmp::machete_mm");
@@ -65,7 +66,7 @@ mc::Schedule parse_schedule(const std::string& name) {
   } else {
     ok = ok && suffix.empty();
   }
-  TORCH_CHECK(ok, "vmp::machete_mm: unknown schedule '", name, "'; a schedule is a tile from [", tile_list(),
+  VMP_CHECK(ok, "vmp::machete_mm: unknown schedule '", name, "'; a schedule is a tile from [", tile_list(),
               "] (vmp::machete_schedules()), optionally with _dp, _sk or _split<2..16>; or pass None for the "
               "built-in heuristic");
   return s;
@@ -83,17 +84,17 @@ int tile_n(int tile) { return std::stoi(mc::kScheduleNames[tile]); }
 
 at::Tensor machete_prepack(const at::Tensor& codes, bool has_zeros) {
   const char* op = "vmp::machete_prepack";
-  TORCH_CHECK(codes.is_cuda(), op, ": codes must be a CUDA tensor, got device ", codes.device(),
+  VMP_CHECK(codes.is_cuda(), op, ": codes must be a CUDA tensor, got device ", codes.device(),
               "; fix: move it to the GPU (.cuda())");
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kByte, op,
+  VMP_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kByte, op,
               ": codes must be uint8 [K, N] (one 4-bit code per byte), got ", codes.scalar_type(), " of shape ",
               codes.sizes(), "; fix: CanonicalW4.codes");
-  TORCH_CHECK(codes.is_contiguous(), op, ": codes must be contiguous [K, N], got strides ", codes.strides(),
+  VMP_CHECK(codes.is_contiguous(), op, ": codes must be contiguous [K, N], got strides ", codes.strides(),
               "; fix: codes.contiguous()");
   const int64_t k = codes.size(0), n = codes.size(1);
-  TORCH_CHECK(k % kAlignK == 0 && k > 0 && k <= kMaxDim, op, ": K=", k, " must be a positive multiple of ", kAlignK,
+  VMP_CHECK(k % kAlignK == 0 && k > 0 && k <= kMaxDim, op, ": K=", k, " must be a positive multiple of ", kAlignK,
               "; fix: use Marlin or pad K");
-  TORCH_CHECK(n % kAlignN == 0 && n > 0 && n <= kMaxDim, op, ": N=", n, " must be a positive multiple of ", kAlignN,
+  VMP_CHECK(n % kAlignN == 0 && n > 0 && n <= kMaxDim, op, ": N=", n, " must be a positive multiple of ", kAlignN,
               "; fix: use Marlin or pad N");
   const c10::cuda::CUDAGuard guard(codes.device());
   at::Tensor out = at::empty({k / 8, n}, codes.options().dtype(at::kInt));
@@ -107,35 +108,35 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
                       const std::optional<at::Tensor>& zeros, int64_t group_size,
                       const std::optional<std::string>& schedule) {
   const char* op = "vmp::machete_mm";
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2, op, ": x must be a 2-D CUDA tensor [M, K], got ", x.sizes(), " on ",
+  VMP_CHECK(x.is_cuda() && x.dim() == 2, op, ": x must be a 2-D CUDA tensor [M, K], got ", x.sizes(), " on ",
               x.device());
-  TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
+  VMP_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
               ": x must be float16 or bfloat16, got ", x.scalar_type());
-  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kInt && w.is_contiguous(), op,
+  VMP_CHECK(w.dim() == 2 && w.scalar_type() == at::kInt && w.is_contiguous(), op,
               ": w must be the int32 [K/8, N] tensor from vmp::machete_prepack, got ", w.scalar_type(), " ",
               w.sizes());
   const int64_t m = x.size(0), k = w.size(0) * 8, n = w.size(1);
-  TORCH_CHECK(x.size(1) == k, op, ": x has K=", x.size(1), " but w was prepacked for K=", k,
+  VMP_CHECK(x.size(1) == k, op, ": x has K=", x.size(1), " but w was prepacked for K=", k,
               "; fix: pass activations [M, ", k, "]");
-  TORCH_CHECK(x.stride(1) == 1 && x.stride(0) % 8 == 0 && x.stride(0) >= k &&
+  VMP_CHECK(x.stride(1) == 1 && x.stride(0) % 8 == 0 && x.stride(0) >= k &&
                   reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, op,
               ": x must be row-major with unit column stride, a row stride that is a multiple of 8 elements and a "
               "16-byte aligned start (TMA), got strides ", x.strides(), "; fix: x.contiguous()");
   for (const at::Tensor* t : {&w, &scales}) {
-    TORCH_CHECK(t->device() == x.device(), op, ": all inputs must be on ", x.device(), ", got ", t->device());
+    VMP_CHECK(t->device() == x.device(), op, ": all inputs must be on ", x.device(), ", got ", t->device());
   }
   const int64_t g = group_size == -1 ? k : group_size;
-  TORCH_CHECK(g == k || (g > 0 && g % kAlignK == 0 && k % g == 0), op, ": group_size=", group_size,
+  VMP_CHECK(g == k || (g > 0 && g % kAlignK == 0 && k % g == 0), op, ": group_size=", group_size,
               " unsupported for K=", k, "; expected -1 (channelwise) or a multiple of 64 dividing K");
   const int64_t groups = k / g;
-  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == groups && scales.size(1) == n && scales.is_contiguous(), op,
+  VMP_CHECK(scales.dim() == 2 && scales.size(0) == groups && scales.size(1) == n && scales.is_contiguous(), op,
               ": scales must be contiguous [K/group_size, N] = [", groups, ", ", n, "], got ", scales.sizes(),
               " strides ", scales.strides(), "; fix: scales.contiguous() in the layout of CanonicalW4.scales");
-  TORCH_CHECK(scales.scalar_type() == x.scalar_type(), op, ": scales dtype ", scales.scalar_type(),
+  VMP_CHECK(scales.scalar_type() == x.scalar_type(), op, ": scales dtype ", scales.scalar_type(),
               " must equal x dtype ", x.scalar_type(), "; fix: scales.to(x.dtype)");
   if (zeros) {
-    TORCH_CHECK(zeros->device() == x.device(), op, ": zeros must be on ", x.device(), ", got ", zeros->device());
-    TORCH_CHECK(zeros->sizes() == scales.sizes() && zeros->is_contiguous() &&
+    VMP_CHECK(zeros->device() == x.device(), op, ": zeros must be on ", x.device(), ", got ", zeros->device());
+    VMP_CHECK(zeros->sizes() == scales.sizes() && zeros->is_contiguous() &&
                     zeros->scalar_type() == x.scalar_type(), op,
                 ": zeros must be contiguous ", x.scalar_type(), " ", scales.sizes(),
                 " holding -scale*zero_point (pre-multiplied), got ", zeros->scalar_type(), " ", zeros->sizes(),
@@ -144,11 +145,11 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = at::empty({m, n}, x.options());
   if (m == 0) return y;
-  TORCH_CHECK(m <= kMaxDim, op, ": M=", m, " too large");
+  VMP_CHECK(m <= kMaxDim, op, ": M=", m, " too large");
 
   const int sms = sm_count(x.get_device());
   const mc::Schedule sched = schedule ? parse_schedule(*schedule) : mc::choose_schedule(int(m), int(n), int(k), sms);
-  TORCH_CHECK(n % tile_n(sched.tile) == 0, op, ": schedule ", schedule_name(sched), " needs N % ",
+  VMP_CHECK(n % tile_n(sched.tile) == 0, op, ": schedule ", schedule_name(sched), " needs N % ",
               tile_n(sched.tile), " == 0, got N=", n, "; fix: choose a schedule with a 128-row tile or pass None");
   mc::MMArgs a;
   a.x = x.data_ptr();
@@ -168,12 +169,12 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   const mc::MMFn fn = mc::mm_fn(x.scalar_type() == at::kHalf ? mc::kF16 : mc::kBF16, zeros.has_value());
   size_t ws_bytes = 0;
   const char* err = fn(sched.tile, a, nullptr, &ws_bytes, nullptr);
-  TORCH_CHECK(err == nullptr, op, ": ", err);
+  VMP_CHECK(err == nullptr, op, ": ", err);
   // Stream-K partials/locks: a fresh allocation from the caching allocator on this
   // stream; the kernel's init zeroes what it needs, so capture/replay is safe.
   at::Tensor ws = at::empty({int64_t(ws_bytes)}, x.options().dtype(at::kByte));
   err = fn(sched.tile, a, ws_bytes ? ws.data_ptr() : nullptr, nullptr, at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == nullptr, op, " (schedule ", schedule_name(sched), ", M=", m, " N=", n, " K=", k,
+  VMP_CHECK(err == nullptr, op, " (schedule ", schedule_name(sched), ", M=", m, " N=", n, " K=", k,
               "): ", err);
   check_launch(cudaGetLastError(), op);
   return y;

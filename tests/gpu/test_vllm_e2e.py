@@ -25,8 +25,12 @@ def _generate(model, quantization, dtype):
     r = subprocess.run([sys.executable, "-m", "vllm_machete_plugin.testing.generate", str(model),
                         "--quantization", quantization, "--dtype", dtype, "--enforce-eager"],
                        capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])["outputs"], r.stdout + r.stderr
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-8000:]
+    # vLLM's engine process logs to the same stdout, also after our result line.
+    lines = [l for l in r.stdout.splitlines() if l.startswith('{"outputs"')]
+    assert len(lines) == 1, log[-8000:]
+    return json.loads(lines[0])["outputs"], log
 
 
 @pytest.mark.parametrize("fmt", ["gptq", "awq", "compressed-tensors"])

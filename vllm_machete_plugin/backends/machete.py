@@ -16,7 +16,7 @@ import torch
 
 from .. import ops
 from ..canonical import CanonicalW4
-from . import SERVING_BACKENDS, add_backend
+from . import add_backend
 from .base import Backend, LayerSpec
 
 ENV_SCHEDULE = "VMP_MACHETE_SCHEDULE"  # force one schedule name (see schedules())
