@@ -158,3 +158,18 @@ def nibble_word(nibbles: list[int]) -> int:
     assert len(nibbles) == 8 and all(0 <= x < 16 for x in nibbles)
     v = sum(x * 16 ** j for j, x in enumerate(nibbles))
     return v - 2 ** 32 if v >= 2 ** 31 else v
+
+
+def assert_act_order_resolves(w: CanonicalW4, where: str) -> CanonicalW4:
+    """sort_by_group(w) gives contiguous groups, uses every checkpoint row, keeps the
+    product X @ W exact, and its pad rows (regrouping) dequantize to exactly 0."""
+    from vllm_machete_plugin.act_order import sort_by_group
+    from vllm_machete_plugin.canonical import dequantize
+    ws, perm = sort_by_group(w, where=where)
+    assert ws.g_idx is None and ws.k % ws.group_size == 0 and perm.shape == (ws.k,)
+    assert sorted(set(perm.tolist())) == list(range(w.k))
+    x = torch.randn(3, w.k, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x[:, perm] @ dequantize(ws, torch.float64), x @ dequantize(w, torch.float64),
+                               rtol=0, atol=1e-12)
+    assert int((dequantize(ws) == 0).all(dim=1).sum()) >= ws.k - w.k
+    return ws

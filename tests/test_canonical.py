@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vllm_machete_plugin.act_order import ActOrderSplitError, sort_by_group
+from vllm_machete_plugin.act_order import REGROUP_ROWS, sort_by_group
 from vllm_machete_plugin.backends.reference import reference_mm
 from vllm_machete_plugin.canonical import CanonicalW4, dequantize, pack_int4, unpack_int4
 
@@ -76,8 +76,21 @@ def test_sort_by_group_preserves_product(zeros):
                                rtol=1e-3, atol=1e-2)
 
 
-def test_sort_by_group_refuses_straddling_groups():
-    w = _act_order(_rand_w(k=64, g=16))
-    half = CanonicalW4(w.codes[:32], w.scales, w.zeros, 16, w.g_idx[:32])  # a TP=2 K slice
-    with pytest.raises(ActOrderSplitError, match="tensor_parallel_size=1"):
-        sort_by_group(half, where="model.layers.0.mlp.down_proj")
+@pytest.mark.parametrize("zeros", [False, True])
+@pytest.mark.parametrize("tp", [2, 4])
+def test_sort_by_group_regroups_straddling_groups(zeros, tp):
+    """A row-parallel rank of an act-order weight holds parts of many groups: each run is
+    padded to 32-row groups whose pad rows are exactly 0, and the product is unchanged."""
+    w = _act_order(_rand_w(k=512, n=16, g=128, zeros=zeros))
+    k = w.k // tp
+    part = CanonicalW4(w.codes[:k], w.scales, w.zeros, 128, w.g_idx[:k])  # rank 0's K slice, full table
+    ws, perm = sort_by_group(part, where="model.layers.0.mlp.down_proj")
+    assert ws.g_idx is None and ws.group_size == REGROUP_ROWS and ws.k % REGROUP_ROWS == 0
+    assert k < ws.k < k + REGROUP_ROWS * w.num_groups
+    assert sorted(set(perm.tolist())) == list(range(k))
+    x = torch.randn(3, k, dtype=torch.float64)
+    got = x[:, perm] @ dequantize(ws, torch.float64)
+    torch.testing.assert_close(got, x @ dequantize(part, torch.float64), rtol=0, atol=1e-12)
+    assert int((dequantize(ws) == 0).all(dim=1).sum()) >= ws.k - k  # pad rows dequantize to exactly 0
+
+

@@ -7,9 +7,9 @@ from compressed_tensors.compressors.pack_quantized.base import PackedQuantizatio
 from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
-from ckpt_harness import (MAPPING, assert_same, bare_layer, canonical, column_slice, concat_columns, load,
+from ckpt_harness import (MAPPING, assert_act_order_resolves, assert_same, bare_layer, canonical, column_slice, concat_columns, load,
                           make_layer, nibble_word, row_slice, whole)
-from vllm_machete_plugin.act_order import ActOrderSplitError, sort_by_group
+from vllm_machete_plugin.act_order import REGROUP_ROWS
 from vllm_machete_plugin.canonical import dequantize
 from vllm_machete_plugin.checkpoints import CheckpointError, CompressedTensorsFormat, format_for
 from vllm_machete_plugin.checkpoints.base import LayerScheme
@@ -347,8 +347,8 @@ def test_act_order_row_split_straddling_groups():
     w = rtn(N, K, 128, True, True)
     layer = make_layer("row", fmt, K, N, tp_rank=0, tp_size=2)
     load(layer, CompressedTensorsFormat.pack(w, layer.scheme))
-    with pytest.raises(ActOrderSplitError, match=r"straddle"):
-        sort_by_group(canonical(layer, fmt), where=layer.prefix)
+    ws = assert_act_order_resolves(canonical(layer, fmt), layer.prefix)
+    assert ws.group_size == REGROUP_ROWS and K // 2 < ws.k <= K
 
 
 def test_k_per_rank_not_multiple_of_8():

@@ -3,9 +3,9 @@ loading through vLLM's parameter classes (fused shards, TP=2 splits), and bad in
 import pytest
 import torch
 
-from ckpt_harness import (MAPPING, assert_same, bare_layer, canonical, column_slice, concat_columns, load,
+from ckpt_harness import (MAPPING, assert_act_order_resolves, assert_same, bare_layer, canonical, column_slice, concat_columns, load,
                           make_layer, nibble_word, row_slice, whole)
-from vllm_machete_plugin.act_order import ActOrderSplitError, sort_by_group
+from vllm_machete_plugin.act_order import REGROUP_ROWS
 from vllm_machete_plugin.canonical import dequantize
 from vllm_machete_plugin.checkpoints import CheckpointError, GPTQFormat, format_for
 from vllm_machete_plugin.checkpoints.base import LayerScheme
@@ -278,16 +278,16 @@ def test_grouped_row_parallel_split_straddling_a_group():
         make_layer("row", gptq(128), 384, 128, tp_rank=0, tp_size=2)
 
 
-def test_act_order_split_straddling_groups_is_refused_by_sort_by_group():
-    """Act-order on a split K loads (full table, global ids), but its groups straddle the
-    ranks, so the kernel-side sort refuses it with the fix."""
+def test_act_order_split_straddling_groups_is_regrouped():
+    """Act-order on a split K loads (full table, global ids); its groups straddle the
+    ranks, so sorting regroups each group's rows into 32-row groups padded with zeros."""
     K, N, g = 512, 128, 128
     fmt = gptq(g, sym=True, desc_act=True)
     w = rtn(N, K, g, sym=True, act_order=True)
     layer = make_layer("row", fmt, K, N, tp_rank=1, tp_size=2)
     load(layer, GPTQFormat.pack(w, layer.scheme))
-    with pytest.raises(ActOrderSplitError, match=r"down_proj: act-order group \d+ has \d+ rows.*straddle.*Fix"):
-        sort_by_group(canonical(layer, fmt), where=layer.prefix)
+    ws = assert_act_order_resolves(canonical(layer, fmt), layer.prefix)
+    assert ws.group_size == REGROUP_ROWS and K // 2 < ws.k <= K
 
 
 def test_missing_qzeros_for_asymmetric():

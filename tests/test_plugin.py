@@ -1,5 +1,6 @@
 """Plugin registration and config selection, with the real vLLM 0.26.0 installed."""
 import importlib.metadata
+import os
 import pickle
 
 import pytest
@@ -37,6 +38,21 @@ def test_register_is_idempotent(register_plugin):
     vllm_machete_plugin.register()
     vllm_machete_plugin.register()
     assert QUANTIZATION_METHODS.count(QUANTIZATION_NAME) == 1
+
+
+@pytest.mark.parametrize("knob", ["VMP_MARLIN_MAX_M", "VMP_BACKEND", "VMP_MACHETE_SCHEDULE",
+                                  "VMP_DISABLED_BACKENDS"])
+def test_kernel_settings_turn_off_vllms_compile_cache(monkeypatch, knob):
+    """vLLM would otherwise reload a graph compiled under other kernel settings."""
+    import vllm_machete_plugin
+    for k in ("VMP_MARLIN_MAX_M", "VMP_BACKEND", "VMP_MACHETE_SCHEDULE", "VMP_DISABLED_BACKENDS"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.delenv("VLLM_DISABLE_COMPILE_CACHE", raising=False)
+    vllm_machete_plugin.register()
+    assert "VLLM_DISABLE_COMPILE_CACHE" not in os.environ
+    monkeypatch.setenv(knob, "16")
+    vllm_machete_plugin.register()
+    assert os.environ["VLLM_DISABLE_COMPILE_CACHE"] == "1"
 
 
 def _model_and_quant_config(path, quantization, **kw):

@@ -11,7 +11,17 @@ QUANTIZATION_NAME = "machete"
 
 
 def register() -> None:
-    """Register the `machete` quantization config with vLLM. Idempotent."""
+    """Register the `machete` quantization config with vLLM. Idempotent.
+
+    vLLM's torch.compile cache (AOT-compiled graphs loaded from disk without re-tracing)
+    is keyed on vLLM's own settings only, so a graph compiled under other VMP_* kernel
+    settings would be reused. When any is set, the cache is turned off for this run
+    (VLLM_DISABLE_COMPILE_CACHE=1, inherited by the processes vLLM starts)."""
+    import os
+
+    from .backends import kernel_env
     from .config import register_config
 
     register_config()
+    if kernel_env() and "VLLM_DISABLE_COMPILE_CACHE" not in os.environ:
+        os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"

@@ -44,17 +44,23 @@ class MacheteLinearMethod(LinearMethodBase):
         if layer.vmp_dummy:
             self.config.fmt.fill_dummy(layer, self.scheme, part, layer.vmp_checkpoint_params)
         w = self.config.fmt.to_canonical(layer, self.scheme, part, where=self.prefix)
-        spec = LayerSpec(k=part.k, n=part.n, group_size=w.group_size, has_zeros=w.zeros is not None,
-                         act_dtype=layer.vmp_params_dtype, act_order=w.g_idx is not None,
+        perm: Optional[torch.Tensor] = None
+        k_checkpoint = w.k
+        if w.g_idx is not None:  # act-order: sort rows by group once, permute X per call
+            w, perm = sort_by_group(w, where=self.prefix)
+            if w.k != k_checkpoint and "regroup" not in _announced:
+                _announced.add("regroup")
+                logger.info("vllm-machete-plugin: act-order groups straddle tensor-parallel ranks; "
+                            "regrouped into %d-row groups (first: %s, K %d -> %d)", w.group_size,
+                            self.prefix, k_checkpoint, w.k)
+        spec = LayerSpec(k=w.k, n=part.n, group_size=w.group_size, has_zeros=w.zeros is not None,
+                         act_dtype=layer.vmp_params_dtype, act_order=perm is not None,
                          k_split=part.k_split)
         backend = backends.select(spec, self.prefix)
         if backend.name not in _announced:
             _announced.add(backend.name)
             logger.info("vllm-machete-plugin: quantized linear layers run on the %s backend "
                         "(first: %s, %s)", backend.name, self.prefix, spec.describe())
-        perm: Optional[torch.Tensor] = None
-        if w.g_idx is not None and backend.name != "reference":
-            w, perm = sort_by_group(w, where=self.prefix)
         if w.scales.dtype != spec.act_dtype:
             w.scales = w.scales.to(spec.act_dtype)
         prepared = backend.prepare(spec, w)
@@ -74,7 +80,7 @@ class MacheteLinearMethod(LinearMethodBase):
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         spec: LayerSpec = layer.vmp_spec
-        x2 = x.reshape(-1, spec.k)
+        x2 = x.reshape(-1, x.shape[-1])
         perm = getattr(layer, _PREFIX + "perm", None)
         if perm is not None:
             x2 = x2.index_select(1, perm)

@@ -2,10 +2,10 @@
 
 A backend turns a CanonicalW4 into device tensors once (`prepare`, at load time)
 and computes Y[M, N] = X[M, K] @ dequant(W)[K, N] with them (`apply`, every forward).
-Act-order is resolved before a backend sees the weight: kernel backends get codes
-whose rows are sorted by group and activations permuted the same way (see
-`vllm_machete_plugin.act_order`), so `prepare` never receives a g_idx, except the
-reference backend, which handles any g_idx directly as the test oracle.
+Act-order is resolved before a backend sees the weight: the linear method sorts the
+rows by group (regrouping when groups straddle TP ranks) and permutes activations the
+same way (see `vllm_machete_plugin.act_order`), so `prepare` never receives a g_idx.
+The reference backend still accepts any g_idx, as the test oracle.
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from ..canonical import CanonicalW4
 @dataclass(frozen=True)
 class LayerSpec:
     """Static facts about one linear layer partition; what can_implement decides on."""
-    k: int                 # in_features of this partition
+    k: int                 # in_features the kernel sees (act-order regrouping may pad K)
     n: int                 # out_features of this partition
     group_size: int        # rows per group; == k for channelwise
     has_zeros: bool        # u4 with zero points (else u4b8, zero point 8)
     act_dtype: torch.dtype
-    act_order: bool = False
+    act_order: bool = False  # rows were sorted by group; activations are permuted per call
     k_split: bool = False  # K is split across tensor-parallel ranks (row-parallel, tp > 1)
 
     def describe(self) -> str:

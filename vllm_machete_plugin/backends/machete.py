@@ -60,8 +60,6 @@ class MacheteBackend(Backend):
             return False, f"K={spec.k} is not a multiple of {ALIGN_K}"
         if spec.group_size != spec.k and spec.group_size not in GROUP_SIZES:
             return False, f"group size {spec.group_size} unsupported (64, 128 or channelwise)"
-        if spec.act_order and spec.k_split:
-            return False, "act-order with K split across tensor-parallel ranks"
         if not kernels_built():
             return False, ("kernels not built for sm_90a (vllm_machete_plugin._machete_C missing: build with "
                            "VMP_CUDA_ARCHS containing 90 and nvidia-cutlass installed)")
@@ -99,6 +97,6 @@ def _mm_fake(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, zeros: Opti
     return x.new_empty((x.shape[0], w.shape[1]))
 
 
-# Priority 0: tried before Marlin; it declines every GPU but sm_90. The M-based
-# Marlin/Machete crossover is a later issue.
+# Priority 0: tried before Marlin; it declines every GPU but sm_90 (the opt-in
+# Machete+Marlin dispatch in dual.py goes before it).
 add_backend(MacheteBackend, priority=0)

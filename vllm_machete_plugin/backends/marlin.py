@@ -45,10 +45,6 @@ class MarlinBackend(Backend):
         if spec.group_size != spec.k and spec.group_size not in SUPPORTED_GROUPS:
             return False, (f"group size {spec.group_size} unsupported: Marlin takes channelwise (group == K) or "
                            f"groups of {', '.join(map(str, SUPPORTED_GROUPS))}")
-        if spec.act_order and spec.k_split:
-            return False, ("act-order with K split across tensor-parallel ranks: groups straddle ranks, so the "
-                           "rows cannot be sorted into whole groups per rank; run with tensor_parallel_size=1 "
-                           "or use a checkpoint without act-order")
         if spec.k < 1 or spec.n < 1:
             return False, f"empty weight (K={spec.k}, N={spec.n})"
         if not kernels_available():

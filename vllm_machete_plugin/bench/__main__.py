@@ -1,9 +1,9 @@
-"""`python -m vllm_machete_plugin.bench <suite> [options]`; suites: kernels."""
+"""`python -m vllm_machete_plugin.bench <suite> [options]`; suites: kernels, e2e."""
 from __future__ import annotations
 
 import sys
 
-SUITES = ("kernels",)
+SUITES = ("kernels", "e2e")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -11,8 +11,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in SUITES:
         print(f"usage: python -m vllm_machete_plugin.bench {{{','.join(SUITES)}}} [--help]", file=sys.stderr)
         return 2
-    from .kernels import main as kernels_main
-    return kernels_main(argv[1:])
+    if argv[0] == "e2e":
+        from .e2e import main as suite_main
+    else:
+        from .kernels import main as suite_main
+    return suite_main(argv[1:])
 
 
 if __name__ == "__main__":

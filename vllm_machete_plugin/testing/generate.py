@@ -24,6 +24,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    ap.add_argument("--vary-batch", action="store_true",
+                    help="afterwards, also generate for 1, 3 and 7 prompts (other graph sizes)")
     args = ap.parse_args()
 
     from vllm import LLM, SamplingParams
@@ -39,6 +41,9 @@ def main() -> None:
         c = o.outputs[0]
         result.append({"token_ids": list(c.token_ids),
                        "logprobs": [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)]})
+    if args.vary_batch:
+        for n in (1, 3, 7):
+            llm.generate(PROMPTS[:n], params)
     print(json.dumps({"outputs": result}))
 
 

@@ -62,3 +62,17 @@ def save_tokenizer(tok: Tokenizer, path: Path, model_max_length: int) -> None:
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
               "clean_up_tokenization_spaces": False, **special}
     (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def build_wordlevel_tokenizer(vocab_size: int) -> Tokenizer:
+    """A tokenizer with exactly `vocab_size` ids ("<unk>", "<s>", "</s>", then "t3", "t4", ...),
+    words split on whitespace: every id decodes and re-encodes to itself. For benchmark
+    models with dummy weights, whose generated ids span the whole vocabulary."""
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    vocab.update({f"t{i}": i for i in range(len(SPECIAL_TOKENS), vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, vocab[BOS])])
+    return tok

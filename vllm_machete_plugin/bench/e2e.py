@@ -1,0 +1,391 @@
+"""End-to-end benchmark: our plugin (`--quantization machete`) against vLLM 0.26.0's
+built-in path for the same W4A16 checkpoint, on one GPU.
+
+Default model: Llama-3.1-70B (config built in) in GPTQ 4-bit g128 with dummy weights
+(load_format="dummy"); `--layers N` shortens it, `--model PATH` takes a real checkpoint.
+The config lists `modules_in_block_to_quantize`, so vLLM's built-in GPTQ path really
+quantizes every decoder linear; each side reports which kernel ran and how many linear
+layers are quantized.
+
+Each side runs in its own processes with identical engine settings (prefix caching off):
+  * offline (one process, vLLM in-process): load time and peak memory of the model load,
+    KV-cache size, TTFT of a 1024-token prompt at batch 1, TPOT at batch 1/16/64/256
+    ((t[1+T tokens] - t[1 token]) / T), and throughput of 256 requests of 1024 in /
+    256 out;
+  * serving: `vllm serve` on loopback and `vllm bench serve` (random data) at request
+    rates 1, 2, 4, 8 and inf: median TTFT, median TPOT, output tok/s.
+Results: JSON (`--json`, merged per side so sides can run in separate invocations), a
+markdown table on stdout, PNG plots (`--plot-dir`).
+
+  python -m vllm_machete_plugin.bench e2e [--layers 4] [--sides machete,builtin] \
+      [--json FILE] [--plot-dir DIR] [--no-serve]
+  python -m vllm_machete_plugin.bench e2e --report FILE [--plot-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+SIDES = {"machete": "machete", "builtin": None}  # side -> --quantization (None: vLLM picks)
+TPOT_BATCHES = (1, 16, 64, 256)
+RATES = ("1", "2", "4", "8", "inf")
+LLAMA_70B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192,
+    "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
+    "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256, "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "hidden_act": "silu", "attention_bias": False,
+    "mlp_bias": False, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+    "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    "initializer_range": 0.02, "use_cache": True, "torch_dtype": "float16",
+    "quantization_config": {
+        "quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True,
+        "checkpoint_format": "gptq", "lm_head": False,
+        "modules_in_block_to_quantize": [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                                         ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"],
+                                         ["mlp.down_proj"]]},
+}
+
+
+def write_model(path: Path, layers: int) -> Path:
+    """config.json of Llama-3.1-70B GPTQ (layers shortened if asked) and a tokenizer
+    covering the whole vocabulary; weights come from load_format="dummy"."""
+    from ..testing.tokenizer import build_wordlevel_tokenizer, save_tokenizer
+    path.mkdir(parents=True, exist_ok=True)
+    config = {**LLAMA_70B, "num_hidden_layers": layers}
+    (path / "config.json").write_text(json.dumps(config, indent=1))
+    save_tokenizer(build_wordlevel_tokenizer(config["vocab_size"]), path, config["max_position_embeddings"])
+    return path
+
+
+def engine_kwargs(args) -> dict:
+    """Identical for both sides and for `vllm serve` (see serve_flags)."""
+    return dict(dtype="float16", max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+                enable_prefix_caching=False, max_num_seqs=256, seed=0,
+                load_format="dummy" if args.dummy else "auto")
+
+
+def serve_flags(args) -> list[str]:
+    kw = engine_kwargs(args)
+    return ["--dtype", kw["dtype"], "--max-model-len", str(kw["max_model_len"]),
+            "--gpu-memory-utilization", str(kw["gpu_memory_utilization"]), "--no-enable-prefix-caching",
+            "--max-num-seqs", str(kw["max_num_seqs"]), "--seed", "0", "--load-format", kw["load_format"]]
+
+
+# ---- offline worker (runs in its own process: `e2e --worker SIDE`) ----------------------
+
+def _patch_load_model(record: dict) -> None:
+    """Time the model load (weights + our repack) and its peak GPU memory."""
+    import torch
+    from vllm.model_executor.model_loader.base_loader import BaseModelLoader
+    original = BaseModelLoader.load_model
+
+    def load_model(self, *a, **kw):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        model = original(self, *a, **kw)
+        torch.cuda.synchronize()
+        record["load_s"] = time.perf_counter() - t0
+        record["load_peak_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
+        record["weights_gib"] = (torch.cuda.memory_allocated() - base) / 2**30
+        return model
+
+    BaseModelLoader.load_model = load_model
+
+
+def _describe_linears(model) -> dict:
+    """Which method/kernel runs the decoder's linear layers, and how many are quantized."""
+    from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMethod
+    kinds: dict[str, int] = {}
+    total = quantized = 0
+    for name, mod in model.named_modules():
+        if not isinstance(mod, LinearBase) or ".layers." not in name:
+            continue
+        total += 1
+        qm = mod.quant_method
+        if isinstance(qm, UnquantizedLinearMethod):
+            kind = "unquantized"
+        else:
+            quantized += 1
+            backend = getattr(mod, "vmp_backend", None)
+            kernel = getattr(qm, "kernel", None)
+            kind = (f"{type(qm).__name__}/{backend.name}" if backend is not None else
+                    f"{type(qm).__name__}/{type(kernel).__name__}" if kernel is not None else type(qm).__name__)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return {"linear_layers": total, "quantized_linear_layers": quantized, "kernels": kinds}
+
+
+def _timed(llm, prompts, params) -> float:
+    t0 = time.perf_counter()
+    llm.generate(prompts, params, use_tqdm=False)
+    return time.perf_counter() - t0
+
+
+def run_worker(side: str, model: str, args) -> dict:
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine in this process: load hooks, model access
+    record: dict = {"side": side}
+    _patch_load_model(record)
+    import torch
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    t0 = time.perf_counter()
+    llm = LLM(model=model, quantization=SIDES[side], **engine_kwargs(args))
+    record["engine_start_s"] = time.perf_counter() - t0
+    record.update(llm.apply_model(_describe_linears)[0])
+    cache = llm.llm_engine.vllm_config.cache_config
+    record["kv_cache_tokens"] = int(cache.num_gpu_blocks * cache.block_size)
+    record["gpu_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    print(f"[e2e] {side}: {record}", flush=True)
+
+    vocab = llm.llm_engine.model_config.get_vocab_size()
+    gen = torch.Generator().manual_seed(0)
+
+    def prompts(n: int, length: int):
+        ids = torch.randint(3, vocab, (n, length), generator=gen).tolist()
+        return [TokensPrompt(prompt_token_ids=p) for p in ids]
+
+    def params(tokens: int):
+        return SamplingParams(temperature=0.0, max_tokens=tokens, min_tokens=tokens, ignore_eos=True)
+
+    # TTFT: one 1024-token prompt, one output token (prefill + first sampling step).
+    p = prompts(1, 1024)
+    _timed(llm, p, params(1))
+    record["ttft_ms"] = 1e3 * statistics.median(_timed(llm, p, params(1)) for _ in range(args.reps))
+    # TPOT: decode steps at a fixed batch, prefill cost removed by the 1-token run.
+    record["tpot_ms"] = {}
+    for b in TPOT_BATCHES:
+        p = prompts(b, args.tpot_input)
+        _timed(llm, p, params(2))
+        short = statistics.median(_timed(llm, p, params(1)) for _ in range(args.reps))
+        long = statistics.median(_timed(llm, p, params(1 + args.tpot_tokens)) for _ in range(args.reps))
+        record["tpot_ms"][str(b)] = 1e3 * (long - short) / args.tpot_tokens
+        print(f"[e2e] {side}: TPOT batch {b} = {record['tpot_ms'][str(b)]:.2f} ms", flush=True)
+    # Offline throughput.
+    n, inp, out = args.throughput_requests, 1024, 256
+    t = _timed(llm, prompts(n, inp), params(out))
+    record["throughput"] = {"requests": n, "input_len": inp, "output_len": out, "seconds": t,
+                            "output_tok_s": n * out / t, "total_tok_s": n * (inp + out) / t}
+    print(f"[e2e] {side}: throughput {record['throughput']}", flush=True)
+    return record
+
+
+# ---- serving sweep ------------------------------------------------------------------------
+
+def run_serving(side: str, model: str, args, workdir: Path) -> dict:
+    port = str(args.port)
+    cmd = ["vllm", "serve", model, "--host", "127.0.0.1", "--port", port] + serve_flags(args)
+    if SIDES[side]:
+        cmd += ["--quantization", SIDES[side]]
+    log = open(workdir / f"serve-{side}.log", "w")
+    env = {**os.environ, "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_healthy(server, port, workdir / f"serve-{side}.log")
+        out = {}
+        for rate in RATES:
+            name = f"bench-{side}-{rate}.json"
+            bench = ["vllm", "bench", "serve", "--backend", "vllm", "--model", model, "--host", "127.0.0.1",
+                     "--port", port, "--dataset-name", "random", "--random-input-len", "1024",
+                     "--random-output-len", "128", "--ignore-eos", "--num-prompts", str(args.serve_prompts),
+                     "--request-rate", rate, "--seed", "0", "--save-result", "--result-dir", str(workdir),
+                     "--result-filename", name]
+            r = subprocess.run(bench, capture_output=True, text=True, env=env, timeout=1800)
+            if r.returncode != 0:
+                raise RuntimeError(f"vllm bench serve ({side}, rate {rate}) failed:\n{(r.stdout + r.stderr)[-4000:]}")
+            res = json.loads((workdir / name).read_text())
+            out[rate] = {k: res[k] for k in ("completed", "failed", "median_ttft_ms", "median_tpot_ms",
+                                             "output_throughput", "request_throughput")}
+            print(f"[e2e] {side} serve rate {rate}: {out[rate]}", flush=True)
+        return out
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _wait_healthy(server: subprocess.Popen, port: str, log: Path, timeout: float = 1800) -> None:
+    import urllib.request
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"vllm serve exited during startup:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(2)
+    raise RuntimeError(f"vllm serve not healthy after {timeout:.0f} s")
+
+
+# ---- report -------------------------------------------------------------------------------
+
+def markdown(result: dict) -> str:
+    sides = [s for s in SIDES if s in result["sides"]]
+    rows: list[tuple[str, list]] = []
+
+    def get(side, *keys):
+        v = result["sides"][side]
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        return v
+
+    rows.append(("kernels (decoder linears)", [json.dumps(get(s, "kernels")) for s in sides]))
+    rows.append(("quantized linears", [f"{get(s, 'quantized_linear_layers')}/{get(s, 'linear_layers')}" for s in sides]))
+    for label, keys, fmt in [("load time (s)", ("load_s",), "{:.1f}"),
+                             ("load peak memory (GiB)", ("load_peak_gib",), "{:.2f}"),
+                             ("weights after load (GiB)", ("weights_gib",), "{:.2f}"),
+                             ("KV cache (tokens)", ("kv_cache_tokens",), "{:,}"),
+                             ("engine start (s)", ("engine_start_s",), "{:.1f}"),
+                             ("TTFT 1024 tok, batch 1 (ms)", ("ttft_ms",), "{:.1f}")]:
+        rows.append((label, [_fmt(fmt, get(s, *keys)) for s in sides]))
+    for b in TPOT_BATCHES:
+        rows.append((f"TPOT batch {b} (ms)", [_fmt("{:.2f}", get(s, "tpot_ms", str(b))) for s in sides]))
+    rows.append(("offline throughput, output tok/s", [_fmt("{:.0f}", get(s, "throughput", "output_tok_s")) for s in sides]))
+    rows.append(("offline throughput, total tok/s", [_fmt("{:.0f}", get(s, "throughput", "total_tok_s")) for s in sides]))
+    for rate in RATES:
+        for key, label, fmt in [("median_ttft_ms", "median TTFT (ms)", "{:.1f}"),
+                                ("median_tpot_ms", "median TPOT (ms)", "{:.2f}"),
+                                ("output_throughput", "output tok/s", "{:.0f}")]:
+            rows.append((f"serve rate {rate}: {label}", [_fmt(fmt, get(s, "serve", rate, key)) for s in sides]))
+    lines = ["| metric | " + " | ".join(sides) + " |", "|---|" + "---|" * len(sides)]
+    lines += ["| " + label + " | " + " | ".join(vals) + " |" for label, vals in rows]
+    return "\n".join(lines)
+
+
+def _fmt(fmt: str, v) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def plot(result: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = f"{result['model']} on {result['gpu']}"
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for side, r in result["sides"].items():
+        pts = [(int(b), v) for b, v in (r.get("tpot_ms") or {}).items()]
+        if pts:
+            ax.plot(*zip(*sorted(pts)), marker="o", label=side)
+    ax.set(xscale="log", xlabel="batch", ylabel="TPOT (ms)", title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    paths.append(out_dir / "e2e-tpot-vs-batch.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for side, r in result["sides"].items():
+        serve = r.get("serve") or {}
+        pts = [(i, serve[rate]["output_throughput"]) for i, rate in enumerate(RATES) if rate in serve]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=side)
+    ax.set_xticks(range(len(RATES)), RATES)
+    ax.set(xlabel="request rate (req/s)", ylabel="output tok/s", title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    paths.append(out_dir / "e2e-throughput-vs-rate.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    return paths
+
+
+def _environment() -> dict:
+    import torch
+    import vllm
+    from .. import __version__
+    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                            capture_output=True, text=True).stdout.strip().splitlines()
+    return {"gpu": torch.cuda.get_device_name(), "driver": driver[0] if driver else None,
+            "torch": torch.__version__, "vllm": vllm.__version__, "plugin": __version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vllm_machete_plugin.bench e2e", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="a real W4A16 checkpoint (default: Llama-3.1-70B GPTQ, dummy weights)")
+    ap.add_argument("--layers", type=int, default=80, help="decoder layers of the built-in 70B config")
+    ap.add_argument("--sides", default="machete,builtin", help=f"comma-separated subset of {list(SIDES)}")
+    ap.add_argument("--json", help="results file; sides already in it are kept unless re-run")
+    ap.add_argument("--plot-dir", help="write the PNG plots here")
+    ap.add_argument("--report", help="only print the table (and plots) of this results file")
+    ap.add_argument("--no-serve", action="store_true", help="skip the `vllm serve` request-rate sweep")
+    ap.add_argument("--serve-prompts", type=int, default=100, help="requests per rate in the serving sweep")
+    ap.add_argument("--throughput-requests", type=int, default=256)
+    ap.add_argument("--tpot-input", type=int, default=128, help="prompt length for the TPOT runs")
+    ap.add_argument("--tpot-tokens", type=int, default=64, help="decode steps timed per TPOT run")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    ap.add_argument("--port", type=int, default=8021)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.dummy = args.model is None
+
+    if args.worker:  # child process: one side's offline metrics, written as JSON
+        record = run_worker(args.worker, os.environ["VMP_E2E_MODEL"], args)
+        Path(args.worker_out).write_text(json.dumps(record))
+        return 0
+    if args.report:
+        result = json.loads(Path(args.report).read_text())
+    else:
+        result = run(args)
+    print(markdown(result))
+    if args.plot_dir:
+        for p in plot(result, Path(args.plot_dir)):
+            print(f"[e2e] wrote {p}")
+    return 0
+
+
+def run(args) -> dict:
+    sides = [s for s in args.sides.split(",") if s]
+    unknown = set(sides) - set(SIDES)
+    if unknown:
+        raise SystemExit(f"unknown side(s) {sorted(unknown)}; choose from {list(SIDES)}")
+    workdir = Path(tempfile.mkdtemp(prefix="vmp-e2e-"))
+    model = args.model or str(write_model(workdir / f"llama-3.1-70b-gptq-{args.layers}l", args.layers))
+    result = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else {"sides": {}}
+    result.update(_environment())
+    result["model"] = args.model or f"Llama-3.1-70B GPTQ 4-bit g128, {args.layers} layers, dummy weights"
+    result["settings"] = {**engine_kwargs(args), "tpot_input": args.tpot_input, "tpot_tokens": args.tpot_tokens,
+                          "reps": args.reps, "serve_prompts": args.serve_prompts,
+                          "serve_input_len": 1024, "serve_output_len": 128}
+    for side in sides:
+        out = workdir / f"offline-{side}.json"
+        env = {**os.environ, "VMP_E2E_MODEL": model, "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+        cmd = [sys.executable, "-m", "vllm_machete_plugin.bench", "e2e", "--worker", side, "--worker-out", str(out),
+               *_forwarded(args)]
+        r = subprocess.run(cmd, env=env)
+        if r.returncode != 0:
+            raise SystemExit(f"[e2e] offline run of {side} failed (exit {r.returncode})")
+        record = json.loads(out.read_text())
+        if not args.no_serve:
+            record["serve"] = run_serving(side, model, args, workdir)
+        result["sides"][side] = record
+        if args.json:  # after every side, so a later failure loses nothing
+            Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _forwarded(args) -> list[str]:
+    out = []
+    for name in ("layers", "throughput_requests", "tpot_input", "tpot_tokens", "reps", "max_model_len",
+                 "gpu_memory_utilization"):
+        out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return out + (["--model", args.model] if args.model else [])
