@@ -6,13 +6,14 @@
 #   BENCH_PROMPTS=200 BENCH_CONCURRENCY=32 [BENCH_RESULT=file.json] examples/serve.sh
 set -euo pipefail
 PORT="${PORT:-8011}"
+PY="${PYTHON:-python3}"
 MODEL="${1:-}"
 if [ -z "$MODEL" ]; then
   MODEL="$(mktemp -d)/tiny-llama-gptq"
-  python -c "from vllm_machete_plugin.testing import build_tiny_checkpoint as b; b('$MODEL', 'gptq')"
+  "$PY" -c "from vllm_machete_plugin.testing import build_tiny_checkpoint as b; b('$MODEL', 'gptq')"
 fi
 export VLLM_USE_FLASHINFER_SAMPLER=0
-vllm serve "$MODEL" --quantization machete --host 127.0.0.1 --port "$PORT" \
+"$PY" -m vllm.entrypoints.cli.main serve "$MODEL" --quantization machete --host 127.0.0.1 --port "$PORT" \
   --max-model-len 1024 --gpu-memory-utilization "${GPU_MEMORY_UTILIZATION:-0.5}" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
@@ -26,7 +27,7 @@ curl -sf "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/j
 echo
 if [ -n "${BENCH_PROMPTS:-}" ]; then
   result="${BENCH_RESULT:-$(mktemp -d)/bench-serve.json}"
-  vllm bench serve --backend vllm --model "$MODEL" --host 127.0.0.1 --port "$PORT" \
+  "$PY" -m vllm.entrypoints.cli.main bench serve --backend vllm --model "$MODEL" --host 127.0.0.1 --port "$PORT" \
     --dataset-name random --random-input-len 128 --random-output-len 64 --ignore-eos \
     --num-prompts "$BENCH_PROMPTS" --max-concurrency "${BENCH_CONCURRENCY:-32}" --request-rate inf \
     --save-result --result-dir "$(dirname "$result")" --result-filename "$(basename "$result")"

@@ -278,8 +278,5 @@ def test_can_implement_reasons():
     assert "sm_80" in MarlinBackend.can_implement(ok_spec, 75)[1]
     bad_group = LayerSpec(k=4096, n=4096, group_size=256, has_zeros=False, act_dtype=torch.float16)
     assert "group size 256" in MarlinBackend.can_implement(bad_group, 90)[1]
-    split = LayerSpec(k=4096, n=4096, group_size=128, has_zeros=False, act_dtype=torch.float16,
-                      act_order=True, k_split=True)
-    assert "act-order" in MarlinBackend.can_implement(split, 90)[1]
     fp32 = LayerSpec(k=4096, n=4096, group_size=128, has_zeros=False, act_dtype=torch.float32)
     assert "float32" in MarlinBackend.can_implement(fp32, 90)[1]

@@ -106,8 +106,8 @@ def test_compiled_with_cuda_graphs_matches_and_never_recompiles(tmp_path_factory
 def test_tp2_matches_tp1(tmp_path_factory, fmt, act_order):
     """Row-parallel act-order layers split their groups over the 2 ranks (regrouped)."""
     model = _checkpoint(tmp_path_factory, fmt, "float16", act_order)
-    one, _ = _generate(model, "machete", "float16", eager=False)
-    two, log = _generate(model, "machete", "float16", eager=False, tp=2)
+    one, _ = _generate(model, "machete", "float16")
+    two, log = _generate(model, "machete", "float16", tp=2)
     _assert_our_kernels(log)
     if act_order:
         assert "regrouped into 32-row groups" in log

@@ -185,7 +185,7 @@ def run_worker(side: str, model: str, args) -> dict:
 
 def run_serving(side: str, model: str, args, workdir: Path) -> dict:
     port = str(args.port)
-    cmd = ["vllm", "serve", model, "--host", "127.0.0.1", "--port", port] + serve_flags(args)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--host", "127.0.0.1", "--port", port] + serve_flags(args)
     if SIDES[side]:
         cmd += ["--quantization", SIDES[side]]
     log = open(workdir / f"serve-{side}.log", "w")
@@ -196,7 +196,7 @@ def run_serving(side: str, model: str, args, workdir: Path) -> dict:
         out = {}
         for rate in RATES:
             name = f"bench-{side}-{rate}.json"
-            bench = ["vllm", "bench", "serve", "--backend", "vllm", "--model", model, "--host", "127.0.0.1",
+            bench = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm", "--model", model, "--host", "127.0.0.1",
                      "--port", port, "--dataset-name", "random", "--random-input-len", "1024",
                      "--random-output-len", "128", "--ignore-eos", "--num-prompts", str(args.serve_prompts),
                      "--request-rate", rate, "--seed", "0", "--save-result", "--result-dir", str(workdir),
