@@ -54,3 +54,17 @@ def test_report_table_and_plots(tmp_path, capsys):
 def test_unknown_side_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown side"):
         e2e.main(["--sides", "turbo", "--no-serve"])
+
+
+def test_report_without_serving_sweep_omits_its_rows_and_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    result = _result()
+    for side in result["sides"].values():
+        del side["serve"]
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(result))
+    assert e2e.main(["--report", str(f), "--plot-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "serve rate" not in out and "| TTFT 1024 tok, batch 1 (ms) | 200.0 | 200.0 |" in out
+    assert (tmp_path / "e2e-tpot-vs-batch.png").exists()
+    assert not (tmp_path / "e2e-throughput-vs-rate.png").exists()

@@ -256,7 +256,7 @@ def markdown(result: dict) -> str:
         rows.append((f"TPOT batch {b} (ms)", [_fmt("{:.2f}", get(s, "tpot_ms", str(b))) for s in sides]))
     rows.append(("offline throughput, output tok/s", [_fmt("{:.0f}", get(s, "throughput", "output_tok_s")) for s in sides]))
     rows.append(("offline throughput, total tok/s", [_fmt("{:.0f}", get(s, "throughput", "total_tok_s")) for s in sides]))
-    for rate in RATES:
+    for rate in RATES if any(r.get("serve") for r in result["sides"].values()) else ():
         for key, label, fmt in [("median_ttft_ms", "median TTFT (ms)", "{:.1f}"),
                                 ("median_tpot_ms", "median TPOT (ms)", "{:.2f}"),
                                 ("output_throughput", "output tok/s", "{:.0f}")]:
@@ -271,36 +271,41 @@ def _fmt(fmt: str, v) -> str:
 
 
 def plot(result: dict, out_dir: Path) -> list[Path]:
+    """TPOT vs batch and output tok/s vs request rate, ours against built-in; a plot
+    is written only when some side has its data."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     out_dir.mkdir(parents=True, exist_ok=True)
-    title = f"{result['model']} on {result['gpu']}"
+    title = f"{result['model']}\non {result['gpu']}"
+    series = {
+        "e2e-tpot-vs-batch.png": ("batch", "TPOT (ms)", {
+            side: sorted((int(b), v) for b, v in (r.get("tpot_ms") or {}).items())
+            for side, r in result["sides"].items()}),
+        "e2e-throughput-vs-rate.png": ("request rate (req/s)", "output tok/s", {
+            side: [(i, (r.get("serve") or {})[rate]["output_throughput"]) for i, rate in enumerate(RATES)
+                   if rate in (r.get("serve") or {})]
+            for side, r in result["sides"].items()}),
+    }
     paths = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for side, r in result["sides"].items():
-        pts = [(int(b), v) for b, v in (r.get("tpot_ms") or {}).items()]
-        if pts:
-            ax.plot(*zip(*sorted(pts)), marker="o", label=side)
-    ax.set(xscale="log", xlabel="batch", ylabel="TPOT (ms)", title=title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    paths.append(out_dir / "e2e-tpot-vs-batch.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for side, r in result["sides"].items():
-        serve = r.get("serve") or {}
-        pts = [(i, serve[rate]["output_throughput"]) for i, rate in enumerate(RATES) if rate in serve]
-        if pts:
+    for name, (xlabel, ylabel, lines) in series.items():
+        lines = {side: pts for side, pts in lines.items() if pts}
+        if not lines:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for side, pts in lines.items():
             ax.plot(*zip(*pts), marker="o", label=side)
-    ax.set_xticks(range(len(RATES)), RATES)
-    ax.set(xlabel="request rate (req/s)", ylabel="output tok/s", title=title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    paths.append(out_dir / "e2e-throughput-vs-rate.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
+        if name == "e2e-tpot-vs-batch.png":
+            ax.set_xscale("log")
+        else:
+            ax.set_xticks(range(len(RATES)), RATES)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(out_dir / name)
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
     return paths
 
 
