@@ -23,6 +23,7 @@ from vllm_machete_plugin.backends.base import LayerSpec
 from vllm_machete_plugin.backends.machete import ENV_SCHEDULE, MacheteBackend, kernels_built, schedules
 from vllm_machete_plugin.canonical import SYMMETRIC_ZERO, CanonicalW4, dequantize
 from vllm_machete_plugin.machete_layout_ref import prepack_ref
+from gpu_weights import DEV, make_weight, spec_for  # noqa: E402
 
 
 def _skip_reason() -> str:
@@ -40,34 +41,10 @@ def _skip_reason() -> str:
 _why_skip = _skip_reason()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(_why_skip), reason=_why_skip or "-")]
 
-DEV = "cuda"
 DTYPES = [torch.float16, torch.bfloat16]
 UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 M_SIZES = [1, 7, 16, 33, 64, 128, 257, 1024]
 SCHEDULES = (["128x16", "128x32", "128x64", "128x128", "256x128"] if not _why_skip else [])
-
-
-def make_weight(k: int, n: int, group: int, zero_points: bool, dtype: torch.dtype,
-                pow2_scales: bool = False, g_idx: bool = False) -> CanonicalW4:
-    gs = k if group == -1 else group
-    g = k // gs
-    codes = torch.randint(0, 16, (k, n), dtype=torch.uint8, device=DEV)
-    if pow2_scales:
-        scales = 2.0 ** torch.randint(-8, -3, (g, n), device=DEV).float()
-    else:
-        scales = torch.rand(g, n, device=DEV) * 0.02 + 0.002
-    zeros = torch.randint(0, 16, (g, n), dtype=torch.uint8, device=DEV) if zero_points else None
-    gi = None
-    if g_idx:  # GPTQ desc_act: a random permutation of rows, g_idx[perm[i]] = i // gs
-        perm = torch.randperm(k, device=DEV)
-        gi = torch.empty(k, dtype=torch.int32, device=DEV)
-        gi[perm] = (torch.arange(k, device=DEV) // gs).to(torch.int32)
-    return CanonicalW4(codes, scales.to(dtype), zeros, gs, gi).validate()
-
-
-def spec_for(w: CanonicalW4, dtype: torch.dtype, act_order: bool = False) -> LayerSpec:
-    return LayerSpec(k=w.k, n=w.n, group_size=w.group_size, has_zeros=not w.symmetric,
-                     act_dtype=dtype, act_order=act_order)
 
 
 def error_scale(w: CanonicalW4) -> float:
@@ -126,7 +103,7 @@ def test_identity_probe_bit_exact(dtype, zero_points, schedule):
     per output are exact, so Y must equal dequant(W) bit for bit. Any layout, nibble
     order or scale/zero indexing error shows up here."""
     k, n = 256, 512
-    w = make_weight(k, n, 128, zero_points, dtype, pow2_scales=True)
+    w = make_weight(k, n, 128, zero_points, dtype, pow2_scales=True, pow2_exponents=(-8, -3))
     prepared = MacheteBackend.prepare(spec_for(w, dtype), w)
     x = torch.eye(k, dtype=dtype, device=DEV)
     y = run_mm(x, prepared, 128, schedule)
@@ -184,7 +161,7 @@ def test_mm_decompositions(dtype, zero_points, decomposition):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_act_order(dtype, zero_points):
     k, n, m = 1024, 256, 33
-    w = make_weight(k, n, 128, zero_points, dtype, g_idx=True)
+    w = make_weight(k, n, 128, zero_points, dtype, act_order=True)
     sorted_w, perm = sort_by_group(w)
     prepared = MacheteBackend.prepare(spec_for(sorted_w, dtype, act_order=True), sorted_w)
     x = torch.randn(m, k, dtype=dtype, device=DEV)

@@ -24,35 +24,14 @@ from vllm_machete_plugin.backends.marlin import MarlinBackend
 from vllm_machete_plugin.backends.reference import reference_mm
 from vllm_machete_plugin.canonical import CanonicalW4, dequantize
 from vllm_machete_plugin.marlin_layout_ref import padded_kn, permute_groups_ref, repack_ref
+from gpu_weights import DEV, make_weight, spec_for  # noqa: E402
 
 _why_skip = ("no CUDA GPU" if not torch.cuda.is_available()
              else "" if ops.kernels_available() else f"kernels not built: {ops._load()}")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(_why_skip), reason=_why_skip or "-")]
 
-DEV = "cuda"
 DTYPES = [torch.float16, torch.bfloat16]
 UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
-
-
-def make_weight(k: int, n: int, group: int, zero_points: bool, scale_dtype: torch.dtype,
-                pow2_scales: bool = False, act_order: bool = False) -> CanonicalW4:
-    gs = k if group == -1 else group
-    g = k // gs
-    codes = torch.randint(0, 16, (k, n), dtype=torch.uint8, device=DEV)
-    if pow2_scales:
-        scales = 2.0 ** torch.randint(-9, -4, (g, n), device=DEV).float()
-    else:
-        scales = torch.rand(g, n, device=DEV) * 0.02 + 0.002
-    zeros = torch.randint(0, 16, (g, n), dtype=torch.uint8, device=DEV) if zero_points else None
-    g_idx = None
-    if act_order:
-        g_idx = (torch.arange(k, device=DEV) // gs)[torch.randperm(k, device=DEV)].to(torch.int32)
-    return CanonicalW4(codes, scales.to(scale_dtype), zeros, gs, g_idx).validate()
-
-
-def spec_for(w: CanonicalW4, dtype: torch.dtype, act_order: bool = False) -> LayerSpec:
-    return LayerSpec(k=w.k, n=w.n, group_size=w.group_size, has_zeros=not w.symmetric,
-                     act_dtype=dtype, act_order=act_order)
 
 
 def poisoned_cache(m: int, n: int, dtype: torch.dtype) -> None:

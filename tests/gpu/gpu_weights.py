@@ -1,0 +1,37 @@
+"""Random CanonicalW4 weights on the GPU for the kernel tests (shared by the Marlin and
+Machete suites)."""
+from __future__ import annotations
+
+import torch
+
+from vllm_machete_plugin.backends.base import LayerSpec
+from vllm_machete_plugin.canonical import CanonicalW4
+
+DEV = "cuda"
+
+
+def make_weight(k: int, n: int, group: int, zero_points: bool, dtype: torch.dtype,
+                pow2_scales: bool = False, act_order: bool = False,
+                pow2_exponents: tuple[int, int] = (-9, -4)) -> CanonicalW4:
+    """Uniform codes; scales uniform in [0.002, 0.022), or 2^e with e in pow2_exponents
+    (half-open) for bit-exact probes; zero points uniform; act_order: GPTQ desc_act
+    g_idx (a random permutation of rows, g_idx[perm[i]] = i // group)."""
+    gs = k if group == -1 else group
+    g = k // gs
+    codes = torch.randint(0, 16, (k, n), dtype=torch.uint8, device=DEV)
+    if pow2_scales:
+        scales = 2.0 ** torch.randint(*pow2_exponents, (g, n), device=DEV).float()
+    else:
+        scales = torch.rand(g, n, device=DEV) * 0.02 + 0.002
+    zeros = torch.randint(0, 16, (g, n), dtype=torch.uint8, device=DEV) if zero_points else None
+    g_idx = None
+    if act_order:
+        perm = torch.randperm(k, device=DEV)
+        g_idx = torch.empty(k, dtype=torch.int32, device=DEV)
+        g_idx[perm] = (torch.arange(k, device=DEV) // gs).to(torch.int32)
+    return CanonicalW4(codes, scales.to(dtype), zeros, gs, g_idx).validate()
+
+
+def spec_for(w: CanonicalW4, dtype: torch.dtype, act_order: bool = False) -> LayerSpec:
+    return LayerSpec(k=w.k, n=w.n, group_size=w.group_size, has_zeros=not w.symmetric,
+                     act_dtype=dtype, act_order=act_order)
