@@ -111,3 +111,27 @@ def test_dual_mm_fake_keeps_m_symbolic():
         t = torch.empty(1)
         y = torch.ops.vmp.dual_mm(x, t, t, None, t, t, None, t, 64, 128, 64, False, False, 16)
     assert y.shape == (5, 128) and y.dtype == torch.float16
+
+
+def test_dual_mm_compiles_once_for_every_m(monkeypatch):
+    """Under torch.compile (fullgraph, dynamic M) the choice stays inside the op: one
+    graph, no recompiles, and each M still reaches its kernel."""
+    from torch._dynamo.utils import counters
+    from vllm_machete_plugin.backends import machete, marlin
+    monkeypatch.setattr(machete.MacheteBackend, "apply",
+                        classmethod(lambda cls, spec, w, x: x.new_full((x.shape[0], spec.n), 2.0)))
+    monkeypatch.setattr(marlin.MarlinBackend, "apply",
+                        classmethod(lambda cls, spec, w, x: x.new_full((x.shape[0], spec.n), 1.0)))
+    monkeypatch.setenv(dual.ENV_MAX_M, "16")
+    spec = LayerSpec(k=64, n=128, group_size=64, has_zeros=False, act_dtype=torch.float16)
+    t = torch.zeros(1)
+    weights = {"mt_w": t, "mt_scales": t, "ml_qweight": t, "ml_scales": t, "ml_workspace": t}
+    torch.compiler.reset()
+    counters.clear()
+    f = torch.compile(lambda x: dual.DualBackend.apply(spec, weights, x), fullgraph=True, dynamic=True,
+                      backend="eager")
+    # (sizes 0 and 1 are always specialized by dynamo; vLLM marks the batch dim itself)
+    got = {m: float(f(torch.zeros(m, 64, dtype=torch.float16))[0, 0]) for m in (17, 2, 16, 64, 300)}
+    assert got == {2: 1.0, 16: 1.0, 17: 2.0, 64: 2.0, 300: 2.0}
+    assert counters["stats"]["unique_graphs"] == 1
+    torch.compiler.reset()

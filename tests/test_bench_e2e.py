@@ -68,3 +68,78 @@ def test_report_without_serving_sweep_omits_its_rows_and_plot(tmp_path, capsys):
     assert "serve rate" not in out and "| TTFT 1024 tok, batch 1 (ms) | 200.0 | 200.0 |" in out
     assert (tmp_path / "e2e-tpot-vs-batch.png").exists()
     assert not (tmp_path / "e2e-throughput-vs-rate.png").exists()
+
+
+def _args(**kw):
+    ns = e2e.argparse.Namespace(model=None, layers=2, sides="machete,builtin", json=None, no_serve=False,
+                                serve_prompts=4, throughput_requests=8, tpot_input=16, tpot_tokens=4, reps=1,
+                                max_model_len=2048, gpu_memory_utilization=0.9, port=8099, dummy=True)
+    for k, v in kw.items():
+        setattr(ns, k, v)
+    return ns
+
+
+def test_orchestration_runs_each_side_in_its_own_processes_with_identical_settings(tmp_path, monkeypatch, capsys):
+    """Offline worker and `vllm serve` + `vllm bench serve` per side (subprocesses faked):
+    same engine flags on both sides, --quantization machete only on ours, every rate
+    swept, results merged into the JSON file."""
+    servers, runs = [], []
+
+    class FakeServer:
+        def __init__(self, cmd, **kw):
+            servers.append(cmd)
+
+        def poll(self):
+            return None
+
+        def terminate(self):
+            pass
+
+        def wait(self, timeout=None):
+            return 0
+
+    def fake_run(cmd, env=None, **kw):
+        runs.append(cmd)
+        if "--worker" in cmd:
+            side = cmd[cmd.index("--worker") + 1]
+            out = e2e.Path(cmd[cmd.index("--worker-out") + 1])
+            out.write_text(json.dumps({"side": side, "tpot_ms": {"1": 20.0}, "model": env["VMP_E2E_MODEL"]}))
+        else:
+            rate = cmd[cmd.index("--request-rate") + 1]
+            res = {"completed": 4, "failed": 0, "median_ttft_ms": 1.0, "median_tpot_ms": 2.0,
+                   "output_throughput": float(len(rate)), "request_throughput": 1.0}
+            (e2e.Path(cmd[cmd.index("--result-dir") + 1]) / cmd[cmd.index("--result-filename") + 1]).write_text(
+                json.dumps(res))
+        return e2e.subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(e2e.subprocess, "Popen", FakeServer)
+    monkeypatch.setattr(e2e.subprocess, "run", fake_run)
+    monkeypatch.setattr(e2e, "_wait_healthy", lambda *a, **kw: None)
+    monkeypatch.setattr(e2e, "_environment", lambda: {"gpu": "FakeGPU", "date": "today"})
+    out = tmp_path / "r.json"
+    result = e2e.run(_args(json=str(out)))
+    assert [s for s in result["sides"]] == ["machete", "builtin"]
+    assert json.loads(out.read_text())["sides"]["builtin"]["serve"]["inf"]["failed"] == 0
+    assert set(result["sides"]["machete"]["serve"]) == set(e2e.RATES)
+    ours, theirs = servers
+    assert ours[ours.index("--quantization") + 1] == "machete" and "--quantization" not in theirs
+    assert ours[:ours.index("--quantization")] == theirs  # identical engine settings
+    assert "--no-enable-prefix-caching" in theirs and theirs[theirs.index("--load-format") + 1] == "dummy"
+    workers = [c for c in runs if "--worker" in c]
+    assert len(workers) == 2 and all("--layers" in c and c[c.index("--layers") + 1] == "2" for c in workers)
+    model = result["sides"]["machete"]["model"]
+    assert json.loads((e2e.Path(model) / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+def test_one_side_at_a_time_merges_into_the_results_file(tmp_path, monkeypatch):
+    def fake_run(cmd, env=None, **kw):
+        side = cmd[cmd.index("--worker") + 1]
+        e2e.Path(cmd[cmd.index("--worker-out") + 1]).write_text(json.dumps({"side": side}))
+        return e2e.subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(e2e.subprocess, "run", fake_run)
+    monkeypatch.setattr(e2e, "_environment", lambda: {"gpu": "FakeGPU"})
+    out = tmp_path / "r.json"
+    e2e.run(_args(json=str(out), sides="machete", no_serve=True))
+    e2e.run(_args(json=str(out), sides="builtin", no_serve=True))
+    assert set(json.loads(out.read_text())["sides"]) == {"machete", "builtin"}
