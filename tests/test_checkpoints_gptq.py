@@ -399,3 +399,41 @@ def test_format_is_picklable():
     back = pickle.loads(pickle.dumps(fmt))
     assert back.version == 2 and back.scheme_for(DOWN, MAPPING) == fmt.scheme_for(DOWN, MAPPING)
     assert back.scheme_for("model.layers.0.self_attn.o_proj", MAPPING) is None
+
+
+def test_unlisted_fp16_modules_are_found_in_the_safetensors_headers(tmp_path):
+    """A GPTQ checkpoint that leaves layer 1's down_proj in fp16 without listing
+    modules_in_block_to_quantize: maybe_update_config reads the headers and that layer
+    stays unquantized, the others quantized (vLLM's built-in GPTQ does the same)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from vllm_machete_plugin.config import MacheteConfig
+    from vllm_machete_plugin.testing import build_tiny_checkpoint
+    path = build_tiny_checkpoint(tmp_path / "m", "gptq")
+    tensors = load_file(str(path / "model.safetensors"))
+    fp16 = "model.layers.1.mlp.down_proj"
+    for key in [k for k in tensors if k.startswith(fp16 + ".")]:
+        del tensors[key]
+    tensors[fp16 + ".weight"] = torch.zeros(256, 768, dtype=torch.float16)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config = MacheteConfig(json.loads((path / "config.json").read_text())["quantization_config"])
+    assert config.fmt.scheme_for(fp16, MAPPING) is not None  # before: everything is quantized
+    config.maybe_update_config(str(path))
+    assert config.fmt.scheme_for(fp16, MAPPING) is None
+    assert config.fmt.scheme_for("model.layers.0.mlp.down_proj", MAPPING) is not None
+    assert config.fmt.scheme_for("model.layers.1.mlp.gate_up_proj", MAPPING) is not None
+    assert config.fmt.scheme_for("model.layers.11.mlp.down_proj", MAPPING) is None  # not in the checkpoint
+
+
+def test_listed_modules_and_dummy_checkpoints_are_left_alone(tmp_path):
+    from vllm_machete_plugin.config import MacheteConfig
+    raw = {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True, "desc_act": False}
+    config = MacheteConfig({**raw, "modules_in_block_to_quantize": [["mlp.down_proj"]]})
+    config.maybe_update_config(str(tmp_path))  # no safetensors at all: nothing learned
+    assert config.fmt.modules_in_block == ["mlp.down_proj"]
+    config = MacheteConfig(raw)
+    config.maybe_update_config(str(tmp_path))
+    assert config.fmt.modules_in_block == []
+    assert config.fmt.scheme_for("model.layers.0.self_attn.qkv_proj", MAPPING) is not None

@@ -75,6 +75,14 @@ class MacheteConfig(QuantizationConfig):
         format_for(raw)  # validates the whole config; raises CheckpointError with details
         return QUANTIZATION_NAME
 
+    def maybe_update_config(self, model_name: str, hf_config=None, revision: Optional[str] = None) -> None:
+        """vLLM calls this once the config exists: tell the format which checkpoint modules
+        hold integer (packed) tensors, from the safetensors headers (no tensor is read)."""
+        from vllm.transformers_utils.config import get_safetensors_params_metadata
+        metadata = get_safetensors_params_metadata(model_name, revision=revision)
+        self.fmt.observe_checkpoint({name.rsplit(".", 1)[0] for name, info in metadata.items()
+                                     if str(info.get("dtype", "")).startswith(("I", "U"))})
+
     def get_quant_method(self, layer: torch.nn.Module, prefix: str):
         if isinstance(layer, LinearBase):
             scheme = self.fmt.scheme_for(prefix, self.packed_modules_mapping)

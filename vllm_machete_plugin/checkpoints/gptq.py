@@ -70,6 +70,12 @@ class GPTQFormat(CheckpointFormat):
                     f"only {list(_OVERRIDABLE)} can be overridden per module.")
         self.base = self._scheme(self.bits, self.group_size, self.sym, self.desc_act)
 
+    def observe_checkpoint(self, quantized_modules: set[str]) -> None:
+        # Without modules_in_block_to_quantize, GPTQ writers leave some linears in fp16
+        # with nothing in the config saying so: quantize exactly those with integer tensors.
+        if not self.modules_in_block and quantized_modules:
+            self.modules_in_block = sorted(quantized_modules)
+
     @staticmethod
     def _scheme(bits: int, group_size: int, sym: bool, desc_act: bool) -> LayerScheme:
         # desc_act with a single group (-1) orders nothing: normalise to no act-order.
