@@ -215,3 +215,16 @@ def test_format_is_picklable():
     back = pickle.loads(pickle.dumps(awq(64, modules_to_not_convert=["down_proj"])))
     assert back.scheme_for(DOWN, MAPPING) is None
     assert back.scheme_for("model.layers.0.mlp.gate_up_proj", MAPPING) == LayerScheme(4, 64, False, False)
+
+
+def test_awq_never_scans_the_checkpoint(monkeypatch):
+    """Only formats whose config leaves the quantized modules implicit read headers."""
+    import vllm.transformers_utils.config as tu
+
+    from vllm_machete_plugin.config import MacheteConfig
+    monkeypatch.setattr(tu, "get_safetensors_params_metadata",
+                        lambda *a, **kw: (_ for _ in ()).throw(AssertionError("scanned")))
+    config = MacheteConfig({"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
+                            "version": "gemm"})
+    config.maybe_update_config("some/model")
+    assert not config.fmt.needs_checkpoint_scan()

@@ -77,7 +77,10 @@ class MacheteConfig(QuantizationConfig):
 
     def maybe_update_config(self, model_name: str, hf_config=None, revision: Optional[str] = None) -> None:
         """vLLM calls this once the config exists: tell the format which checkpoint modules
-        hold integer (packed) tensors, from the safetensors headers (no tensor is read)."""
+        hold integer (packed) tensors, from the safetensors headers (no tensor is read),
+        when its config leaves that implicit (GPTQ without modules_in_block_to_quantize)."""
+        if not self.fmt.needs_checkpoint_scan():
+            return
         from vllm.transformers_utils.config import get_safetensors_params_metadata
         metadata = get_safetensors_params_metadata(model_name, revision=revision)
         self.fmt.observe_checkpoint({name.rsplit(".", 1)[0] for name, info in metadata.items()

@@ -67,10 +67,14 @@ class CheckpointFormat:
         names = shard_names(prefix, packed_modules_mapping)
         return same_for_all_shards(prefix, names, [self._scheme_of_module(n) for n in names])
 
+    def needs_checkpoint_scan(self) -> bool:
+        """Whether the config leaves the quantized modules implicit, so that
+        observe_checkpoint should be called (reading safetensors headers)."""
+        return False
+
     def observe_checkpoint(self, quantized_modules: set[str]) -> None:
         """Called once with the names of the checkpoint's modules that store integer
-        tensors (read from safetensors headers; empty for dummy weights). Formats whose
-        config may leave the quantized modules implicit narrow their choice here."""
+        tensors (from the safetensors headers; empty for dummy weights)."""
 
     def _scheme_of_module(self, name: str) -> Optional[LayerScheme]:
         """The scheme of one checkpoint module (an unfused name like ...q_proj), or None."""

@@ -70,9 +70,13 @@ class GPTQFormat(CheckpointFormat):
                     f"only {list(_OVERRIDABLE)} can be overridden per module.")
         self.base = self._scheme(self.bits, self.group_size, self.sym, self.desc_act)
 
+    def needs_checkpoint_scan(self) -> bool:
+        # Without modules_in_block_to_quantize, GPTQ writers may leave some linears in
+        # fp16 with nothing in the config saying so.
+        return not self.modules_in_block
+
     def observe_checkpoint(self, quantized_modules: set[str]) -> None:
-        # Without modules_in_block_to_quantize, GPTQ writers leave some linears in fp16
-        # with nothing in the config saying so: quantize exactly those with integer tensors.
+        # Quantize exactly the modules with integer tensors.
         if not self.modules_in_block and quantized_modules:
             self.modules_in_block = sorted(quantized_modules)
 
