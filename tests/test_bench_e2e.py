@@ -143,3 +143,25 @@ def test_one_side_at_a_time_merges_into_the_results_file(tmp_path, monkeypatch):
     e2e.run(_args(json=str(out), sides="machete", no_serve=True))
     e2e.run(_args(json=str(out), sides="builtin", no_serve=True))
     assert set(json.loads(out.read_text())["sides"]) == {"machete", "builtin"}
+
+
+@pytest.mark.parametrize("name,category", [
+    ("void vmp::marlin::(anonymous namespace)::gemm_kernel<__half, 1, false>(...)", "w4a16 GEMM"),
+    ("void cutlass::device_kernel<cutlass::gemm::kernel::GemmUniversal<...> >(...)", "w4a16 GEMM"),
+    ("void machete::MacheteKernel<...>", "w4a16 GEMM"),
+    ("void flash::flash_fwd_splitkv_kernel<...>", "attention"),
+    ("nvjet_hsh_128x64_64x3_1x2_h_bz_coopA_NNT", "other GEMM"),
+    ("void vllm::rms_norm_kernel<c10::Half>(...)", "other"),
+])
+def test_kernel_categories(name, category):
+    assert e2e.kernel_category(name) == category
+
+
+def test_decode_breakdown_rows(tmp_path, capsys):
+    result = _result()
+    result["sides"]["machete"]["decode_b1_kernel_us"] = {"w4a16 GEMM": 20000.0, "attention": 300.0}
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(result))
+    e2e.main(["--report", str(f)])
+    out = capsys.readouterr().out
+    assert "| batch-1 decode step: w4a16 GEMM kernels (µs) | 20000 | - |" in out

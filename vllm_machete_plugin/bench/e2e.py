@@ -126,6 +126,34 @@ def _describe_linears(model) -> dict:
     return {"linear_layers": total, "quantized_linear_layers": quantized, "kernels": kinds}
 
 
+KERNEL_CATEGORIES = (  # (category, substrings of a CUDA kernel name), first match wins
+    ("w4a16 GEMM", ("marlin", "machete", "GemmUniversal", "MixedInput")),
+    ("attention", ("flash", "fmha", "attn", "attention")),
+    ("other GEMM", ("gemm", "cublas", "nvjet", "xmma", "cutlass")),
+)
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    for category, keys in KERNEL_CATEGORIES:
+        if any(k.lower() in low for k in keys):
+            return category
+    return "other"
+
+
+def _kernel_us(llm, prompts, params) -> dict[str, float]:
+    """GPU kernel time by category (µs) of one llm.generate call, CUDA-graph kernels included."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        llm.generate(prompts, params, use_tqdm=False)
+    out: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type.name == "CUDA":
+            cat = kernel_category(e.name)
+            out[cat] = out.get(cat, 0.0) + e.device_time_total
+    return out
+
+
 def _timed(llm, prompts, params) -> float:
     t0 = time.perf_counter()
     llm.generate(prompts, params, use_tqdm=False)
@@ -172,6 +200,12 @@ def run_worker(side: str, model: str, args) -> dict:
         long = statistics.median(_timed(llm, p, params(1 + args.tpot_tokens)) for _ in range(args.reps))
         record["tpot_ms"][str(b)] = 1e3 * (long - short) / args.tpot_tokens
         print(f"[e2e] {side}: TPOT batch {b} = {record['tpot_ms'][str(b)]:.2f} ms", flush=True)
+    # Where a batch-1 decode step goes: kernel time by category, prefill removed.
+    p = prompts(1, args.tpot_input)
+    short, long = _kernel_us(llm, p, params(1)), _kernel_us(llm, p, params(1 + args.tpot_tokens))
+    record["decode_b1_kernel_us"] = {c: (long.get(c, 0.0) - short.get(c, 0.0)) / args.tpot_tokens
+                                     for c in sorted(set(short) | set(long))}
+    print(f"[e2e] {side}: batch-1 decode step, kernel µs: {record['decode_b1_kernel_us']}", flush=True)
     # Offline throughput.
     n, inp, out = args.throughput_requests, 1024, 256
     t = _timed(llm, prompts(n, inp), params(out))
@@ -252,6 +286,10 @@ def markdown(result: dict) -> str:
                              ("engine start (s)", ("engine_start_s",), "{:.1f}"),
                              ("TTFT 1024 tok, batch 1 (ms)", ("ttft_ms",), "{:.1f}")]:
         rows.append((label, [_fmt(fmt, get(s, *keys)) for s in sides]))
+    cats = sorted({c for s in sides for c in (get(s, "decode_b1_kernel_us") or {})})
+    for c in cats:
+        rows.append((f"batch-1 decode step: {c} kernels (µs)",
+                     [_fmt("{:.0f}", get(s, "decode_b1_kernel_us", c)) for s in sides]))
     for b in TPOT_BATCHES:
         rows.append((f"TPOT batch {b} (ms)", [_fmt("{:.2f}", get(s, "tpot_ms", str(b))) for s in sides]))
     rows.append(("offline throughput, output tok/s", [_fmt("{:.0f}", get(s, "throughput", "output_tok_s")) for s in sides]))
