@@ -109,7 +109,7 @@ def test_dual_mm_fake_keeps_m_symbolic():
     with FakeTensorMode():
         x = torch.empty(5, 64, dtype=torch.float16)
         t = torch.empty(1)
-        y = torch.ops.vmp.dual_mm(x, t, t, None, t, t, None, t, 64, 128, 64, False, False, 16)
+        y = torch.ops.vmp.dual_mm(x, t, t, None, t, t, None, t, 64, 128, 64, 16)
     assert y.shape == (5, 128) and y.dtype == torch.float16
 
 

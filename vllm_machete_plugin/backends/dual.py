@@ -69,19 +69,16 @@ class DualBackend(Backend):
         return torch.ops.vmp.dual_mm(
             x, weights[_MT + "w"], weights[_MT + "scales"], weights.get(_MT + "zeros"),
             weights[_ML + "qweight"], weights[_ML + "scales"], weights.get(_ML + "zeros"),
-            weights[_ML + "workspace"], spec.k, spec.n, spec.group_size, spec.has_zeros,
-            spec.act_dtype == torch.bfloat16, max_m())
+            weights[_ML + "workspace"], spec.k, spec.n, spec.group_size, max_m())
 
 
 @torch.library.custom_op("vmp::dual_mm", mutates_args=())
 def dual_mm(x: torch.Tensor, mt_w: torch.Tensor, mt_scales: torch.Tensor, mt_zeros: Optional[torch.Tensor],
             ml_qweight: torch.Tensor, ml_scales: torch.Tensor, ml_zeros: Optional[torch.Tensor],
-            ml_workspace: torch.Tensor, k: int, n: int, group_size: int, has_zeros: bool, bf16: bool,
-            max_m: int) -> torch.Tensor:
+            ml_workspace: torch.Tensor, k: int, n: int, group_size: int, max_m: int) -> torch.Tensor:
     """Y[M, n] = X @ W with Marlin if M <= max_m else Machete. The Marlin workspace is
     back to zero after every call, so the op mutates nothing observable."""
-    spec = LayerSpec(k=k, n=n, group_size=group_size, has_zeros=has_zeros,
-                     act_dtype=torch.bfloat16 if bf16 else torch.float16)
+    spec = LayerSpec(k=k, n=n, group_size=group_size, has_zeros=ml_zeros is not None, act_dtype=x.dtype)
     if x.shape[0] <= max_m:
         ws = {"qweight": ml_qweight, "scales": ml_scales, "workspace": ml_workspace}
         if ml_zeros is not None:
@@ -95,7 +92,7 @@ def dual_mm(x: torch.Tensor, mt_w: torch.Tensor, mt_scales: torch.Tensor, mt_zer
 
 @dual_mm.register_fake
 def _dual_mm_fake(x, mt_w, mt_scales, mt_zeros, ml_qweight, ml_scales, ml_zeros, ml_workspace, k, n,
-                  group_size, has_zeros, bf16, max_m):
+                  group_size, max_m):
     return x.new_empty((x.shape[0], n))
 
 
