@@ -50,6 +50,10 @@ def build_tokenizer(vocab_size: int = 512) -> Tokenizer:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    return _prepend_bos(tok)
+
+
+def _prepend_bos(tok: Tokenizer) -> Tokenizer:
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tok.token_to_id(BOS))])
     return tok
@@ -73,6 +77,4 @@ def build_wordlevel_tokenizer(vocab_size: int) -> Tokenizer:
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens(SPECIAL_TOKENS)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, vocab[BOS])])
-    return tok
+    return _prepend_bos(tok)
