@@ -38,6 +38,7 @@ from typing import Optional
 SIDES = {"machete": "machete", "builtin": None}  # side -> --quantization (None: vLLM picks)
 TPOT_BATCHES = (1, 16, 64, 256)
 RATES = ("1", "2", "4", "8", "inf")
+SERVE_INPUT_LEN, SERVE_OUTPUT_LEN = 1024, 128  # tokens per request in the serving sweep
 LLAMA_70B = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192,
     "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
@@ -78,7 +79,7 @@ def serve_flags(args) -> list[str]:
     kw = engine_kwargs(args)
     return ["--dtype", kw["dtype"], "--max-model-len", str(kw["max_model_len"]),
             "--gpu-memory-utilization", str(kw["gpu_memory_utilization"]), "--no-enable-prefix-caching",
-            "--max-num-seqs", str(kw["max_num_seqs"]), "--seed", "0", "--load-format", kw["load_format"]]
+            "--max-num-seqs", str(kw["max_num_seqs"]), "--seed", str(kw["seed"]), "--load-format", kw["load_format"]]
 
 
 # ---- offline worker (runs in its own process: `e2e --worker SIDE`) ----------------------
@@ -222,17 +223,18 @@ def run_serving(side: str, model: str, args, workdir: Path) -> dict:
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--host", "127.0.0.1", "--port", port] + serve_flags(args)
     if SIDES[side]:
         cmd += ["--quantization", SIDES[side]]
-    log = open(workdir / f"serve-{side}.log", "w")
+    log_path = workdir / f"serve-{side}.log"
     env = {**os.environ, "VLLM_USE_FLASHINFER_SAMPLER": "0"}
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_healthy(server, port, workdir / f"serve-{side}.log")
+        _wait_healthy(server, port, log_path)
         out = {}
         for rate in RATES:
             name = f"bench-{side}-{rate}.json"
             bench = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm", "--model", model, "--host", "127.0.0.1",
-                     "--port", port, "--dataset-name", "random", "--random-input-len", "1024",
-                     "--random-output-len", "128", "--ignore-eos", "--num-prompts", str(args.serve_prompts),
+                     "--port", port, "--dataset-name", "random", "--random-input-len", str(SERVE_INPUT_LEN),
+                     "--random-output-len", str(SERVE_OUTPUT_LEN), "--ignore-eos", "--num-prompts", str(args.serve_prompts),
                      "--request-rate", rate, "--seed", "0", "--save-result", "--result-dir", str(workdir),
                      "--result-filename", name]
             r = subprocess.run(bench, capture_output=True, text=True, env=env, timeout=1800)
@@ -408,7 +410,7 @@ def run(args) -> dict:
     result["model"] = args.model or f"Llama-3.1-70B GPTQ 4-bit g128, {args.layers} layers, dummy weights"
     result["settings"] = {**engine_kwargs(args), "tpot_input": args.tpot_input, "tpot_tokens": args.tpot_tokens,
                           "reps": args.reps, "serve_prompts": args.serve_prompts,
-                          "serve_input_len": 1024, "serve_output_len": 128}
+                          "serve_input_len": SERVE_INPUT_LEN, "serve_output_len": SERVE_OUTPUT_LEN}
     for side in sides:
         out = workdir / f"offline-{side}.json"
         env = {**os.environ, "VMP_E2E_MODEL": model, "VLLM_USE_FLASHINFER_SAMPLER": "0"}
