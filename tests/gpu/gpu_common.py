@@ -1,5 +1,5 @@
-"""Random CanonicalW4 weights on the GPU for the kernel tests (shared by the Marlin and
-Machete suites)."""
+"""Shared pieces of the GPU kernel tests: random CanonicalW4 weights on the GPU, the
+layer spec for one, and CUDA-graph capture."""
 from __future__ import annotations
 
 import torch
@@ -35,3 +35,17 @@ def make_weight(k: int, n: int, group: int, zero_points: bool, dtype: torch.dtyp
 def spec_for(w: CanonicalW4, dtype: torch.dtype, act_order: bool = False) -> LayerSpec:
     return LayerSpec(k=w.k, n=w.n, group_size=w.group_size, has_zeros=not w.symmetric,
                      act_dtype=dtype, act_order=act_order)
+
+
+def capture_graph(fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Warm `fn()` up on a side stream (as capture requires), capture it in a CUDA graph;
+    return the graph and its static output."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out

@@ -10,11 +10,11 @@ import torch
 from vllm_machete_plugin import ops
 from vllm_machete_plugin.act_order import REGROUP_ROWS, sort_by_group
 from vllm_machete_plugin.backends import dual, machete, select
-from vllm_machete_plugin.backends.base import LayerSpec
 from vllm_machete_plugin.backends.marlin import MarlinBackend
 from vllm_machete_plugin.backends.reference import reference_mm
 from vllm_machete_plugin.canonical import CanonicalW4
 from vllm_machete_plugin.testing import quantize_rtn
+from gpu_common import capture_graph, spec_for  # noqa: E402
 
 
 def _skip_reason() -> str:
@@ -39,10 +39,6 @@ def _weight(k: int, n: int, group: int, sym: bool, dtype, act_order: bool = Fals
                        w.group_size, None if w.g_idx is None else w.g_idx.cuda())
 
 
-def _spec(w: CanonicalW4, dtype) -> LayerSpec:
-    return LayerSpec(k=w.k, n=w.n, group_size=w.group_size, has_zeros=w.zeros is not None, act_dtype=dtype)
-
-
 def _assert_matches(y: torch.Tensor, ref: torch.Tensor) -> None:
     err = (y.float() - ref.float()).abs().max().item()
     scale = ref.float().abs().max().item()
@@ -61,7 +57,7 @@ def _kernels_launched(fn) -> list[str]:
 def test_dual_dispatch_runs_marlin_up_to_max_m_and_machete_above(monkeypatch, dtype, sym):
     monkeypatch.setenv(dual.ENV_MAX_M, "16")
     w = _weight(1024, 512, 128, sym, dtype)
-    spec = _spec(w, dtype)
+    spec = spec_for(w, dtype)
     assert select(spec, "layer").name == "machete+marlin"
     weights = dual.DualBackend.prepare(spec, w)
     for m in (1, 16, 17, 64):
@@ -77,14 +73,11 @@ def test_dual_dispatch_under_cuda_graphs(monkeypatch):
     monkeypatch.setenv(dual.ENV_MAX_M, "16")
     dtype = torch.float16
     w = _weight(512, 256, 64, True, dtype)
-    spec = _spec(w, dtype)
+    spec = spec_for(w, dtype)
     weights = dual.DualBackend.prepare(spec, w)
     for m in (8, 32):
         x = torch.randn(m, w.k, device="cuda", dtype=dtype)
-        dual.DualBackend.apply(spec, weights, x)  # warm up outside capture
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            y = dual.DualBackend.apply(spec, weights, x)
+        graph, y = capture_graph(lambda: dual.DualBackend.apply(spec, weights, x))
         x.copy_(torch.randn_like(x))
         graph.replay()
         torch.cuda.synchronize()
@@ -104,7 +97,7 @@ def test_act_order_split_over_ranks_runs_regrouped_on_marlin(dtype, sym, tp):
         part = CanonicalW4(full.codes[rows], full.scales, full.zeros, 128, full.g_idx[rows])
         ws, perm = sort_by_group(part, where="down_proj")
         assert ws.group_size == REGROUP_ROWS and ws.k > k
-        spec = _spec(ws, dtype)
+        spec = spec_for(ws, dtype)
         backend = select(spec, "down_proj")
         assert backend is MarlinBackend  # Machete has no 32-row groups
         weights = backend.prepare(spec, ws)

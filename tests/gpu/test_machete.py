@@ -23,7 +23,7 @@ from vllm_machete_plugin.backends.base import LayerSpec
 from vllm_machete_plugin.backends.machete import ENV_SCHEDULE, MacheteBackend, kernels_built, schedules
 from vllm_machete_plugin.canonical import SYMMETRIC_ZERO, CanonicalW4, dequantize
 from vllm_machete_plugin.machete_layout_ref import prepack_ref
-from gpu_weights import DEV, make_weight, spec_for  # noqa: E402
+from gpu_common import DEV, capture_graph, make_weight, spec_for  # noqa: E402
 
 
 def _skip_reason() -> str:
@@ -210,14 +210,7 @@ def test_cuda_graph_capture_replay(dtype):
     spec = spec_for(w, dtype)
     prepared = MacheteBackend.prepare(spec, w)
     x = torch.randn(m, k, dtype=dtype, device=DEV)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm up off the default stream, as capture requires
-        MacheteBackend.apply(spec, prepared, x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = MacheteBackend.apply(spec, prepared, x)
+    graph, y = capture_graph(lambda: MacheteBackend.apply(spec, prepared, x))
     for _ in range(3):
         x.copy_(torch.randn(m, k, dtype=dtype, device=DEV))
         y.fill_(float("nan"))

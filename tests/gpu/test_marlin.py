@@ -24,7 +24,7 @@ from vllm_machete_plugin.backends.marlin import MarlinBackend
 from vllm_machete_plugin.backends.reference import reference_mm
 from vllm_machete_plugin.canonical import CanonicalW4, dequantize
 from vllm_machete_plugin.marlin_layout_ref import padded_kn, permute_groups_ref, repack_ref
-from gpu_weights import DEV, make_weight, spec_for  # noqa: E402
+from gpu_common import DEV, capture_graph, make_weight, spec_for  # noqa: E402
 
 _why_skip = ("no CUDA GPU" if not torch.cuda.is_available()
              else "" if ops.kernels_available() else f"kernels not built: {ops._load()}")
@@ -185,14 +185,7 @@ def test_cuda_graph_capture_and_replay(m):
     spec = spec_for(w, torch.float16)
     weights = MarlinBackend.prepare(spec, w)
     static_x = torch.randn(m, w.k, device=DEV).half()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up outside capture, as torch recommends
-        MarlinBackend.apply(spec, weights, static_x)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = MarlinBackend.apply(spec, weights, static_x)
+    graph, static_out = capture_graph(lambda: MarlinBackend.apply(spec, weights, static_x))
     for _ in range(3):
         new_x = torch.randn(m, w.k, device=DEV).half()
         static_x.copy_(new_x)
