@@ -12,6 +12,7 @@ Environment:
                    for the Machete extension; default: the nvidia-cutlass wheel's
                    cutlass_library/source.
 
+Both extensions are built against the stable CPython ABI (Py_LIMITED_API, *.abi3.so).
 A second extension, vllm_machete_plugin._machete_C (Machete, sm_90a only), is built
 when VMP_CUDA_ARCHS contains 90 or 90a. Its compiles run through
 kernels/machete/nvcc_guard.py, which fails the build if ptxas serializes a wgmma
@@ -86,7 +87,7 @@ def _ext_modules():
                      "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__",
                      "-Werror=all-warnings", *gencode],
         },
-        py_limited_api=False,
+        py_limited_api=True,
     )
     exts = [ext]
     if any(a in ("90", "90a") for a in archs):
@@ -125,7 +126,7 @@ def _machete_extension(CUDAExtension, rel, late_includes):
                      "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__",
                      "-gencode=arch=compute_90a,code=sm_90a"],
         },
-        py_limited_api=False,
+        py_limited_api=True,
     )
 
 
@@ -153,4 +154,7 @@ def _machete_guarded(BuildExtension):
 
 
 ext_modules, cmdclass = _ext_modules()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+# The extensions use only the stable CPython ABI (their module init) and libtorch's
+# dispatcher, so one build (_C.abi3.so) loads on every CPython >= 3.10.
+setup(ext_modules=ext_modules, cmdclass=cmdclass,
+      options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {})

@@ -17,6 +17,11 @@ PROMPTS = ["The quick brown fox", "Once upon a time", "Quantized models are"]
 
 
 def generate_vllm(model: str, prompts: list[str], max_tokens: int, dtype: str, enforce_eager: bool):
+    import os
+
+    # Building the demo checkpoint ran multi-threaded torch (OpenMP) in this process; an
+    # engine process forked from it can hang on its first OpenMP region, so start it fresh.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model, quantization="machete", dtype=dtype, enforce_eager=enforce_eager,

@@ -37,13 +37,19 @@ struct MMArgs {
   int device = 0, sm_count = 0;
 };
 
-// The frozen tile set compiled into every type configuration. A tile name is
-// "<tile N>x<tile M>": output features x tokens per CTA tile; all use the cooperative
-// warp-specialized kernel (2 consumer warpgroups), a 1x1x1 cluster and the Stream-K
-// tile scheduler. A schedule is a tile plus a runtime decomposition suffix:
-// "" (kAuto), "_dp", "_sk" or "_split<S>" (S in 2..16), e.g. "128x16_split4".
-constexpr int kNumSchedules = 5;
-constexpr const char* kScheduleNames[kNumSchedules] = {"128x16", "128x32", "128x64", "128x128", "256x128"};
+// The frozen schedule set. A tile name is "<tile N>x<tile M>": output features x tokens
+// per tile. The first kNumCutlassTiles are CUTLASS wgmma tiles (cooperative
+// warp-specialized kernel, 2 consumer warpgroups, 1x1x1 cluster, Stream-K tile
+// scheduler) and take a runtime decomposition suffix: "" (kAuto), "_dp", "_sk" or
+// "_split<S>" (S in 2..16), e.g. "128x16_split4". The last two are the small-M kernels
+// (machete_small_m.cu: mma.sync on the same prepacked weight, M <= 8 / M <= 16, their own
+// stripe-balanced K split, no suffix).
+constexpr int kNumCutlassTiles = 5;
+constexpr int kNumSchedules = 7;
+constexpr const char* kScheduleNames[kNumSchedules] = {"128x16", "128x32", "128x64", "128x128",
+                                                       "256x128", "64x8",   "64x16"};
+constexpr bool is_small_m(int tile) { return tile >= kNumCutlassTiles; }
+constexpr int small_m_tokens(int tile) { return tile == kNumCutlassTiles ? 8 : 16; }
 
 struct Schedule {
   int tile = 0;  // index into kScheduleNames
@@ -67,6 +73,20 @@ inline MMFn mm_fn(ActType act, bool has_zeros) {
   if (act == kF16) return has_zeros ? mm_f16_u4 : mm_f16_u4b8;
   return has_zeros ? mm_bf16_u4 : mm_bf16_u4b8;
 }
+
+// Small-M kernel: launch plan (host, from the shape and the device) and launch.
+// partials: partial_floats floats, no initialisation needed; locks: >= plan.locks ints that
+// are zero before the call (the kernel leaves them zero again).
+struct SmallMPlan {
+  int tokens = 0;  // 8 or 16 tokens per tile
+  int stage_bytes = 0, smem_bytes = 0;
+  int units = 0, stripe = 0, grid = 0;
+  int locks = 0;   // lock slots used
+  size_t partial_floats = 0;
+};
+const char* plan_small_m(int tokens_per_tile, const MMArgs& a, SmallMPlan* plan);
+const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, float* partials, int* locks,
+                        cudaStream_t stream);
 
 // codes: uint8 [K, N] row-major, values 0..15. out: N*K/8 words in the prepacked
 // layout. to_signed: store q-8 (u4b8 path) instead of q.

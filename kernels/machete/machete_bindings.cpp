@@ -23,6 +23,9 @@ namespace mc = vmp::machete;
 constexpr int64_t kAlignN = 128;  // smallest schedule tile along N
 constexpr int64_t kAlignK = 64;   // one K tile / prepack atom depth
 constexpr int64_t kMaxDim = int64_t(1) << 30;
+// Lock slots a caller keeps per layer for the small-M kernel (>= 8 warps x its grid of
+// up to 2 blocks per SM: enough for 256 SMs).
+constexpr int64_t kSmallMLocks = 4096;
 
 void check_launch(cudaError_t err, const char* op) {
   VMP_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
@@ -54,7 +57,9 @@ mc::Schedule parse_schedule(const std::string& name) {
   for (int i = 0; i < mc::kNumSchedules; ++i)
     if (tile == mc::kScheduleNames[i]) s.tile = i;
   bool ok = s.tile >= 0;
-  if (suffix == "dp") {
+  if (ok && mc::is_small_m(s.tile)) {
+    ok = suffix.empty();  // the small-M kernels balance K themselves: no decomposition suffix
+  } else if (suffix == "dp") {
     s.decomposition = mc::kDataParallel;
   } else if (suffix == "sk") {
     s.decomposition = mc::kStreamK;
@@ -67,8 +72,8 @@ mc::Schedule parse_schedule(const std::string& name) {
     ok = ok && suffix.empty();
   }
   VMP_CHECK(ok, "vmp::machete_mm: unknown schedule '", name, "'; a schedule is a tile from [", tile_list(),
-              "] (vmp::machete_schedules()), optionally with _dp, _sk or _split<2..16>; or pass None for the "
-              "built-in heuristic");
+              "] (vmp::machete_schedules()), the wgmma tiles optionally with _dp, _sk or _split<2..16>; or "
+              "pass None for the built-in heuristic");
   return s;
 }
 
@@ -104,9 +109,37 @@ at::Tensor machete_prepack(const at::Tensor& codes, bool has_zeros) {
   return out;
 }
 
+// The small-M kernel (M <= 16): partials from the caching allocator (no init needed),
+// locks from the caller's persistent zeroed int32 buffer when given, else zeroed here.
+void run_small_m(const mc::Schedule& sched, mc::ActType act, const mc::MMArgs& a, const at::Tensor& x,
+                 const std::optional<at::Tensor>& locks) {
+  const char* op = "vmp::machete_mm";
+  mc::SmallMPlan plan;
+  const char* err = mc::plan_small_m(mc::small_m_tokens(sched.tile), a, &plan);
+  VMP_CHECK(err == nullptr, op, " (schedule ", schedule_name(sched), ", M=", a.m, " N=", a.n, " K=", a.k, "): ",
+              err, "; fix: pass None for the built-in heuristic");
+  at::Tensor partials = at::empty({int64_t(plan.partial_floats)}, x.options().dtype(at::kFloat));
+  at::Tensor lk;
+  if (locks) {
+    VMP_CHECK(locks->is_cuda() && locks->device() == x.device() && locks->scalar_type() == at::kInt &&
+                    locks->is_contiguous() && locks->numel() >= plan.locks, op,
+                ": locks must be a contiguous int32 CUDA tensor on ", x.device(), " with at least ", plan.locks,
+                " zeroed elements, got ", locks->scalar_type(), " ", locks->sizes(), " on ", locks->device(),
+                "; fix: torch.zeros(", int64_t(kSmallMLocks), ", dtype=torch.int32, device=x.device) once per layer");
+    lk = *locks;
+  } else {
+    lk = at::zeros({plan.locks}, x.options().dtype(at::kInt));
+  }
+  err = mc::run_small_m(act, plan, a, partials.data_ptr<float>(), lk.data_ptr<int32_t>(),
+                        at::cuda::getCurrentCUDAStream());
+  VMP_CHECK(err == nullptr, op, " (schedule ", schedule_name(sched), ", M=", a.m, " N=", a.n, " K=", a.k, "): ",
+              err);
+  check_launch(cudaGetLastError(), op);
+}
+
 at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales,
                       const std::optional<at::Tensor>& zeros, int64_t group_size,
-                      const std::optional<std::string>& schedule) {
+                      const std::optional<std::string>& schedule, const std::optional<at::Tensor>& locks) {
   const char* op = "vmp::machete_mm";
   VMP_CHECK(x.is_cuda() && x.dim() == 2, op, ": x must be a 2-D CUDA tensor [M, K], got ", x.sizes(), " on ",
               x.device());
@@ -151,6 +184,9 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   const mc::Schedule sched = schedule ? parse_schedule(*schedule) : mc::choose_schedule(int(m), int(n), int(k), sms);
   VMP_CHECK(n % tile_n(sched.tile) == 0, op, ": schedule ", schedule_name(sched), " needs N % ",
               tile_n(sched.tile), " == 0, got N=", n, "; fix: choose a schedule with a 128-row tile or pass None");
+  VMP_CHECK(!mc::is_small_m(sched.tile) || m <= mc::small_m_tokens(sched.tile), op, ": schedule ",
+              schedule_name(sched), " handles at most ", mc::small_m_tokens(sched.tile), " tokens, got M=", m,
+              "; fix: a wider tile or None");
   mc::MMArgs a;
   a.x = x.data_ptr();
   a.ldx = x.stride(0);
@@ -166,7 +202,12 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   a.sm_count = sms;
   a.decomposition = sched.decomposition;
   a.splits = sched.splits;
-  const mc::MMFn fn = mc::mm_fn(x.scalar_type() == at::kHalf ? mc::kF16 : mc::kBF16, zeros.has_value());
+  const mc::ActType act = x.scalar_type() == at::kHalf ? mc::kF16 : mc::kBF16;
+  if (mc::is_small_m(sched.tile)) {
+    run_small_m(sched, act, a, x, locks);
+    return y;
+  }
+  const mc::MMFn fn = mc::mm_fn(act, zeros.has_value());
   size_t ws_bytes = 0;
   const char* err = fn(sched.tile, a, nullptr, &ws_bytes, nullptr);
   VMP_CHECK(err == nullptr, op, ": ", err);
@@ -184,6 +225,8 @@ std::vector<std::string> machete_schedules() {
   return std::vector<std::string>(mc::kScheduleNames, mc::kScheduleNames + mc::kNumSchedules);
 }
 
+int64_t machete_small_m_locks() { return kSmallMLocks; }
+
 // The heuristic's pick for the current CUDA device.
 std::string machete_heuristic(int64_t m, int64_t n, int64_t k) {
   int device = 0;
@@ -196,7 +239,10 @@ std::string machete_heuristic(int64_t m, int64_t n, int64_t k) {
 
 TORCH_LIBRARY_FRAGMENT(vmp, m) {
   m.def("machete_prepack(Tensor codes, bool has_zeros) -> Tensor");
-  m.def("machete_mm(Tensor x, Tensor w, Tensor scales, Tensor? zeros, int group_size, str? schedule=None) -> Tensor");
+  m.def(
+      "machete_mm(Tensor x, Tensor w, Tensor scales, Tensor? zeros, int group_size, str? schedule=None, "
+      "Tensor? locks=None) -> Tensor");
+  m.def("machete_small_m_locks() -> int", &vmp::machete_small_m_locks);
   m.def("machete_schedules() -> str[]", &vmp::machete_schedules);
   m.def("machete_heuristic(int m, int n, int k) -> str", &vmp::machete_heuristic);
 }

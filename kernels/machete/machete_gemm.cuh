@@ -106,6 +106,6 @@ const char* run_schedule(int schedule, const MMArgs& a, void* ws, size_t* ws_byt
     default: return "unknown schedule index";
   }
 }
-static_assert(kNumSchedules == 5, "run_schedule must list every schedule of kScheduleNames");
+static_assert(kNumCutlassTiles == 5, "run_schedule must list every CUTLASS tile of kScheduleNames");
 
 }  // namespace vmp::machete

@@ -8,6 +8,12 @@ Schedule choose_schedule(int m, int n, int k, int sm_count) {
   const int64_t weights = int64_t(n) * k;
   const bool wide_n = n % 256 == 0;
   Schedule s;
+  if (m <= 8) {
+    s.tile = 5;  // 64x8: the small-M mma.sync kernel
+    return s;
+  }
+  // 9..16 tokens stay on the wgmma tile: the small-M 64x16 kernel measured no faster
+  // there (its cross-block reduction of 16-token tiles dominates; docs/machete_heuristic.md).
   if (m <= 16) {
     s.tile = 0;  // 128x16
   } else if (m <= 32) {

@@ -16,7 +16,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline_generate.p
 
 def _run(*args):
     r = subprocess.run([sys.executable, str(EXAMPLE), "--max-tokens", "8", "--enforce-eager", *args],
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=400)
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-8000:]
     assert f"--- vLLM --quantization machete on {torch.cuda.get_device_name()}" in r.stdout

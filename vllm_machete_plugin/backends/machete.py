@@ -4,8 +4,11 @@ collective (kernels/machete/, extension vllm_machete_plugin._machete_C).
 prepare(): codes -> vmp::machete_prepack (GPU, layout of kernels/machete/machete_layout.cuh;
 u4b8 codes are stored as signed q-8), scales [G, N] in the act dtype, zero points
 pre-multiplied as -s*z in the act dtype, so the mainloop dequantizes with one FMA
-(q*s + z'). apply(): vmp::machete_mm with the schedule from VMP_MACHETE_SCHEDULE if set,
-else the C++ heuristic (kernels/machete/machete_heuristic.cpp).
+(q*s + z'), and a zeroed int32 lock buffer for the small-M kernel's cross-block reduction
+(it is back to zero after every call). apply(): vmp::machete_mm with the schedule from
+VMP_MACHETE_SCHEDULE if set, else the C++ heuristic (kernels/machete/machete_heuristic.cpp):
+the small-M mma.sync kernel (kernels/machete/machete_small_m.cu) for M <= 16, the CUTLASS
+wgmma tiles above, all on the one prepacked weight.
 """
 from __future__ import annotations
 
@@ -76,13 +79,14 @@ class MacheteBackend(Backend):
         out["scales"] = scales
         if w.zeros is not None:
             out["zeros"] = (-(scales.float() * w.zeros.to(codes.device).float())).to(spec.act_dtype).contiguous()
+        out["locks"] = torch.zeros(torch.ops.vmp.machete_small_m_locks(), dtype=torch.int32, device=codes.device)
         return out
 
     @classmethod
     def apply(cls, spec: LayerSpec, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         group = -1 if spec.group_size == spec.k else spec.group_size
         return torch.ops.vmp.machete_mm(x, weights["w"], weights["scales"], weights.get("zeros"), group,
-                                        forced_schedule())
+                                        forced_schedule(), weights.get("locks"))
 
 
 # Fakes for torch.compile / CUDA-graph tracing (registered by ops._load when the op exists).
@@ -93,7 +97,8 @@ def _prepack_fake(codes: torch.Tensor, has_zeros: bool) -> torch.Tensor:
 
 @ops.fake_impl("machete_mm")
 def _mm_fake(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
-             group_size: int, schedule: Optional[str] = None) -> torch.Tensor:
+             group_size: int, schedule: Optional[str] = None,
+             locks: Optional[torch.Tensor] = None) -> torch.Tensor:
     return x.new_empty((x.shape[0], w.shape[1]))
 
 

@@ -1,0 +1,517 @@
+// Small-M Machete kernels ("64x8", "64x16"): Y[M, N] = X[M, K] . dequant(W)[K, N] for
+// M <= 16, reading the SAME prepacked weight as the wgmma mainloop
+// (machete_layout.cuh), so one weight copy serves every M.
+//
+// Why it exists: at M <= 16 a W4A16 GEMM is bound by reading the weight, and the wgmma
+// kernel spends most of its instructions on per-weight scaling. Here the transposed
+// problem Y^T = W^T X^T runs on mma.sync m16n8k16 with the weight as operand A. A prepack
+// atom row (16 n x 64 k) hands lane t, per k16 step, exactly its A fragment as one
+// 32-bit word, so dequantization is 4 LOP3 + 1 SHF per 8 weights and nothing else:
+//   * codes become magic-biased floats (fp16: 1024 + q for fragment rows g, 1024 + 16 q
+//     for rows g+8; bf16: 128 + q), multiplied unscaled and un-shifted;
+//   * a 17th MMA per k16 step with A = ones gives sum_k x, and per group every output
+//     row gets  acc += mul * tmp + bias * xsum  in fp32, which removes the bias and the
+//     zero point and applies the scale (mul, bias from s and z' = -s*z, coef() below).
+//   Products are exact; the bias costs ~10 bits of the fp32 accumulator's 24, far below
+//   fp16/bf16 output rounding.
+//
+// Work split: a warp unit is 64 rows (4 atoms) x 128 k (two 64-deep pipeline stages). A
+// block unit is an octet of 8 row groups (512 rows) x one 128-deep k block; block b takes
+// a contiguous stripe of block units (octet major), and warp w computes row group
+// 8*octet + w of each, through its own cp.async pipeline (no block barrier anywhere): the
+// 8 warps read the same X chunk, the weights of 8 different row groups. When the stripe
+// leaves an octet, each warp's 64 x M tile is final unless the octet is split over
+// blocks; then every block stores an fp32 slot and the last to arrive (per-warp lock)
+// sums the slots in block order, so the result is deterministic, and resets the lock.
+//
+// Only sm_80 instructions (cp.async, ldmatrix, mma.sync); built into _machete_C (sm_90a).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "machete.h"
+#include "machete_layout.cuh"
+
+namespace vmp::machete {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kAtoms = 4;                     // atom rows (16 n each) per unit
+constexpr int kRows = kAtoms * kAtomN;        // 64 output features per unit
+constexpr int kStageK = kAtomK;               // 64 k per pipeline stage
+constexpr int kUnitK = 2 * kStageK;           // 128 k per unit
+constexpr int kWBytes = kAtoms * 512;         // weight bytes per stage (4 contiguous atoms)
+constexpr int kGBytes = kRows * 2;            // one group row of scales (or zeros) per stage
+constexpr int kXOff = kWBytes + 2 * kGBytes;  // X tile after weights, scales, zeros
+constexpr int kXRowBytes = kStageK * 2;       // 128 bytes: 8 chunks of 16, swizzled by row
+constexpr int kSlotFloats = 16 * kRows;       // one cross-block partial tile (<= 16 tokens)
+constexpr int kChannelShift = 30;             // group_shift for channelwise: (k >> 30) == 0
+
+// One token block: 2 blocks of 8 warps per SM (<= 128 registers); two token blocks need
+// more registers (~150): 1 block per SM.
+__host__ __device__ constexpr int blocks_per_sm(int t) { return t == 1 ? 2 : 1; }
+// Pipeline depth per warp. H200, Llama-3.1-70B layers (4 GEMMs summed, fp16 u4b8 g128,
+// graph replay): M=1 3 stages 135.5 us, 4 142.6, 5 147.0; M=8 3 stages 150.5, 4 158.1.
+constexpr int kStages = 3;
+
+struct Params {
+  const void* x;
+  int64_t ldx;
+  const uint32_t* w;
+  const void* scales;
+  const void* zeros;
+  void* y;
+  float* partials;
+  int* locks;
+  int m, n, k;
+  int group_shift, groups;
+  int na;        // N / 16: atoms per 64-deep K column of the layout
+  int k_atoms;   // K / 64
+  int kb_count;  // units per row group = ceil(K / 128)
+  int units, stripe;
+  int stage_bytes;
+};
+
+// ---- PTX wrappers ----------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte async copy; zero-fills the destination (reading nothing) when !pred.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0)
+               : "memory");
+}
+// Same through L1 (.ca): the X chunks every warp of a block reads.
+__device__ __forceinline__ void cp_async16_l1(uint32_t dst, const void* src, bool pred) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ uint32_t lds32(uint32_t a) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(a));
+  return v;
+}
+__device__ __forceinline__ uint16_t lds16(uint32_t a) {
+  uint16_t v;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(a));
+  return v;
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+// (a & mask) ^ c in one instruction.
+template <uint32_t kMask, uint32_t kC>
+__device__ __forceinline__ uint32_t and_xor(uint32_t a) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0x6A;\n" : "=r"(d) : "r"(a), "n"(kMask), "n"(kC));
+  return d;
+}
+
+template <class A>
+__device__ __forceinline__ void zero_all(A& arr) {
+  float* f = reinterpret_cast<float*>(&arr);
+#pragma unroll
+  for (int i = 0; i < static_cast<int>(sizeof(A) / sizeof(float)); ++i) f[i] = 0.f;
+}
+
+// ---- per activation type: upconversion, MMA, group coefficients ---------------------
+// Stored nibbles: the signed q-8 (u4b8; XOR 8 turns it back into q) or q (u4 + zeros).
+template <typename T>
+struct Ops;
+
+template <>
+struct Ops<half> {
+  static constexpr uint32_t kOnes = 0x3C003C00;
+  // A registers of one word: rows g (regs 0, 2) hold 1024 + q, rows g+8 (regs 1, 3) 1024 + 16 q.
+  template <bool kZeros>
+  __device__ static void upconvert(uint32_t w, uint32_t (&a)[4]) {
+    constexpr uint32_t kLo = 0x64006400u ^ (kZeros ? 0u : 0x00080008u);
+    constexpr uint32_t kHi = 0x64006400u ^ (kZeros ? 0u : 0x00800080u);
+    const uint32_t w8 = w >> 8;
+    a[0] = and_xor<0x000F000F, kLo>(w);
+    a[1] = and_xor<0x00F000F0, kHi>(w);
+    a[2] = and_xor<0x000F000F, kLo>(w8);
+    a[3] = and_xor<0x00F000F0, kHi>(w8);
+  }
+  // Y += mul * sum(A x) + bias * sum(x) equals s * sum((q - 8) x) (u4b8) or
+  // sum((q s + z') x) (u4 + zeros) for the row's A encoding.
+  template <bool kZeros>
+  __device__ static void coef(float s, float z, bool hi_row, float& mul, float& bias) {
+    mul = hi_row ? s * 0.0625f : s;
+    bias = kZeros ? z - (hi_row ? 64.f : 1024.f) * s : -(hi_row ? 72.f : 1032.f) * s;
+  }
+  __device__ static float to_float(uint16_t b) { return __half2float(__ushort_as_half(b)); }
+  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+  __device__ static half from_float(float v) { return __float2half_rn(v); }
+};
+
+template <>
+struct Ops<__nv_bfloat16> {
+  static constexpr uint32_t kOnes = 0x3F803F80;
+  // Every A register holds 128 + q (bf16 has no room for the 16 q trick).
+  template <bool kZeros>
+  __device__ static void upconvert(uint32_t w, uint32_t (&a)[4]) {
+    constexpr uint32_t kC = 0x43004300u ^ (kZeros ? 0u : 0x00080008u);
+    a[0] = and_xor<0x000F000F, kC>(w);
+    a[1] = and_xor<0x000F000F, kC>(w >> 4);
+    a[2] = and_xor<0x000F000F, kC>(w >> 8);
+    a[3] = and_xor<0x000F000F, kC>(w >> 12);
+  }
+  template <bool kZeros>
+  __device__ static void coef(float s, float z, bool, float& mul, float& bias) {
+    mul = s;
+    bias = kZeros ? z - 128.f * s : -136.f * s;
+  }
+  __device__ static float to_float(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }
+  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+  __device__ static __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+};
+
+// kT token blocks of 8 (M <= 8 kT). Shared memory: [zero row][per warp: kStages stages of
+// p.stage_bytes]. Warp w of a block owns row group 8*rgo + w of every block unit (rgo, kb)
+// of the block's stripe, so the 8 warps read the same X chunk (once from L2, then L1).
+template <typename T, int kT, bool kZeros>
+__global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(const Params p) {
+  using O = Ops<T>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int v0 = blockIdx.x * p.stripe;
+  const int v1 = min(p.units, v0 + p.stripe);
+  const int rgo_first = v0 / p.kb_count;
+  const int rg_count = p.n / kRows;
+  if (v0 >= v1) return;
+
+  const uint32_t zero_row = smem_u32(smem);
+  const int sb = p.stage_bytes;
+  const uint32_t stages0 = zero_row + kXRowBytes + warp * kStages * sb;
+  const uint32_t stages_end = stages0 + kStages * sb;
+  const T* x = static_cast<const T*>(p.x);
+  const T* scales = static_cast<const T*>(p.scales);
+  const T* zeros = static_cast<const T*>(p.zeros);
+  if (lane < kXRowBytes / 16)
+    asm volatile("st.shared.v4.u32 [%0], {%1,%1,%1,%1};\n" ::"r"(zero_row + lane * 16), "r"(0));
+  __syncthreads();  // the zero row is shared by the block's warps
+  // A warp whose row group is past N in the stripe's first octet is past it in all
+  // (N not a multiple of 512: only the last octet is partial).
+  if (8 * rgo_first + warp >= rg_count) return;
+
+  // ---- producer: one stage = this warp's 4 atoms of one 64-deep K column, the group
+  // row of their scales (and zeros), and X rows < m of those 64 k ------------------------
+  const int x_chunks = p.m * 8;  // 16-byte chunks of X per stage
+  const int rows_of_x = p.m;
+  const bool g_on = lane < 8 || (kZeros && lane < 16);
+  const T* g_base = (lane < 8 ? scales : zeros) + (lane & 7) * 8;
+  const uint32_t g_dst = kWBytes + (lane >> 3) * kGBytes + (lane & 7) * 16;
+  const size_t w_col_bytes = static_cast<size_t>(p.na) * 512;  // one 64-deep K column of atoms
+  const unsigned char* w_bytes = reinterpret_cast<const unsigned char*>(p.w) + lane * 16;
+  const unsigned char* x_bytes = reinterpret_cast<const unsigned char*>(x);
+  constexpr int kXCopies = 8 * kT * 8 / 32;  // chunk lane + 32 i of X (only those < x_chunks)
+  uint32_t x_dst[kXCopies], x_src[kXCopies];
+#pragma unroll
+  for (int i = 0; i < kXCopies; ++i) {
+    const int c = lane + 32 * i, r = c >> 3, ch = c & 7;
+    x_dst[i] = kXOff + r * kXRowBytes + ((ch ^ (r & 7)) << 4);
+    x_src[i] = static_cast<uint32_t>((r * p.ldx + ch * 8) * sizeof(T));
+  }
+
+  const int my_stages = 2 * (v1 - v0);
+  int ld_rgo = rgo_first, ld_kb = v0 % p.kb_count, ld_half = 0, loaded = 0;
+  auto load_next = [&](uint32_t st) {
+    const int rg = 8 * ld_rgo + warp;
+    if (loaded < my_stages && rg < rg_count) {
+      const int ak = 2 * ld_kb + ld_half;
+      const bool valid = ak < p.k_atoms;  // K % 128 == 64: the last unit's second half is zeros
+      const int akc = valid ? ak : 0;
+      const unsigned char* wsrc = w_bytes + akc * w_col_bytes + rg * kWBytes;
+#pragma unroll
+      for (int i = 0; i < kWBytes / 16 / 32; ++i) cp_async16(st + lane * 16 + i * 512, wsrc + i * 512, valid);
+      if (g_on) {
+        const int gr = (ak * kStageK) >> p.group_shift;  // the half's group row (also for !valid)
+        const bool gvalid = gr < p.groups;
+        cp_async16(st + g_dst, g_base + static_cast<size_t>(gvalid ? gr : 0) * p.n + kRows * rg, gvalid);
+      }
+      const unsigned char* xs_base = x_bytes + akc * (kStageK * sizeof(T));
+#pragma unroll
+      for (int i = 0; i < kXCopies; ++i)
+        if (lane + 32 * i < x_chunks) cp_async16_l1(st + x_dst[i], xs_base + x_src[i], valid);
+    }
+    if (++ld_half == 2) {
+      ld_half = 0;
+      if (++ld_kb == p.kb_count) {
+        ld_kb = 0;
+        ++ld_rgo;
+      }
+    }
+    ++loaded;
+    cp_async_commit();
+  };
+
+  // ---- consumer state ----------------------------------------------------------------
+  float acc[kAtoms][kT][4], tmp[kAtoms][kT][4], xs[kT][4];
+  const uint32_t ones[4] = {O::kOnes, O::kOnes, O::kOnes, O::kOnes};
+  // ldmatrix row addresses: lane -> token row tb*8 + lane%8, 16-byte chunk 4*pair + lane/8
+  // (b0, b1 of k16 step 2*pair, then of step 2*pair+1); rows >= m read the zero row.
+  uint32_t x_rd[kT][2];
+  bool x_real[kT];
+#pragma unroll
+  for (int t = 0; t < kT; ++t) {
+    const int r = t * 8 + (lane & 7);
+    x_real[t] = r < rows_of_x;
+#pragma unroll
+    for (int pr = 0; pr < 2; ++pr) {
+      const int ch = 4 * pr + (lane >> 3);
+      x_rd[t][pr] = x_real[t] ? kXOff + r * kXRowBytes + ((ch ^ (r & 7)) << 4) : (lane >> 3) * 16;
+    }
+  }
+  const uint32_t w_rd = lane * 4;
+  const uint32_t g_rd = (lane >> 2) * 2;  // fragment row g of atom 0; +16 bytes for row g+8
+  const bool per_stage_groups = p.group_shift == 6;  // g = 64: one group per stage
+
+  // Fold the period's raw sums into acc with the group's coefficients (stage st's row).
+  auto close_period = [&](uint32_t st) {
+#pragma unroll
+    for (int a = 0; a < kAtoms; ++a) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // h = 0: fragment row g, h = 1: row g + 8
+        const uint32_t off = st + kWBytes + a * 32 + h * 16 + g_rd;
+        const float s = O::to_float(lds16(off));
+        const float z = kZeros ? O::to_float(lds16(off + kGBytes)) : 0.f;
+        float mul, bias;
+        O::template coef<kZeros>(s, z, h == 1, mul, bias);
+#pragma unroll
+        for (int t = 0; t < kT; ++t)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            acc[a][t][2 * h + e] = fmaf(bias, xs[t][e], fmaf(mul, tmp[a][t][2 * h + e], acc[a][t][2 * h + e]));
+      }
+    }
+  };
+  auto compute_stage = [&](uint32_t st) {
+#pragma unroll
+    for (int pr = 0; pr < 2; ++pr) {
+      uint32_t b[kT][2][2];
+#pragma unroll
+      for (int t = 0; t < kT; ++t) {
+        uint32_t r[4];
+        ldsm_x4(r, (x_real[t] ? st : zero_row) + x_rd[t][pr]);
+        b[t][0][0] = r[0];
+        b[t][0][1] = r[1];
+        b[t][1][0] = r[2];
+        b[t][1][1] = r[3];
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int step = 2 * pr + j;
+#pragma unroll
+        for (int a = 0; a < kAtoms; ++a) {
+          uint32_t af[4];
+          O::template upconvert<kZeros>(lds32(st + a * 512 + step * 128 + w_rd), af);
+#pragma unroll
+          for (int t = 0; t < kT; ++t) O::mma(tmp[a][t], af, b[t][j]);
+        }
+#pragma unroll
+        for (int t = 0; t < kT; ++t) O::mma(xs[t], ones, b[t][j]);
+      }
+    }
+  };
+
+  // ---- pipeline: stages 0..S-2 up front; each consume waits for its stage, refills the
+  // slot consumed last (every lane is past it after __syncwarp), computes -------------------
+  for (int s = 0; s < kStages - 1; ++s) load_next(stages0 + s * sb);
+  uint32_t rd_st = stages0, ld_st = stages0 + (kStages - 1) * sb;
+  auto advance = [&]() {
+    cp_async_wait<kStages - 2>();
+    __syncwarp();
+    load_next(ld_st);
+    ld_st = rd_st;
+    const uint32_t st = rd_st;
+    rd_st += sb;
+    if (rd_st == stages_end) rd_st = stages0;
+    return st;
+  };
+  auto consume = [&]() {
+    const uint32_t st = advance();
+    compute_stage(st);
+    return st;
+  };
+
+  T* y = static_cast<T*>(p.y);
+  for (int v = v0; v < v1;) {
+    const int rgo = v / p.kb_count;
+    const int v_end = min(v1, (rgo + 1) * p.kb_count);
+    const int rg = 8 * rgo + warp;
+    zero_all(acc);
+    for (; v < v_end; ++v) {
+      if (rg < rg_count) {
+        zero_all(tmp);
+        zero_all(xs);
+        const uint32_t st0 = consume();
+        if (per_stage_groups) {
+          close_period(st0);
+          zero_all(tmp);
+          zero_all(xs);
+        }
+        close_period(consume());
+      } else {  // past N (partial last octet): nothing was loaded; keep the ring in step
+        advance();
+        advance();
+      }
+    }
+    if (rg >= rg_count) continue;
+
+    // ---- row group rg done in this block: this warp's 64 x m tile --------------------
+    const int first_b = rgo * p.kb_count / p.stripe;
+    const int last_b = (rgo * p.kb_count + p.kb_count - 1) / p.stripe;
+    auto each = [&](auto&& fn) {  // (token, row, value) of this lane's real tokens
+#pragma unroll
+      for (int a = 0; a < kAtoms; ++a)
+#pragma unroll
+        for (int t = 0; t < kT; ++t)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int tok = t * 8 + 2 * (lane & 3) + (e & 1);
+            if (tok < p.m) fn(tok, a * kAtomN + (lane >> 2) + 8 * (e >> 1), acc[a][t][e]);
+          }
+    };
+    auto store = [&](int tok, int row, float v) {
+      y[static_cast<size_t>(tok) * p.n + rg * kRows + row] = O::from_float(v);
+    };
+    if (first_b == last_b) {
+      each(store);
+      continue;
+    }
+    // Split over blocks first_b..last_b: each stores its fp32 tile in its own slot; the
+    // last to arrive sums the slots in block order, stores, and resets the lock. Block b's
+    // slot for this octet is 2b (rgo is its first octet), except that first_b's is
+    // 2 first_b + 1 when rgo is not first_b's first octet.
+    const size_t slot_stride = static_cast<size_t>(kWarps) * kSlotFloats;
+    const float* slots = p.partials + warp * kSlotFloats;
+    const int first_odd = first_b * p.stripe / p.kb_count != rgo;
+    const int my_slot = 2 * static_cast<int>(blockIdx.x) + (static_cast<int>(blockIdx.x) == first_b ? first_odd : 0);
+    float* mine = p.partials + my_slot * slot_stride + warp * kSlotFloats;
+    each([&](int tok, int row, float v) { __stcg(mine + tok * kRows + row, v); });
+    __threadfence();
+    __syncwarp();
+    int* lock = p.locks + first_b * kWarps + warp;
+    int last = 0;
+    if (lane == 0) last = atomicAdd(lock, 1) == last_b - first_b;
+    last = __shfl_sync(0xffffffffu, last, 0);
+    if (last) {
+      __threadfence();
+      constexpr int kPer = kT * 8 * kRows / 32;  // values per lane of a full-width tile
+      const int items = p.m * kRows;
+      float sum[kPer];
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) sum[j] = 0.f;
+      // Independent loads of several blocks in flight: the reduction costs a few L2 round
+      // trips, not one per block.
+#pragma unroll 4
+      for (int b = first_b; b <= last_b; ++b) {
+        const float* sp = slots + (2 * b + (b == first_b ? first_odd : 0)) * slot_stride;
+#pragma unroll
+        for (int j = 0; j < kPer; ++j)
+          if (lane + 32 * j < items) sum[j] += __ldcg(sp + lane + 32 * j);
+      }
+#pragma unroll
+      for (int j = 0; j < kPer; ++j)
+        if (lane + 32 * j < items) store((lane + 32 * j) / kRows, (lane + 32 * j) % kRows, sum[j]);
+      if (lane == 0) *lock = 0;  // every contributor has arrived
+    }
+  }
+  cp_async_wait<0>();
+}
+
+template <typename T, bool kZeros>
+const void* kernel_for_type(int t) {
+  return t == 1 ? reinterpret_cast<const void*>(&small_m_kernel<T, 1, kZeros>)
+                : reinterpret_cast<const void*>(&small_m_kernel<T, 2, kZeros>);
+}
+
+const void* kernel_for(ActType act, bool zeros, int t) {
+  if (act == kF16) return zeros ? kernel_for_type<half, true>(t) : kernel_for_type<half, false>(t);
+  return zeros ? kernel_for_type<__nv_bfloat16, true>(t) : kernel_for_type<__nv_bfloat16, false>(t);
+}
+
+}  // namespace
+
+const char* plan_small_m(int tokens_per_tile, const MMArgs& a, SmallMPlan* plan) {
+  if (tokens_per_tile != 8 && tokens_per_tile != 16) return "small-M tile must hold 8 or 16 tokens";
+  if (a.m < 1 || a.m > tokens_per_tile) return "M exceeds the small-M tile's token count";
+  if (a.n % kRows || a.k % kStageK) return "small-M kernel needs N % 64 == 0 and K % 64 == 0";
+  const int t = tokens_per_tile / 8;
+  int smem_sm = 0, smem_optin = 0, reserved = 0;
+  cudaError_t err = cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, a.device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, a.device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, a.device);
+  if (err != cudaSuccess) return "cudaDeviceGetAttribute failed";
+  const int budget = std::min(smem_optin, smem_sm / blocks_per_sm(t) - reserved);
+  plan->stage_bytes = kXOff + a.m * kXRowBytes;  // X rows < m only
+  plan->smem_bytes = kXRowBytes + kWarps * kStages * plan->stage_bytes;
+  if (plan->smem_bytes > budget) return "too little shared memory per SM for the small-M pipeline";
+  plan->tokens = tokens_per_tile;
+  // Block units: (octet of 8 row groups, 128-deep k block); stripes balanced over the
+  // resident blocks.
+  const long long octets = (a.n / kRows + kWarps - 1) / kWarps;
+  const long long units = octets * ((a.k + kUnitK - 1) / kUnitK);
+  const long long slots = static_cast<long long>(a.sm_count) * blocks_per_sm(t);
+  plan->units = static_cast<int>(units);
+  plan->stripe = static_cast<int>((units + slots - 1) / slots);
+  plan->grid = static_cast<int>((units + plan->stripe - 1) / plan->stripe);
+  plan->partial_floats = static_cast<size_t>(plan->grid) * 2 * kWarps * kSlotFloats;
+  plan->locks = plan->grid * kWarps;
+  return nullptr;
+}
+
+const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, float* partials, int* locks,
+                        cudaStream_t stream) {
+  const int t = plan.tokens / 8;
+  const void* fn = kernel_for(act, a.zeros != nullptr, t);
+  if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes) != cudaSuccess)
+    return "cudaFuncSetAttribute (dynamic shared memory) failed for the small-M kernel";
+  Params p;
+  p.x = a.x;
+  p.ldx = a.ldx;
+  p.w = static_cast<const uint32_t*>(a.w);
+  p.scales = a.scales;
+  p.zeros = a.zeros;
+  p.y = a.y;
+  p.partials = partials;
+  p.locks = locks;
+  p.m = a.m;
+  p.n = a.n;
+  p.k = a.k;
+  p.group_shift = a.group_size == a.k ? kChannelShift : __builtin_ctz(static_cast<unsigned>(a.group_size));
+  p.groups = a.k / a.group_size;
+  p.na = a.n / kAtomN;
+  p.k_atoms = a.k / kStageK;
+  p.kb_count = (a.k + kUnitK - 1) / kUnitK;
+  p.units = plan.units;
+  p.stripe = plan.stripe;
+  p.stage_bytes = plan.stage_bytes;
+  void* args[] = {&p};
+  if (cudaLaunchKernel(fn, dim3(plan.grid), dim3(kThreads), args, static_cast<size_t>(plan.smem_bytes), stream) !=
+      cudaSuccess)
+    return "small-M kernel launch failed";
+  return nullptr;
+}
+
+}  // namespace vmp::machete
