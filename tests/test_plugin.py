@@ -40,12 +40,11 @@ def test_register_is_idempotent(register_plugin):
     assert QUANTIZATION_METHODS.count(QUANTIZATION_NAME) == 1
 
 
-@pytest.mark.parametrize("knob", ["VMP_MARLIN_MAX_M", "VMP_BACKEND", "VMP_MACHETE_SCHEDULE",
-                                  "VMP_DISABLED_BACKENDS"])
+@pytest.mark.parametrize("knob", ["VMP_BACKEND", "VMP_MACHETE_SCHEDULE", "VMP_DISABLED_BACKENDS"])
 def test_kernel_settings_turn_off_vllms_compile_cache(monkeypatch, knob):
     """vLLM would otherwise reload a graph compiled under other kernel settings."""
     import vllm_machete_plugin
-    for k in ("VMP_MARLIN_MAX_M", "VMP_BACKEND", "VMP_MACHETE_SCHEDULE", "VMP_DISABLED_BACKENDS"):
+    for k in ("VMP_BACKEND", "VMP_MACHETE_SCHEDULE", "VMP_DISABLED_BACKENDS"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.delenv("VLLM_DISABLE_COMPILE_CACHE", raising=False)
     vllm_machete_plugin.register()

@@ -1,6 +1,5 @@
-"""GPU tests of what the linear method does around the kernels: the opt-in Hopper
-Machete+Marlin dispatch on M, and act-order weights whose groups straddle tensor-parallel
-ranks (regrouped, Marlin). Tolerance: relative to the reference output scale, as loose
+"""GPU tests of what the linear method does around the kernels: act-order weights whose
+groups straddle tensor-parallel ranks (regrouped, Marlin). Tolerance: relative to the reference output scale, as loose
 as the kernels' own tests at these K (see test_marlin.py / test_machete.py)."""
 from __future__ import annotations
 
@@ -9,12 +8,12 @@ import torch
 
 from vllm_machete_plugin import ops
 from vllm_machete_plugin.act_order import REGROUP_ROWS, sort_by_group
-from vllm_machete_plugin.backends import dual, machete, select
+from vllm_machete_plugin.backends import machete, select
 from vllm_machete_plugin.backends.marlin import MarlinBackend
 from vllm_machete_plugin.backends.reference import reference_mm
 from vllm_machete_plugin.canonical import CanonicalW4
 from vllm_machete_plugin.testing import quantize_rtn
-from gpu_common import capture_graph, spec_for  # noqa: E402
+from gpu_common import spec_for  # noqa: E402
 
 
 def _skip_reason() -> str:
@@ -43,45 +42,6 @@ def _assert_matches(y: torch.Tensor, ref: torch.Tensor) -> None:
     err = (y.float() - ref.float()).abs().max().item()
     scale = ref.float().abs().max().item()
     assert err <= 0.02 * scale + 1e-3, f"max error {err} vs output scale {scale}"
-
-
-def _kernels_launched(fn) -> list[str]:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("sym", [True, False])
-def test_dual_dispatch_runs_marlin_up_to_max_m_and_machete_above(monkeypatch, dtype, sym):
-    monkeypatch.setenv(dual.ENV_MAX_M, "16")
-    w = _weight(1024, 512, 128, sym, dtype)
-    spec = spec_for(w, dtype)
-    assert select(spec, "layer").name == "machete+marlin"
-    weights = dual.DualBackend.prepare(spec, w)
-    for m in (1, 16, 17, 64):
-        x = torch.randn(m, w.k, device="cuda", dtype=dtype)
-        _assert_matches(dual.DualBackend.apply(spec, weights, x), reference_mm(x, w))
-        names = " ".join(_kernels_launched(lambda: dual.DualBackend.apply(spec, weights, x)))
-        assert ("marlin" in names) == (m <= 16), names
-        assert ("cutlass" in names) == (m > 16), names
-
-
-def test_dual_dispatch_under_cuda_graphs(monkeypatch):
-    """Each captured size replays the kernel chosen for it."""
-    monkeypatch.setenv(dual.ENV_MAX_M, "16")
-    dtype = torch.float16
-    w = _weight(512, 256, 64, True, dtype)
-    spec = spec_for(w, dtype)
-    weights = dual.DualBackend.prepare(spec, w)
-    for m in (8, 32):
-        x = torch.randn(m, w.k, device="cuda", dtype=dtype)
-        graph, y = capture_graph(lambda: dual.DualBackend.apply(spec, weights, x))
-        x.copy_(torch.randn_like(x))
-        graph.replay()
-        torch.cuda.synchronize()
-        _assert_matches(y, reference_mm(x, w))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -75,13 +75,11 @@ def select(spec: LayerSpec, where: str, capability: int | None = None) -> type[B
 
 def kernel_env() -> dict[str, str]:
     """The VMP_* settings that change which kernels a model runs (set and non-empty)."""
-    from .dual import ENV_MAX_M
     from .machete import ENV_SCHEDULE
-    names = (ENV_FORCE, ENV_DISABLE, ENV_MAX_M, ENV_SCHEDULE)
+    names = (ENV_FORCE, ENV_DISABLE, ENV_SCHEDULE)
     return {n: os.environ[n] for n in names if os.environ.get(n, "").strip()}
 
 
 # Backends register themselves with add_backend on import (after add_backend exists).
 from .marlin import MarlinBackend  # noqa: E402,F401
 from . import machete as _machete  # noqa: E402,F401
-from . import dual as _dual  # noqa: E402,F401

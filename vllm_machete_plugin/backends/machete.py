@@ -102,6 +102,5 @@ def _mm_fake(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, zeros: Opti
     return x.new_empty((x.shape[0], w.shape[1]))
 
 
-# Priority 0: tried before Marlin; it declines every GPU but sm_90 (the opt-in
-# Machete+Marlin dispatch in dual.py goes before it).
+# Priority 0: tried before Marlin; it declines every GPU but sm_90.
 add_backend(MacheteBackend, priority=0)
