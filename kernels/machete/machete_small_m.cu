@@ -32,6 +32,7 @@
 
 #include "machete.h"
 #include "machete_layout.cuh"
+#include "../ptx.cuh"
 
 namespace vmp::machete {
 namespace {
@@ -74,46 +75,20 @@ struct Params {
   int stage_bytes;
 };
 
-// ---- PTX wrappers ----------------------------------------------------------------
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16-byte async copy; zero-fills the destination (reading nothing) when !pred.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0)
-               : "memory");
-}
-// Same through L1 (.ca): the X chunks every warp of a block reads.
-__device__ __forceinline__ void cp_async16_l1(uint32_t dst, const void* src, bool pred) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ uint32_t lds32(uint32_t a) {
-  uint32_t v;
-  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(a));
-  return v;
-}
-__device__ __forceinline__ uint16_t lds16(uint32_t a) {
-  uint16_t v;
-  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(a));
-  return v;
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t a) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
+// ---- PTX wrappers: ../ptx.cuh ------------------------------------------------------
+using ptx::cp_async16;
+using ptx::cp_async16_l1;
+using ptx::cp_async_commit;
+using ptx::cp_async_wait;
+using ptx::lds16;
+using ptx::lds32;
+using ptx::ldsm_x4;
+using ptx::smem_u32;
+
 // (a & mask) ^ c in one instruction.
 template <uint32_t kMask, uint32_t kC>
 __device__ __forceinline__ uint32_t and_xor(uint32_t a) {
-  uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0x6A;\n" : "=r"(d) : "r"(a), "n"(kMask), "n"(kC));
-  return d;
+  return ptx::lop3<0x6A, kMask, kC>(a);
 }
 
 template <class A>

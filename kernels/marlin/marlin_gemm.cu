@@ -23,6 +23,7 @@
 
 #include "marlin.h"
 #include "marlin_layout.cuh"
+#include "../ptx.cuh"
 
 namespace vmp {
 namespace marlin {
@@ -58,23 +59,12 @@ static_assert(kBBytes / 16 % kThreads == 0, "weight tile must split evenly over 
 static_assert(kTileK / 8 == 16, "activation rows are 16 chunks of 16 bytes (swizzle assumes it)");
 static_assert(kMaxGroupRows * kGroupRowChunks <= kThreads / 2, "group rows: one chunk per thread");
 
-// ---- PTX wrappers ----------------------------------------------------------------
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte async copy; zero-fills the destination when !pred (src is not read then).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0)
-               : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
+// ---- PTX wrappers (shared ones in ../ptx.cuh) ------------------------------------
+using ptx::cp_async16;
+using ptx::cp_async_commit;
+using ptx::cp_async_wait;
+using ptx::ldsm_x4;
+using ptx::smem_u32;
 
 // Wait until at most n groups are pending (n = stages - 1 <= 7).
 __device__ __forceinline__ void cp_async_wait_dyn(int n) {
@@ -90,18 +80,10 @@ __device__ __forceinline__ void cp_async_wait_dyn(int n) {
   }
 }
 
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // (a & kMask) | kMagic in one instruction.
 template <uint32_t kMask, uint32_t kMagic>
 __device__ __forceinline__ uint32_t and_or(uint32_t a) {
-  uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "n"(kMask), "n"(kMagic));
-  return d;
+  return ptx::lop3<0xEA, kMask, kMagic>(a);
 }
 
 template <typename T2>

@@ -1,0 +1,56 @@
+// Inline-PTX wrappers shared by the mma.sync kernels (Marlin, Machete small-M): shared
+// addresses, cp.async, ldmatrix, shared loads, LOP3. sm_80 instructions only.
+#pragma once
+
+#include <cstdint>
+
+namespace vmp::ptx {
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy global -> shared through L2 only (.cg); zero-fills the destination,
+// reading nothing, when !pred.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0)
+               : "memory");
+}
+// Same, cached in L1 (.ca): for data that several warps of a block read.
+__device__ __forceinline__ void cp_async16_l1(uint32_t dst, const void* src, bool pred) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Wait until at most N committed groups are pending.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ uint32_t lds32(uint32_t a) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(a));
+  return v;
+}
+__device__ __forceinline__ uint16_t lds16(uint32_t a) {
+  uint16_t v;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(a));
+  return v;
+}
+
+// One LOP3 of a register and two immediates; kLut is the truth table of f(a, b, c) with
+// a = 0xF0, b = 0xCC, c = 0xAA: 0xEA = (a & b) | c, 0x6A = (a & b) ^ c.
+template <uint32_t kLut, uint32_t kB, uint32_t kC>
+__device__ __forceinline__ uint32_t lop3(uint32_t a) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, %4;\n" : "=r"(d) : "r"(a), "n"(kB), "n"(kC), "n"(kLut));
+  return d;
+}
+
+}  // namespace vmp::ptx
