@@ -66,3 +66,22 @@ def test_hopper_default_is_machete_only(kernels_everywhere):
 def test_hopper_group_32_falls_back_to_marlin(kernels_everywhere):
     g32 = LayerSpec(k=8192, n=10240, group_size=32, has_zeros=False, act_dtype=torch.float16)
     assert select(g32, "layer", capability=90).name == "marlin"  # Machete has no group 32
+
+
+@pytest.mark.skipif(not (ops.kernels_available() and ops.has_op("machete_mm")),
+                    reason="the Machete extension was not built (needs nvcc and VMP_CUDA_ARCHS with 90)")
+def test_machete_mm_fake_takes_the_layer_locks():
+    """What torch.compile traces in vLLM: the op with the prepared per-layer lock buffer
+    (small-M kernel) gives [M, N] for any M without touching a kernel, and the buffer the
+    backend allocates covers the kernel's lock slots (8 warps x 2 blocks per SM) on up to
+    256 SMs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    assert torch.ops.vmp.machete_small_m_locks() >= 8 * 2 * 256
+    assert {"64x8", "64x16"} <= set(torch.ops.vmp.machete_schedules())
+    with FakeTensorMode():
+        w = torch.empty(4096 // 8, 1024, dtype=torch.int32)
+        s = torch.empty(32, 1024, dtype=torch.bfloat16)
+        locks = torch.empty(torch.ops.vmp.machete_small_m_locks(), dtype=torch.int32)
+        for m in (1, 5, 300):
+            y = torch.ops.vmp.machete_mm(torch.empty(m, 4096, dtype=torch.bfloat16), w, s, None, 128, None, locks)
+            assert y.shape == (m, 1024) and y.dtype == torch.bfloat16
