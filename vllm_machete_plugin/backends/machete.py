@@ -79,6 +79,9 @@ class MacheteBackend(Backend):
         out["scales"] = scales
         if w.zeros is not None:
             out["zeros"] = (-(scales.float() * w.zeros.to(codes.device).float())).to(spec.act_dtype).contiguous()
+        # The small-M kernel's cross-block counters: zero between calls (each call leaves
+        # them zero). One buffer per layer: two calls of the same layer must not run
+        # concurrently on different streams (vLLM runs a dense model's layers in order).
         out["locks"] = torch.zeros(torch.ops.vmp.machete_small_m_locks(), dtype=torch.int32, device=codes.device)
         return out
 
