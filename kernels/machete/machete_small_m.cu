@@ -3,7 +3,8 @@
 // (machete_layout.cuh), so one weight copy serves every M.
 //
 // Why it exists: at M <= 16 a W4A16 GEMM is bound by reading the weight, and the wgmma
-// kernel spends most of its instructions on per-weight scaling. Here the transposed
+// tiles (M-tile >= 16 tokens) dequantize every weight with a multiply-add in the act
+// dtype before the MMA; they reached 2.6x the bandwidth floor at M=1. Here the transposed
 // problem Y^T = W^T X^T runs on mma.sync m16n8k16 with the weight as operand A. A prepack
 // atom row (16 n x 64 k) hands lane t, per k16 step, exactly its A fragment as one
 // 32-bit word, so dequantization is 4 LOP3 + 1 SHF per 8 weights and nothing else:
