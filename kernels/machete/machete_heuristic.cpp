@@ -9,7 +9,7 @@ Schedule choose_schedule(int m, int n, int k, int sm_count) {
   const bool wide_n = n % 256 == 0;
   Schedule s;
   if (m <= 8) {
-    s.tile = 5;  // 64x8: the small-M mma.sync kernel
+    s.tile = kNumCutlassTiles;  // 64x8: the small-M mma.sync kernel
     return s;
   }
   // 9..16 tokens stay on the wgmma tile: the small-M 64x16 kernel measured no faster

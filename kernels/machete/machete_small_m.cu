@@ -164,7 +164,7 @@ struct Ops<__nv_bfloat16> {
 
 // kT token blocks of 8 (M <= 8 kT). Shared memory: [zero row][per warp: kStages stages of
 // p.stage_bytes]. Warp w of a block owns row group 8*rgo + w of every block unit (rgo, kb)
-// of the block's stripe, so the 8 warps read the same X chunk (once from L2, then L1).
+// of the block's stripe, so the 8 warps read the same X chunk (copied through L1, .ca).
 template <typename T, int kT, bool kZeros>
 __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(const Params p) {
   using O = Ops<T>;
@@ -193,7 +193,6 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(co
   // ---- producer: one stage = this warp's 4 atoms of one 64-deep K column, the group
   // row of their scales (and zeros), and X rows < m of those 64 k ------------------------
   const int x_chunks = p.m * 8;  // 16-byte chunks of X per stage
-  const int rows_of_x = p.m;
   const bool g_on = lane < 8 || (kZeros && lane < 16);
   const T* g_base = (lane < 8 ? scales : zeros) + (lane & 7) * 8;
   const uint32_t g_dst = kWBytes + (lane >> 3) * kGBytes + (lane & 7) * 16;
@@ -251,7 +250,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(co
 #pragma unroll
   for (int t = 0; t < kT; ++t) {
     const int r = t * 8 + (lane & 7);
-    x_real[t] = r < rows_of_x;
+    x_real[t] = r < p.m;
 #pragma unroll
     for (int pr = 0; pr < 2; ++pr) {
       const int ch = 4 * pr + (lane >> 3);
