@@ -257,8 +257,8 @@ def test_schedules_and_heuristic():
             pick = torch.ops.vmp.machete_heuristic(m, n, k)
             assert pick.split("_")[0] in names and n % int(pick.split("x")[0]) == 0, pick
             assert fits(pick, m), (m, pick)
-            if m <= 16:  # docs/machete_heuristic.md: the small-M kernel up to 16 tokens
-                assert pick == ("64x8" if m <= 8 else "64x16"), (m, n, k, pick)
+            if m <= 16:  # docs/machete_heuristic.md: the small-M kernel up to 8 tokens
+                assert pick.split("_")[0] == ("64x8" if m <= 8 else "128x16"), (m, n, k, pick)
 
 
 def test_backend_selected_first_on_hopper():
@@ -318,13 +318,14 @@ def test_small_m_deterministic_and_graph_safe(dtype):
     w = make_weight(k, n, 128, False, dtype)
     spec = spec_for(w, dtype)
     p = MacheteBackend.prepare(spec, w)
-    for m in (1, 12):
+    for m, sched in ((1, None), (12, None), (12, "64x16"), (16, "64x16")):
         x = torch.randn(m, k, dtype=dtype, device=DEV)
-        first = MacheteBackend.apply(spec, p, x)
+        call = (lambda: MacheteBackend.apply(spec, p, x)) if sched is None else (lambda: run_mm(x, p, 128, sched))
+        first = call()
         assert_close(first, x, w)
-        graph, y = capture_graph(lambda: MacheteBackend.apply(spec, p, x))
+        graph, y = capture_graph(call)
         for _ in range(3):
-            assert torch.equal(MacheteBackend.apply(spec, p, x), first)
+            assert torch.equal(call(), first)
             y.fill_(float("nan"))
             graph.replay()
             torch.cuda.synchronize()

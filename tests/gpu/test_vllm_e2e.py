@@ -77,7 +77,7 @@ def _assert_agree_in(dtype, ours, theirs):
     """fp16: the strict criterion. bf16: the logprobs still agree wherever the tokens do, but
     fewer prompts stay identical, because the two paths round differently: vLLM's kernels
     (and our wgmma tiles) round every dequantized weight s*(q-z) to bf16 (relative 2^-9)
-    before the MMA, while our small-M kernel, which runs every decode step here (M <= 16),
+    before the MMA, while our small-M kernel, which runs every decode step here (M <= 8),
     multiplies the exact integers and applies s in fp32. On this random tiny model a bf16
     near-tie then flips a greedy token (H200: 10/16 prompts identical over 32 tokens). Which
     of the two is closer to the exact product is asserted per layer, where it is not noise:
