@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from unittest import mock
 
+import pytest
 import torch
 import vllm.model_executor.layers.linear as vllm_linear
 import vllm.model_executor.parameter as vllm_parameter
@@ -15,7 +16,7 @@ from vllm.model_executor.layers.linear import (LinearMethodBase, UnquantizedLine
                                                register_weight_loader_v2_supported_method)
 
 from vllm_machete_plugin.canonical import CanonicalW4
-from vllm_machete_plugin.checkpoints.base import CheckpointFormat, Partition
+from vllm_machete_plugin.checkpoints.base import CheckpointError, CheckpointFormat, Partition
 
 MAPPING = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 
@@ -95,6 +96,29 @@ def load(layer, tensors: dict, shard_id=None, skip=()) -> None:
 
 def canonical(layer, fmt: CheckpointFormat) -> CanonicalW4:
     return fmt.to_canonical(layer, layer.scheme, layer.part, where=layer.prefix)
+
+
+def assert_missing_tensor(fmt: CheckpointFormat, w: CanonicalW4, tensor: str, match: str) -> None:
+    """A row-parallel layer whose checkpoint lacks `tensor` is refused at repack with a
+    CheckpointError matching `match` (it names the layer, the tensor and the fix)."""
+    layer = make_layer("row", fmt, w.k, w.n)
+    load(layer, fmt.pack(w, layer.scheme), skip={tensor})
+    with pytest.raises(CheckpointError, match=match):
+        canonical(layer, fmt)
+
+
+QKV_DIMS = (4, 2, 64)  # heads, KV heads, head dim of the fused qkv test layers
+QKV_SHARDS = [("q", QKV_DIMS[0] * QKV_DIMS[2]), ("k", QKV_DIMS[1] * QKV_DIMS[2]), ("v", QKV_DIMS[1] * QKV_DIMS[2])]  # (shard, N)
+
+
+def assert_qkv_loads(fmt: CheckpointFormat, shards: dict, k: int, tp_size: int) -> None:
+    """Each shard (shard id -> CanonicalW4) of a fused qkv layer, packed and fed through
+    vLLM's loaders on every TP rank, repacks to that rank's column slice of the shards."""
+    for rank in range(tp_size):
+        layer = make_layer("qkv", fmt, k, QKV_DIMS, tp_rank=rank, tp_size=tp_size)
+        for s, w in shards.items():
+            load(layer, fmt.pack(w, layer.scheme), shard_id=s)
+        assert_same(canonical(layer, fmt), concat_columns([column_slice(w, rank, tp_size) for w in shards.values()]))
 
 
 def bare_layer(tensors: dict) -> torch.nn.Module:

@@ -3,8 +3,9 @@ order, pack round trips, loading through vLLM's parameter classes, and bad input
 import pytest
 import torch
 
-from ckpt_harness import (MAPPING, assert_same, bare_layer, canonical, column_slice, concat_columns, load,
-                          make_layer, nibble_word, row_slice, whole)
+from ckpt_harness import (MAPPING, QKV_SHARDS, assert_missing_tensor, assert_qkv_loads, assert_same,
+                          bare_layer, canonical, column_slice, concat_columns, load, make_layer,
+                          nibble_word, row_slice, whole)
 from vllm_machete_plugin.canonical import dequantize
 from vllm_machete_plugin.checkpoints import AWQFormat, CheckpointError, format_for
 from vllm_machete_plugin.checkpoints.base import LayerScheme
@@ -91,15 +92,11 @@ def test_round_trip(group_size, sym_codes, dtype):
 @pytest.mark.parametrize("tp_size", [1, 2])
 @pytest.mark.parametrize("group_size", [128, 32, -1])
 def test_load_qkv(group_size, tp_size):
-    heads, kv_heads, head_dim, K = 4, 2, 64, 256
+    K = 256
     fmt = awq(group_size)
     shards = {s: rtn(n, K, group_size, seed=i)
-              for i, (s, n) in enumerate([("q", heads * head_dim), ("k", kv_heads * head_dim), ("v", kv_heads * head_dim)])}
-    for rank in range(tp_size):
-        layer = make_layer("qkv", fmt, K, (heads, kv_heads, head_dim), tp_rank=rank, tp_size=tp_size)
-        for s, w in shards.items():
-            load(layer, AWQFormat.pack(w, layer.scheme), shard_id=s)
-        assert_same(canonical(layer, fmt), concat_columns([column_slice(w, rank, tp_size) for w in shards.values()]))
+              for i, (s, n) in enumerate(QKV_SHARDS)}
+    assert_qkv_loads(fmt, shards, K, tp_size)
 
 
 def test_load_gate_up_tp2():
@@ -175,19 +172,13 @@ def test_unsupported_group_size():
 
 
 def test_missing_qzeros():
-    fmt = awq(128)
-    layer = make_layer("row", fmt, 256, 128)
-    load(layer, AWQFormat.pack(rtn(128, 256, 128), layer.scheme), skip={"qzeros"})
-    with pytest.raises(CheckpointError, match=r"mlp\.down_proj: tensor 'qzeros'.*never loaded"):
-        canonical(layer, fmt)
+    assert_missing_tensor(awq(128), rtn(128, 256, 128), "qzeros",
+                          r"mlp\.down_proj: tensor 'qzeros'.*never loaded")
 
 
 def test_missing_scales():
-    fmt = awq(128)
-    layer = make_layer("row", fmt, 256, 128)
-    load(layer, AWQFormat.pack(rtn(128, 256, 128), layer.scheme), skip={"scales"})
-    with pytest.raises(CheckpointError, match=r"mlp\.down_proj: tensor 'scales'.*never loaded"):
-        canonical(layer, fmt)
+    assert_missing_tensor(awq(128), rtn(128, 256, 128), "scales",
+                          r"mlp\.down_proj: tensor 'scales'.*never loaded")
 
 
 def test_scales_float32_are_refused():

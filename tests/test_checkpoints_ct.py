@@ -7,8 +7,9 @@ from compressed_tensors.compressors.pack_quantized.base import PackedQuantizatio
 from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
-from ckpt_harness import (MAPPING, assert_act_order_resolves, assert_same, bare_layer, canonical, column_slice, concat_columns, load,
-                          make_layer, nibble_word, row_slice, whole)
+from ckpt_harness import (MAPPING, QKV_SHARDS, assert_act_order_resolves, assert_missing_tensor,
+                          assert_qkv_loads, assert_same, bare_layer, canonical, column_slice,
+                          concat_columns, load, make_layer, nibble_word, row_slice, whole)
 from vllm_machete_plugin.act_order import REGROUP_ROWS
 from vllm_machete_plugin.canonical import dequantize
 from vllm_machete_plugin.checkpoints import CheckpointError, CompressedTensorsFormat, format_for
@@ -172,16 +173,12 @@ def test_actorder_weight_has_no_g_idx():
 @pytest.mark.parametrize("group_size,sym,act_order", [(128, True, False), (64, False, False), (32, False, True),
                                                       (-1, False, False)])
 def test_load_qkv(group_size, sym, act_order, tp_size):
-    heads, kv_heads, head_dim, K = 4, 2, 64, 256
+    K = 256
     fmt = ct(group_size, sym, act_order)
     g_idx = act_order_g_idx(K, group_size, torch.Generator().manual_seed(1)) if act_order else None
     shards = {s: rtn(n, K, group_size, sym, act_order, seed=i, g_idx=g_idx)
-              for i, (s, n) in enumerate([("q", heads * head_dim), ("k", kv_heads * head_dim), ("v", kv_heads * head_dim)])}
-    for rank in range(tp_size):
-        layer = make_layer("qkv", fmt, K, (heads, kv_heads, head_dim), tp_rank=rank, tp_size=tp_size)
-        for s, w in shards.items():
-            load(layer, CompressedTensorsFormat.pack(w, layer.scheme), shard_id=s)
-        assert_same(canonical(layer, fmt), concat_columns([column_slice(w, rank, tp_size) for w in shards.values()]))
+              for i, (s, n) in enumerate(QKV_SHARDS)}
+    assert_qkv_loads(fmt, shards, K, tp_size)
 
 
 def test_load_gate_up_tp2_asym():
@@ -301,28 +298,19 @@ def test_kv_cache_scheme_is_refused():
 
 
 def test_missing_zero_point_for_asymmetric():
-    fmt = ct(128, sym=False)
-    layer = make_layer("row", fmt, 256, 128)
-    load(layer, CompressedTensorsFormat.pack(rtn(128, 256, 128, False), layer.scheme), skip={"weight_zero_point"})
-    with pytest.raises(CheckpointError, match=r"mlp\.down_proj: tensor 'weight_zero_point'.*never loaded.*"
-                                              r"Fix: symmetric: false needs weight_zero_point"):
-        canonical(layer, fmt)
+    assert_missing_tensor(ct(128, sym=False), rtn(128, 256, 128, False), "weight_zero_point",
+                          r"mlp\.down_proj: tensor 'weight_zero_point'.*never loaded.*"
+                          r"Fix: symmetric: false needs weight_zero_point")
 
 
 def test_missing_scale():
-    fmt = ct(128)
-    layer = make_layer("row", fmt, 256, 128)
-    load(layer, CompressedTensorsFormat.pack(rtn(128, 256, 128, True), layer.scheme), skip={"weight_scale"})
-    with pytest.raises(CheckpointError, match=r"mlp\.down_proj: tensor 'weight_scale'.*never loaded"):
-        canonical(layer, fmt)
+    assert_missing_tensor(ct(128), rtn(128, 256, 128, True), "weight_scale",
+                          r"mlp\.down_proj: tensor 'weight_scale'.*never loaded")
 
 
 def test_missing_g_idx_for_actorder_group():
-    fmt = ct(64, act_order=True)
-    layer = make_layer("row", fmt, 256, 128)
-    load(layer, CompressedTensorsFormat.pack(rtn(128, 256, 64, True, True), layer.scheme), skip={"weight_g_idx"})
-    with pytest.raises(CheckpointError, match=r"down_proj: tensor 'weight_g_idx'.*never loaded.*actorder: weight"):
-        canonical(layer, fmt)
+    assert_missing_tensor(ct(64, act_order=True), rtn(128, 256, 64, True, True), "weight_g_idx",
+                          r"down_proj: tensor 'weight_g_idx'.*never loaded.*actorder: weight")
 
 
 def test_scale_float32_is_refused():

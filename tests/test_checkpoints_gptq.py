@@ -3,8 +3,9 @@ loading through vLLM's parameter classes (fused shards, TP=2 splits), and bad in
 import pytest
 import torch
 
-from ckpt_harness import (MAPPING, assert_act_order_resolves, assert_same, bare_layer, canonical, column_slice, concat_columns, load,
-                          make_layer, nibble_word, row_slice, whole)
+from ckpt_harness import (MAPPING, QKV_SHARDS, assert_act_order_resolves, assert_missing_tensor,
+                          assert_qkv_loads, assert_same, bare_layer, canonical, column_slice,
+                          concat_columns, load, make_layer, nibble_word, row_slice, whole)
 from vllm_machete_plugin.act_order import REGROUP_ROWS
 from vllm_machete_plugin.canonical import dequantize
 from vllm_machete_plugin.checkpoints import CheckpointError, GPTQFormat, format_for
@@ -141,17 +142,12 @@ def test_round_trip(group_size, sym, act_order, checkpoint_format, dtype):
 @pytest.mark.parametrize("group_size,sym,act_order", [(128, True, False), (64, False, False), (32, False, True),
                                                       (-1, True, False), (128, True, True)])
 def test_load_qkv(group_size, sym, act_order, tp_size):
-    heads, kv_heads, head_dim, K = 4, 2, 64, 256
+    K = 256
     fmt = gptq(group_size, sym, act_order)
     g_idx = act_order_g_idx(K, group_size, torch.Generator().manual_seed(1)) if act_order else None
     shards = {s: rtn(n, K, group_size, sym, act_order, seed=i, g_idx=g_idx)
-              for i, (s, n) in enumerate([("q", heads * head_dim), ("k", kv_heads * head_dim), ("v", kv_heads * head_dim)])}
-    for rank in range(tp_size):
-        layer = make_layer("qkv", fmt, K, (heads, kv_heads, head_dim), tp_rank=rank, tp_size=tp_size)
-        for s, w in shards.items():
-            load(layer, GPTQFormat.pack(w, layer.scheme), shard_id=s)
-        want = concat_columns([column_slice(w, rank, tp_size) for w in shards.values()])
-        assert_same(canonical(layer, fmt), want)
+              for i, (s, n) in enumerate(QKV_SHARDS)}
+    assert_qkv_loads(fmt, shards, K, tp_size)
 
 
 @pytest.mark.parametrize("group_size,sym,act_order", [(128, False, False), (32, True, True)])
@@ -291,20 +287,14 @@ def test_act_order_split_straddling_groups_is_regrouped():
 
 
 def test_missing_qzeros_for_asymmetric():
-    fmt = gptq(128, sym=False)
-    layer = make_layer("row", fmt, 256, 128)
-    load(layer, GPTQFormat.pack(rtn(128, 256, 128, False), layer.scheme), skip={"qzeros"})
-    with pytest.raises(CheckpointError, match=r"mlp\.down_proj: tensor 'qzeros' \(qzeros int32 \[G, N/8\].*"
-                                              r"never loaded.*lacks 'model\.layers\.0\.mlp\.down_proj\.qzeros'"):
-        canonical(layer, fmt)
+    assert_missing_tensor(gptq(128, sym=False), rtn(128, 256, 128, False), "qzeros",
+                          r"mlp\.down_proj: tensor 'qzeros' \(qzeros int32 \[G, N/8\].*"
+                          r"never loaded.*lacks 'model\.layers\.0\.mlp\.down_proj\.qzeros'")
 
 
 def test_missing_scales():
-    fmt = gptq(128)
-    layer = make_layer("row", fmt, 256, 128)
-    load(layer, GPTQFormat.pack(rtn(128, 256, 128, True), layer.scheme), skip={"scales"})
-    with pytest.raises(CheckpointError, match=r"down_proj: tensor 'scales'.*never loaded"):
-        canonical(layer, fmt)
+    assert_missing_tensor(gptq(128), rtn(128, 256, 128, True), "scales",
+                          r"down_proj: tensor 'scales'.*never loaded")
 
 
 def test_missing_shard_of_fused_layer():
@@ -318,11 +308,8 @@ def test_missing_shard_of_fused_layer():
 
 
 def test_missing_g_idx_with_act_order():
-    fmt = gptq(128, desc_act=True)
-    layer = make_layer("row", fmt, 256, 128)
-    load(layer, GPTQFormat.pack(rtn(128, 256, 128, True, True), layer.scheme), skip={"g_idx"})
-    with pytest.raises(CheckpointError, match=r"down_proj: tensor 'g_idx'.*never loaded.*needs g_idx when desc_act=true"):
-        canonical(layer, fmt)
+    assert_missing_tensor(gptq(128, desc_act=True), rtn(128, 256, 128, True, True), "g_idx",
+                          r"down_proj: tensor 'g_idx'.*never loaded.*needs g_idx when desc_act=true")
 
 
 def test_scales_float32_are_refused():
