@@ -11,6 +11,7 @@ import torch
 
 pytest.importorskip("vllm")
 from vllm_machete_plugin.testing import build_tiny_checkpoint  # noqa: E402
+from vllm_machete_plugin.testing.compare import divergence_report, first_divergence  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -61,7 +62,7 @@ def _identical(ours, theirs) -> int:
     """Prompts whose greedy tokens agree over all TOKENS; logprobs checked while they agree."""
     same = 0
     for a, b in zip(ours, theirs, strict=True):
-        n = next((i for i, (x, y) in enumerate(zip(a["token_ids"], b["token_ids"])) if x != y), TOKENS)
+        n = first_divergence(a["token_ids"], b["token_ids"])
         same += n == TOKENS
         for la, lb in zip(a["logprobs"][:n], b["logprobs"][:n]):
             assert abs(la - lb) <= LOGPROB_ATOL, (la, lb)
@@ -70,7 +71,8 @@ def _identical(ours, theirs) -> int:
 
 def _assert_agree(ours, theirs):
     same = _identical(ours, theirs)
-    assert same >= MIN_MATCHING_PROMPTS * len(ours), f"{same}/{len(ours)} prompts identical over {TOKENS} tokens"
+    assert same >= MIN_MATCHING_PROMPTS * len(ours), (f"{same}/{len(ours)} prompts identical over {TOKENS} tokens\n"
+                                                      + divergence_report(ours, theirs))
 
 
 def _assert_agree_in(dtype, ours, theirs):
@@ -86,7 +88,8 @@ def _assert_agree_in(dtype, ours, theirs):
         _assert_agree(ours, theirs)
         return
     same = _identical(ours, theirs)
-    assert same >= MIN_MATCHING_PROMPTS_BF16 * len(ours), f"{same}/{len(ours)} prompts identical over {TOKENS} tokens"
+    assert same >= MIN_MATCHING_PROMPTS_BF16 * len(ours), (f"{same}/{len(ours)} prompts identical over {TOKENS} "
+                                                           "tokens\n" + divergence_report(ours, theirs))
 
 
 def _assert_our_kernels(log, backend=None):

@@ -1,6 +1,7 @@
 """Greedy generation in a fresh process, for end-to-end comparisons of our method with
 vLLM's built-in one on the same checkpoint. Prints one JSON object on the last line:
-{"outputs": [{"token_ids": [...], "logprobs": [...]}, ...]}.
+{"outputs": [{"token_ids": [...], "logprobs": [...], "top2": [[[id, lp], [id, lp]], ...]}, ...]}:
+the chosen tokens, their logprobs, and the two most likely tokens of every step.
 
   python -m vllm_machete_plugin.testing.generate MODEL --quantization machete|builtin
 """
@@ -34,13 +35,15 @@ def main() -> None:
               quantization=None if args.quantization == "builtin" else args.quantization,
               tensor_parallel_size=args.tensor_parallel_size, max_model_len=512,
               gpu_memory_utilization=0.3, seed=0)
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=0, ignore_eos=True)
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=2, ignore_eos=True)
     outs = llm.generate(PROMPTS, params)
     result = []
     for o in outs:
         c = o.outputs[0]
         result.append({"token_ids": list(c.token_ids),
-                       "logprobs": [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)]})
+                       "logprobs": [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)],
+                       "top2": [sorted(([tok, v.logprob] for tok, v in lp.items()), key=lambda e: -e[1])[:2]
+                                for lp in c.logprobs]})
     if args.vary_batch:
         for n in (1, 3, 7):
             llm.generate(PROMPTS[:n], params)
