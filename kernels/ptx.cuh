@@ -1,5 +1,5 @@
 // Inline-PTX wrappers shared by the mma.sync kernels (Marlin, Machete small-M): shared
-// addresses, cp.async, ldmatrix, shared loads, LOP3. sm_80 instructions only.
+// addresses, cp.async, ldmatrix, shared loads, LOP3, mma.sync. sm_80 instructions only.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +51,21 @@ __device__ __forceinline__ uint32_t lop3(uint32_t a) {
   uint32_t d;
   asm("lop3.b32 %0, %1, %2, %3, %4;\n" : "=r"(d) : "r"(a), "n"(kB), "n"(kC), "n"(kLut));
   return d;
+}
+
+// D = A . B + D on mma.sync m16n8k16, fp32 accumulators; A, B of 16-bit floats (fp16 or
+// bf16), fragments as the PTX ISA lays them out per lane.
+__device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 }  // namespace vmp::ptx

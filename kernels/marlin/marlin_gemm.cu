@@ -135,10 +135,7 @@ struct Ops<half> {
     b[3] = to_bits(__hmul2(__hfma2(p3, inv16, g.hi[j1]), g.s[j1]));
   }
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    ptx::mma_f16(c, a, b0, b1);
   }
   __device__ static uint32_t pack2(float a, float b) { return to_bits(__floats2half2_rn(a, b)); }
   __device__ static half from_float(float v) { return __float2half_rn(v); }
@@ -166,10 +163,7 @@ struct Ops<__nv_bfloat16> {
     b[3] = to_bits(__hmul2(__hsub2(p3, g.lo[j1]), g.s[j1]));
   }
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    ptx::mma_bf16(c, a, b0, b1);
   }
   __device__ static uint32_t pack2(float a, float b) { return to_bits(__floats2bfloat162_rn(a, b)); }
   __device__ static __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
