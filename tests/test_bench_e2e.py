@@ -72,6 +72,7 @@ def test_report_without_serving_sweep_omits_its_rows_and_plot(tmp_path, capsys):
 
 def _args(**kw):
     ns = e2e.argparse.Namespace(model=None, layers=2, sides="machete,builtin", json=None, no_serve=False,
+                                no_offline=False,
                                 serve_prompts=4, throughput_requests=8, tpot_input=16, tpot_tokens=4, reps=1,
                                 max_model_len=2048, gpu_memory_utilization=0.9, port=8099, dummy=True)
     for k, v in kw.items():
@@ -143,6 +144,52 @@ def test_one_side_at_a_time_merges_into_the_results_file(tmp_path, monkeypatch):
     e2e.run(_args(json=str(out), sides="machete", no_serve=True))
     e2e.run(_args(json=str(out), sides="builtin", no_serve=True))
     assert set(json.loads(out.read_text())["sides"]) == {"machete", "builtin"}
+
+
+def test_serving_sweep_and_offline_runs_merge_per_side(tmp_path, monkeypatch):
+    """--no-offline adds the sweep to the side's offline results; a later --no-serve run
+    replaces the offline results and keeps the sweep; each part records its date."""
+    def fake_run(cmd, env=None, **kw):
+        if "--worker" in cmd:
+            e2e.Path(cmd[cmd.index("--worker-out") + 1]).write_text(json.dumps({"tpot_ms": {"1": float(len(runs))}}))
+        else:
+            res = {"completed": 4, "failed": 0, "median_ttft_ms": 1.0, "median_tpot_ms": 2.0,
+                   "output_throughput": 3.0, "request_throughput": 1.0}
+            (e2e.Path(cmd[cmd.index("--result-dir") + 1]) / cmd[cmd.index("--result-filename") + 1]).write_text(
+                json.dumps(res))
+        runs.append(cmd)
+        return e2e.subprocess.CompletedProcess(cmd, 0, "", "")
+
+    class FakeServer:
+        def __init__(self, cmd, **kw):
+            pass
+
+        def terminate(self):
+            pass
+
+        def wait(self, timeout=None):
+            return 0
+
+    runs = []
+    monkeypatch.setattr(e2e.subprocess, "run", fake_run)
+    monkeypatch.setattr(e2e.subprocess, "Popen", FakeServer)
+    monkeypatch.setattr(e2e, "_wait_healthy", lambda *a, **kw: None)
+    monkeypatch.setattr(e2e, "_environment", lambda: {"gpu": "FakeGPU", "date": f"d{len(runs)}"})
+    out = tmp_path / "r.json"
+    e2e.run(_args(json=str(out), sides="machete", no_serve=True))
+    e2e.run(_args(json=str(out), sides="machete", no_offline=True, reps=5))
+    result = json.loads(out.read_text())
+    side = result["sides"]["machete"]
+    assert side["tpot_ms"] == {"1": 0.0} and set(side["serve"]) == set(e2e.RATES)
+    assert result["settings"]["reps"] == 1 and result["settings"]["serve_prompts"] == 4
+    assert (side["offline_date"], side["serve_date"]) == ("d0", "d1")  # each part says when it ran
+    assert not any("--worker" in c for c in runs[1:])  # the sweep ran no offline worker
+    e2e.run(_args(json=str(out), sides="machete", no_serve=True))
+    side = json.loads(out.read_text())["sides"]["machete"]
+    assert side["tpot_ms"] == {"1": 6.0} and set(side["serve"]) == set(e2e.RATES)
+    assert (side["offline_date"], side["serve_date"]) == ("d6", "d1")
+    with pytest.raises(SystemExit, match="nothing to run"):
+        e2e.run(_args(json=str(out), no_serve=True, no_offline=True))
 
 
 @pytest.mark.parametrize("name,category", [

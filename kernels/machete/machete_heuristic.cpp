@@ -8,16 +8,11 @@ Schedule choose_schedule(int m, int n, int k, int sm_count) {
   const int64_t weights = int64_t(n) * k;
   const bool wide_n = n % 256 == 0;
   Schedule s;
-  if (m <= 8) {
-    s.tile = kNumCutlassTiles;  // 64x8: the small-M mma.sync kernel
+  if (m <= 16) {  // the small-M mma.sync kernel: 64x8 up to 8 tokens, 64x16 up to 16
+    s.tile = m <= 8 ? kNumCutlassTiles : kNumCutlassTiles + 1;
     return s;
   }
-  // 9..16 tokens stay on the wgmma tile for now: 64x16 is faster through the op (H200:
-  // 168-175 vs 233-239 us, docs/machete_heuristic.md), but vLLM's compiled end-to-end test
-  // failed in its one run with 64x16 as the default here, undiagnosed.
-  if (m <= 16) {
-    s.tile = 0;  // 128x16
-  } else if (m <= 32) {
+  if (m <= 32) {
     s.tile = 1;  // 128x32
   } else if (m <= 64) {
     s.tile = 2;  // 128x64

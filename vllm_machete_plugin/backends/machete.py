@@ -7,9 +7,8 @@ pre-multiplied as -s*z in the act dtype, so the mainloop dequantizes with one FM
 (q*s + z'), and a zeroed int32 lock buffer for the small-M kernel's cross-block reduction
 (it is back to zero after every call). apply(): vmp::machete_mm with the schedule from
 VMP_MACHETE_SCHEDULE if set, else the C++ heuristic (kernels/machete/machete_heuristic.cpp):
-the small-M mma.sync kernel (kernels/machete/machete_small_m.cu) for M <= 8, the CUTLASS
-wgmma tiles above (64x16, the small-M kernel for 16 tokens, by name only), all on the one
-prepacked weight.
+the small-M mma.sync kernel (kernels/machete/machete_small_m.cu) for M <= 16 (64x8 up to
+8 tokens, 64x16 up to 16), the CUTLASS wgmma tiles above, all on the one prepacked weight.
 """
 from __future__ import annotations
 

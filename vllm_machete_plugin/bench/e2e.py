@@ -18,7 +18,7 @@ Results: JSON (`--json`, merged per side so sides can run in separate invocation
 markdown table on stdout, PNG plots (`--plot-dir`).
 
   python -m vllm_machete_plugin.bench e2e [--layers 4] [--sides machete,builtin] \
-      [--json FILE] [--plot-dir DIR] [--no-serve]
+      [--json FILE] [--plot-dir DIR] [--no-serve | --no-offline]
   python -m vllm_machete_plugin.bench e2e --report FILE [--plot-dir DIR]
 """
 from __future__ import annotations
@@ -370,6 +370,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--plot-dir", help="write the PNG plots here")
     ap.add_argument("--report", help="only print the table (and plots) of this results file")
     ap.add_argument("--no-serve", action="store_true", help="skip the `vllm serve` request-rate sweep")
+    ap.add_argument("--no-offline", action="store_true",
+                    help="only the serving sweep (offline results of --json are kept)")
     ap.add_argument("--serve-prompts", type=int, default=100, help="requests per rate in the serving sweep")
     ap.add_argument("--throughput-requests", type=int, default=256)
     ap.add_argument("--tpot-input", type=int, default=128, help="prompt length for the TPOT runs")
@@ -403,25 +405,39 @@ def run(args) -> dict:
     unknown = set(sides) - set(SIDES)
     if unknown:
         raise SystemExit(f"unknown side(s) {sorted(unknown)}; choose from {list(SIDES)}")
+    if args.no_serve and args.no_offline:
+        raise SystemExit("[e2e] --no-serve and --no-offline together leave nothing to run")
     workdir = Path(tempfile.mkdtemp(prefix="vmp-e2e-"))
     model = args.model or str(write_model(workdir / f"llama-3.1-70b-gptq-{args.layers}l", args.layers))
     result = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else {"sides": {}}
     result.update(_environment())
     result["model"] = args.model or f"Llama-3.1-70B GPTQ 4-bit g128, {args.layers} layers, dummy weights"
-    result["settings"] = {**engine_kwargs(args), "tpot_input": args.tpot_input, "tpot_tokens": args.tpot_tokens,
-                          "reps": args.reps, "serve_prompts": args.serve_prompts,
-                          "serve_input_len": SERVE_INPUT_LEN, "serve_output_len": SERVE_OUTPUT_LEN}
+    settings = {**result.get("settings", {}), **engine_kwargs(args)}  # a part not run keeps its settings
+    if not args.no_offline:
+        settings.update(tpot_input=args.tpot_input, tpot_tokens=args.tpot_tokens, reps=args.reps)
+    if not args.no_serve:
+        settings.update(serve_prompts=args.serve_prompts, serve_input_len=SERVE_INPUT_LEN,
+                        serve_output_len=SERVE_OUTPUT_LEN)
+    result["settings"] = settings
     for side in sides:
-        out = workdir / f"offline-{side}.json"
-        env = {**os.environ, "VMP_E2E_MODEL": model, "VLLM_USE_FLASHINFER_SAMPLER": "0"}
-        cmd = [sys.executable, "-m", "vllm_machete_plugin.bench", "e2e", "--worker", side, "--worker-out", str(out),
-               *_forwarded(args)]
-        r = subprocess.run(cmd, env=env)
-        if r.returncode != 0:
-            raise SystemExit(f"[e2e] offline run of {side} failed (exit {r.returncode})")
-        record = json.loads(out.read_text())
+        if args.no_offline:  # keep this side's offline results from --json, if any
+            record = dict(result["sides"].get(side, {}))
+        else:
+            out = workdir / f"offline-{side}.json"
+            env = {**os.environ, "VMP_E2E_MODEL": model, "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+            cmd = [sys.executable, "-m", "vllm_machete_plugin.bench", "e2e", "--worker", side,
+                   "--worker-out", str(out), *_forwarded(args)]
+            r = subprocess.run(cmd, env=env)
+            if r.returncode != 0:
+                raise SystemExit(f"[e2e] offline run of {side} failed (exit {r.returncode})")
+            kept = result["sides"].get(side, {}) if args.no_serve else {}
+            record = {**json.loads(out.read_text()),
+                      **{k: kept[k] for k in ("serve", "serve_date") if k in kept}}
+        if not args.no_offline:
+            record["offline_date"] = result.get("date")
         if not args.no_serve:
             record["serve"] = run_serving(side, model, args, workdir)
+            record["serve_date"] = result.get("date")
         result["sides"][side] = record
         if args.json:  # after every side, so a later failure loses nothing
             Path(args.json).write_text(json.dumps(result, indent=1))
