@@ -80,10 +80,10 @@ def _args(**kw):
     return ns
 
 
-def test_orchestration_runs_each_side_in_its_own_processes_with_identical_settings(tmp_path, monkeypatch, capsys):
-    """Offline worker and `vllm serve` + `vllm bench serve` per side (subprocesses faked):
-    same engine flags on both sides, --quantization machete only on ours, every rate
-    swept, results merged into the JSON file."""
+def _fake_processes(monkeypatch, worker_out, environment):
+    """Fakes the offline worker (its JSON: worker_out(cmd, env, runs so far)), `vllm serve`
+    and `vllm bench serve` (output tok/s = len(rate)), and the environment record
+    (environment(runs so far)); returns the lists of server and run commands."""
     servers, runs = [], []
 
     class FakeServer:
@@ -100,23 +100,32 @@ def test_orchestration_runs_each_side_in_its_own_processes_with_identical_settin
             return 0
 
     def fake_run(cmd, env=None, **kw):
-        runs.append(cmd)
         if "--worker" in cmd:
-            side = cmd[cmd.index("--worker") + 1]
-            out = e2e.Path(cmd[cmd.index("--worker-out") + 1])
-            out.write_text(json.dumps({"side": side, "tpot_ms": {"1": 20.0}, "model": env["VMP_E2E_MODEL"]}))
+            e2e.Path(cmd[cmd.index("--worker-out") + 1]).write_text(json.dumps(worker_out(cmd, env, runs)))
         else:
             rate = cmd[cmd.index("--request-rate") + 1]
             res = {"completed": 4, "failed": 0, "median_ttft_ms": 1.0, "median_tpot_ms": 2.0,
                    "output_throughput": float(len(rate)), "request_throughput": 1.0}
             (e2e.Path(cmd[cmd.index("--result-dir") + 1]) / cmd[cmd.index("--result-filename") + 1]).write_text(
                 json.dumps(res))
+        runs.append(cmd)
         return e2e.subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(e2e.subprocess, "Popen", FakeServer)
     monkeypatch.setattr(e2e.subprocess, "run", fake_run)
     monkeypatch.setattr(e2e, "_wait_healthy", lambda *a, **kw: None)
-    monkeypatch.setattr(e2e, "_environment", lambda: {"gpu": "FakeGPU", "date": "today"})
+    monkeypatch.setattr(e2e, "_environment", lambda: environment(runs))
+    return servers, runs
+
+
+def test_orchestration_runs_each_side_in_its_own_processes_with_identical_settings(tmp_path, monkeypatch, capsys):
+    """Offline worker and `vllm serve` + `vllm bench serve` per side (subprocesses faked):
+    same engine flags on both sides, --quantization machete only on ours, every rate
+    swept, results merged into the JSON file."""
+    servers, runs = _fake_processes(
+        monkeypatch, lambda cmd, env, runs: {"side": cmd[cmd.index("--worker") + 1], "tpot_ms": {"1": 20.0},
+                                             "model": env["VMP_E2E_MODEL"]},
+        lambda runs: {"gpu": "FakeGPU", "date": "today"})
     out = tmp_path / "r.json"
     result = e2e.run(_args(json=str(out)))
     assert [s for s in result["sides"]] == ["machete", "builtin"]
@@ -133,13 +142,8 @@ def test_orchestration_runs_each_side_in_its_own_processes_with_identical_settin
 
 
 def test_one_side_at_a_time_merges_into_the_results_file(tmp_path, monkeypatch):
-    def fake_run(cmd, env=None, **kw):
-        side = cmd[cmd.index("--worker") + 1]
-        e2e.Path(cmd[cmd.index("--worker-out") + 1]).write_text(json.dumps({"side": side}))
-        return e2e.subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(e2e.subprocess, "run", fake_run)
-    monkeypatch.setattr(e2e, "_environment", lambda: {"gpu": "FakeGPU"})
+    _fake_processes(monkeypatch, lambda cmd, env, runs: {"side": cmd[cmd.index("--worker") + 1]},
+                    lambda runs: {"gpu": "FakeGPU"})
     out = tmp_path / "r.json"
     e2e.run(_args(json=str(out), sides="machete", no_serve=True))
     e2e.run(_args(json=str(out), sides="builtin", no_serve=True))
@@ -149,32 +153,8 @@ def test_one_side_at_a_time_merges_into_the_results_file(tmp_path, monkeypatch):
 def test_serving_sweep_and_offline_runs_merge_per_side(tmp_path, monkeypatch):
     """--no-offline adds the sweep to the side's offline results; a later --no-serve run
     replaces the offline results and keeps the sweep; each part records its date."""
-    def fake_run(cmd, env=None, **kw):
-        if "--worker" in cmd:
-            e2e.Path(cmd[cmd.index("--worker-out") + 1]).write_text(json.dumps({"tpot_ms": {"1": float(len(runs))}}))
-        else:
-            res = {"completed": 4, "failed": 0, "median_ttft_ms": 1.0, "median_tpot_ms": 2.0,
-                   "output_throughput": 3.0, "request_throughput": 1.0}
-            (e2e.Path(cmd[cmd.index("--result-dir") + 1]) / cmd[cmd.index("--result-filename") + 1]).write_text(
-                json.dumps(res))
-        runs.append(cmd)
-        return e2e.subprocess.CompletedProcess(cmd, 0, "", "")
-
-    class FakeServer:
-        def __init__(self, cmd, **kw):
-            pass
-
-        def terminate(self):
-            pass
-
-        def wait(self, timeout=None):
-            return 0
-
-    runs = []
-    monkeypatch.setattr(e2e.subprocess, "run", fake_run)
-    monkeypatch.setattr(e2e.subprocess, "Popen", FakeServer)
-    monkeypatch.setattr(e2e, "_wait_healthy", lambda *a, **kw: None)
-    monkeypatch.setattr(e2e, "_environment", lambda: {"gpu": "FakeGPU", "date": f"d{len(runs)}"})
+    _, runs = _fake_processes(monkeypatch, lambda cmd, env, runs: {"tpot_ms": {"1": float(len(runs))}},
+                              lambda runs: {"gpu": "FakeGPU", "date": f"d{len(runs)}"})
     out = tmp_path / "r.json"
     e2e.run(_args(json=str(out), sides="machete", no_serve=True))
     e2e.run(_args(json=str(out), sides="machete", no_offline=True, reps=5))
