@@ -51,7 +51,6 @@ constexpr int kXRowBytes = kStageK * 2;       // 128 bytes: 8 chunks of 16, swiz
 constexpr int kSlotFloats = 16 * kRows;       // one cross-block partial tile (<= 16 tokens)
 constexpr int kChannelShift = 30;             // group_shift for channelwise: (k >> 30) == 0
 
-
 // One token block: 2 blocks of 8 warps per SM (<= 128 registers); two token blocks need
 // more registers (~150): 1 block per SM.
 __host__ __device__ constexpr int blocks_per_sm(int t) { return t == 1 ? 2 : 1; }

@@ -420,8 +420,9 @@ def run(args) -> dict:
                         serve_output_len=SERVE_OUTPUT_LEN)
     result["settings"] = settings
     for side in sides:
-        if args.no_offline:  # keep this side's offline results from --json, if any
-            record = dict(result["sides"].get(side, {}))
+        kept = result["sides"].get(side, {})  # this side's results already in --json, if any
+        if args.no_offline:
+            record = dict(kept)
         else:
             out = workdir / f"offline-{side}.json"
             env = {**os.environ, "VMP_E2E_MODEL": model, "VLLM_USE_FLASHINFER_SAMPLER": "0"}
@@ -430,11 +431,8 @@ def run(args) -> dict:
             r = subprocess.run(cmd, env=env)
             if r.returncode != 0:
                 raise SystemExit(f"[e2e] offline run of {side} failed (exit {r.returncode})")
-            kept = result["sides"].get(side, {}) if args.no_serve else {}
-            record = {**json.loads(out.read_text()),
-                      **{k: kept[k] for k in ("serve", "serve_date") if k in kept}}
-        if not args.no_offline:
-            record["offline_date"] = result.get("date")
+            record = {**json.loads(out.read_text()), **{k: kept[k] for k in ("serve", "serve_date") if k in kept},
+                      "offline_date": result.get("date")}
         if not args.no_serve:
             record["serve"] = run_serving(side, model, args, workdir)
             record["serve_date"] = result.get("date")

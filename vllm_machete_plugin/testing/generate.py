@@ -42,6 +42,7 @@ def main() -> None:
         c = o.outputs[0]
         result.append({"token_ids": list(c.token_ids),
                        "logprobs": [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)],
+                       # vLLM lists the sampled token first; the stable sort keeps it first on an exact tie
                        "top2": [sorted(([tok, v.logprob] for tok, v in lp.items()), key=lambda e: -e[1])[:2]
                                 for lp in c.logprobs]})
     if args.vary_batch:
