@@ -85,7 +85,6 @@ std::string schedule_name(const mc::Schedule& s) {
   return name;
 }
 
-int tile_n(int tile) { return std::stoi(mc::kScheduleNames[tile]); }
 
 at::Tensor machete_prepack(const at::Tensor& codes, bool has_zeros) {
   const char* op = "vmp::machete_prepack";
@@ -182,8 +181,8 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
 
   const int sms = sm_count(x.get_device());
   const mc::Schedule sched = schedule ? parse_schedule(*schedule) : mc::choose_schedule(int(m), int(n), int(k), sms);
-  VMP_CHECK(n % tile_n(sched.tile) == 0, op, ": schedule ", schedule_name(sched), " needs N % ",
-              tile_n(sched.tile), " == 0, got N=", n, "; fix: choose a schedule with a 128-row tile or pass None");
+  VMP_CHECK(n % mc::align_n(sched.tile) == 0, op, ": schedule ", schedule_name(sched), " needs N % ",
+              mc::align_n(sched.tile), " == 0, got N=", n, "; fix: a schedule that needs N % 128 only (128x16 ... 128x128), or None");
   VMP_CHECK(!mc::is_small_m(sched.tile) || m <= mc::small_m_tokens(sched.tile), op, ": schedule ",
               schedule_name(sched), " handles at most ", mc::small_m_tokens(sched.tile), " tokens, got M=", m,
               "; fix: a wider tile or None");

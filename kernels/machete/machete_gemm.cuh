@@ -5,6 +5,8 @@
 // per-type translation units (machete_<act>_<wtype>.cu).
 #pragma once
 
+#include <utility>
+
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
@@ -19,10 +21,10 @@
 
 namespace vmp::machete {
 
-template <class ElemAct, class ElemW, bool kZeros, int kTileN, int kTileM>
+template <class ElemAct, class ElemW, bool kZeros, int kTileN, int kTileM, int kClusterN = 1>
 struct Gemm {
   using TileShape = cute::Shape<cute::Int<kTileN>, cute::Int<kTileM>, cute::Int<kPrepackAlignK>>;
-  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
+  using ClusterShape = cute::Shape<cute::Int<kClusterN>, cute::_1, cute::_1>;
   using KernelSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
   using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
 
@@ -94,18 +96,23 @@ struct Gemm {
   }
 };
 
-// The frozen schedule set, indexed like kScheduleNames in machete.h.
+// The frozen schedule set: one instantiation per CUTLASS tile of kScheduleNames, its
+// shape from the tables in machete.h.
+template <class ElemAct, class ElemW, bool kZeros, int... I>
+const char* run_tile(int schedule, const MMArgs& a, void* ws, size_t* ws_bytes, cudaStream_t stream,
+                     std::integer_sequence<int, I...>) {
+  const char* err = "unknown schedule index";
+  ((schedule == I ? (err = Gemm<ElemAct, ElemW, kZeros, kTileN[I], kTileTokens[I], kClusterN[I]>::run(
+                         a, ws, ws_bytes, stream))
+                  : nullptr),
+   ...);
+  return err;
+}
+
 template <class ElemAct, class ElemW, bool kZeros>
 const char* run_schedule(int schedule, const MMArgs& a, void* ws, size_t* ws_bytes, cudaStream_t stream) {
-  switch (schedule) {
-    case 0: return Gemm<ElemAct, ElemW, kZeros, 128, 16>::run(a, ws, ws_bytes, stream);
-    case 1: return Gemm<ElemAct, ElemW, kZeros, 128, 32>::run(a, ws, ws_bytes, stream);
-    case 2: return Gemm<ElemAct, ElemW, kZeros, 128, 64>::run(a, ws, ws_bytes, stream);
-    case 3: return Gemm<ElemAct, ElemW, kZeros, 128, 128>::run(a, ws, ws_bytes, stream);
-    case 4: return Gemm<ElemAct, ElemW, kZeros, 256, 128>::run(a, ws, ws_bytes, stream);
-    default: return "unknown schedule index";
-  }
+  return run_tile<ElemAct, ElemW, kZeros>(schedule, a, ws, ws_bytes, stream,
+                                          std::make_integer_sequence<int, kNumCutlassTiles>{});
 }
-static_assert(kNumCutlassTiles == 5, "run_schedule must list every CUTLASS tile of kScheduleNames");
 
 }  // namespace vmp::machete

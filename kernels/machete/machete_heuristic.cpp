@@ -26,8 +26,8 @@ Schedule choose_schedule(int m, int n, int k, int sm_count) {
   // Up to 128 tokens with fewer output tiles than SMs, CUTLASS's own decomposition
   // heuristic leaves SMs idle (qkv: 80 tiles on 132 SMs); forced Stream-K spreads the
   // K loop over every SM (-20% on qkv, neutral on 64-tile layers).
-  const int tile_m = s.tile == 0 ? 16 : s.tile == 1 ? 32 : s.tile == 2 ? 64 : 128;
-  const int64_t tiles = int64_t(n / (s.tile == 4 ? 256 : 128)) * ((m + tile_m - 1) / tile_m);
+  const int tile_m = kTileTokens[s.tile];
+  const int64_t tiles = int64_t(n / kTileN[s.tile]) * ((m + tile_m - 1) / tile_m);
   if (m <= 128 && tiles < sm_count) s.decomposition = kStreamK;
   return s;
 }

@@ -44,7 +44,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(_why_skip), reason=_why_s
 DTYPES = [torch.float16, torch.bfloat16]
 UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 M_SIZES = [1, 7, 16, 33, 64, 128, 257, 1024]
-WGMMA_TILES = ["128x16", "128x32", "128x64", "128x128", "256x128"]
+WGMMA_TILES = ["128x16", "128x32", "128x64", "128x128", "256x128", "256x32", "128x256"]
+ALIGN_N = {"256x128": 256, "256x32": 256, "128x256": 256}  # 128x256: a 2-CTA cluster along N
 SMALL_M_TILES = {"64x8": 8, "64x16": 16}  # mma.sync kernel on the same weight: tile -> max tokens
 SCHEDULES = (WGMMA_TILES + list(SMALL_M_TILES) if not _why_skip else [])
 
@@ -146,7 +147,7 @@ def test_mm_tp_sliced_shapes(dtype, zero_points, n, k):
     for m in (1, 33, 257):
         x = torch.randn(m, k, dtype=dtype, device=DEV)
         for schedule in SCHEDULES + [None]:
-            if not fits(schedule, m) or (schedule is not None and n % int(schedule.split("x")[0])):
+            if not fits(schedule, m) or (schedule is not None and n % ALIGN_N.get(schedule, 128)):
                 continue
             poison_cache(m, n, dtype)
             assert_close(run_mm(x, prepared, 128, schedule), x, w)
@@ -212,6 +213,11 @@ def test_bad_inputs_have_clear_errors():
         torch.ops.vmp.machete_mm(x, p["w"], p["scales"], None, 128, "64x8", p["locks"].float())
     with pytest.raises(RuntimeError, match="group_size=32"):
         run_mm(x, p, 32)
+    w384 = make_weight(k, 384, 128, False, dtype)
+    p384 = MacheteBackend.prepare(spec_for(w384, dtype), w384)
+    for tile in ("128x256", "256x32"):
+        with pytest.raises(RuntimeError, match=f"schedule {tile} needs N % 256 == 0, got N=384"):
+            run_mm(x, p384, 128, tile)
     with pytest.raises(RuntimeError, match="multiple of 128"):
         torch.ops.vmp.machete_prepack(torch.zeros(64, 96, dtype=torch.uint8, device=DEV), False)
 
@@ -255,7 +261,7 @@ def test_schedules_and_heuristic():
     for m in M_SIZES:
         for n, k in [(10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (1280, 8192)]:
             pick = torch.ops.vmp.machete_heuristic(m, n, k)
-            assert pick.split("_")[0] in names and n % int(pick.split("x")[0]) == 0, pick
+            assert pick.split("_")[0] in names and n % ALIGN_N.get(pick.split("_")[0], 128) == 0, pick
             assert fits(pick, m), (m, pick)
             if m <= 16:  # docs/machete_heuristic.md: the small-M kernel up to 16 tokens
                 assert pick == ("64x8" if m <= 8 else "64x16"), (m, n, k, pick)
