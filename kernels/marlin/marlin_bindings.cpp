@@ -100,8 +100,8 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
               ": x's data must be 16-byte aligned; fix: pass x.clone() instead of an offset view");
   VMP_CHECK(size_n >= 1 && size_n <= n_pad, op, ": size_n must be in [1, N_pad=", n_pad, "], got ", size_n);
   const bool channelwise = group_size == -1;
-  VMP_CHECK(channelwise || (group_size >= 32 && (group_size & (group_size - 1)) == 0 && k_pad % group_size == 0),
-              op, ": group_size must be -1 (channelwise) or a power of two >= 32 dividing K_pad=", k_pad, ", got ",
+  VMP_CHECK(channelwise || ((group_size == 32 || group_size == 64 || group_size == 128) && k_pad % group_size == 0),
+              op, ": group_size must be -1 (channelwise), 32, 64 or 128 dividing K_pad=", k_pad, ", got ",
               group_size);
   const int64_t groups = channelwise ? 1 : k_pad / group_size;
   check_cuda_2d(scales, op, "scales");

@@ -210,7 +210,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   const bool two_groups_per_warp = p.group_shift < 6;  // g = 32: a warp's 64 rows span 2 groups
   const int group_rows = max(1, kTileK >> p.group_shift);
 
-  // Position of a unit as (k-tile, chunk, n-tile), advanced one unit at a time.
+  // Position of a unit as (k-tile, chunk, n-tile).
   struct Pos {
     int kt, c, nt;
   };
@@ -218,74 +218,100 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
     const int slice = u / k_tiles;
     return Pos{u - slice * k_tiles, slice % p.chunks, slice / p.chunks};
   };
-  auto advance = [&](Pos& q) {
-    if (++q.kt == k_tiles) {
-      q.kt = 0;
-      if (++q.c == p.chunks) {
-        q.c = 0;
-        ++q.nt;
-      }
-    }
-  };
 
-  // ---- global -> shared copies of one unit (loop-invariant parts hoisted) ----
+  // ---- global -> shared copies ----
+  // The loader walks units in order. Its global pointers advance by a constant per
+  // k-tile and are recomputed (seek) only when a slice starts, so the hot loop does no
+  // 64-bit index arithmetic.
   // Activations: thread copies chunk a_ch of rows a_row + 16 i (i < MB).
   const int a_ch = tid & 15, a_row = tid >> 4;
   const uint32_t a_dst = a_row * kARowBytes + ((a_ch ^ (a_row & 7)) << 4);
   // Weights: a tile is one contiguous 16 KB run (marlin_layout.cuh), copied 1:1;
   // thread copies chunks tid + 256 i (i < 4).
   static_assert(kBBytes == 32 * kSubBytes, "weight tile = 32 sub-tiles");
+  constexpr int kBandChunks = kTileN / kSubN * kSubBytes / 16;
+  constexpr int kWCopies = kBBytes / 16 / kThreads;
+  // In uint4 units: a 16-row band of the packed weight is n_pad / 2 long, so the copies of
+  // one thread lie n_pad apart and the next k-tile starts 4 n_pad further (expressions of
+  // the kernel parameter, not registers).
+  static_assert(kThreads / kBandChunks == 2 && kTileK / kSubK == 8, "stride expressions below assume this");
   // Group rows: scales by threads [0, 128), zero points by [128, 256).
   const int gi = tid & (kThreads / 2 - 1);
   const bool g_is_zero = tid >= kThreads / 2;
   const int g_r = gi / kGroupRowChunks, g_ch = gi % kGroupRowChunks;
   const bool g_active = g_r < group_rows && (!g_is_zero || has_zeros);
-  const T* g_src = g_active ? (g_is_zero ? zeros : scales) + static_cast<size_t>(g_r) * p.n_pad + g_ch * 8 : nullptr;
   const uint32_t g_dst = a_bytes(MB) + kBBytes + (g_is_zero ? kGroupBytes : 0) + g_r * kGroupRowBytes + g_ch * 16;
 
-  auto load_tile = [&](int stage, const Pos& q) {
-    const uint32_t s0 = smem0 + stage * stage_sz;
-    // Rows >= m are not loaded: they only feed accumulator rows >= m, never written out.
+  struct Loader {
+    Pos q;
+    const T* x;
+    const uint4* w;
+    const T* g;
+    int a_rows;  // activation copies of this thread that hold real rows (rows >= m are skipped)
+  } ld;
+  auto seek = [&](const Pos& q) {
+    ld.q = q;
     const int row0 = q.c * MB * 16 + a_row;
-    const T* xa = x + static_cast<size_t>(row0) * p.k_pad + q.kt * kTileK + a_ch * 8;
+    ld.a_rows = row0 < p.m ? min(MB, (p.m - row0 + 15) / 16) : 0;
+    ld.x = x + static_cast<size_t>(row0) * p.k_pad + q.kt * kTileK + a_ch * 8;
+    ld.w = p.w + static_cast<size_t>(q.kt * (kTileK / kSubK) + tid / kBandChunks) * (p.n_pad / 2) +
+           q.nt * kBandChunks + tid % kBandChunks;
+    ld.g = g_active ? (g_is_zero ? zeros : scales) + static_cast<size_t>(g_r) * p.n_pad + g_ch * 8 +
+                          static_cast<size_t>((q.kt * kTileK) >> p.group_shift) * p.n_pad + q.nt * kTileN
+                    : nullptr;
+  };
+  auto load_tile = [&](uint32_t stage_base) {
+    // Rows >= m are not loaded: they only feed accumulator rows >= m, never written out.
 #pragma unroll
     for (int i = 0; i < MB; ++i)
-      if (row0 + 16 * i < p.m)
-        cp_async16(s0 + a_dst + i * 16 * kARowBytes, xa + static_cast<size_t>(16 * i) * p.k_pad, true);
-    const size_t band_stride = static_cast<size_t>(p.n_pad / kSubN) * (kSubBytes / 16);
-    constexpr int kBandChunks = kTileN / kSubN * kSubBytes / 16;
-    const uint4* wsrc = p.w + static_cast<size_t>(q.kt * (kTileK / kSubK) + tid / kBandChunks) * band_stride +
-                        q.nt * kBandChunks + tid % kBandChunks;
+      if (i < ld.a_rows)
+        cp_async16(stage_base + a_dst + i * 16 * kARowBytes, ld.x + static_cast<size_t>(16 * i) * p.k_pad, true);
 #pragma unroll
-    for (int i = 0; i < kBBytes / 16 / kThreads; ++i)
-      cp_async16(s0 + a_bytes(MB) + (tid + i * kThreads) * 16,
-                 wsrc + static_cast<size_t>(i * (kThreads / kBandChunks)) * band_stride, true);
-    if (g_active)
-      cp_async16(s0 + g_dst,
-                 g_src + static_cast<size_t>((q.kt * kTileK) >> p.group_shift) * p.n_pad + q.nt * kTileN, true);
+    for (int i = 0; i < kWCopies; ++i)
+      cp_async16(stage_base + a_bytes(MB) + (tid + i * kThreads) * 16, ld.w + i * p.n_pad, true);
+    if (g_active) cp_async16(stage_base + g_dst, ld.g, true);
+  };
+  auto loader_next = [&]() {
+    if (++ld.q.kt < k_tiles) {
+      ld.x += kTileK;
+      ld.w += 4 * p.n_pad;
+      // Group rows per k-tile: kTileK / g (g <= kTileK, checked in gemm()), 0 for channelwise.
+      if (g_active && p.group_shift < kOneGroupShift) ld.g += (kTileK >> p.group_shift) * p.n_pad;
+    } else {
+      Pos q{0, ld.q.c + 1, ld.q.nt};
+      if (q.c == p.chunks) {
+        q.c = 0;
+        ++q.nt;
+      }
+      seek(q);
+    }
   };
 
   // ---- shared -> register fragments ----
-  // Step s of a warp covers the 16-row band kk = wk * kWarpSteps + s of the tile.
-  const uint32_t b_rd = a_bytes(MB) + wn * kSubBytes + lane * 16;
-  const uint32_t a_rd_row = (lane & 15) * kARowBytes;
+  // Step s of a warp covers the 16-row band kk = wk * kWarpSteps + s of the tile. The
+  // per-step offsets depend only on the thread, so they are computed once; within a
+  // stage they are register + immediate.
+  const uint32_t b_rd = a_bytes(MB) + wn * kSubBytes + lane * 16 + wk * kWarpSteps * kWarpsN * kSubBytes;
+  uint32_t a_rd[kWarpSteps];
+#pragma unroll
+  for (int s = 0; s < kWarpSteps; ++s)  // the swizzle only touches the low 3 chunk bits
+    a_rd[s] = (lane & 15) * kARowBytes + ((8 * wk + ((2 * s + (lane >> 4)) ^ (lane & 7))) << 4);
   const uint32_t g_rd = a_bytes(MB) + kBBytes + wn * (kSubN * 2) + (lane >> 2) * 16;
+  const uint32_t g_rd0 = g_rd + ((wk * kWarpRows) >> p.group_shift) * kGroupRowBytes;
+  const uint32_t g_rd2 = g_rd + ((wk * kWarpRows + 2 * kSubK) >> p.group_shift) * kGroupRowBytes;
   uint4 bq[2];
   uint32_t af[2][MB][4];
   auto load_frags = [&](uint32_t st, int s, int buf) {
-    const int kk = wk * kWarpSteps + s;
     asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(bq[buf].x), "=r"(bq[buf].y), "=r"(bq[buf].z), "=r"(bq[buf].w)
-                 : "r"(st + b_rd + kk * kWarpsN * kSubBytes));
-    const uint32_t a_rd = st + a_rd_row + (((2 * kk + (lane >> 4)) ^ (lane & 7)) << 4);
+                 : "r"(st + b_rd + s * kWarpsN * kSubBytes));
 #pragma unroll
-    for (int mb = 0; mb < MB; ++mb) ldsm_x4(af[buf][mb], a_rd + mb * 16 * kARowBytes);
+    for (int mb = 0; mb < MB; ++mb) ldsm_x4(af[buf][mb], st + a_rd[s] + mb * 16 * kARowBytes);
   };
-  // Raw group values (scale and zero point words) of the group of step s, loaded one
-  // step ahead and turned into GroupRegs when the step starts.
+  // Raw group values (scale and zero point words) of the group of step 0 (and step 2
+  // for g = 32), loaded one step ahead and turned into GroupRegs when the step starts.
   uint4 s_raw = make_uint4(0, 0, 0, 0), z_raw = make_uint4(0, 0, 0, 0);
-  auto load_group = [&](uint32_t st, int s) {
-    const uint32_t off = st + g_rd + ((wk * kWarpRows + s * kSubK) >> p.group_shift) * kGroupRowBytes;
+  auto load_group = [&](uint32_t off) {
     asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(s_raw.x), "=r"(s_raw.y), "=r"(s_raw.z), "=r"(s_raw.w)
                  : "r"(off));
@@ -325,12 +351,13 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   // the unit's last k16 step: by then every read of stage r has been issued, so stage r is
   // refilled right after it, and the fragments of the next unit's first step are fetched
   // while the last step's MMAs run.
-  Pos ld = pos_of(u_begin);
+  const uint32_t smem_end = smem0 + stages * stage_sz;
+  seek(pos_of(u_begin));
   int loaded = u_begin;
   for (int s = 0; s < stages; ++s) {
     if (loaded < u_end) {
-      load_tile(s, ld);
-      advance(ld);
+      load_tile(smem0 + s * stage_sz);
+      loader_next();
       ++loaded;
     }
     cp_async_commit();
@@ -338,51 +365,55 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   cp_async_wait_dyn(stages - 1);
   __syncthreads();
   load_frags(smem0, 0, 0);
-  load_group(smem0, 0);
+  load_group(smem0 + g_rd0);
 
   Pos cp = pos_of(u_begin);
-  int read_stage = 0;
-  for (int u = u_begin; u < u_end; ++u) {
-    const uint32_t st = smem0 + read_stage * stage_sz;
+  uint32_t st = smem0;  // stage being read
+  for (int u = u_begin; u < u_end;) {
+    // The units of this block in the current slice run back to back; the slice end
+    // (block reduction, cross-block reduction, output) follows them.
+    const int slice_units = min(u_end - u, k_tiles - cp.kt);
+    for (int i = 0; i < slice_units; ++i, ++u) {
 #pragma unroll
-    for (int s = 0; s < kWarpSteps; ++s) {
-      // A k16 step never straddles groups (kMinGroup >= 16); new groups start at step 0
-      // and, for g = 32, at step 2.
-      if (s == 0 || (s == 2 && two_groups_per_warp)) set_group();
-      if (s == 1 && two_groups_per_warp) load_group(st, 2);
-      if (s + 1 < kWarpSteps) {
-        load_frags(st, s + 1, (s + 1) & 1);
-      } else {
-        // Next unit's stage complete and visible; every read of this stage issued.
-        cp_async_wait_dyn(stages - 2);
-        __syncthreads();
-        if (loaded < u_end) {
-          load_tile(read_stage, ld);
-          advance(ld);
-          ++loaded;
+      for (int s = 0; s < kWarpSteps; ++s) {
+        // A k16 step never straddles groups (kMinGroup >= 16); new groups start at step 0
+        // and, for g = 32, at step 2.
+        if (s == 0 || (s == 2 && two_groups_per_warp)) set_group();
+        if (s == 1 && two_groups_per_warp) load_group(st + g_rd2);
+        if (s + 1 < kWarpSteps) {
+          load_frags(st, s + 1, (s + 1) & 1);
+        } else {
+          // Next unit's stage complete and visible; every read of this stage issued.
+          cp_async_wait_dyn(stages - 2);
+          __syncthreads();
+          if (loaded < u_end) {
+            load_tile(st);
+            loader_next();
+            ++loaded;
+          }
+          cp_async_commit();
+          st += stage_sz;
+          if (st == smem_end) st = smem0;
+          if (u + 1 < u_end) {
+            load_frags(st, 0, 0);
+            load_group(st + g_rd0);
+          }
         }
-        cp_async_commit();
-        if (++read_stage == stages) read_stage = 0;
-        if (u + 1 < u_end) {
-          const uint32_t nst = smem0 + read_stage * stage_sz;
-          load_frags(nst, 0, 0);
-          load_group(nst, 0);
-        }
-      }
-      const uint32_t words[4] = {bq[s & 1].x, bq[s & 1].y, bq[s & 1].z, bq[s & 1].w};
+        const uint32_t words[4] = {bq[s & 1].x, bq[s & 1].y, bq[s & 1].z, bq[s & 1].w};
 #pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        uint32_t b[4];
-        O::dequant(words[w], gr, w, b);
+        for (int w = 0; w < 4; ++w) {
+          uint32_t b[4];
+          O::dequant(words[w], gr, w, b);
 #pragma unroll
-        for (int mb = 0; mb < MB; ++mb) {
-          O::mma(acc[mb][2 * w], af[s & 1][mb], b[0], b[1]);
-          O::mma(acc[mb][2 * w + 1], af[s & 1][mb], b[2], b[3]);
+          for (int mb = 0; mb < MB; ++mb) {
+            O::mma(acc[mb][2 * w], af[s & 1][mb], b[0], b[1]);
+            O::mma(acc[mb][2 * w + 1], af[s & 1][mb], b[2], b[3]);
+          }
         }
       }
     }
 
-    if (cp.kt == k_tiles - 1 || u == u_end - 1) {
+    {
       // 1. Sum the kWarpsK partial tiles of this block in shared memory.
       for (int r = 0; r < kWarpsK; ++r) {
         if (wk == r) {
@@ -469,7 +500,11 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[mb][j][e] = 0.f;
     }
-    advance(cp);
+    cp.kt = 0;  // the next slice starts at its first k-tile
+    if (++cp.c == p.chunks) {
+      cp.c = 0;
+      ++cp.nt;
+    }
   }
 }
 
@@ -552,7 +587,8 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   int shift = kOneGroupShift;
   if (a.group_size != -1) {
-    if (a.group_size < kMinGroup || (a.group_size & (a.group_size - 1)) || a.k_pad % a.group_size)
+    if (a.group_size < kMinGroup || a.group_size > kTileK || (a.group_size & (a.group_size - 1)) ||
+        a.k_pad % a.group_size)
       return cudaErrorInvalidValue;
     shift = __builtin_ctz(static_cast<unsigned>(a.group_size));
   }
