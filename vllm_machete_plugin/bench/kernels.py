@@ -3,7 +3,8 @@
 Llama-3.1-70B layer shapes, g=128, symmetric u4b8 weights, fp16 activations. Every
 kernel runs on identical data; each measurement is the CUDA-graph replay time of a
 graph that calls the kernel over several weight copies, enough bytes to exceed 2x L2,
-so weights come from device memory as in serving. floor = (int4 weight + fp16 scale
+so weights come from device memory as in serving; the graphs of one shape are replayed
+in interleaved rounds (median per column), so drift does not favour one column. floor = (int4 weight + fp16 scale
 + fp16 activation bytes) / measured device copy bandwidth (read + write counted).
 vLLM columns are null when vLLM (or its compiled ops) cannot be imported.
 """
@@ -54,9 +55,9 @@ def copies_for(bytes_per_copy: int) -> int:
     return max(1, math.ceil(2 * l2 / bytes_per_copy))
 
 
-def graph_time_us(calls: list[Callable[[], object]], min_calls: int = 20, replays: int = 7) -> float:
-    """Median per-call time of a CUDA graph that runs `calls` in turn (repeated to at
-    least `min_calls` calls), over `replays` timed replays after a warm-up."""
+def capture_graph(calls: list[Callable[[], object]], min_calls: int = 20) -> tuple[torch.cuda.CUDAGraph, int]:
+    """A CUDA graph that runs `calls` in turn, repeated to at least `min_calls` calls,
+    warmed up and replayed once; returns it with its number of calls."""
     reps = max(1, math.ceil(min_calls / len(calls)))
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -72,16 +73,23 @@ def graph_time_us(calls: list[Callable[[], object]], min_calls: int = 20, replay
                 fn()
     graph.replay()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    del graph
-    return statistics.median(times) / (reps * len(calls))
+    return graph, reps * len(calls)
+
+
+def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], rounds: int = 7) -> dict[str, float]:
+    """Median per-call time of each graph over `rounds` rounds; each round replays every
+    graph once, in turn, so clock and thermal drift during a shape's timing falls on all
+    columns alike instead of on whichever ran last."""
+    times: dict[str, list[float]] = {col: [] for col in graphs}
+    for _ in range(rounds):
+        for col, (graph, calls) in graphs.items():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times[col].append(start.elapsed_time(end) * 1e3 / calls)
+    return {col: statistics.median(t) for col, t in times.items()}
 
 
 def random_weight(n: int, k: int) -> CanonicalW4:
@@ -156,8 +164,9 @@ def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optio
                 err = ((fns[0](x).float() - ref.float()).norm() / ref.float().norm()).item()
                 if not err < 1e-2:
                     raise RuntimeError(f"{col} wrong on {name} M={m}: relative error {err:.3g}")
-        for col, fns in impls.items():
-            row[col] = graph_time_us([lambda fn=fn: fn(x) for fn in fns])
+        graphs = {col: capture_graph([lambda fn=fn: fn(x) for fn in fns]) for col, fns in impls.items()}
+        row.update(interleaved_times_us(graphs))
+        del graphs
         rows.append(row)
         print(f"[bench] {name} M={m}: " + ", ".join(
             f"{c}={v:.1f}" for c, v in row.items() if c.endswith("_us") and v is not None), flush=True)
