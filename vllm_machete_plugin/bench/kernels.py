@@ -4,7 +4,9 @@ Llama-3.1-70B layer shapes, g=128, symmetric u4b8 weights, fp16 activations. Eve
 kernel runs on identical data; each measurement is the CUDA-graph replay time of a
 graph that calls the kernel over several weight copies, enough bytes to exceed 2x L2,
 so weights come from device memory as in serving; the graphs of one shape are replayed
-in interleaved rounds (median per column), so drift does not favour one column. floor = (int4 weight + fp16 scale
+in interleaved rounds whose order rotates, each timed replay right after an untimed one
+of the same graph (median per column), so neither drift nor the kernel run just before
+favours one column. floor = (int4 weight + fp16 scale
 + fp16 activation bytes) / measured device copy bandwidth (read + write counted).
 vLLM columns are null when vLLM (or its compiled ops) cannot be imported.
 """
@@ -76,13 +78,24 @@ def capture_graph(calls: list[Callable[[], object]], min_calls: int = 20) -> tup
     return graph, reps * len(calls)
 
 
-def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], rounds: int = 7) -> dict[str, float]:
-    """Median per-call time of each graph over `rounds` rounds; each round replays every
-    graph once, in turn, so clock and thermal drift during a shape's timing falls on all
-    columns alike instead of on whichever ran last."""
-    times: dict[str, list[float]] = {col: [] for col in graphs}
-    for _ in range(rounds):
-        for col, (graph, calls) in graphs.items():
+def round_orders(cols: list[str], rounds: int) -> list[list[str]]:
+    """Replay order of each round: the columns rotated by one per round, so over
+    len(cols) rounds every column runs once in every position of a round."""
+    return [cols[r % len(cols):] + cols[:r % len(cols)] for r in range(rounds)]
+
+
+def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], rounds: int = 0) -> dict[str, float]:
+    """Median per-call time of each graph over `rounds` rounds (default: 2 per column).
+    Each round replays every graph in turn (round_orders), once untimed and then once
+    timed: drift during a shape's timing falls on all columns alike, and the kernel run
+    just before a timed replay is the same graph (clocks under a power cap follow the
+    power the previous kernel drew)."""
+    cols = list(graphs)
+    times: dict[str, list[float]] = {col: [] for col in cols}
+    for order in round_orders(cols, rounds or 2 * len(cols)):
+        for col in order:
+            graph, calls = graphs[col]
+            graph.replay()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             graph.replay()
