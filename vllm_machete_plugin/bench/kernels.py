@@ -85,14 +85,14 @@ def round_orders(cols: list[str], rounds: int) -> list[list[str]]:
 
 
 def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], rounds: int = 0) -> dict[str, float]:
-    """Median per-call time of each graph over `rounds` rounds (default: 2 per column).
+    """Median per-call time of each graph over `rounds` rounds (default: one per column).
     Each round replays every graph in turn (round_orders), once untimed and then once
     timed: drift during a shape's timing falls on all columns alike, and the kernel run
     just before a timed replay is the same graph (clocks under a power cap follow the
     power the previous kernel drew)."""
     cols = list(graphs)
     times: dict[str, list[float]] = {col: [] for col in cols}
-    for order in round_orders(cols, rounds or 2 * len(cols)):
+    for order in round_orders(cols, rounds or len(cols)):
         for col in order:
             graph, calls = graphs[col]
             graph.replay()
