@@ -22,3 +22,44 @@ def test_markdown_sums_the_layers_per_m():
     assert "| qkv | 16 | 1.0 | - |" in table
     assert "| sum | 1 | 1.5 | 3.5 |" in table
     assert "| sum | 16 | 1.0 | - |" in table
+
+
+def test_interleaved_times_replay_each_graph_twice_in_rotated_order(monkeypatch):
+    """CUDA graphs and events faked on the CPU: each graph's replay 'takes' its own cost
+    (ms); the timer must replay every graph untimed then timed, in the rotated order,
+    and report the median per call in µs."""
+    log: list[str] = []
+    clock = [0.0]
+
+    class FakeGraph:
+        def __init__(self, name: str, ms: list[float]):
+            self.name, self.ms = name, iter(ms)
+
+        def replay(self):
+            log.append(self.name)
+            clock[0] += next(self.ms)
+
+    class FakeEvent:
+        def __init__(self, enable_timing: bool = False):
+            assert enable_timing
+            self.t = None
+
+        def record(self):
+            self.t = clock[0]
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end: "FakeEvent") -> float:
+            return end.t - self.t
+
+    monkeypatch.setattr(bench.torch.cuda, "Event", FakeEvent)
+    # untimed/timed replay costs per round; "a" is 20 calls per replay, "b" 10
+    graphs = {"a": (FakeGraph("a", [9.0, 2.0, 9.0, 4.0, 9.0, 6.0]), 20),
+              "b": (FakeGraph("b", [9.0, 1.0, 9.0, 1.0, 9.0, 3.0]), 10)}
+    t = bench.interleaved_times_us(graphs, rounds=3)
+    assert log == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
+    assert t == {"a": 4.0 * 1e3 / 20, "b": 1.0 * 1e3 / 10}
+    log.clear()  # default: one round per column
+    bench.interleaved_times_us({c: (FakeGraph(c, [1.0] * 4), 1) for c in "xy"})
+    assert log == ["x", "x", "y", "y", "y", "y", "x", "x"]
