@@ -85,7 +85,6 @@ std::string schedule_name(const mc::Schedule& s) {
   return name;
 }
 
-
 at::Tensor machete_prepack(const at::Tensor& codes, bool has_zeros) {
   const char* op = "vmp::machete_prepack";
   VMP_CHECK(codes.is_cuda(), op, ": codes must be a CUDA tensor, got device ", codes.device(),

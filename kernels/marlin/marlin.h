@@ -49,7 +49,7 @@ struct GemmArgs {
   float* reduce;       // plan.reduce_floats floats, no initialisation needed
   int* locks;          // >= plan.grid ints (slice counters), zero before the call and after it
   int m, n, n_pad, k_pad;
-  int group_size;      // power of two >= 32 dividing k_pad, or -1 for one group (channelwise)
+  int group_size;      // 32, 64 or 128 dividing k_pad, or -1 for one group (channelwise)
 };
 
 cudaError_t gemm(const GemmArgs& args, const GemmPlan& plan, cudaStream_t stream);
