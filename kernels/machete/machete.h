@@ -39,20 +39,21 @@ struct MMArgs {
 
 // The frozen schedule set. A tile name is "<tile N>x<tile M>": output features x tokens
 // per tile. The first kNumCutlassTiles are CUTLASS wgmma tiles (cooperative
-// warp-specialized kernel, 2 consumer warpgroups, Stream-K tile scheduler; 128x256 runs
-// as a 2x1x1 cluster along N, the pair sharing each activation tile by TMA multicast, so
-// it needs N % 256 == 0; the others 1x1x1) and take a runtime decomposition suffix: ""
-// (kAuto), "_dp", "_sk" or "_split<S>" (S in 2..16), e.g. "128x16_split4". The last two
+// warp-specialized kernel, 2 consumer warpgroups, Stream-K tile scheduler; 128x256 and
+// 128x128c2 run as a 2x1x1 cluster along N, the pair sharing each activation tile by TMA
+// multicast, so they need N % 256 == 0; the others 1x1x1) and take a runtime
+// decomposition suffix: "" (kAuto), "_dp", "_sk" or "_split<S>" (S in 2..16), e.g.
+// "128x16_split4". The last two
 // are the small-M kernels (machete_small_m.cu: mma.sync on the same prepacked weight,
 // M <= 8 / M <= 16, their own stripe-balanced K split, no suffix).
-constexpr int kNumCutlassTiles = 7;
-constexpr int kNumSchedules = 9;
-constexpr const char* kScheduleNames[kNumSchedules] = {"128x16", "128x32",  "128x64", "128x128", "256x128",
-                                                       "256x32", "128x256", "64x8",   "64x16"};
+constexpr int kNumCutlassTiles = 8;
+constexpr int kNumSchedules = 10;
+constexpr const char* kScheduleNames[kNumSchedules] = {"128x16", "128x32",  "128x64",    "128x128", "256x128",
+                                                       "256x32", "128x256", "128x128c2", "64x8",    "64x16"};
 // Per schedule: tile N (output features), tokens per tile, CTAs per cluster along N.
-constexpr int kTileN[kNumSchedules] = {128, 128, 128, 128, 256, 256, 128, 64, 64};
-constexpr int kTileTokens[kNumSchedules] = {16, 32, 64, 128, 128, 32, 256, 8, 16};
-constexpr int kClusterN[kNumSchedules] = {1, 1, 1, 1, 1, 1, 2, 1, 1};
+constexpr int kTileN[kNumSchedules] = {128, 128, 128, 128, 256, 256, 128, 128, 64, 64};
+constexpr int kTileTokens[kNumSchedules] = {16, 32, 64, 128, 128, 32, 256, 128, 8, 16};
+constexpr int kClusterN[kNumSchedules] = {1, 1, 1, 1, 1, 1, 2, 2, 1, 1};
 constexpr int align_n(int tile) { return kTileN[tile] * kClusterN[tile]; }  // N must be a multiple
 constexpr bool is_small_m(int tile) { return tile >= kNumCutlassTiles; }
 constexpr int small_m_tokens(int tile) { return kTileTokens[tile]; }

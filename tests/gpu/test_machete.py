@@ -44,8 +44,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(_why_skip), reason=_why_s
 DTYPES = [torch.float16, torch.bfloat16]
 UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 M_SIZES = [1, 7, 16, 33, 64, 128, 257, 1024]
-WGMMA_TILES = ["128x16", "128x32", "128x64", "128x128", "256x128", "256x32", "128x256"]
-ALIGN_N = {"256x128": 256, "256x32": 256, "128x256": 256}  # 128x256: a 2-CTA cluster along N
+WGMMA_TILES = ["128x16", "128x32", "128x64", "128x128", "256x128", "256x32", "128x256", "128x128c2"]
+# N alignment: tile N x CTAs per cluster along N (128x256 and 128x128c2 are 2-CTA clusters)
+ALIGN_N = {"256x128": 256, "256x32": 256, "128x256": 256, "128x128c2": 256}
 SMALL_M_TILES = {"64x8": 8, "64x16": 16}  # mma.sync kernel on the same weight: tile -> max tokens
 SCHEDULES = (WGMMA_TILES + list(SMALL_M_TILES) if not _why_skip else [])
 
@@ -215,7 +216,7 @@ def test_bad_inputs_have_clear_errors():
         run_mm(x, p, 32)
     w384 = make_weight(k, 384, 128, False, dtype)
     p384 = MacheteBackend.prepare(spec_for(w384, dtype), w384)
-    for tile in ("128x256", "256x32"):
+    for tile in ("128x256", "256x32", "128x128c2"):
         with pytest.raises(RuntimeError, match=f"schedule {tile} needs N % 256 == 0, got N=384"):
             run_mm(x, p384, 128, tile)
     with pytest.raises(RuntimeError, match="multiple of 128"):
@@ -269,7 +270,8 @@ def test_schedules_and_heuristic():
     table = {(32, 10240, 8192): "256x32_sk", (17, 8192, 28672): "256x32_sk", (32, 57344, 8192): "256x32_sk",
              (32, 8192, 8192): "128x32_sk", (32, 1280, 8192): "128x32_sk", (1024, 57344, 8192): "128x256",
              (512, 8192, 28672): "128x256", (1024, 8192, 8192): "256x128", (1024, 1280, 8192): "256x128",
-             (1024, 1152, 8192): "128x128"}
+             (1024, 1152, 8192): "128x128", (65, 10240, 8192): "128x128c2_sk", (128, 57344, 8192): "128x128c2_sk",
+             (96, 1152, 8192): "128x128_sk", (128, 17024, 8192): "128x128"}
     for (m, n, k), want in table.items():
         assert torch.ops.vmp.machete_heuristic(m, n, k) == want, (m, n, k)
 
