@@ -225,11 +225,19 @@ std::vector<std::string> machete_schedules() {
 
 int64_t machete_small_m_locks() { return kSmallMLocks; }
 
-// The heuristic's pick for the current CUDA device.
-std::string machete_heuristic(int64_t m, int64_t n, int64_t k) {
-  int device = 0;
-  check_launch(cudaGetDevice(&device), "vmp::machete_heuristic");
-  return schedule_name(mc::choose_schedule(int(m), int(n), int(k), sm_count(device)));
+// The heuristic's pick for a GPU with `sms` SMs; sms <= 0: the current CUDA device's.
+// With sms given no CUDA call is made, so the table can be checked without a GPU.
+std::string machete_heuristic(int64_t m, int64_t n, int64_t k, int64_t sms) {
+  const char* op = "vmp::machete_heuristic";
+  VMP_CHECK(m >= 1 && n >= 1 && k >= 1 && m <= kMaxDim && n <= kMaxDim && k <= kMaxDim, op,
+            ": m, n, k must be in [1, 2^30], got m=", m, " n=", n, " k=", k);
+  VMP_CHECK(sms <= 65536, op, ": sm_count=", sms, " is not an SM count (0: the current device's)");
+  if (sms <= 0) {
+    int device = 0;
+    check_launch(cudaGetDevice(&device), op);
+    sms = sm_count(device);
+  }
+  return schedule_name(mc::choose_schedule(int(m), int(n), int(k), int(sms)));
 }
 
 }  // namespace
@@ -242,7 +250,7 @@ TORCH_LIBRARY_FRAGMENT(vmp, m) {
       "Tensor? locks=None) -> Tensor");
   m.def("machete_small_m_locks() -> int", &vmp::machete_small_m_locks);
   m.def("machete_schedules() -> str[]", &vmp::machete_schedules);
-  m.def("machete_heuristic(int m, int n, int k) -> str", &vmp::machete_heuristic);
+  m.def("machete_heuristic(int m, int n, int k, int sm_count=0) -> str", &vmp::machete_heuristic);
 }
 
 TORCH_LIBRARY_IMPL(vmp, CUDA, m) {

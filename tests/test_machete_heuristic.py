@@ -1,0 +1,60 @@
+"""The Machete schedule heuristic (kernels/machete/machete_heuristic.cpp) against the
+table in docs/machete_heuristic.md. Host code only: the op takes the SM count, so this
+runs without a GPU wherever the Machete extension was built (CI builds it)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vllm_machete_plugin import ops
+
+pytestmark = pytest.mark.skipif(not (ops.kernels_available() and ops.has_op("machete_heuristic")),
+                                reason="the Machete extension was not built (needs nvcc and VMP_CUDA_ARCHS with 90)")
+
+H100_SMS = 132  # H100 SXM and H200
+QKV, O, GATE_UP, DOWN = (10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672)
+TP_SLICE = (1280, 8192)  # qkv at TP=8: under 64 Mi weights
+
+# (M, (N, K)) -> schedule, row by row of docs/machete_heuristic.md's table.
+TABLE = {
+    (1, QKV): "64x8", (8, GATE_UP): "64x8",                                  # 1..8
+    (9, O): "64x16", (16, DOWN): "64x16",                                    # 9..16
+    (17, DOWN): "256x32_sk", (32, QKV): "256x32_sk", (32, GATE_UP): "256x32_sk",
+    (32, O): "128x32_sk",                                                    # 64 tiles < 132 SMs
+    (32, TP_SLICE): "128x32_sk",
+    (33, QKV): "128x64_sk", (64, O): "128x64_sk", (64, GATE_UP): "128x64",   # 448 tiles: auto
+    (65, QKV): "128x128c2_sk", (96, O): "128x128c2_sk", (128, GATE_UP): "128x128c2_sk",
+    (96, (1152, 8192)): "128x128_sk", (128, (17024, 8192)): "128x128",       # N % 256 != 0
+    (129, GATE_UP): "256x128", (256, DOWN): "256x128", (256, QKV): "128x128",  # > 128 Mi weights
+    (257, GATE_UP): "128x256", (512, DOWN): "128x256", (1024, GATE_UP): "128x256",
+    (1024, O): "256x128", (4096, QKV): "128x256", (1024, TP_SLICE): "256x128",
+    (1024, (1152, 8192)): "128x128",
+}
+
+
+@pytest.mark.parametrize("m,shape", list(TABLE))
+def test_table(m, shape):
+    n, k = shape
+    assert torch.ops.vmp.machete_heuristic(m, n, k, H100_SMS) == TABLE[m, shape]
+
+
+def test_stream_k_only_below_one_wave():
+    """Up to 128 tokens the 1-CTA tiles run forced Stream-K only while there are fewer
+    output tiles than SMs: o_proj at 64 tokens has 64 tiles, so Stream-K on 132 SMs and
+    CUTLASS's own decomposition on 48."""
+    assert torch.ops.vmp.machete_heuristic(64, 8192, 8192, H100_SMS) == "128x64_sk"
+    assert torch.ops.vmp.machete_heuristic(64, 8192, 8192, 48) == "128x64"
+
+
+def test_every_pick_is_a_listed_schedule():
+    names = set(torch.ops.vmp.machete_schedules())
+    for m in (1, 7, 16, 17, 33, 64, 65, 128, 129, 257, 4096):
+        for n, k in (QKV, O, GATE_UP, DOWN, TP_SLICE, (384, 4096)):
+            assert torch.ops.vmp.machete_heuristic(m, n, k, H100_SMS).split("_")[0] in names
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(RuntimeError, match="m, n, k must be in"):
+        torch.ops.vmp.machete_heuristic(0, 8192, 8192, H100_SMS)
+    with pytest.raises(RuntimeError, match="is not an SM count"):
+        torch.ops.vmp.machete_heuristic(1, 8192, 8192, 10**9)
