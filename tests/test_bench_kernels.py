@@ -1,4 +1,4 @@
-"""CPU tests of the kernel benchmark's bookkeeping (the timed part: tests/gpu/test_bench_kernels.py)."""
+"""CPU tests of the kernel benchmark's bookkeeping (the timed part on a GPU: tests/gpu/test_bench_kernels_gpu.py)."""
 from __future__ import annotations
 
 from vllm_machete_plugin.bench import kernels as bench

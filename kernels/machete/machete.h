@@ -43,9 +43,9 @@ struct MMArgs {
 // 128x128c2 run as a 2x1x1 cluster along N, the pair sharing each activation tile by TMA
 // multicast, so they need N % 256 == 0; the others 1x1x1) and take a runtime
 // decomposition suffix: "" (kAuto), "_dp", "_sk" or "_split<S>" (S in 2..16), e.g.
-// "128x16_split4". The last two
-// are the small-M kernels (machete_small_m.cu: mma.sync on the same prepacked weight,
-// M <= 8 / M <= 16, their own stripe-balanced K split, no suffix).
+// "128x16_split4". The last two are the small-M kernels (machete_small_m.cu: mma.sync on
+// the same prepacked weight, M <= 8 / M <= 16, their own stripe-balanced K split, no
+// suffix).
 constexpr int kNumCutlassTiles = 8;
 constexpr int kNumSchedules = 10;
 constexpr const char* kScheduleNames[kNumSchedules] = {"128x16", "128x32",  "128x64",    "128x128", "256x128",

@@ -31,12 +31,12 @@ void check_launch(cudaError_t err, const char* op) {
   VMP_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
 }
 
-int sm_count(int device) {
+int sm_count(int device, const char* op) {
   static int counts[64] = {0};
-  VMP_CHECK(device >= 0 && device < 64, "vmp::machete_mm: device index ", device, " out of range");
+  VMP_CHECK(device >= 0 && device < 64, op, ": device index ", device, " out of range");
   if (counts[device] == 0) {
     int c = 0;
-    check_launch(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, device), "vmp::machete_mm");
+    check_launch(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, device), op);
     counts[device] = c;
   }
   return counts[device];
@@ -178,7 +178,7 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   if (m == 0) return y;
   VMP_CHECK(m <= kMaxDim, op, ": M=", m, " too large");
 
-  const int sms = sm_count(x.get_device());
+  const int sms = sm_count(x.get_device(), op);
   const mc::Schedule sched = schedule ? parse_schedule(*schedule) : mc::choose_schedule(int(m), int(n), int(k), sms);
   VMP_CHECK(n % mc::align_n(sched.tile) == 0, op, ": schedule ", schedule_name(sched), " needs N % ",
               mc::align_n(sched.tile), " == 0, got N=", n, "; fix: a schedule that needs N % 128 only (128x16 ... 128x128), or None");
@@ -235,7 +235,7 @@ std::string machete_heuristic(int64_t m, int64_t n, int64_t k, int64_t sms) {
   if (sms <= 0) {
     int device = 0;
     check_launch(cudaGetDevice(&device), op);
-    sms = sm_count(device);
+    sms = sm_count(device, op);
   }
   return schedule_name(mc::choose_schedule(int(m), int(n), int(k), int(sms)));
 }
