@@ -63,3 +63,14 @@ def test_interleaved_times_replay_each_graph_twice_in_rotated_order(monkeypatch)
     log.clear()  # default: one round per column
     bench.interleaved_times_us({c: (FakeGraph(c, [1.0] * 4), 1) for c in "xy"})
     assert log == ["x", "x", "y", "y", "y", "y", "x", "x"]
+
+
+def test_ratio_to_best_vllm_takes_the_fastest_peer_by_layer_sum():
+    rows = [{"layer": "qkv", "M": 64, "machete_us": 8.0, "vllm_marlin_us": 9.0, "vllm_machete_us": 12.0,
+             "vllm_humming_us": 6.0},
+            {"layer": "o", "M": 64, "machete_us": 2.0, "vllm_marlin_us": 1.0, "vllm_machete_us": 1.0,
+             "vllm_humming_us": 6.0},
+            {"layer": "qkv", "M": 128, "machete_us": 3.0, "vllm_marlin_us": None, "vllm_machete_us": 4.0,
+             "vllm_humming_us": None},
+            {"layer": "qkv", "M": 256, "machete_us": None, "vllm_marlin_us": 1.0}]
+    assert bench.ratio_to_best_vllm(rows) == [(64, 1.0, "vllm_marlin_us"), (128, 0.75, "vllm_machete_us")]

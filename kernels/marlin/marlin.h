@@ -35,9 +35,18 @@ struct GemmPlan {
   size_t reduce_floats;  // fp32 scratch for the cross-block reduction (no initialisation needed)
 };
 
+// Caps on the plan's free choices (0: the default). Set from VMP_MARLIN_PLAN by the
+// binding, to benchmark other plans; any value gives the same result, only its speed.
+struct PlanHints {
+  int blocks_per_sm = 0;  // resident blocks per SM: 1, or 2 (honoured for 16-row M tiles only)
+  int max_stages = 0;     // cp.async pipeline depth cap (2..8)
+  int max_m_blocks = 0;   // 16-row blocks per M chunk cap (1..4)
+};
+
 // Fails (cudaErrorInvalidValue) when the device lacks the shared memory for any config.
 // k_pad % kTileK == 0 and n_pad % kTileN == 0 (marlin_layout.cuh).
-cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, GemmPlan* plan);
+cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, const PlanHints& hints,
+                      GemmPlan* plan);
 
 struct GemmArgs {
   DType dtype;

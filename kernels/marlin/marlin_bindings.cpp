@@ -8,7 +8,9 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <optional>
+#include <string>
 
 #include "../check.h"
 #include "../registration.h"
@@ -33,6 +35,29 @@ void check_cuda_2d(const at::Tensor& t, const char* op, const char* name) {
 void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name) {
   VMP_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but x is on ", ref.device(),
               "; fix: keep all inputs on one GPU");
+}
+
+// VMP_MARLIN_PLAN="blocks=1,stages=6,mb=2" (any subset): caps on the launch plan, read
+// once per process; for benchmarking plans, never needed for correctness.
+const mk::PlanHints& plan_hints() {
+  static const mk::PlanHints hints = [] {
+    mk::PlanHints h;
+    const char* env = std::getenv("VMP_MARLIN_PLAN");
+    for (std::string item; env != nullptr && *env != '\0'; env += *env == ',') {
+      item.clear();
+      while (*env != '\0' && *env != ',') item += *env++;
+      const size_t eq = item.find('=');
+      const std::string key = item.substr(0, eq);
+      const int value = eq == std::string::npos ? -1 : std::atoi(item.c_str() + eq + 1);
+      int* slot = key == "blocks" ? &h.blocks_per_sm : key == "stages" ? &h.max_stages : key == "mb" ? &h.max_m_blocks
+                                                                                                    : nullptr;
+      VMP_CHECK(slot != nullptr && value > 0, "VMP_MARLIN_PLAN: cannot parse '", item,
+                "'; fix: a comma-separated subset of blocks=1|2, stages=2..8, mb=1..4");
+      *slot = value;
+    }
+    return h;
+  }();
+  return hints;
 }
 
 void check_launch(cudaError_t err, const char* op) {
@@ -134,7 +159,7 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const mk::DType dtype = x.scalar_type() == at::kHalf ? mk::DType::kFloat16 : mk::DType::kBFloat16;
   mk::GemmPlan plan;
   check_launch(mk::plan_gemm(static_cast<int>(m), static_cast<int>(n_pad), static_cast<int>(k_pad), dtype,
-                             x.get_device(), &plan),
+                             x.get_device(), plan_hints(), &plan),
                op);
   VMP_CHECK(workspace.numel() >= plan.grid, op, ": workspace has ", workspace.numel(), " ints, this call needs ",
               plan.grid, "; fix: allocate torch.zeros(4 * multiprocessor count, dtype=torch.int32) once per layer");

@@ -508,16 +508,20 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   }
 }
 
-// The register-capped single-m-block kernel gets a zero-point-free variant; the others
-// have registers to spare and handle both cases at run time (10 instantiations).
+// Every M-tile has a zero-point-free variant (u4b8: zero point 8 folded into immediates,
+// fewer registers and instructions) and one that handles both cases at run time.
+template <typename T, int MB>
+const void* kernel_for_mb(bool zeros) {
+  return zeros ? reinterpret_cast<const void*>(&gemm_kernel<T, MB, true>)
+               : reinterpret_cast<const void*>(&gemm_kernel<T, MB, false>);
+}
 template <typename T>
 const void* kernel_for_type(int mb, bool zeros) {
   switch (mb) {
-    case 1: return zeros ? reinterpret_cast<const void*>(&gemm_kernel<T, 1, true>)
-                         : reinterpret_cast<const void*>(&gemm_kernel<T, 1, false>);
-    case 2: return reinterpret_cast<const void*>(&gemm_kernel<T, 2, true>);
-    case 3: return reinterpret_cast<const void*>(&gemm_kernel<T, 3, true>);
-    case 4: return reinterpret_cast<const void*>(&gemm_kernel<T, 4, true>);
+    case 1: return kernel_for_mb<T, 1>(zeros);
+    case 2: return kernel_for_mb<T, 2>(zeros);
+    case 3: return kernel_for_mb<T, 3>(zeros);
+    case 4: return kernel_for_mb<T, 4>(zeros);
     default: return nullptr;
   }
 }
@@ -530,7 +534,8 @@ int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b
 
 }  // namespace
 
-cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, GemmPlan* plan) {
+cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, const PlanHints& hints,
+                      GemmPlan* plan) {
   if (m <= 0 || n_pad <= 0 || k_pad <= 0 || n_pad % kTileN || k_pad % kTileK) return cudaErrorInvalidValue;
   int sms = 0, smem_optin = 0, smem_sm = 0, smem_reserved = 0;
   cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -541,17 +546,23 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, Gemm
 
   // Fewest chunks of at most 64 rows, balanced; fewer rows per chunk when shared memory
   // cannot hold 3 pipeline stages of the larger tile (sm_86/sm_89 have ~100 KB).
-  int chunks = ceil_div(m, kMaxMBlocks * 16);
+  const int max_mb = hints.max_m_blocks > 0 ? std::min(hints.max_m_blocks, kMaxMBlocks) : kMaxMBlocks;
+  const int max_stages = hints.max_stages >= 2 ? std::min(hints.max_stages, kMaxStages) : kMaxStages;
+  auto blocks_for = [&](int mb) {
+    return hints.blocks_per_sm > 0 ? std::min(hints.blocks_per_sm, blocks_per_sm(mb)) : blocks_per_sm(mb);
+  };
+  int chunks = ceil_div(m, max_mb * 16);
   int mb = ceil_div(m, 16LL * chunks);
-  int stages = 0;
-  auto stages_for = [&](int blocks) {
-    const int budget = std::min(smem_optin, smem_sm / blocks - smem_reserved);
-    return std::min(kMaxStages, (budget - red_bytes(mb)) / stage_bytes(mb));
+  int stages = 0, blocks = 1;
+  auto stages_for = [&](int b) {
+    const int budget = std::min(smem_optin, smem_sm / b - smem_reserved);
+    return std::min(max_stages, (budget - red_bytes(mb)) / stage_bytes(mb));
   };
   for (;;) {
-    stages = stages_for(blocks_per_sm(mb));
+    blocks = blocks_for(mb);
+    stages = stages_for(blocks);
     // Too little shared memory for two blocks per SM (sm_86/sm_89): one block, deeper.
-    if (stages < 4 && blocks_per_sm(mb) > 1) stages = stages_for(1);
+    if (stages < 4 && blocks > 1) stages = stages_for(blocks = 1);
     if (stages >= 3 || mb == 1) break;
     --mb;
     chunks = ceil_div(m, 16LL * mb);
@@ -567,7 +578,7 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, Gemm
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, fn, kThreads, smem);
   if (err != cudaSuccess) return err;
   if (resident < 1) return cudaErrorInvalidConfiguration;
-  resident = std::min(resident, blocks_per_sm(mb));
+  resident = std::min(resident, blocks);
   const long long total = static_cast<long long>(chunks) * (n_pad / kTileN) * (k_pad / kTileK);
   if (total > INT_MAX) return cudaErrorInvalidValue;
   const int units = ceil_div(total, static_cast<long long>(sms) * resident);
