@@ -127,16 +127,17 @@ def test_orchestration_runs_each_side_in_its_own_processes_with_identical_settin
                                              "model": env["VMP_E2E_MODEL"]},
         lambda runs: {"gpu": "FakeGPU", "date": "today"})
     out = tmp_path / "r.json"
-    result = e2e.run(_args(json=str(out)))
-    assert [s for s in result["sides"]] == ["machete", "builtin"]
+    result = e2e.run(_args(json=str(out), sides="machete,builtin,humming"))
+    assert [s for s in result["sides"]] == ["machete", "builtin", "humming"]
     assert json.loads(out.read_text())["sides"]["builtin"]["serve"]["inf"]["failed"] == 0
     assert set(result["sides"]["machete"]["serve"]) == set(e2e.RATES)
-    ours, theirs = servers
+    ours, theirs, humming = servers
     assert ours[ours.index("--quantization") + 1] == "machete" and "--quantization" not in theirs
     assert ours[:ours.index("--quantization")] == theirs  # identical engine settings
+    assert humming == theirs + ["--linear-backend", "humming"] and "--quantization" not in humming
     assert "--no-enable-prefix-caching" in theirs and theirs[theirs.index("--load-format") + 1] == "dummy"
     workers = [c for c in runs if "--worker" in c]
-    assert len(workers) == 2 and all("--layers" in c and c[c.index("--layers") + 1] == "2" for c in workers)
+    assert len(workers) == 3 and all("--layers" in c and c[c.index("--layers") + 1] == "2" for c in workers)
     model = result["sides"]["machete"]["model"]
     assert json.loads((e2e.Path(model) / "config.json").read_text())["num_hidden_layers"] == 2
 
@@ -176,6 +177,7 @@ def test_serving_sweep_and_offline_runs_merge_per_side(tmp_path, monkeypatch):
     ("void vmp::marlin::(anonymous namespace)::gemm_kernel<__half, 1, false>(...)", "w4a16 GEMM"),
     ("void cutlass::device_kernel<cutlass::gemm::kernel::GemmUniversal<...> >(...)", "w4a16 GEMM"),
     ("void machete::MacheteKernel<...>", "w4a16 GEMM"),
+    ("humming", "w4a16 GEMM"),
     ("void flash::flash_fwd_splitkv_kernel<...>", "attention"),
     ("nvjet_hsh_128x64_64x3_1x2_h_bz_coopA_NNT", "other GEMM"),
     ("void vllm::rms_norm_kernel<c10::Half>(...)", "other"),

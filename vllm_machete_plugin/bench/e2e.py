@@ -1,5 +1,6 @@
 """End-to-end benchmark: our plugin (`--quantization machete`) against vLLM 0.26.0's
-built-in path for the same W4A16 checkpoint, on one GPU.
+built-in path and vLLM with its Humming kernels (`--linear-backend humming`) for the same
+W4A16 checkpoint, on one GPU.
 
 Default model: Llama-3.1-70B (config built in) in GPTQ 4-bit g128 with dummy weights
 (load_format="dummy"); `--layers N` shortens it, `--model PATH` takes a real checkpoint.
@@ -17,7 +18,7 @@ Each side runs in its own processes with identical engine settings (prefix cachi
 Results: JSON (`--json`, merged per side so sides can run in separate invocations), a
 markdown table on stdout, PNG plots (`--plot-dir`).
 
-  python -m vllm_machete_plugin.bench e2e [--layers 4] [--sides machete,builtin] \
+  python -m vllm_machete_plugin.bench e2e [--layers 4] [--sides machete,builtin,humming] \
       [--json FILE] [--plot-dir DIR] [--no-serve | --no-offline]
   python -m vllm_machete_plugin.bench e2e --report FILE [--plot-dir DIR]
 """
@@ -35,7 +36,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-SIDES = {"machete": "machete", "builtin": None}  # side -> --quantization (None: vLLM picks)
+# side -> the engine arguments that make it: ours; vLLM's own choice (Machete on Hopper);
+# vLLM with its Humming kernels forced (`--linear-backend humming`).
+SIDES = {"machete": {"quantization": "machete"}, "builtin": {}, "humming": {"linear_backend": "humming"}}
 TPOT_BATCHES = (1, 16, 64, 256)
 RATES = ("1", "2", "4", "8", "inf")
 SERVE_INPUT_LEN, SERVE_OUTPUT_LEN = 1024, 128  # tokens per request in the serving sweep
@@ -128,7 +131,7 @@ def _describe_linears(model) -> dict:
 
 
 KERNEL_CATEGORIES = (  # (category, substrings of a CUDA kernel name), first match wins
-    ("w4a16 GEMM", ("marlin", "machete", "GemmUniversal", "MixedInput")),
+    ("w4a16 GEMM", ("marlin", "machete", "GemmUniversal", "MixedInput", "humming")),
     ("attention", ("flash", "fmha", "attn", "attention")),
     ("other GEMM", ("gemm", "cublas", "nvjet", "xmma", "cutlass")),
 )
@@ -170,7 +173,7 @@ def run_worker(side: str, model: str, args) -> dict:
     from vllm.inputs import TokensPrompt
 
     t0 = time.perf_counter()
-    llm = LLM(model=model, quantization=SIDES[side], **engine_kwargs(args))
+    llm = LLM(model=model, **SIDES[side], **engine_kwargs(args))
     record["engine_start_s"] = time.perf_counter() - t0
     record.update(llm.apply_model(_describe_linears)[0])
     cache = llm.llm_engine.vllm_config.cache_config
@@ -221,8 +224,8 @@ def run_worker(side: str, model: str, args) -> dict:
 def run_serving(side: str, model: str, args, workdir: Path) -> dict:
     port = str(args.port)
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--host", "127.0.0.1", "--port", port] + serve_flags(args)
-    if SIDES[side]:
-        cmd += ["--quantization", SIDES[side]]
+    for key, value in SIDES[side].items():
+        cmd += ["--" + key.replace("_", "-"), value]
     log_path = workdir / f"serve-{side}.log"
     env = {**os.environ, "VLLM_USE_FLASHINFER_SAMPLER": "0"}
     with open(log_path, "w") as log:
@@ -365,7 +368,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a real W4A16 checkpoint (default: Llama-3.1-70B GPTQ, dummy weights)")
     ap.add_argument("--layers", type=int, default=80, help="decoder layers of the built-in 70B config")
-    ap.add_argument("--sides", default="machete,builtin", help=f"comma-separated subset of {list(SIDES)}")
+    ap.add_argument("--sides", default="machete,builtin,humming", help=f"comma-separated subset of {list(SIDES)}")
     ap.add_argument("--json", help="results file; sides already in it are kept unless re-run")
     ap.add_argument("--plot-dir", help="write the PNG plots here")
     ap.add_argument("--report", help="only print the table (and plots) of this results file")
