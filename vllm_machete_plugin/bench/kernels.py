@@ -85,14 +85,26 @@ def round_orders(cols: list[str], rounds: int) -> list[list[str]]:
     return [cols[r % len(cols):] + cols[:r % len(cols)] for r in range(rounds)]
 
 
-def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], rounds: int = 0) -> dict[str, float]:
+def sm_clock_mhz() -> Optional[float]:
+    """The GPU's current SM clock (NVML), or None where NVML is unavailable."""
+    try:
+        return float(torch.cuda.clock_rate())
+    except Exception:
+        return None
+
+
+def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], rounds: int = 0,
+                         clocks: Optional[dict[str, float]] = None) -> dict[str, float]:
     """Median per-call time of each graph over `rounds` rounds (default: one per column).
     Each round replays every graph in turn (round_orders), once untimed and then once
     timed: drift during a shape's timing falls on all columns alike, and the kernel run
     just before a timed replay is the same graph (clocks under a power cap follow the
-    power the previous kernel drew)."""
+    power the previous kernel drew). `clocks`, if given, receives each column's median SM
+    clock (MHz) sampled right after its timed replays: under the power cap a kernel that
+    issues more instructions runs at a lower clock."""
     cols = list(graphs)
     times: dict[str, list[float]] = {col: [] for col in cols}
+    mhz: dict[str, list[float]] = {col: [] for col in cols}
     for order in round_orders(cols, rounds or len(cols)):
         for col in order:
             graph, calls = graphs[col]
@@ -103,6 +115,10 @@ def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], ro
             end.record()
             end.synchronize()
             times[col].append(start.elapsed_time(end) * 1e3 / calls)
+            if clocks is not None and (f := sm_clock_mhz()) is not None:
+                mhz[col].append(f)
+    if clocks is not None:
+        clocks.update({col: statistics.median(f) for col, f in mhz.items() if f})
     return {col: statistics.median(t) for col, t in times.items()}
 
 
@@ -228,11 +244,14 @@ def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optio
                     print(f"[bench] {col} dropped on {name}: relative error {err:.3g} at M={m}", flush=True)
                     del impls[col]
         graphs = {col: capture_graph([lambda fn=fn: fn(x) for fn in fns]) for col, fns in impls.items()}
-        row.update(interleaved_times_us(graphs))
+        clocks: dict[str, float] = {}
+        row.update(interleaved_times_us(graphs, clocks=clocks))
+        row["sm_mhz"] = {col.removesuffix("_us"): f for col, f in clocks.items()}
         del graphs
         rows.append(row)
         print(f"[bench] {name} M={m}: " + ", ".join(
-            f"{c}={v:.1f}" for c, v in row.items() if c.endswith("_us") and v is not None), flush=True)
+            f"{c}={v:.1f}" for c, v in row.items() if c.endswith("_us") and v is not None)
+            + " | SM MHz " + ", ".join(f"{c}={f:.0f}" for c, f in row["sm_mhz"].items()), flush=True)
     return rows
 
 
