@@ -27,6 +27,7 @@ cudaError_t permute_groups(const uint16_t* src, int g, int n, int g_pad, int n_p
 struct GemmPlan {
   DType dtype;
   int m_blocks;         // 16-row blocks per M chunk (1..4)
+  bool swap;            // M <= 8 on one 16-row block: transposed MMAs (8 tokens as the B operand)
   int chunks;           // M chunks of 16*m_blocks rows
   int units_per_block;  // k-tiles per block stripe
   int grid;             // blocks launched (all co-resident: at most multiprocessors x resident blocks)
@@ -41,6 +42,7 @@ struct PlanHints {
   int blocks_per_sm = 0;  // resident blocks per SM: 1, or 2 (honoured for 16-row M tiles only)
   int max_stages = 0;     // cp.async pipeline depth cap (2..8)
   int max_m_blocks = 0;   // 16-row blocks per M chunk cap (1..4)
+  int swap_small_m = -1;  // 0: no transposed MMAs at M <= 8 (default: on)
 };
 
 // Fails (cudaErrorInvalidValue) when the device lacks the shared memory for any config.

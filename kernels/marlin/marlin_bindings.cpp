@@ -37,8 +37,8 @@ void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* o
               "; fix: keep all inputs on one GPU");
 }
 
-// VMP_MARLIN_PLAN="blocks=1,stages=6,mb=2" (any subset): caps on the launch plan, read
-// once per process; for benchmarking plans, never needed for correctness.
+// VMP_MARLIN_PLAN="blocks=1,stages=6,mb=2,swap=0" (any subset): caps on the launch plan,
+// read once per process; for benchmarking plans, never needed for correctness.
 const mk::PlanHints& plan_hints() {
   static const mk::PlanHints hints = [] {
     mk::PlanHints h;
@@ -49,10 +49,13 @@ const mk::PlanHints& plan_hints() {
       const size_t eq = item.find('=');
       const std::string key = item.substr(0, eq);
       const int value = eq == std::string::npos ? -1 : std::atoi(item.c_str() + eq + 1);
-      int* slot = key == "blocks" ? &h.blocks_per_sm : key == "stages" ? &h.max_stages : key == "mb" ? &h.max_m_blocks
-                                                                                                    : nullptr;
-      VMP_CHECK(slot != nullptr && value > 0, "VMP_MARLIN_PLAN: cannot parse '", item,
-                "'; fix: a comma-separated subset of blocks=1|2, stages=2..8, mb=1..4");
+      int* slot = key == "blocks"   ? &h.blocks_per_sm
+                  : key == "stages" ? &h.max_stages
+                  : key == "mb"     ? &h.max_m_blocks
+                  : key == "swap"   ? &h.swap_small_m
+                                    : nullptr;
+      VMP_CHECK(slot != nullptr && (value > 0 || (value == 0 && key == "swap")), "VMP_MARLIN_PLAN: cannot parse '",
+                item, "'; fix: a comma-separated subset of blocks=1|2, stages=2..8, mb=1..4, swap=0|1");
       *slot = value;
     }
     return h;

@@ -4,7 +4,7 @@
 // each) x 2 warps along K (64 rows, 4 k16 steps of every k-tile each, fragments
 // double-buffered in registers); the 2 partial tiles are summed in shared memory at
 // the end of each slice. M is cut into chunks of 16*MB
-// rows (MB = 1..4). The work units are (n-tile, M chunk, k-tile) triples, numbered
+// rows (MB = 1..4); M <= 8 runs the transposed MMAs of kSwap (8 tokens per MMA). The work units are (n-tile, M chunk, k-tile) triples, numbered
 // with k-tile fastest; a "slice" is all k-tiles of one (n-tile, chunk) pair. Every
 // block takes one contiguous stripe of units_per_block units, so all SMs stay busy
 // whatever the tile count. A slice that spans several blocks is reduced in fp32
@@ -184,7 +184,11 @@ struct KernelParams {
 
 // kZeros = false: symmetric u4b8 only (zero point 8 folded into immediates, fewer
 // registers); kZeros = true handles both (zero points when p.zeros != nullptr).
-template <typename T, int MB, bool kZeros>
+// kSwap (MB == 1, M <= 8): the transposed product Y^T = W^T X^T, the weight as the MMA's
+// A operand (16 output features) and 8 tokens as B, so one m16n8k16 covers 16 columns
+// where the plain product spends two MMAs on 16 token rows of which at most 8 are real.
+// The dequantized registers are the same; only their roles and the output mapping change.
+template <typename T, int MB, bool kZeros, bool kSwap = false>
 __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const KernelParams p) {
   using O = Ops<T>;
   using T2 = typename O::T2;
@@ -404,10 +408,17 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
         for (int w = 0; w < 4; ++w) {
           uint32_t b[4];
           O::dequant(words[w], gr, w, b);
+          if constexpr (kSwap) {
+            // A = W^T rows: features of n8-block 2w (b[0], b[1]) then 2w+1 (b[2], b[3]);
+            // B = X^T: the A registers 0 and 2 of X's fragment (token rows 0..7).
+            const uint32_t wt[4] = {b[0], b[2], b[1], b[3]};
+            O::mma(acc[0][w], wt, af[s & 1][0][0], af[s & 1][0][2]);
+          } else {
 #pragma unroll
-          for (int mb = 0; mb < MB; ++mb) {
-            O::mma(acc[mb][2 * w], af[s & 1][mb], b[0], b[1]);
-            O::mma(acc[mb][2 * w + 1], af[s & 1][mb], b[2], b[3]);
+            for (int mb = 0; mb < MB; ++mb) {
+              O::mma(acc[mb][2 * w], af[s & 1][mb], b[0], b[1]);
+              O::mma(acc[mb][2 * w + 1], af[s & 1][mb], b[2], b[3]);
+            }
           }
         }
       }
@@ -416,7 +427,18 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
     {
       // 1. Sum the kWarpsK partial tiles of this block in shared memory.
       for (int r = 0; r < kWarpsK; ++r) {
-        if (wk == r) {
+        if (wk == r && kSwap) {
+          // acc[0][w][e]: feature 16 w + lane/4 (+8 for e >= 2) of the warp's 64, token
+          // 2 (lane % 4) + e % 2.
+#pragma unroll
+          for (int w = 0; w < 4; ++w)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int tok = 2 * (lane & 3) + (e & 1), col = wn * kSubN + 16 * w + (lane >> 2) + 8 * (e >> 1);
+              float* dst = red + tok * kRedStride + col;
+              *dst = r > 0 ? *dst + acc[0][w][e] : acc[0][w][e];
+            }
+        } else if (wk == r) {
 #pragma unroll
           for (int mb = 0; mb < MB; ++mb)
 #pragma unroll
@@ -510,15 +532,15 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
 
 // Every M-tile has a zero-point-free variant (u4b8: zero point 8 folded into immediates,
 // fewer registers and instructions) and one that handles both cases at run time.
-template <typename T, int MB>
+template <typename T, int MB, bool kSwap = false>
 const void* kernel_for_mb(bool zeros) {
-  return zeros ? reinterpret_cast<const void*>(&gemm_kernel<T, MB, true>)
-               : reinterpret_cast<const void*>(&gemm_kernel<T, MB, false>);
+  return zeros ? reinterpret_cast<const void*>(&gemm_kernel<T, MB, true, kSwap>)
+               : reinterpret_cast<const void*>(&gemm_kernel<T, MB, false, kSwap>);
 }
 template <typename T>
-const void* kernel_for_type(int mb, bool zeros) {
+const void* kernel_for_type(int mb, bool zeros, bool swap) {
   switch (mb) {
-    case 1: return kernel_for_mb<T, 1>(zeros);
+    case 1: return swap ? kernel_for_mb<T, 1, true>(zeros) : kernel_for_mb<T, 1>(zeros);
     case 2: return kernel_for_mb<T, 2>(zeros);
     case 3: return kernel_for_mb<T, 3>(zeros);
     case 4: return kernel_for_mb<T, 4>(zeros);
@@ -526,8 +548,9 @@ const void* kernel_for_type(int mb, bool zeros) {
   }
 }
 
-const void* kernel_for(DType dtype, int mb, bool zeros) {
-  return dtype == DType::kFloat16 ? kernel_for_type<half>(mb, zeros) : kernel_for_type<__nv_bfloat16>(mb, zeros);
+const void* kernel_for(DType dtype, int mb, bool zeros, bool swap) {
+  return dtype == DType::kFloat16 ? kernel_for_type<half>(mb, zeros, swap)
+                                  : kernel_for_type<__nv_bfloat16>(mb, zeros, swap);
 }
 
 int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
@@ -570,8 +593,9 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
   if (stages < 2) return cudaErrorInvalidValue;
   const int smem = stages * stage_bytes(mb) + red_bytes(mb);
   // Every block must be resident at once: blocks wait on each other's locks.
-  const void* fn = kernel_for(dtype, mb, true);
-  err = cudaFuncSetAttribute(kernel_for(dtype, mb, false), cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  const bool swap = mb == 1 && m <= 8 && hints.swap_small_m != 0;
+  const void* fn = kernel_for(dtype, mb, true, swap);
+  err = cudaFuncSetAttribute(kernel_for(dtype, mb, false, swap), cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err == cudaSuccess) err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   int resident = 0;
@@ -584,6 +608,7 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
   const int units = ceil_div(total, static_cast<long long>(sms) * resident);
   plan->dtype = dtype;
   plan->m_blocks = mb;
+  plan->swap = swap;
   plan->chunks = chunks;
   plan->units_per_block = units;
   plan->grid = ceil_div(total, units);
@@ -603,7 +628,8 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
       return cudaErrorInvalidValue;
     shift = __builtin_ctz(static_cast<unsigned>(a.group_size));
   }
-  const void* fn = kernel_for(a.dtype, plan.m_blocks, a.zeros != nullptr);
+  if (plan.swap && (plan.m_blocks != 1 || a.m > 8)) return cudaErrorInvalidValue;
+  const void* fn = kernel_for(a.dtype, plan.m_blocks, a.zeros != nullptr, plan.swap);
   if (a.dtype != plan.dtype || fn == nullptr || plan.stages < 2 || plan.stages > kMaxStages) return cudaErrorInvalidValue;
   cudaError_t err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
   if (err != cudaSuccess) return err;

@@ -13,6 +13,9 @@ accumulation error is orders of magnitude smaller.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -99,6 +102,35 @@ def test_identity_probe_is_bit_exact(dtype, zero_points, k, n, group):
     x = torch.eye(k, dtype=dtype, device=DEV)
     out = run_marlin(w, x)
     assert torch.equal(out, dequantize(w, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("zero_points", [False, True])
+@pytest.mark.parametrize("m", [1, 3, 8, 9])
+def test_identity_rows_probe_small_m_is_bit_exact(dtype, zero_points, m):
+    """M <= 8 runs the transposed MMAs (weight as the A operand): m random rows of I
+    must return exactly those rows of the dequantized weight; M = 9 is the plain path."""
+    w = make_weight(512, 768, 128, zero_points, dtype, pow2_scales=True)
+    rows = torch.randperm(w.k, device=DEV)[:m]
+    x = torch.eye(w.k, dtype=dtype, device=DEV)[rows].contiguous()
+    assert torch.equal(run_marlin(w, x), dequantize(w, dtype)[rows])
+
+
+def test_plan_knobs_keep_results_and_bad_knobs_are_named():
+    """VMP_MARLIN_PLAN only changes the launch plan: one block per SM, 8 stages, no
+    transposed MMAs and 32-row M chunks give the reference result; a bad knob is refused
+    with the accepted forms."""
+    code = (f"import torch, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+            "from test_marlin import *; "
+            "w = make_weight(1024, 768, 128, False, torch.float16); "
+            "[assert_close_to_reference(run_marlin(w, x), x, w, reference_mm(x, w)) "
+            "for x in (torch.randn(m, 1024, device=DEV).half() for m in (1, 5, 16, 64))]; print('ok')")
+    env = {**os.environ, "VMP_MARLIN_PLAN": "blocks=1,stages=8,swap=0,mb=2"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-2000:]
+    env["VMP_MARLIN_PLAN"] = "blocks=1,turbo=2"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "cannot parse 'turbo=2'" in r.stderr and "swap=0|1" in r.stderr, r.stderr[-2000:]
 
 
 # ---- against the reference ------------------------------------------------------------
