@@ -2,6 +2,7 @@
 checkpoints, but only when the user asked for `--quantization machete`."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -11,8 +12,9 @@ from vllm.model_executor.layers.quantization import (get_quantization_config,
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 
 from . import QUANTIZATION_NAME
-from .checkpoints import FORMATS, format_for
+from .checkpoints import FORMATS, files, format_for
 from .checkpoints.base import CheckpointError
+from .checkpoints.naming import CheckpointModules
 
 
 def normalize_quant_config(raw: dict) -> dict:
@@ -76,15 +78,23 @@ class MacheteConfig(QuantizationConfig):
         return QUANTIZATION_NAME
 
     def maybe_update_config(self, model_name: str, hf_config=None, revision: Optional[str] = None) -> None:
-        """vLLM calls this once the config exists: tell the format which checkpoint modules
-        hold integer (packed) tensors, from the safetensors headers (no tensor is read),
-        when its config leaves that implicit (GPTQ without modules_in_block_to_quantize)."""
+        """vLLM calls this once the config exists, before any weight is read:
+        - a local checkpoint's safetensors files are checked (checkpoints/files.py);
+        - when the format's config leaves the quantized modules implicit (GPTQ without
+          modules_in_block_to_quantize), tell it the checkpoint's modules, from the headers."""
+        local = Path(model_name).is_dir()
+        dtypes = files.checked_tensor_dtypes(Path(model_name)) if local else None
         if not self.fmt.needs_checkpoint_scan():
             return
-        from vllm.transformers_utils.config import get_safetensors_params_metadata
-        metadata = get_safetensors_params_metadata(model_name, revision=revision)
-        self.fmt.observe_checkpoint({name.rsplit(".", 1)[0] for name, info in metadata.items()
-                                     if str(info.get("dtype", "")).startswith(("I", "U"))})
+        if dtypes is None:
+            from vllm.transformers_utils.config import get_safetensors_params_metadata
+            dtypes = {name: str(info.get("dtype", ""))
+                      for name, info in get_safetensors_params_metadata(model_name, revision=revision).items()}
+        if dtypes:
+            self.fmt.observe_checkpoint(CheckpointModules.from_dtypes(dtypes))
+
+    def apply_vllm_mapper(self, hf_to_vllm_mapper) -> None:
+        self.fmt.apply_vllm_mapper(hf_to_vllm_mapper)
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str):
         if isinstance(layer, LinearBase):

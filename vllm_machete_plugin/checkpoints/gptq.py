@@ -18,7 +18,7 @@ import torch
 from ..canonical import SYMMETRIC_ZERO, CanonicalW4, pack_int4, unpack_int4
 from . import params as P
 from .base import CheckpointError, CheckpointFormat, LayerScheme, Partition
-from .naming import is_lm_head
+from .naming import CheckpointModules, is_lm_head
 
 _CHECKPOINT_FORMATS = {"gptq": 1, "gptq_v2": 2}
 _OVERRIDABLE = ("bits", "group_size", "sym", "desc_act")
@@ -75,10 +75,16 @@ class GPTQFormat(CheckpointFormat):
         # fp16 with nothing in the config saying so.
         return not self.modules_in_block
 
-    def observe_checkpoint(self, quantized_modules: set[str]) -> None:
-        # Quantize exactly the modules with integer tensors.
-        if not self.modules_in_block and quantized_modules:
-            self.modules_in_block = sorted(quantized_modules)
+    def observe_checkpoint(self, modules: CheckpointModules) -> None:
+        # Quantize exactly the modules with integer tensors; a module with neither those nor
+        # a .weight is then missing, not unquantized (scheme_for refuses it).
+        if not self.modules_in_block and modules.quantized:
+            self.modules_in_block = sorted(modules.quantized)
+            self.scanned = modules
+
+    def apply_vllm_mapper(self, hf_to_vllm_mapper) -> None:
+        super().apply_vllm_mapper(hf_to_vllm_mapper)
+        self.modules_in_block = hf_to_vllm_mapper.apply_list(self.modules_in_block)
 
     @staticmethod
     def _scheme(bits: int, group_size: int, sym: bool, desc_act: bool) -> LayerScheme:

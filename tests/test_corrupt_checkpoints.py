@@ -1,0 +1,118 @@
+"""Corrupted copies of tiny GPTQ / AWQ / compressed-tensors checkpoints through vLLM's
+path: the quant config as `vllm serve --quantization machete` builds it, vLLM's linear
+layers built with it, filled by vLLM's weight loaders and repacked (reference backend).
+Each corruption used to load and serve wrong outputs, or fail with a message naming
+nothing useful; now it is refused (or warned about) naming the layer or file, the tensor,
+the shapes and the fix."""
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ckpt_harness import llama_linears, llama_quant_config, load_llama_linears
+from vllm_machete_plugin.checkpoints import CheckpointError
+from vllm_machete_plugin.testing import build_tiny_checkpoint
+
+PRE = "model.layers.0"
+
+
+@pytest.fixture
+def vllm_path(vllm_tp1, register_plugin, monkeypatch):
+    monkeypatch.setenv("VMP_BACKEND", "reference")
+
+
+def edit_tensors(path, edit) -> None:
+    tensors = load_file(str(path / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+
+
+def drop_module(path, module: str) -> None:
+    edit_tensors(path, lambda t: [t.pop(k) for k in [k for k in t if k.startswith(module + ".")]])
+
+
+def load_layer(path, layer: int = 0, qc=None) -> dict:
+    """Decoder layer `layer`'s linears, built with the checkpoint's quant config and filled."""
+    cfg = json.loads((path / "config.json").read_text())
+    layers = llama_linears(qc or llama_quant_config(path), cfg, torch.float16, layer)
+    load_llama_linears(layers, load_file(str(path / "model.safetensors")), layer)
+    return layers
+
+
+# ---- a module or a file missing ------------------------------------------------------
+
+def test_gptq_module_missing_from_checkpoint_is_refused(tmp_path, vllm_path):
+    """Without modules_in_block_to_quantize, the header scan took a module without integer
+    tensors for an unquantized one: o_proj ran on an fp16 weight nothing filled."""
+    path = build_tiny_checkpoint(tmp_path, "gptq")
+    drop_module(path, f"{PRE}.self_attn.o_proj")
+    with pytest.raises(CheckpointError, match=r"^model\.layers\.0\.self_attn\.o_proj: the checkpoint has no tensors "
+                                              r"for model\.layers\.0\.self_attn\.o_proj: neither integer .* such as "
+                                              r"'model\.layers\.0\.self_attn\.o_proj\.qweight' nor an unquantized "
+                                              r"'model\.layers\.0\.self_attn\.o_proj\.weight'.*Fix: re-download"):
+        load_layer(path)
+
+
+def test_gptq_shard_missing_from_fused_layer_is_named(tmp_path, vllm_path):
+    """A missing q_proj used to be reported as qkv's shards 'quantized differently'."""
+    path = build_tiny_checkpoint(tmp_path, "gptq")
+    drop_module(path, f"{PRE}.self_attn.q_proj")
+    with pytest.raises(CheckpointError) as e:
+        load_layer(path)
+    msg = str(e.value)
+    assert msg.startswith("model.layers.0.self_attn.qkv_proj: the checkpoint has no tensors for "
+                          "model.layers.0.self_attn.q_proj: "), msg
+    assert ("the checkpoint has tensors for ['model.layers.0.self_attn.k_proj', 'model.layers.0.self_attn.v_proj'] "
+            "only" in msg and "differently" not in msg), msg
+
+
+def shard_files(path) -> list[str]:
+    """Rewrite the checkpoint as two files, layer 1 in the second, with the index HF writes."""
+    tensors = load_file(str(path / "model.safetensors"))
+    files = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    where = {k: files[k.startswith("model.layers.1.")] for k in tensors}
+    for f in files:
+        save_file({k: t for k, t in tensors.items() if where[k] == f}, str(path / f), metadata={"format": "pt"})
+    (path / "model.safetensors").unlink()
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": where}))
+    return files
+
+
+def test_missing_shard_file_is_named(tmp_path, vllm_path):
+    path = build_tiny_checkpoint(tmp_path, "gptq")
+    files = shard_files(path)
+    llama_quant_config(path)  # the sharded checkpoint is fine
+    (path / files[1]).unlink()
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors\.index\.json names 2 weight files, but "
+                                              rf"\['{files[1]}'\] is not in the directory.*Fix: download the missing"):
+        llama_quant_config(path)
+
+
+@pytest.mark.parametrize("fmt,tensor", [("awq", "qweight"), ("compressed-tensors", "weight_packed")])
+def test_awq_and_ct_missing_module_is_refused_at_load(tmp_path, vllm_path, fmt, tensor):
+    """AWQ and compressed-tensors configs name their unquantized modules, so a missing
+    module is still quantized, and its never-filled parameters are refused at repack."""
+    path = build_tiny_checkpoint(tmp_path, fmt)
+    drop_module(path, f"{PRE}.self_attn.o_proj")
+    layers = load_layer(path)
+    with pytest.raises(CheckpointError, match=rf"o_proj: tensor '{tensor}' .* was never loaded from the checkpoint"):
+        layers["o_proj"].quant_method.process_weights_after_loading(layers["o_proj"])
+
+
+# ---- messages that were someone else's -------------------------------------------------
+
+@pytest.mark.parametrize("cut", ["data", "header"])
+@pytest.mark.parametrize("fmt", ["gptq", "awq", "compressed-tensors"])
+def test_truncated_safetensors_file_is_named(tmp_path, vllm_path, fmt, cut):
+    """safetensors says only 'incomplete metadata, file not fully covered' (inside vLLM's
+    loader, or in the GPTQ scan); the file check at config time names the file."""
+    path = build_tiny_checkpoint(tmp_path, fmt)
+    file = path / "model.safetensors"
+    data = file.read_bytes()
+    file.write_bytes(data[:-1000] if cut == "data" else data[:40])
+    detail = (r"the file is truncated: its header declares \d+ bytes of tensor data, but the file holds \d+"
+              if cut == "data" else r"truncated or not a safetensors file: 40 bytes, too short for a \d+-byte header")
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(file))}: {detail}.*Fix: download the file again"):
+        llama_quant_config(path)
