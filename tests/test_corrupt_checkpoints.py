@@ -101,6 +101,52 @@ def test_awq_and_ct_missing_module_is_refused_at_load(tmp_path, vllm_path, fmt, 
         layers["o_proj"].quant_method.process_weights_after_loading(layers["o_proj"])
 
 
+# ---- NaN / Inf scales ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+@pytest.mark.parametrize("fmt,name,at,shape,first", [
+    ("gptq", "scales", (1, 5), (2, 512), [1, 261]),
+    ("awq", "scales", (1, 5), (2, 512), [1, 261]),
+    ("compressed-tensors", "weight_scale", (5, 1), (512, 2), [261, 1]),
+])
+def test_non_finite_scale_is_refused(tmp_path, vllm_path, fmt, name, at, shape, first, value):
+    """One NaN/Inf scale of k_proj (shard 1 of qkv: column 256 + 5) made the model output NaN/Inf."""
+    path = build_tiny_checkpoint(tmp_path, fmt)
+    edit_tensors(path, lambda t: t[f"{PRE}.self_attn.k_proj.{name}"].__setitem__(at, float(value)))
+    layers = load_layer(path)
+    counts = "1 NaN and 0 Inf" if value == "nan" else "0 NaN and 1 Inf"
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"model.layers.0.self_attn.qkv_proj: checkpoint tensor '{name}' (") + r".*" + re.escape(
+            f") of shape {shape} holds {counts} values (first at index {first}, in shard 1 (from 0) of the 3 "
+            f"this layer fuses)") + r".*Fix: re-download the checkpoint"):
+        layers["qkv_proj"].quant_method.process_weights_after_loading(layers["qkv_proj"])
+
+
+HOST_READS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist")
+
+
+@pytest.mark.parametrize("fmt,opts", [("gptq", dict(sym=True)), ("gptq", dict(sym=True, checkpoint_format="gptq_v2")),
+                                      ("gptq", dict(sym=False, act_order=True, group_size=64)), ("awq", {}),
+                                      ("compressed-tensors", dict(sym=False, act_order=True, group_size=64))])
+def test_value_checks_read_back_once_per_layer(tmp_path, vllm_path, monkeypatch, fmt, opts):
+    """Finite scales, symmetric zero points, g_idx and weight_shape are checked on the load
+    device and read back together: one host synchronisation per layer."""
+    path = build_tiny_checkpoint(tmp_path, fmt, **opts)
+    qc = llama_quant_config(path)
+    layers = load_layer(path, qc=qc)
+    reads = []
+
+    def counted(name):
+        method = getattr(torch.Tensor, name)
+        return lambda self, *a, **kw: reads.append(name) or method(self, *a, **kw)
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    for prefix, layer in layers.items():
+        reads.clear()
+        qc.fmt.to_canonical(layer, layer.quant_method.scheme, layer.vmp_partition, where=prefix)
+        assert len(reads) == 1, (prefix, reads)
+
+
 # ---- messages that were someone else's -------------------------------------------------
 
 @pytest.mark.parametrize("cut", ["data", "header"])

@@ -77,6 +77,19 @@ def _parse_group(group_name: str, group, global_format: Optional[str]) -> LayerS
                        act_order=actorder in _ACTORDER_GROUP and strategy == "group")
 
 
+def _check_weight_shape(checks: P.Checks, shape: torch.Tensor, part: Partition, where: str) -> None:
+    """weight_shape [N, K] against the layer. A fused layer keeps the last shard's
+    weight_shape: only K is comparable there."""
+    want = [part.n_full, part.k_full]
+
+    def fail() -> None:
+        raise CheckpointError(f"{where}: weight_shape is {shape.tolist()}, but the layer is [N, K] = {want}.")
+    ok = shape[1] == want[1]
+    if len(part.output_sizes) == 1:
+        ok = ok & (shape[0] == want[0])
+    checks.add(ok, fail)
+
+
 class CompressedTensorsFormat(CheckpointFormat):
     name = "compressed-tensors"
 
@@ -156,8 +169,10 @@ class CompressedTensorsFormat(CheckpointFormat):
                      where: str) -> CanonicalW4:
         P.check_partition(scheme, part, where, packed_k=True, packed_n=not scheme.sym)
         g, k, n = P.num_groups(scheme, part), part.k, part.n
+        checks = P.Checks()
         packed = P.read(layer, "weight_packed", part, (n, k // 8), P.INT32, where, PACKED)
         scale = P.read(layer, "weight_scale", part, (n, g), P.FLOAT_DTYPES, where, SCALE)
+        P.check_finite(checks, scale, "weight_scale", part, where, SCALE, n_dim=0)
         zeros = None
         if not scheme.sym:
             fix = "Fix: symmetric: false needs weight_zero_point; check the config's 'symmetric'."
@@ -167,13 +182,11 @@ class CompressedTensorsFormat(CheckpointFormat):
         if scheme.act_order:
             fix = "Fix: actorder: group needs weight_g_idx; use actorder: weight if it has none."
             g_idx = P.read(layer, "weight_g_idx", part, (k,), P.INDEX_DTYPES, where, G_IDX, fix).to(torch.int32)
-            P.check_group_ids(g_idx, g, where, "weight_g_idx")
+            P.check_group_ids(checks, g_idx, g, where, "weight_g_idx")
         shape = P.read_optional(layer, "weight_shape", part, (2,), P.INDEX_DTYPES, where, SHAPE)
         if shape is not None:
-            got, want = shape.tolist(), [part.n_full, part.k_full]
-            # A fused layer keeps the last shard's weight_shape: only K is comparable there.
-            if got[1] != want[1] or (len(part.output_sizes) == 1 and got[0] != want[0]):
-                raise CheckpointError(f"{where}: weight_shape is {got}, but the layer is [N, K] = {want}.")
+            _check_weight_shape(checks, shape, part, where)
+        checks.run()
         return CanonicalW4(codes=unpack_int4(packed, dim=1).t().contiguous(), scales=scale.t().contiguous(),
                            zeros=zeros, group_size=part.group_size(scheme), g_idx=g_idx).validate(where)
 

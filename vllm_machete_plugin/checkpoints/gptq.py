@@ -128,35 +128,43 @@ class GPTQFormat(CheckpointFormat):
                      where: str) -> CanonicalW4:
         P.check_partition(scheme, part, where, packed_k=True, packed_n=True)
         g, k, n = P.num_groups(scheme, part), part.k, part.n
+        checks = P.Checks()
         codes = unpack_int4(P.read(layer, "qweight", part, (k // 8, n), P.INT32, where, QWEIGHT), dim=0)
         scales = P.read(layer, "scales", part, (g, n), P.FLOAT_DTYPES, where, SCALES)
+        P.check_finite(checks, scales, "scales", part, where, SCALES, n_dim=1)
         qzeros = (P.read(layer, "qzeros", part, (g, n // 8), P.INT32, where, QZEROS) if not scheme.sym
                   else P.read_optional(layer, "qzeros", part, (g, n // 8), P.INT32, where, QZEROS))
-        zeros = None
-        if qzeros is not None:
-            zeros = unpack_int4(qzeros, dim=1)
-            if self.version == 1:
-                zeros = (zeros + 1) & 0xF
-            if scheme.sym:
-                if not bool((zeros == SYMMETRIC_ZERO).all()):
-                    found = sorted(torch.unique(zeros).tolist())
-                    raise CheckpointError(
-                        f"{where}: quantization_config says sym=true, but 'qzeros' hold zero points "
-                        f"{found} (expected all {SYMMETRIC_ZERO}). The checkpoint is asymmetric, or its "
-                        f"checkpoint_format is wrong (gptq/v1 stores z-1, gptq_v2 stores z).")
-                zeros = None
+        zeros = None if qzeros is None else self._zero_points(checks, unpack_int4(qzeros, dim=1), scheme, where)
         group_size = part.group_size(scheme)
         g_idx = None
         if scheme.act_order:
             fix = "Fix: the checkpoint needs g_idx when desc_act=true; re-export it or set desc_act=false."
             g_idx = P.read(layer, "g_idx", part, (k,), P.INDEX_DTYPES, where, G_IDX, fix).to(torch.int32)
-            P.check_group_ids(g_idx, g, where, "g_idx")
+            P.check_group_ids(checks, g_idx, g, where, "g_idx")
         else:
             stored = P.read_optional(layer, "g_idx", part, (k,), P.INDEX_DTYPES, where, G_IDX)
             if stored is not None:
-                P.check_trivial_g_idx(stored, group_size, where, "g_idx")
+                P.check_trivial_g_idx(checks, stored, group_size, where, "g_idx")
+        checks.run()
         return CanonicalW4(codes=codes, scales=scales, zeros=zeros, group_size=group_size,
                            g_idx=g_idx).validate(where)
+
+    def _zero_points(self, checks: P.Checks, stored: torch.Tensor, scheme: LayerScheme,
+                     where: str) -> Optional[torch.Tensor]:
+        """The true zero points from the stored ones (uint8 [G, N]), or None for sym=true,
+        whose stored zero points must all encode 8 (queued on `checks`)."""
+        zeros = (stored + 1) & 0xF if self.version == 1 else stored
+        if not scheme.sym:
+            return zeros
+
+        def fail() -> None:
+            found = sorted(torch.unique(zeros).tolist())
+            raise CheckpointError(
+                f"{where}: quantization_config says sym=true, but 'qzeros' hold zero points "
+                f"{found} (expected all {SYMMETRIC_ZERO}). The checkpoint is asymmetric, or its "
+                f"checkpoint_format is wrong (gptq/v1 stores z-1, gptq_v2 stores z).")
+        checks.add((zeros == SYMMETRIC_ZERO).all(), fail)
+        return None
 
     @torch.no_grad()
     def fill_dummy(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
