@@ -5,6 +5,7 @@ Each corruption used to load and serve wrong outputs, or fail with a message nam
 nothing useful; now it is refused (or warned about) naming the layer or file, the tensor,
 the shapes and the fix."""
 import json
+import logging
 import re
 
 import pytest
@@ -12,10 +13,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ckpt_harness import llama_linears, llama_quant_config, load_llama_linears
+from vllm_machete_plugin.backends.reference import reference_mm
 from vllm_machete_plugin.checkpoints import CheckpointError
 from vllm_machete_plugin.testing import build_tiny_checkpoint
+from vllm_machete_plugin.testing.tiny import read_tiny_linears
 
 PRE = "model.layers.0"
+SHARDS = {"qkv_proj": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "o_proj": ["self_attn.o_proj"],
+          "gate_up_proj": ["mlp.gate_proj", "mlp.up_proj"], "down_proj": ["mlp.down_proj"]}
 
 
 @pytest.fixture
@@ -33,12 +38,29 @@ def drop_module(path, module: str) -> None:
     edit_tensors(path, lambda t: [t.pop(k) for k in [k for k in t if k.startswith(module + ".")]])
 
 
+def edit_config(path, edit) -> None:
+    config = json.loads((path / "config.json").read_text())
+    edit(config)
+    (path / "config.json").write_text(json.dumps(config))
+
+
 def load_layer(path, layer: int = 0, qc=None) -> dict:
     """Decoder layer `layer`'s linears, built with the checkpoint's quant config and filled."""
     cfg = json.loads((path / "config.json").read_text())
     layers = llama_linears(qc or llama_quant_config(path), cfg, torch.float16, layer)
     load_llama_linears(layers, load_file(str(path / "model.safetensors")), layer)
     return layers
+
+
+def assert_serves_checkpoint(layers: dict, want: dict) -> None:
+    """Every layer repacks and computes X @ dequant(W) of the checkpoint modules `want`."""
+    x = torch.randn(3, 768, generator=torch.Generator().manual_seed(0)).half()
+    for name, layer in layers.items():
+        layer.quant_method.process_weights_after_loading(layer)
+        xi = x[:, :layer.input_size]
+        y, _ = layer(xi)
+        ref = torch.cat([reference_mm(xi, want[f"{PRE}.{m}"]).float() for m in SHARDS[name]], dim=1)
+        torch.testing.assert_close(y.float(), ref, rtol=2e-3, atol=2e-3 * ref.abs().max().item())
 
 
 # ---- a module or a file missing ------------------------------------------------------
@@ -145,6 +167,59 @@ def test_value_checks_read_back_once_per_layer(tmp_path, vllm_path, monkeypatch,
         reads.clear()
         qc.fmt.to_canonical(layer, layer.quant_method.scheme, layer.vmp_partition, where=prefix)
         assert len(reads) == 1, (prefix, reads)
+
+
+# ---- a GPTQ v1 checkpoint labelled gptq_v2 -------------------------------------------------
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def gptq_warnings():
+    """Warnings of the GPTQ format module (vLLM's 'vllm' logger does not propagate to pytest's)."""
+    handler = Records()
+    logger = logging.getLogger("vllm.vllm_machete_plugin.checkpoints.gptq")
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_v1_checkpoint_labelled_v2_warns_once(tmp_path, vllm_path, gptq_warnings, sym):
+    """AutoGPTQ (v1) stores the symmetric zero point 8 as 7; read as gptq_v2 that is 7, one
+    zero step off. With sym=true the zero points are unused, so the model is served right."""
+    path = build_tiny_checkpoint(tmp_path, "gptq", sym=True)
+    want = read_tiny_linears(path)
+    edit_config(path, lambda c: c["quantization_config"].update(checkpoint_format="gptq_v2", sym=sym))
+    qc = llama_quant_config(path)
+    for layer in (0, 1):
+        layers = load_layer(path, layer, qc)
+        if layer == 0 and sym:
+            assert_serves_checkpoint(layers, want)
+        else:
+            for lin in layers.values():
+                lin.quant_method.process_weights_after_loading(lin)
+    assert len(gptq_warnings) == 1, gptq_warnings
+    msg = gptq_warnings[0]
+    assert msg.startswith("vllm-machete-plugin: model.layers.0.self_attn.qkv_proj: checkpoint_format is gptq_v2, "
+                          "but every stored zero point in 'qzeros' is 7, the gptq (v1) encoding of the symmetric "
+                          "zero point 8"), msg
+    assert ("served right" in msg) == sym and ("off by one zero step" in msg) != sym, msg
+    assert msg.endswith('Fix: set checkpoint_format to "gptq" in quantization_config, or remove it.'), msg
+
+
+@pytest.mark.parametrize("opts", [dict(sym=True), dict(sym=True, checkpoint_format="gptq_v2"),
+                                  dict(sym=False, checkpoint_format="gptq_v2"), dict(sym=False)])
+def test_correct_v1_and_v2_checkpoints_do_not_warn(tmp_path, vllm_path, gptq_warnings, opts):
+    path = build_tiny_checkpoint(tmp_path, "gptq", **opts)
+    assert_serves_checkpoint(load_layer(path), read_tiny_linears(path))
+    assert gptq_warnings == []
 
 
 # ---- messages that were someone else's -------------------------------------------------

@@ -7,9 +7,12 @@ On disk, per linear layer (K = in_features, N = out_features, G = K / group_size
   scales  fp16  [G, N]
   g_idx   int32 [K]       group of every input row (k // group_size unless desc_act)
 sym=true checkpoints still carry qzeros (all 8 after the v1 correction); we check and drop them.
+A v1 checkpoint labelled gptq_v2 stores 7 where it means 8, so every weight would be one zero
+step off: stored zero points that are all 7 under gptq_v2 get a warning naming the fix.
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Callable, Optional
 
@@ -20,6 +23,7 @@ from . import params as P
 from .base import CheckpointError, CheckpointFormat, LayerScheme, Partition
 from .naming import CheckpointModules, is_lm_head
 
+logger = logging.getLogger(f"vllm.{__name__}")  # under "vllm" so vLLM's log handler shows it
 _CHECKPOINT_FORMATS = {"gptq": 1, "gptq_v2": 2}
 _OVERRIDABLE = ("bits", "group_size", "sym", "desc_act")
 
@@ -53,6 +57,7 @@ class GPTQFormat(CheckpointFormat):
                 f"{where}: checkpoint_format={fmt!r} is not supported; supported: "
                 f"{sorted(_CHECKPOINT_FORMATS)} (gptq = v1 zero points stored as z-1, gptq_v2 = z).")
         self.version = _CHECKPOINT_FORMATS[fmt]
+        self._warned_v1_under_v2 = False
         pack_dtype = raw.get("pack_dtype", "int32")
         if pack_dtype != "int32":
             raise CheckpointError(f"{where}: pack_dtype={pack_dtype!r} is not supported; only int32 packing.")
@@ -152,8 +157,13 @@ class GPTQFormat(CheckpointFormat):
     def _zero_points(self, checks: P.Checks, stored: torch.Tensor, scheme: LayerScheme,
                      where: str) -> Optional[torch.Tensor]:
         """The true zero points from the stored ones (uint8 [G, N]), or None for sym=true,
-        whose stored zero points must all encode 8 (queued on `checks`)."""
+        whose stored zero points must all encode 8 (queued on `checks`). Under gptq_v2, stored
+        zero points that are all 7, the v1 encoding of 8, get a warning (_warn_v1_under_v2)."""
         zeros = (stored + 1) & 0xF if self.version == 1 else stored
+        v1_encoded = None
+        if self.version == 2:
+            v1_encoded = (stored == SYMMETRIC_ZERO - 1).all()
+            checks.add(~v1_encoded, lambda: self._warn_v1_under_v2(where, scheme.sym))
         if not scheme.sym:
             return zeros
 
@@ -163,8 +173,25 @@ class GPTQFormat(CheckpointFormat):
                 f"{where}: quantization_config says sym=true, but 'qzeros' hold zero points "
                 f"{found} (expected all {SYMMETRIC_ZERO}). The checkpoint is asymmetric, or its "
                 f"checkpoint_format is wrong (gptq/v1 stores z-1, gptq_v2 stores z).")
-        checks.add((zeros == SYMMETRIC_ZERO).all(), fail)
+        symmetric = (zeros == SYMMETRIC_ZERO).all()
+        checks.add(symmetric if v1_encoded is None else symmetric | v1_encoded, fail)
         return None
+
+    def _warn_v1_under_v2(self, where: str, sym: bool) -> None:
+        """Once per model and process: the checkpoint looks like v1 under a gptq_v2 label."""
+        if self._warned_v1_under_v2:
+            return
+        self._warned_v1_under_v2 = True
+        effect = ("sym=true, so the zero points are not used and this model is served right, but "
+                  "other tools will read it one zero step off" if sym else
+                  "the zero points are read as 7, as gptq_v2 says; if this is a v1 checkpoint, every "
+                  "weight of such a layer is off by one zero step (one scale)")
+        logger.warning(
+            "vllm-machete-plugin: %s: checkpoint_format is gptq_v2, but every stored zero point in "
+            "'qzeros' is %d, the gptq (v1) encoding of the symmetric zero point %d: this looks like a v1 "
+            "checkpoint labelled gptq_v2 (first such layer; not repeated). %s. Fix: set checkpoint_format "
+            "to \"gptq\" in quantization_config, or remove it.", where, SYMMETRIC_ZERO - 1, SYMMETRIC_ZERO,
+            effect)
 
     @torch.no_grad()
     def fill_dummy(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
