@@ -14,9 +14,10 @@ from safetensors.torch import load_file, save_file
 
 from ckpt_harness import llama_linears, llama_quant_config, load_llama_linears
 from vllm_machete_plugin.backends.reference import reference_mm
+from vllm_machete_plugin.canonical import SYMMETRIC_ZERO, pack_int4
 from vllm_machete_plugin.checkpoints import CheckpointError
 from vllm_machete_plugin.testing import build_tiny_checkpoint
-from vllm_machete_plugin.testing.tiny import read_tiny_linears
+from vllm_machete_plugin.testing.tiny import LINEARS, read_tiny_linears
 
 PRE = "model.layers.0"
 SHARDS = {"qkv_proj": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "o_proj": ["self_attn.o_proj"],
@@ -237,3 +238,30 @@ def test_truncated_safetensors_file_is_named(tmp_path, vllm_path, fmt, cut):
               if cut == "data" else r"truncated or not a safetensors file: 40 bytes, too short for a \d+-byte header")
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(file))}: {detail}.*Fix: download the file again"):
         llama_quant_config(path)
+
+
+def test_ct_symmetric_config_over_zero_points_is_refused(tmp_path, vllm_path):
+    """vLLM's loader said only that the model has no parameter 'qkv_proj.weight_zero_point'."""
+    path = build_tiny_checkpoint(tmp_path, "compressed-tensors", sym=False)
+    edit_config(path, lambda c: c["quantization_config"]["config_groups"]["group_0"]["weights"].update(
+        symmetric=True, zp_dtype=None))
+    layers = load_layer(path)
+    with pytest.raises(CheckpointError, match=r"^model\.layers\.0\.self_attn\.qkv_proj: quantization_config says "
+                                              r"symmetric: true, but the checkpoint has 'weight_zero_point' "
+                                              r"\(weight_zero_point int32 \[N/8, G\].*\) of shape \(64, 2\) holding "
+                                              r"zero points \[-\d.*The weights were quantized asymmetrically\. "
+                                              r"Fix: set symmetric: false"):
+        layers["qkv_proj"].quant_method.process_weights_after_loading(layers["qkv_proj"])
+
+
+def test_ct_symmetric_zero_points_of_zero_are_accepted(tmp_path, vllm_path):
+    """Zero points that are all 0 (stored as 8) are what symmetric means: loaded and dropped."""
+    path = build_tiny_checkpoint(tmp_path, "compressed-tensors", sym=True)
+
+    def add_zero_points(tensors):
+        for layer in range(2):
+            for name, (k, n, _) in LINEARS.items():
+                zeros = torch.full((n, k // 128), SYMMETRIC_ZERO, dtype=torch.uint8)
+                tensors[f"model.layers.{layer}.{name}.weight_zero_point"] = pack_int4(zeros, dim=0)
+    edit_tensors(path, add_zero_points)
+    assert_serves_checkpoint(load_layer(path), read_tiny_linears(path))

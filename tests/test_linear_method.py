@@ -89,7 +89,8 @@ def test_no_backend_error_names_layer_and_reasons(vllm_tp1, tmp_path, monkeypatc
 
 @pytest.mark.parametrize("fmt,opts", [("gptq", dict(group_size=128, sym=True, act_order=True)),
                                       ("awq", dict(group_size=128)),
-                                      ("compressed-tensors", dict(group_size=64, sym=False, act_order=True))])
+                                      ("compressed-tensors", dict(group_size=64, sym=False, act_order=True)),
+                                      ("compressed-tensors", dict(group_size=128, sym=True))])
 def test_dummy_load_format_gives_a_fully_quantized_layer(vllm_tp1, tmp_path, monkeypatch, fmt, opts):
     """load_format="dummy" (no tensors loaded, integer params uninitialised) must still
     give quantized layers that run: the 70B benchmarks depend on it."""

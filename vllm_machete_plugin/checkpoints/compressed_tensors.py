@@ -77,6 +77,22 @@ def _parse_group(group_name: str, group, global_format: Optional[str]) -> LayerS
                        act_order=actorder in _ACTORDER_GROUP and strategy == "group")
 
 
+def _check_symmetric_zero_points(checks: P.Checks, zp: torch.Tensor, where: str) -> None:
+    """symmetric: true with a weight_zero_point in the checkpoint: fine only when every zero
+    point is 0 (stored as SYMMETRIC_ZERO), else the weights were quantized asymmetrically."""
+    stored = unpack_int4(zp, dim=0)
+
+    def fail() -> None:
+        found = sorted((torch.unique(stored).to(torch.int64) - SYMMETRIC_ZERO).tolist())
+        raise CheckpointError(
+            f"{where}: quantization_config says symmetric: true, but the checkpoint has "
+            f"'weight_zero_point' ({ZERO_POINT}) of shape {tuple(zp.shape)} holding zero points "
+            f"{found} (symmetric weights have none, or all 0). The weights "
+            f"were quantized asymmetrically. Fix: set symmetric: false in the config_groups entry of "
+            f"quantization_config that targets this layer.")
+    checks.add((stored == SYMMETRIC_ZERO).all(), fail)
+
+
 def _check_weight_shape(checks: P.Checks, shape: torch.Tensor, part: Partition, where: str) -> None:
     """weight_shape [N, K] against the layer. A fused layer keeps the last shard's
     weight_shape: only K is comparable there."""
@@ -149,7 +165,10 @@ class CompressedTensorsFormat(CheckpointFormat):
         else:
             P.add_param(layer, "weight_scale", "GroupQuantScaleParameter", scale, weight_loader,
                         dtypes=P.FLOAT_DTYPES, layout=SCALE, output_dim=0, input_dim=1)
-        if not scheme.sym:
+        # symmetric: true has no zero points; the parameter still receives any the checkpoint
+        # has, so that to_canonical can name the mismatch (vLLM's loader would only say that
+        # the model has no such parameter). Its shape needs every shard's N % 8 == 0.
+        if not scheme.sym or not any(s % 8 for s in part.output_sizes):
             zp = torch.empty(n // 8, g, dtype=torch.int32)
             if replicated:
                 P.add_param(layer, "weight_zero_point", "PackedColumnParameter", zp, weight_loader,
@@ -178,6 +197,10 @@ class CompressedTensorsFormat(CheckpointFormat):
             fix = "Fix: symmetric: false needs weight_zero_point; check the config's 'symmetric'."
             zp = P.read(layer, "weight_zero_point", part, (n // 8, g), P.INT32, where, ZERO_POINT, fix)
             zeros = unpack_int4(zp, dim=0).t().contiguous()
+        else:
+            zp = P.read_optional(layer, "weight_zero_point", part, (n // 8, g), P.INT32, where, ZERO_POINT)
+            if zp is not None:
+                _check_symmetric_zero_points(checks, zp, where)
         g_idx = None
         if scheme.act_order:
             fix = "Fix: actorder: group needs weight_g_idx; use actorder: weight if it has none."
@@ -189,6 +212,15 @@ class CompressedTensorsFormat(CheckpointFormat):
         checks.run()
         return CanonicalW4(codes=unpack_int4(packed, dim=1).t().contiguous(), scales=scale.t().contiguous(),
                            zeros=zeros, group_size=part.group_size(scheme), g_idx=g_idx).validate(where)
+
+    @torch.no_grad()
+    def fill_dummy(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
+                   names: tuple[str, ...]) -> None:
+        """As the base, but a symmetric layer's weight_zero_point stays unloaded (a symmetric
+        checkpoint has none; create_weights registers it only to catch one)."""
+        super().fill_dummy(layer, scheme, part, names)
+        if scheme.sym and "weight_zero_point" in names:
+            layer.weight_zero_point.vmp_loaded.clear()
 
     @staticmethod
     def pack(w: CanonicalW4, scheme: LayerScheme) -> dict[str, torch.Tensor]:
