@@ -16,6 +16,7 @@ from ckpt_harness import llama_linears, llama_quant_config, load_llama_linears
 from vllm_machete_plugin.backends.reference import reference_mm
 from vllm_machete_plugin.canonical import SYMMETRIC_ZERO, pack_int4
 from vllm_machete_plugin.checkpoints import CheckpointError
+from vllm_machete_plugin.config import MacheteConfig
 from vllm_machete_plugin.testing import build_tiny_checkpoint
 from vllm_machete_plugin.testing.tiny import LINEARS, read_tiny_linears
 
@@ -238,6 +239,30 @@ def test_truncated_safetensors_file_is_named(tmp_path, vllm_path, fmt, cut):
               if cut == "data" else r"truncated or not a safetensors file: 40 bytes, too short for a \d+-byte header")
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(file))}: {detail}.*Fix: download the file again"):
         llama_quant_config(path)
+
+
+def test_checkpoint_without_quantization_config_is_named(tmp_path, vllm_path):
+    """vLLM said only 'Cannot find the config file for machete'."""
+    path = build_tiny_checkpoint(tmp_path, "gptq")
+    edit_config(path, lambda c: c.pop("quantization_config"))
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: --quantization machete needs a quantized "
+                                              r"checkpoint, but its config.json has no quantization_config.*no "
+                                              r"quantize_config\.json or quant_config\.json.*Fix: drop --quantization"):
+        llama_quant_config(path)
+
+
+@pytest.mark.parametrize("fmt,file", [("gptq", "quantize_config.json"), ("awq", "quant_config.json")])
+def test_legacy_quantization_config_file_is_read(tmp_path, vllm_path, fmt, file):
+    """Old AutoGPTQ / AutoAWQ repos keep the config in its own file, without quant_method."""
+    path = build_tiny_checkpoint(tmp_path, fmt)
+    want = read_tiny_linears(path)
+    config = json.loads((path / "config.json").read_text())
+    legacy = {k: v for k, v in config.pop("quantization_config").items() if k != "quant_method"}
+    (path / "config.json").write_text(json.dumps(config))
+    (path / file).write_text(json.dumps(legacy))
+    qc = llama_quant_config(path)
+    assert isinstance(qc, MacheteConfig) and qc.fmt.name == fmt
+    assert_serves_checkpoint(load_layer(path, qc=qc), want)
 
 
 def test_ct_symmetric_config_over_zero_points_is_refused(tmp_path, vllm_path):
