@@ -2,7 +2,11 @@
 (QKVParallelLinear, MergedColumnParallelLinear, ColumnParallelLinear, RowParallelLinear)
 and real parameter classes / weight_loader_v2 on CPU. Tensor parallelism is simulated by
 patching vLLM's TP rank/size getters (no distributed init), so a TP=2 rank loads exactly
-the slice vLLM would load on that rank."""
+the slice vLLM would load on that rank. For whole checkpoints on disk: the quantization
+config as `vllm serve --quantization machete` builds it (engine_quant_config; with Llama's
+model init applied: llama_quant_config), and one decoder layer's linears built with it and
+filled as Llama's load_weights fills them (llama_linears, load_llama_linears; they need the
+vllm_tp1 fixture)."""
 from __future__ import annotations
 
 import contextlib
@@ -197,3 +201,71 @@ def assert_act_order_resolves(w: CanonicalW4, where: str) -> CanonicalW4:
                                rtol=0, atol=1e-12)
     assert int((dequantize(ws) == 0).all(dim=1).sum()) >= ws.k - w.k
     return ws
+
+
+# ---- whole checkpoints on disk, through vLLM's config and load path -------------------
+
+def engine_quant_config(path, quantization: str = "machete", **kw):
+    """(ModelConfig, quant config) for the checkpoint at `path` as vLLM's front-end builds
+    them: EngineArgs (which loads the general plugins, as `vllm serve` does), then the
+    quant-config step of create_engine_config (get_quant_config, maybe_update_config)."""
+    from vllm.config import VllmConfig
+    from vllm.engine.arg_utils import EngineArgs
+
+    ea = EngineArgs(model=str(path), quantization=quantization, load_format="dummy", **kw)
+    mc = ea.create_model_config()
+    # create_engine_config() needs a GPU platform; this is the quant-config step of it.
+    return mc, VllmConfig._get_quantization_config(mc, ea.create_load_config())
+
+
+def llama_quant_config(path, **kw):
+    """engine_quant_config's quant config, then what Llama's model init does to it before
+    building layers (vLLM's SupportsQuant._maybe_apply_model_mapping: the model's name
+    mapper and packed_modules_mapping)."""
+    from types import SimpleNamespace
+
+    from vllm.model_executor.models.interfaces import SupportsQuant
+    from vllm.model_executor.models.llama import LlamaForCausalLM
+
+    _, qc = engine_quant_config(path, **kw)
+    SupportsQuant._maybe_apply_model_mapping(SimpleNamespace(
+        quant_config=qc, hf_to_vllm_mapper=LlamaForCausalLM.hf_to_vllm_mapper,
+        packed_modules_mapping=LlamaForCausalLM.packed_modules_mapping))
+    return qc
+
+
+def llama_linears(qc, cfg: dict, dtype: torch.dtype, layer: int = 0) -> dict:
+    """vLLM's four linear layers of Llama decoder layer `layer` (config.json dict `cfg`),
+    built with quant config `qc`: its get_quant_method runs here, as in vLLM's model init."""
+    h, heads, kv, hd, inter = (cfg["hidden_size"], cfg["num_attention_heads"],
+                               cfg["num_key_value_heads"], cfg["head_dim"], cfg["intermediate_size"])
+    pre = f"model.layers.{layer}"
+    kw = dict(bias=False, params_dtype=dtype, quant_config=qc)
+    return {
+        "qkv_proj": vllm_linear.QKVParallelLinear(h, hd, heads, kv, prefix=f"{pre}.self_attn.qkv_proj", **kw),
+        "o_proj": vllm_linear.RowParallelLinear(heads * hd, h, prefix=f"{pre}.self_attn.o_proj", **kw),
+        "gate_up_proj": vllm_linear.MergedColumnParallelLinear(h, [inter, inter], prefix=f"{pre}.mlp.gate_up_proj",
+                                                               **kw),
+        "down_proj": vllm_linear.RowParallelLinear(inter, h, prefix=f"{pre}.mlp.down_proj", **kw),
+    }
+
+
+LLAMA_SHARDS = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
+                "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+                "o_proj": ("o_proj", None), "down_proj": ("down_proj", None)}
+
+
+def load_llama_linears(layers: dict, tensors: dict, layer: int = 0, skip=()) -> None:
+    """What vLLM's Llama load_weights does for these layers' checkpoint tensors."""
+    for key, t in tensors.items():
+        if not key.startswith(f"model.layers.{layer}.") or key in skip:
+            continue
+        module, suffix = key.split(".")[-2:]
+        if module not in LLAMA_SHARDS:
+            continue
+        target, shard = LLAMA_SHARDS[module]
+        param = getattr(layers[target], suffix)
+        if shard is None:
+            param.weight_loader(param, t)
+        else:
+            param.weight_loader(param, t, shard)

@@ -85,3 +85,24 @@ def test_machete_mm_fake_takes_the_layer_locks():
         for m in (1, 5, 300):
             y = torch.ops.vmp.machete_mm(torch.empty(m, 4096, dtype=torch.bfloat16), w, s, None, 128, None, locks)
             assert y.shape == (m, 1024) and y.dtype == torch.bfloat16
+
+
+def test_machete_weight_records_its_kind_and_the_fake_checks_it():
+    """vmp::machete_prepack's dtype records the kind it packed (uint32: u4 codes q for zero
+    points, int32: u4b8 codes q-8). The machete_mm fake, what torch.compile traces, refuses
+    the other kind as the op does (machete_bindings.cpp), so the mistake is never silent."""
+    from vllm_machete_plugin.backends import machete
+    codes = torch.empty(256, 128, dtype=torch.uint8, device="meta")
+    w_u4b8, w_u4 = machete._prepack_fake(codes, False), machete._prepack_fake(codes, True)
+    assert (w_u4b8.dtype, w_u4.dtype) == (torch.int32, torch.uint32) and w_u4.shape == (32, 128)
+    x = torch.empty(3, 256, dtype=torch.float16, device="meta")
+    s = torch.empty(2, 128, dtype=torch.float16, device="meta")
+    assert machete._mm_fake(x, w_u4b8, s, None, 128).shape == machete._mm_fake(x, w_u4, s, s, 128).shape == (3, 128)
+    with pytest.raises(RuntimeError, match=r"w \(torch.int32\) was prepacked for u4b8 .* but the call passes zeros; "
+                                           r"fix: prepack the codes with has_zeros=True, or drop the zeros"):
+        machete._mm_fake(x, w_u4b8, s, s, 128)
+    with pytest.raises(RuntimeError, match=r"w \(torch.uint32\) was prepacked for u4 with zero points .* passes no "
+                                           r"zeros; fix: prepack the codes with has_zeros=False, or pass the zeros"):
+        machete._mm_fake(x, w_u4, s, None, 128)
+    with pytest.raises(RuntimeError, match=r"w must be the int32 or uint32 \[K/8, N\] tensor .* got torch.float32"):
+        machete._mm_fake(x, w_u4b8.float(), s, None, 128)

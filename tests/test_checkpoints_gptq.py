@@ -411,7 +411,27 @@ def test_unlisted_fp16_modules_are_found_in_the_safetensors_headers(tmp_path):
     assert config.fmt.scheme_for(fp16, MAPPING) is None
     assert config.fmt.scheme_for("model.layers.0.mlp.down_proj", MAPPING) is not None
     assert config.fmt.scheme_for("model.layers.1.mlp.gate_up_proj", MAPPING) is not None
-    assert config.fmt.scheme_for("model.layers.11.mlp.down_proj", MAPPING) is None  # not in the checkpoint
+    with pytest.raises(CheckpointError, match=r"model\.layers\.11\.mlp\.down_proj: the checkpoint has no tensors"):
+        config.fmt.scheme_for("model.layers.11.mlp.down_proj", MAPPING)  # neither quantized nor fp16: missing
+
+
+def test_scanned_modules_follow_vllms_name_mapper(tmp_path):
+    """vLLM's model may rename checkpoint modules (its hf_to_vllm_mapper, e.g. a vision-language
+    model's language_model prefix): the scan's names are renamed the same way, so layers are
+    matched under vLLM's names, not refused as missing."""
+    import json
+
+    from vllm.model_executor.models.utils import WeightsMapper
+
+    from vllm_machete_plugin.config import MacheteConfig
+    from vllm_machete_plugin.testing import build_tiny_checkpoint
+    path = build_tiny_checkpoint(tmp_path / "m", "gptq")
+    config = MacheteConfig(json.loads((path / "config.json").read_text())["quantization_config"])
+    config.maybe_update_config(str(path))
+    config.apply_vllm_mapper(WeightsMapper(orig_to_new_prefix={"model.": "language_model.model."}))
+    assert config.fmt.scheme_for("language_model.model.layers.0.mlp.down_proj", MAPPING) is not None
+    with pytest.raises(CheckpointError, match="the checkpoint has no tensors for model.layers.0.mlp.down_proj"):
+        config.fmt.scheme_for("model.layers.0.mlp.down_proj", MAPPING)
 
 
 def test_listed_modules_and_dummy_checkpoints_are_left_alone(tmp_path):

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from ckpt_harness import llama_linears, load_llama_linears
 from vllm_machete_plugin.backends.reference import reference_mm
 from vllm_machete_plugin.testing import build_tiny_checkpoint
 from vllm_machete_plugin.testing.tiny import read_tiny_linears
@@ -24,40 +25,6 @@ CASES = [
     ("compressed-tensors", dict(group_size=128, sym=False, act_order=True)),
     ("compressed-tensors", dict(group_size=-1, sym=False)),
 ]
-
-
-def _layers(qc, dtype, cfg):
-    from vllm.model_executor.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear,
-                                                   RowParallelLinear)
-    h, heads, kv, hd, inter = (cfg["hidden_size"], cfg["num_attention_heads"],
-                               cfg["num_key_value_heads"], cfg["head_dim"], cfg["intermediate_size"])
-    pre = "model.layers.0"
-    kw = dict(bias=False, params_dtype=dtype, quant_config=qc)
-    return {
-        "qkv_proj": QKVParallelLinear(h, hd, heads, kv, prefix=f"{pre}.self_attn.qkv_proj", **kw),
-        "o_proj": RowParallelLinear(heads * hd, h, prefix=f"{pre}.self_attn.o_proj", **kw),
-        "gate_up_proj": MergedColumnParallelLinear(h, [inter, inter], prefix=f"{pre}.mlp.gate_up_proj", **kw),
-        "down_proj": RowParallelLinear(inter, h, prefix=f"{pre}.mlp.down_proj", **kw),
-    }
-
-
-def _load(layers, tensors, skip=()):
-    """What vLLM's Llama load_weights does for these four layers."""
-    shards = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
-              "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
-              "o_proj": ("o_proj", None), "down_proj": ("down_proj", None)}
-    for key, t in tensors.items():
-        if not key.startswith("model.layers.0.") or key in skip:
-            continue
-        module, suffix = key.split(".")[-2:]
-        if module not in shards:
-            continue
-        target, shard = shards[module]
-        param = getattr(layers[target], suffix)
-        if shard is None:
-            param.weight_loader(param, t)
-        else:
-            param.weight_loader(param, t, shard)
 
 
 def _build(tmp_path, fmt, opts, dtype):
@@ -78,8 +45,8 @@ def test_vllm_layers_match_reference(vllm_tp1, tmp_path, monkeypatch, fmt, opts,
     monkeypatch.setenv("VMP_BACKEND", "reference")
     tdtype = getattr(torch, dtype)
     path, cfg, qc, tensors = _build(tmp_path, fmt, opts, dtype)
-    layers = _layers(qc, tdtype, cfg)
-    _load(layers, tensors)
+    layers = llama_linears(qc, cfg, tdtype)
+    load_llama_linears(layers, tensors)
     expected_w = read_tiny_linears(path)
     pre = "model.layers.0"
     parts = {"qkv_proj": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
@@ -103,8 +70,8 @@ def test_missing_tensor_is_reported_with_layer_and_name(vllm_tp1, tmp_path, monk
 
     monkeypatch.setenv("VMP_BACKEND", "reference")
     _, cfg, qc, tensors = _build(tmp_path, "gptq", dict(group_size=128, sym=False), "float16")
-    layers = _layers(qc, torch.float16, cfg)
-    _load(layers, tensors, skip={"model.layers.0.mlp.down_proj.qzeros"})
+    layers = llama_linears(qc, cfg, torch.float16)
+    load_llama_linears(layers, tensors, skip={"model.layers.0.mlp.down_proj.qzeros"})
     with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.down_proj.*qzeros"):
         layers["down_proj"].quant_method.process_weights_after_loading(layers["down_proj"])
 
@@ -114,15 +81,16 @@ def test_no_backend_error_names_layer_and_reasons(vllm_tp1, tmp_path, monkeypatc
 
     monkeypatch.setenv("VMP_DISABLED_BACKENDS", "marlin,machete")
     _, cfg, qc, tensors = _build(tmp_path, "gptq", dict(group_size=128), "float16")
-    layers = _layers(qc, torch.float16, cfg)
-    _load(layers, tensors)
+    layers = llama_linears(qc, cfg, torch.float16)
+    load_llama_linears(layers, tensors)
     with pytest.raises(NoBackendError, match=r"model\.layers\.0\.self_attn\.o_proj.*K=256 N=256"):
         layers["o_proj"].quant_method.process_weights_after_loading(layers["o_proj"])
 
 
 @pytest.mark.parametrize("fmt,opts", [("gptq", dict(group_size=128, sym=True, act_order=True)),
                                       ("awq", dict(group_size=128)),
-                                      ("compressed-tensors", dict(group_size=64, sym=False, act_order=True))])
+                                      ("compressed-tensors", dict(group_size=64, sym=False, act_order=True)),
+                                      ("compressed-tensors", dict(group_size=128, sym=True))])
 def test_dummy_load_format_gives_a_fully_quantized_layer(vllm_tp1, tmp_path, monkeypatch, fmt, opts):
     """load_format="dummy" (no tensors loaded, integer params uninitialised) must still
     give quantized layers that run: the 70B benchmarks depend on it."""
@@ -131,7 +99,7 @@ def test_dummy_load_format_gives_a_fully_quantized_layer(vllm_tp1, tmp_path, mon
     monkeypatch.setenv("VMP_BACKEND", "reference")
     monkeypatch.setattr(vllm_tp1.load_config, "load_format", "dummy")
     _, cfg, qc, _ = _build(tmp_path, fmt, opts, "float16")
-    for name, layer in _layers(qc, torch.float16, cfg).items():
+    for name, layer in llama_linears(qc, cfg, torch.float16).items():
         for p in layer.parameters():
             if not p.dtype.is_floating_point:
                 p.data.copy_(torch.randint(-2**31, 2**31 - 1, p.shape, dtype=torch.int64).to(p.dtype))

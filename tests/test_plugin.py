@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 
+from ckpt_harness import engine_quant_config
 from vllm_machete_plugin import QUANTIZATION_NAME
 from vllm_machete_plugin.testing import build_tiny_checkpoint
 
@@ -54,23 +55,12 @@ def test_kernel_settings_turn_off_vllms_compile_cache(monkeypatch, knob):
     assert os.environ["VLLM_DISABLE_COMPILE_CACHE"] == "1"
 
 
-def _model_and_quant_config(path, quantization, **kw):
-    from vllm.config import VllmConfig
-    from vllm.engine.arg_utils import EngineArgs
-
-    # EngineArgs.__post_init__ loads the general plugins, exactly as `vllm serve` does.
-    ea = EngineArgs(model=str(path), quantization=quantization, load_format="dummy", **kw)
-    mc = ea.create_model_config()
-    # create_engine_config() needs a GPU platform; this is the quant-config step of it.
-    return mc, VllmConfig._get_quantization_config(mc, ea.create_load_config())
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_engine_config_resolves_to_machete(tmp_path, fmt):
     from vllm_machete_plugin.config import MacheteConfig
 
     path = build_tiny_checkpoint(tmp_path / fmt, fmt)
-    mc, qc = _model_and_quant_config(path, QUANTIZATION_NAME)
+    mc, qc = engine_quant_config(path, QUANTIZATION_NAME)
     assert mc.quantization == QUANTIZATION_NAME
     assert isinstance(qc, MacheteConfig)
     assert qc.fmt.name == fmt
@@ -83,7 +73,7 @@ def test_never_claims_without_being_asked(tmp_path, fmt, register_plugin):
     from vllm_machete_plugin.config import MacheteConfig
 
     path = build_tiny_checkpoint(tmp_path / fmt, fmt)
-    mc, qc = _model_and_quant_config(path, None)
+    mc, qc = engine_quant_config(path, None)
     assert mc.quantization != QUANTIZATION_NAME
     assert not isinstance(qc, MacheteConfig)
     assert MacheteConfig.override_quantization_method(qc and mc.hf_config.quantization_config,

@@ -35,8 +35,8 @@ def prepacked_offsets(k: int, n: int, device=None) -> torch.Tensor:
 
 def prepack_ref(codes: torch.Tensor, has_zeros: bool) -> torch.Tensor:
     """uint8 codes [K, N] (0..15) -> int32 [K/8, N] words, bit-identical to
-    vmp::machete_prepack(codes, has_zeros). Without zeros (u4b8) the stored nibble is
-    q - 8 in two's complement (q ^ 8)."""
+    vmp::machete_prepack(codes, has_zeros).view(torch.int32) (the op returns uint32 for
+    has_zeros). Without zeros (u4b8) the stored nibble is q - 8 in two's complement (q ^ 8)."""
     k, n = codes.shape
     q = codes.to(torch.int64) & 0xF
     if not has_zeros:

@@ -85,6 +85,11 @@ std::string schedule_name(const mc::Schedule& s) {
   return name;
 }
 
+// The prepacked weight's dtype records the kind it was packed for, so machete_mm refuses
+// the other kind without reading the GPU: uint32 holds u4 codes q (used with zero points),
+// int32 holds u4b8 codes q-8 (the fakes in backends/machete.py follow the same rule).
+at::ScalarType prepacked_dtype(bool has_zeros) { return has_zeros ? at::kUInt32 : at::kInt; }
+
 at::Tensor machete_prepack(const at::Tensor& codes, bool has_zeros) {
   const char* op = "vmp::machete_prepack";
   VMP_CHECK(codes.is_cuda(), op, ": codes must be a CUDA tensor, got device ", codes.device(),
@@ -100,9 +105,9 @@ at::Tensor machete_prepack(const at::Tensor& codes, bool has_zeros) {
   VMP_CHECK(n % kAlignN == 0 && n > 0 && n <= kMaxDim, op, ": N=", n, " must be a positive multiple of ", kAlignN,
               "; fix: use Marlin or pad N");
   const c10::cuda::CUDAGuard guard(codes.device());
-  at::Tensor out = at::empty({k / 8, n}, codes.options().dtype(at::kInt));
+  at::Tensor out = at::empty({k / 8, n}, codes.options().dtype(prepacked_dtype(has_zeros)));
   check_launch(mc::prepack(codes.data_ptr<uint8_t>(), int(k), int(n), /*to_signed=*/!has_zeros,
-                           reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>()), at::cuda::getCurrentCUDAStream()),
+                           static_cast<uint32_t*>(out.data_ptr()), at::cuda::getCurrentCUDAStream()),
                op);
   return out;
 }
@@ -143,9 +148,14 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
               x.device());
   VMP_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
               ": x must be float16 or bfloat16, got ", x.scalar_type());
-  VMP_CHECK(w.dim() == 2 && w.scalar_type() == at::kInt && w.is_contiguous(), op,
-              ": w must be the int32 [K/8, N] tensor from vmp::machete_prepack, got ", w.scalar_type(), " ",
-              w.sizes());
+  VMP_CHECK(w.dim() == 2 && (w.scalar_type() == at::kInt || w.scalar_type() == at::kUInt32) && w.is_contiguous(),
+              op, ": w must be the int32 or uint32 [K/8, N] tensor from vmp::machete_prepack, got ", w.scalar_type(),
+              " ", w.sizes());
+  VMP_CHECK(w.scalar_type() == prepacked_dtype(zeros.has_value()), op, ": w (", w.scalar_type(), ") was prepacked for ",
+              zeros ? "u4b8 (has_zeros=False: int32 codes q-8)"
+                    : "u4 with zero points (has_zeros=True: uint32 codes q)",
+              ", but the call ", zeros ? "passes" : "passes no", " zeros; fix: prepack the codes with has_zeros=",
+              zeros ? "True" : "False", ", or ", zeros ? "drop" : "pass", " the zeros");
   const int64_t m = x.size(0), k = w.size(0) * 8, n = w.size(1);
   VMP_CHECK(x.size(1) == k, op, ": x has K=", x.size(1), " but w was prepacked for K=", k,
               "; fix: pass activations [M, ", k, "]");

@@ -20,7 +20,8 @@ import torch
 from vllm_machete_plugin import backends, ops
 from vllm_machete_plugin.act_order import sort_by_group
 from vllm_machete_plugin.backends.base import LayerSpec
-from vllm_machete_plugin.backends.machete import ENV_SCHEDULE, MacheteBackend, kernels_built, schedules
+from vllm_machete_plugin.backends.machete import (ENV_SCHEDULE, MacheteBackend, kernels_built, prepacked_dtype,
+                                                  schedules)
 from vllm_machete_plugin.canonical import SYMMETRIC_ZERO, CanonicalW4, dequantize
 from vllm_machete_plugin.machete_layout_ref import prepack_ref
 from gpu_common import DEV, capture_graph, make_weight, spec_for  # noqa: E402
@@ -101,8 +102,8 @@ def run_mm(x, prepared, group, schedule=None):
 def test_prepack_matches_python_reference(k, n, has_zeros):
     codes = torch.randint(0, 16, (k, n), dtype=torch.uint8, device=DEV)
     got = torch.ops.vmp.machete_prepack(codes, has_zeros)
-    assert got.dtype == torch.int32 and got.shape == (k // 8, n)
-    assert torch.equal(got, prepack_ref(codes, has_zeros))
+    assert got.dtype == prepacked_dtype(has_zeros) and got.shape == (k // 8, n)
+    assert torch.equal(got.view(torch.int32), prepack_ref(codes, has_zeros))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -221,6 +222,27 @@ def test_bad_inputs_have_clear_errors():
             run_mm(x, p384, 128, tile)
     with pytest.raises(RuntimeError, match="multiple of 128"):
         torch.ops.vmp.machete_prepack(torch.zeros(64, 96, dtype=torch.uint8, device=DEV), False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_of_the_other_kind_is_refused(dtype):
+    """A weight prepacked for u4b8 (int32, codes q-8) called with zero points, or for u4
+    (uint32, codes q) called without, would be 8 codes off everywhere: the op refuses it from
+    the weight's dtype, eagerly and (through the fake) when torch.compile traces it."""
+    k, n = 256, 256
+    sym, asym = make_weight(k, n, 128, False, dtype), make_weight(k, n, 128, True, dtype)
+    ps, pa = MacheteBackend.prepare(spec_for(sym, dtype), sym), MacheteBackend.prepare(spec_for(asym, dtype), asym)
+    assert ps["w"].dtype == torch.int32 and pa["w"].dtype == torch.uint32
+    x = torch.randn(4, k, dtype=dtype, device=DEV)
+    for schedule in (None, "64x8", "128x16"):
+        with pytest.raises(RuntimeError, match=r"w \(Int\) was prepacked for u4b8.*but the call passes zeros"):
+            torch.ops.vmp.machete_mm(x, ps["w"], pa["scales"], pa["zeros"], 128, schedule, ps["locks"])
+        with pytest.raises(RuntimeError, match=r"w \(UInt32\) was prepacked for u4 with zero points.*passes no zeros"):
+            torch.ops.vmp.machete_mm(x, pa["w"], ps["scales"], None, 128, schedule, pa["locks"])
+    compiled = torch.compile(lambda x, w, s, z: torch.ops.vmp.machete_mm(x, w, s, z, 128, None), fullgraph=True)
+    with pytest.raises(Exception, match=r"prepacked for u4b8.*but the call passes zeros"):
+        compiled(x, ps["w"], pa["scales"], pa["zeros"])
+    assert_close(compiled(x, pa["w"], pa["scales"], pa["zeros"]), x, asym)
 
 
 # ---- serving contract ---------------------------------------------------------------

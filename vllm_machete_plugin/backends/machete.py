@@ -2,7 +2,9 @@
 collective (kernels/machete/, extension vllm_machete_plugin._machete_C).
 
 prepare(): codes -> vmp::machete_prepack (GPU, layout of kernels/machete/machete_layout.cuh;
-u4b8 codes are stored as signed q-8), scales [G, N] in the act dtype, zero points
+u4b8 codes are stored as signed q-8 in an int32 tensor, u4 codes as q in a uint32 tensor, so
+vmp::machete_mm refuses a weight prepacked for the other kind: the dtype is its record of the
+kind, checked without reading the GPU), scales [G, N] in the act dtype, zero points
 pre-multiplied as -s*z in the act dtype, so the mainloop dequantizes with one FMA
 (q*s + z'), and a zeroed int32 lock buffer for the small-M kernel's cross-block reduction
 (it is back to zero after every call). apply(): vmp::machete_mm with the schedule from
@@ -92,16 +94,38 @@ class MacheteBackend(Backend):
                                         forced_schedule(), weights.get("locks"))
 
 
+def prepacked_dtype(has_zeros: bool) -> torch.dtype:
+    """The dtype of vmp::machete_prepack's output, which records the kind it was packed for:
+    uint32 holds u4 codes q (used with zero points), int32 u4b8 codes q-8."""
+    return torch.uint32 if has_zeros else torch.int32
+
+
+def check_weight_kind(w: torch.Tensor, has_zeros: bool) -> None:
+    """What vmp::machete_mm checks (machete_bindings.cpp), for tracing: a weight prepacked for
+    one kind read as the other would be off by 8 codes, silently."""
+    kinds = {torch.int32: "u4b8 (has_zeros=False: int32 codes q-8)",
+             torch.uint32: "u4 with zero points (has_zeros=True: uint32 codes q)"}
+    if w.dtype not in kinds:
+        raise RuntimeError(f"vmp::machete_mm: w must be the int32 or uint32 [K/8, N] tensor from "
+                           f"vmp::machete_prepack, got {w.dtype}")
+    if w.dtype != prepacked_dtype(has_zeros):
+        raise RuntimeError(
+            f"vmp::machete_mm: w ({w.dtype}) was prepacked for {kinds[w.dtype]}, but the call "
+            f"{'passes' if has_zeros else 'passes no'} zeros; fix: prepack the codes with "
+            f"has_zeros={has_zeros}, or {'drop' if has_zeros else 'pass'} the zeros")
+
+
 # Fakes for torch.compile / CUDA-graph tracing (registered by ops._load when the op exists).
 @ops.fake_impl("machete_prepack")
 def _prepack_fake(codes: torch.Tensor, has_zeros: bool) -> torch.Tensor:
-    return codes.new_empty((codes.shape[0] // 8, codes.shape[1]), dtype=torch.int32)
+    return codes.new_empty((codes.shape[0] // 8, codes.shape[1]), dtype=prepacked_dtype(has_zeros))
 
 
 @ops.fake_impl("machete_mm")
 def _mm_fake(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
              group_size: int, schedule: Optional[str] = None,
              locks: Optional[torch.Tensor] = None) -> torch.Tensor:
+    check_weight_kind(w, zeros is not None)
     return x.new_empty((x.shape[0], w.shape[1]))
 
 

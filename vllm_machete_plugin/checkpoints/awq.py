@@ -76,6 +76,9 @@ class AWQFormat(CheckpointFormat):
         qweight = P.read(layer, "qweight", part, (k, n // 8), P.INT32, where, QWEIGHT)
         qzeros = P.read(layer, "qzeros", part, (g, n // 8), P.INT32, where, QZEROS)
         scales = P.read(layer, "scales", part, (g, n), P.FLOAT_DTYPES, where, SCALES)
+        checks = P.Checks()
+        P.check_finite(checks, scales, "scales", part, where, SCALES, n_dim=1)
+        checks.run()
         return CanonicalW4(codes=unpack_int4(qweight, dim=1, order=AWQ_ORDER), scales=scales,
                            zeros=unpack_int4(qzeros, dim=1, order=AWQ_ORDER),
                            group_size=part.group_size(scheme)).validate(where)

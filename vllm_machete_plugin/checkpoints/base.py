@@ -8,11 +8,14 @@ builder and by round-trip tests)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Optional
 
 import torch
 
 from ..canonical import CanonicalW4
+
+if TYPE_CHECKING:
+    from .naming import CheckpointModules
 
 
 class CheckpointError(ValueError):
@@ -55,6 +58,9 @@ class CheckpointFormat:
     """One instance per model, built from the raw quantization_config dict. Must be
     picklable (it travels inside vLLM's config to engine and worker processes)."""
     name: ClassVar[str]              # the quant_method in config.json
+    # The checkpoint's modules, when a scan of its headers decides which layers are
+    # quantized (observe_checkpoint); every layer's modules must then be in it.
+    scanned: Optional["CheckpointModules"] = None
 
     def __init__(self, raw: dict):
         raise NotImplementedError
@@ -62,9 +68,12 @@ class CheckpointFormat:
     def scheme_for(self, prefix: str, packed_modules_mapping: Mapping[str, list[str]]) -> Optional[LayerScheme]:
         """The scheme for the linear layer at `prefix` (vLLM module name), or None when
         the checkpoint leaves it unquantized. Fused layers (qkv_proj, gate_up_proj) are
-        expanded through packed_modules_mapping; shards that disagree raise CheckpointError."""
+        expanded through packed_modules_mapping; shards that disagree raise CheckpointError,
+        and so do shards missing from a scanned checkpoint."""
         from .naming import same_for_all_shards, shard_names
         names = shard_names(prefix, packed_modules_mapping)
+        if self.scanned is not None:
+            self.scanned.check_present(prefix, names)
         return same_for_all_shards(prefix, names, [self._scheme_of_module(n) for n in names])
 
     def needs_checkpoint_scan(self) -> bool:
@@ -72,9 +81,15 @@ class CheckpointFormat:
         observe_checkpoint should be called (reading safetensors headers)."""
         return False
 
-    def observe_checkpoint(self, quantized_modules: set[str]) -> None:
-        """Called once with the names of the checkpoint's modules that store integer
-        tensors (from the safetensors headers; empty for dummy weights)."""
+    def observe_checkpoint(self, modules: "CheckpointModules") -> None:
+        """Called once with the checkpoint's modules (from the safetensors headers) when
+        needs_checkpoint_scan(); not called when there are none (dummy weights)."""
+
+    def apply_vllm_mapper(self, hf_to_vllm_mapper) -> None:
+        """vLLM's model renames checkpoint modules (WeightsMapper): rename what the scan
+        learned, so it is compared with vLLM's layer names."""
+        if self.scanned is not None:
+            self.scanned = self.scanned.mapped(hf_to_vllm_mapper)
 
     def _scheme_of_module(self, name: str) -> Optional[LayerScheme]:
         """The scheme of one checkpoint module (an unfused name like ...q_proj), or None."""

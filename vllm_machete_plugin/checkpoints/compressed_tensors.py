@@ -77,6 +77,35 @@ def _parse_group(group_name: str, group, global_format: Optional[str]) -> LayerS
                        act_order=actorder in _ACTORDER_GROUP and strategy == "group")
 
 
+def _check_symmetric_zero_points(checks: P.Checks, zp: torch.Tensor, where: str) -> None:
+    """symmetric: true with a weight_zero_point in the checkpoint: fine only when every zero
+    point is 0 (stored as SYMMETRIC_ZERO), else the weights were quantized asymmetrically."""
+    stored = unpack_int4(zp, dim=0)
+
+    def fail() -> None:
+        found = sorted((torch.unique(stored).to(torch.int64) - SYMMETRIC_ZERO).tolist())
+        raise CheckpointError(
+            f"{where}: quantization_config says symmetric: true, but the checkpoint has "
+            f"'weight_zero_point' ({ZERO_POINT}) of shape {tuple(zp.shape)} holding zero points "
+            f"{found} (symmetric weights have none, or all 0). The weights "
+            f"were quantized asymmetrically. Fix: set symmetric: false in the config_groups entry of "
+            f"quantization_config that targets this layer.")
+    checks.add((stored == SYMMETRIC_ZERO).all(), fail)
+
+
+def _check_weight_shape(checks: P.Checks, shape: torch.Tensor, part: Partition, where: str) -> None:
+    """weight_shape [N, K] against the layer. A fused layer keeps the last shard's
+    weight_shape: only K is comparable there."""
+    want = [part.n_full, part.k_full]
+
+    def fail() -> None:
+        raise CheckpointError(f"{where}: weight_shape is {shape.tolist()}, but the layer is [N, K] = {want}.")
+    ok = shape[1] == want[1]
+    if len(part.output_sizes) == 1:
+        ok = ok & (shape[0] == want[0])
+    checks.add(ok, fail)
+
+
 class CompressedTensorsFormat(CheckpointFormat):
     name = "compressed-tensors"
 
@@ -136,7 +165,10 @@ class CompressedTensorsFormat(CheckpointFormat):
         else:
             P.add_param(layer, "weight_scale", "GroupQuantScaleParameter", scale, weight_loader,
                         dtypes=P.FLOAT_DTYPES, layout=SCALE, output_dim=0, input_dim=1)
-        if not scheme.sym:
+        # symmetric: true has no zero points; the parameter still receives any the checkpoint
+        # has, so that to_canonical can name the mismatch (vLLM's loader would only say that
+        # the model has no such parameter). Its shape needs every shard's N % 8 == 0.
+        if not scheme.sym or not any(s % 8 for s in part.output_sizes):
             zp = torch.empty(n // 8, g, dtype=torch.int32)
             if replicated:
                 P.add_param(layer, "weight_zero_point", "PackedColumnParameter", zp, weight_loader,
@@ -156,26 +188,39 @@ class CompressedTensorsFormat(CheckpointFormat):
                      where: str) -> CanonicalW4:
         P.check_partition(scheme, part, where, packed_k=True, packed_n=not scheme.sym)
         g, k, n = P.num_groups(scheme, part), part.k, part.n
+        checks = P.Checks()
         packed = P.read(layer, "weight_packed", part, (n, k // 8), P.INT32, where, PACKED)
         scale = P.read(layer, "weight_scale", part, (n, g), P.FLOAT_DTYPES, where, SCALE)
+        P.check_finite(checks, scale, "weight_scale", part, where, SCALE, n_dim=0)
         zeros = None
         if not scheme.sym:
             fix = "Fix: symmetric: false needs weight_zero_point; check the config's 'symmetric'."
             zp = P.read(layer, "weight_zero_point", part, (n // 8, g), P.INT32, where, ZERO_POINT, fix)
             zeros = unpack_int4(zp, dim=0).t().contiguous()
+        else:
+            zp = P.read_optional(layer, "weight_zero_point", part, (n // 8, g), P.INT32, where, ZERO_POINT)
+            if zp is not None:
+                _check_symmetric_zero_points(checks, zp, where)
         g_idx = None
         if scheme.act_order:
             fix = "Fix: actorder: group needs weight_g_idx; use actorder: weight if it has none."
             g_idx = P.read(layer, "weight_g_idx", part, (k,), P.INDEX_DTYPES, where, G_IDX, fix).to(torch.int32)
-            P.check_group_ids(g_idx, g, where, "weight_g_idx")
+            P.check_group_ids(checks, g_idx, g, where, "weight_g_idx")
         shape = P.read_optional(layer, "weight_shape", part, (2,), P.INDEX_DTYPES, where, SHAPE)
         if shape is not None:
-            got, want = shape.tolist(), [part.n_full, part.k_full]
-            # A fused layer keeps the last shard's weight_shape: only K is comparable there.
-            if got[1] != want[1] or (len(part.output_sizes) == 1 and got[0] != want[0]):
-                raise CheckpointError(f"{where}: weight_shape is {got}, but the layer is [N, K] = {want}.")
+            _check_weight_shape(checks, shape, part, where)
+        checks.run()
         return CanonicalW4(codes=unpack_int4(packed, dim=1).t().contiguous(), scales=scale.t().contiguous(),
                            zeros=zeros, group_size=part.group_size(scheme), g_idx=g_idx).validate(where)
+
+    @torch.no_grad()
+    def fill_dummy(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
+                   names: tuple[str, ...]) -> None:
+        """As the base, but a symmetric layer's weight_zero_point stays unloaded (a symmetric
+        checkpoint has none; create_weights registers it only to catch one)."""
+        super().fill_dummy(layer, scheme, part, names)
+        if scheme.sym and "weight_zero_point" in names:
+            layer.weight_zero_point.vmp_loaded.clear()
 
     @staticmethod
     def pack(w: CanonicalW4, scheme: LayerScheme) -> dict[str, torch.Tensor]:

@@ -7,9 +7,12 @@ On disk, per linear layer (K = in_features, N = out_features, G = K / group_size
   scales  fp16  [G, N]
   g_idx   int32 [K]       group of every input row (k // group_size unless desc_act)
 sym=true checkpoints still carry qzeros (all 8 after the v1 correction); we check and drop them.
+A v1 checkpoint labelled gptq_v2 stores 7 where it means 8, so every weight would be one zero
+step off: stored zero points that are all 7 under gptq_v2 get a warning naming the fix.
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Callable, Optional
 
@@ -18,8 +21,9 @@ import torch
 from ..canonical import SYMMETRIC_ZERO, CanonicalW4, pack_int4, unpack_int4
 from . import params as P
 from .base import CheckpointError, CheckpointFormat, LayerScheme, Partition
-from .naming import is_lm_head
+from .naming import CheckpointModules, is_lm_head
 
+logger = logging.getLogger(f"vllm.{__name__}")  # under "vllm" so vLLM's log handler shows it
 _CHECKPOINT_FORMATS = {"gptq": 1, "gptq_v2": 2}
 _OVERRIDABLE = ("bits", "group_size", "sym", "desc_act")
 
@@ -53,6 +57,7 @@ class GPTQFormat(CheckpointFormat):
                 f"{where}: checkpoint_format={fmt!r} is not supported; supported: "
                 f"{sorted(_CHECKPOINT_FORMATS)} (gptq = v1 zero points stored as z-1, gptq_v2 = z).")
         self.version = _CHECKPOINT_FORMATS[fmt]
+        self._warned_v1_under_v2 = False
         pack_dtype = raw.get("pack_dtype", "int32")
         if pack_dtype != "int32":
             raise CheckpointError(f"{where}: pack_dtype={pack_dtype!r} is not supported; only int32 packing.")
@@ -75,10 +80,16 @@ class GPTQFormat(CheckpointFormat):
         # fp16 with nothing in the config saying so.
         return not self.modules_in_block
 
-    def observe_checkpoint(self, quantized_modules: set[str]) -> None:
-        # Quantize exactly the modules with integer tensors.
-        if not self.modules_in_block and quantized_modules:
-            self.modules_in_block = sorted(quantized_modules)
+    def observe_checkpoint(self, modules: CheckpointModules) -> None:
+        # Quantize exactly the modules with integer tensors; a module with neither those nor
+        # a .weight is then missing, not unquantized (scheme_for refuses it).
+        if not self.modules_in_block and modules.quantized:
+            self.modules_in_block = sorted(modules.quantized)
+            self.scanned = modules
+
+    def apply_vllm_mapper(self, hf_to_vllm_mapper) -> None:
+        super().apply_vllm_mapper(hf_to_vllm_mapper)
+        self.modules_in_block = hf_to_vllm_mapper.apply_list(self.modules_in_block)
 
     @staticmethod
     def _scheme(bits: int, group_size: int, sym: bool, desc_act: bool) -> LayerScheme:
@@ -122,35 +133,65 @@ class GPTQFormat(CheckpointFormat):
                      where: str) -> CanonicalW4:
         P.check_partition(scheme, part, where, packed_k=True, packed_n=True)
         g, k, n = P.num_groups(scheme, part), part.k, part.n
+        checks = P.Checks()
         codes = unpack_int4(P.read(layer, "qweight", part, (k // 8, n), P.INT32, where, QWEIGHT), dim=0)
         scales = P.read(layer, "scales", part, (g, n), P.FLOAT_DTYPES, where, SCALES)
+        P.check_finite(checks, scales, "scales", part, where, SCALES, n_dim=1)
         qzeros = (P.read(layer, "qzeros", part, (g, n // 8), P.INT32, where, QZEROS) if not scheme.sym
                   else P.read_optional(layer, "qzeros", part, (g, n // 8), P.INT32, where, QZEROS))
-        zeros = None
-        if qzeros is not None:
-            zeros = unpack_int4(qzeros, dim=1)
-            if self.version == 1:
-                zeros = (zeros + 1) & 0xF
-            if scheme.sym:
-                if not bool((zeros == SYMMETRIC_ZERO).all()):
-                    found = sorted(torch.unique(zeros).tolist())
-                    raise CheckpointError(
-                        f"{where}: quantization_config says sym=true, but 'qzeros' hold zero points "
-                        f"{found} (expected all {SYMMETRIC_ZERO}). The checkpoint is asymmetric, or its "
-                        f"checkpoint_format is wrong (gptq/v1 stores z-1, gptq_v2 stores z).")
-                zeros = None
+        zeros = None if qzeros is None else self._zero_points(checks, unpack_int4(qzeros, dim=1), scheme, where)
         group_size = part.group_size(scheme)
         g_idx = None
         if scheme.act_order:
             fix = "Fix: the checkpoint needs g_idx when desc_act=true; re-export it or set desc_act=false."
             g_idx = P.read(layer, "g_idx", part, (k,), P.INDEX_DTYPES, where, G_IDX, fix).to(torch.int32)
-            P.check_group_ids(g_idx, g, where, "g_idx")
+            P.check_group_ids(checks, g_idx, g, where, "g_idx")
         else:
             stored = P.read_optional(layer, "g_idx", part, (k,), P.INDEX_DTYPES, where, G_IDX)
             if stored is not None:
-                P.check_trivial_g_idx(stored, group_size, where, "g_idx")
+                P.check_trivial_g_idx(checks, stored, group_size, where, "g_idx")
+        checks.run()
         return CanonicalW4(codes=codes, scales=scales, zeros=zeros, group_size=group_size,
                            g_idx=g_idx).validate(where)
+
+    def _zero_points(self, checks: P.Checks, stored: torch.Tensor, scheme: LayerScheme,
+                     where: str) -> Optional[torch.Tensor]:
+        """The true zero points from the stored ones (uint8 [G, N]), or None for sym=true,
+        whose stored zero points must all encode 8 (queued on `checks`). Under gptq_v2, stored
+        zero points that are all 7, the v1 encoding of 8, get a warning (_warn_v1_under_v2)."""
+        zeros = (stored + 1) & 0xF if self.version == 1 else stored
+        v1_encoded = None
+        if self.version == 2:
+            v1_encoded = (stored == SYMMETRIC_ZERO - 1).all()
+            checks.add(~v1_encoded, lambda: self._warn_v1_under_v2(where, scheme.sym))
+        if not scheme.sym:
+            return zeros
+
+        def fail() -> None:
+            found = sorted(torch.unique(zeros).tolist())
+            raise CheckpointError(
+                f"{where}: quantization_config says sym=true, but 'qzeros' hold zero points "
+                f"{found} (expected all {SYMMETRIC_ZERO}). The checkpoint is asymmetric, or its "
+                f"checkpoint_format is wrong (gptq/v1 stores z-1, gptq_v2 stores z).")
+        symmetric = (zeros == SYMMETRIC_ZERO).all()
+        checks.add(symmetric if v1_encoded is None else symmetric | v1_encoded, fail)
+        return None
+
+    def _warn_v1_under_v2(self, where: str, sym: bool) -> None:
+        """Once per model and process: the checkpoint looks like v1 under a gptq_v2 label."""
+        if self._warned_v1_under_v2:
+            return
+        self._warned_v1_under_v2 = True
+        effect = ("sym=true, so the zero points are not used and this model is served right, but "
+                  "other tools will read it one zero step off" if sym else
+                  "the zero points are read as 7, as gptq_v2 says; if this is a v1 checkpoint, every "
+                  "weight of such a layer is off by one zero step (one scale)")
+        logger.warning(
+            "vllm-machete-plugin: %s: checkpoint_format is gptq_v2, but every stored zero point in "
+            "'qzeros' is %d, the gptq (v1) encoding of the symmetric zero point %d: this looks like a v1 "
+            "checkpoint labelled gptq_v2 (first such layer; not repeated). %s. Fix: set checkpoint_format "
+            "to \"gptq\" in quantization_config, or remove it.", where, SYMMETRIC_ZERO - 1, SYMMETRIC_ZERO,
+            effect)
 
     @torch.no_grad()
     def fill_dummy(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,

@@ -3,7 +3,8 @@
 - vLLM parameters whose weight_loader is wrapped to track what was loaded (vLLM does not
   report parameters the checkpoint never filled), to reject wrong dtypes before vLLM's
   silent copy_ converts them, and to turn vLLM's bare shape asserts into CheckpointErrors,
-- validated reads of the loaded tensors for to_canonical.
+- validated reads of the loaded tensors for to_canonical, and value checks of them that
+  cost one host synchronisation per layer (Checks).
 vLLM is imported lazily so that packing/unpacking works without it."""
 from __future__ import annotations
 
@@ -214,21 +215,66 @@ def read_optional(layer: torch.nn.Module, name: str, part: Partition, shape: tup
     return read(layer, name, part, shape, dtypes, where, layout)
 
 
-def check_group_ids(g_idx: torch.Tensor, groups: int, where: str, name: str) -> None:
-    bad = (g_idx < 0) | (g_idx >= groups)
-    if bool(bad.any()):
+# ---- value checks: one host synchronisation per layer ----------------------------
+
+class Checks:
+    """Value checks of one layer's loaded tensors. Each check is a 0-d bool reduction on the
+    tensors' device; run() reads them all back with one host synchronisation, however many
+    checks the format adds. A failed check's handler runs only then (it raises its
+    CheckpointError, or warns), so the error path may read tensors freely."""
+
+    def __init__(self) -> None:
+        self._checks: list[tuple[torch.Tensor, Callable[[], None]]] = []
+
+    def add(self, ok: torch.Tensor, on_failure: Callable[[], None]) -> None:
+        self._checks.append((ok, on_failure))
+
+    def run(self) -> None:
+        if not self._checks:
+            return
+        passed = torch.stack([ok for ok, _ in self._checks]).tolist()  # the one synchronisation
+        for ok, (_, on_failure) in zip(passed, self._checks):
+            if not ok:
+                on_failure()
+
+
+def check_finite(checks: Checks, t: torch.Tensor, name: str, part: Partition, where: str, layout: str,
+                 n_dim: int) -> None:
+    """Scales must be finite: one NaN/Inf scale makes every output of its column NaN/Inf.
+    n_dim: the dimension of `t` along N (names the fused shard in the error)."""
+    def fail() -> None:
+        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        first = [int(i) for i in (~torch.isfinite(t)).nonzero()[0]]
+        shard = ""
+        if len(part.output_sizes) > 1:
+            ends = torch.tensor(part.output_sizes).cumsum(0)
+            shard = (f", in shard {int((ends <= first[n_dim]).sum())} (from 0) of the "
+                     f"{len(part.output_sizes)} this layer fuses")
+        raise CheckpointError(
+            f"{where}: checkpoint tensor '{name}' ({layout}) of shape {tuple(t.shape)} holds {nan} NaN and "
+            f"{inf} Inf values (first at index {first}{shard}); the layer would output NaN/Inf. The "
+            f"checkpoint file is corrupt or its quantization diverged. Fix: re-download the checkpoint, "
+            f"or re-quantize the model.")
+    checks.add(torch.isfinite(t).all(), fail)
+
+
+def check_group_ids(checks: Checks, g_idx: torch.Tensor, groups: int, where: str, name: str) -> None:
+    def fail() -> None:
+        bad = (g_idx < 0) | (g_idx >= groups)
         raise CheckpointError(f"{where}: '{name}' holds group ids outside 0..{groups - 1} "
                               f"(e.g. {int(g_idx[bad][0])}); it does not match group_size.")
+    checks.add(((g_idx >= 0) & (g_idx < groups)).all(), fail)
 
 
-def check_trivial_g_idx(g_idx: torch.Tensor, group_size: int, where: str, name: str) -> None:
+def check_trivial_g_idx(checks: Checks, g_idx: torch.Tensor, group_size: int, where: str, name: str) -> None:
     """Without act-order, row k of this partition must be in group (offset + k) // group_size."""
-    k = torch.arange(g_idx.numel(), device=g_idx.device)
-    if not bool(((g_idx.to(torch.int64) - g_idx[0].to(torch.int64)) == k // group_size).all()):
+    def fail() -> None:
         raise CheckpointError(
             f"{where}: '{name}' is not k // group_size although the config has no act-order; "
             f"the checkpoint looks act-ordered. Fix: set desc_act=true (GPTQ) or actorder: group "
             f"(compressed-tensors) in quantization_config.")
+    k = torch.arange(g_idx.numel(), device=g_idx.device)
+    checks.add(((g_idx.to(torch.int64) - g_idx[0].to(torch.int64)) == k // group_size).all(), fail)
 
 
 def check_pack(w: CanonicalW4, scheme: LayerScheme) -> None:
