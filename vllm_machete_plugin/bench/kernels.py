@@ -218,10 +218,10 @@ def implementations(n: int, k: int, weights: list[CanonicalW4], vk: Optional[Vll
 
 
 def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optional[VllmKernels],
-                ours: list, check: bool) -> list[dict]:
+                ours: list, check: bool, peers: Optional[list[str]] = None) -> list[dict]:
     w4_bytes = n * k // 2 + (k // GROUP) * n * 2
     weights = [random_weight(n, k) for _ in range(copies_for(w4_bytes))]
-    impls = implementations(n, k, weights, vk, [f"{b.name}_us" for b in ours] + VLLM_COLS)
+    impls = implementations(n, k, weights, vk, [f"{b.name}_us" for b in ours] + (VLLM_COLS if peers is None else peers))
     if "vllm_humming_us" in impls:  # JIT-compile Humming's kernels for every M before any timing
         for m in m_values:
             impls["vllm_humming_us"][0](torch.zeros(m, k, device="cuda", dtype=torch.float16))
@@ -332,6 +332,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--m", default=",".join(map(str, M_VALUES)), help="comma-separated M values")
     ap.add_argument("--layers", default=",".join(LAYERS), help=f"comma-separated subset of {list(LAYERS)}")
     ap.add_argument("--backends", default="", help="comma-separated subset of our backends (default: all usable)")
+    ap.add_argument("--peers", default=",".join(c.removesuffix("_us") for c in VLLM_COLS),
+                    help="comma-separated subset of vLLM's kernels to time, or 'none' (fp16 always runs: it is the check)")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness check before timing")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -348,10 +350,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"[bench] {torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e9:.0f} GB/s; "
           f"ours: {[b.name for b in ours]}")
     m_values = [int(s) for s in args.m.split(",") if s]
+    peers = [f"{c}_us" for c in args.peers.split(",") if c and c != "none"]
+    if set(peers) - set(VLLM_COLS):
+        raise SystemExit(f"unknown --peers {sorted(set(peers) - set(VLLM_COLS))}; choose from {VLLM_COLS}")
     rows = []
     for name in [s for s in args.layers.split(",") if s]:
         n, k = LAYERS[name]
-        rows += bench_layer(name, n, k, m_values, bandwidth, vk, ours, not args.no_check)
+        rows += bench_layer(name, n, k, m_values, bandwidth, vk, ours, not args.no_check, peers)
         torch.cuda.empty_cache()
 
     cols = ["floor_us", "fp16_us"] + VLLM_COLS + [f"{b.name}_us" for b in ours]
