@@ -47,6 +47,7 @@ constexpr int kGroupRowBytes = kTileN * 2;
 constexpr int kGroupRowChunks = kGroupRowBytes / 16;
 constexpr int kGroupBytes = kMaxGroupRows * kGroupRowBytes;
 constexpr int kRedStride = kTileN + 8;  // floats; the pad spreads rows over the banks
+constexpr int kRedBatch = 4;            // output items per thread whose partials load together
 
 // Blocks per SM the launch bounds ask for: 2 for the smallest M tile (memory-bound,
 // few registers), so 16 warps hide latency; 1 otherwise.
@@ -264,16 +265,24 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
                           static_cast<size_t>((q.kt * kTileK) >> p.group_shift) * p.n_pad + q.nt * kTileN
                     : nullptr;
   };
-  auto load_tile = [&](uint32_t stage_base) {
-    // Rows >= m are not loaded: they only feed accumulator rows >= m, never written out.
-#pragma unroll
-    for (int i = 0; i < MB; ++i)
-      if (i < ld.a_rows)
-        cp_async16(stage_base + a_dst + i * 16 * kARowBytes, ld.x + static_cast<size_t>(16 * i) * p.k_pad, true);
-#pragma unroll
-    for (int i = 0; i < kWCopies; ++i)
+  // A tile is kCopies 16-byte copies per thread: MB activation rows, kWCopies weight
+  // chunks, one group chunk. copy(stage, c) issues copy c of the loader's tile.
+  constexpr int kCopies = MB + kWCopies + 1;
+  auto copy = [&](uint32_t stage_base, int c) {
+    if (c < MB) {
+      // Rows >= m are not loaded: they only feed accumulator rows >= m, never written out.
+      if (c < ld.a_rows)
+        cp_async16(stage_base + a_dst + c * 16 * kARowBytes, ld.x + static_cast<size_t>(16 * c) * p.k_pad, true);
+    } else if (c < MB + kWCopies) {
+      const int i = c - MB;
       cp_async16(stage_base + a_bytes(MB) + (tid + i * kThreads) * 16, ld.w + i * p.n_pad, true);
-    if (g_active) cp_async16(stage_base + g_dst, ld.g, true);
+    } else if (g_active) {
+      cp_async16(stage_base + g_dst, ld.g, true);
+    }
+  };
+  auto load_tile = [&](uint32_t stage_base) {
+#pragma unroll
+    for (int c = 0; c < kCopies; ++c) copy(stage_base, c);
   };
   auto loader_next = [&]() {
     if (++ld.q.kt < k_tiles) {
@@ -353,11 +362,36 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   // Pipeline: all `stages` stages are filled up front; afterwards, while a warp works on
   // stage r, the next stages-1 units are in flight. The one barrier per unit sits before
   // the unit's last k16 step: by then every read of stage r has been issued, so stage r is
-  // refilled right after it, and the fragments of the next unit's first step are fetched
-  // while the last step's MMAs run.
+  // refilled from there on, and the fragments of the next unit's first step are fetched
+  // while the last step's MMAs run. The refill is one commit group, spread over phases so
+  // that the copies do not arrive at the LSU all at once, right after the barrier, from
+  // every warp (the profile at M=64: warps stalled on reusing the copies' address
+  // registers): phase 0 right after the barrier, phase f >= 1 in step f-1 of the next unit,
+  // copy c in phase c % kFillPhases. The group is committed before the next barrier's wait,
+  // so the wait counts are those of a refill issued at once. M tiles of one 16-row block
+  // (memory-bound, the earliest issue matters most) refill in phase 0 only.
+  constexpr int kFillPhases = MB > 1 ? kWarpSteps : 1;
+  int loaded = u_begin;     // units whose copies are issued
+  uint32_t fill_st = 0;     // stage being refilled
+  bool fill_open = false;   // a refill's group is not yet committed
+  bool filling = false;     // ... and it loads a unit (else the group stays empty)
+  auto fill_phase = [&](int f) {
+    if (!fill_open) return;
+    if (filling) {
+#pragma unroll
+      for (int c = f; c < kCopies; c += kFillPhases) copy(fill_st, c);
+    }
+    if (f == kFillPhases - 1) {
+      if (filling) {
+        loader_next();
+        ++loaded;
+      }
+      cp_async_commit();
+      fill_open = false;
+    }
+  };
   const uint32_t smem_end = smem0 + stages * stage_sz;
   seek(pos_of(u_begin));
-  int loaded = u_begin;
   for (int s = 0; s < stages; ++s) {
     if (loaded < u_end) {
       load_tile(smem0 + s * stage_sz);
@@ -386,16 +420,15 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
         if (s == 1 && two_groups_per_warp) load_group(st + g_rd2);
         if (s + 1 < kWarpSteps) {
           load_frags(st, s + 1, (s + 1) & 1);
+          if (s + 1 < kFillPhases) fill_phase(s + 1);
         } else {
           // Next unit's stage complete and visible; every read of this stage issued.
           cp_async_wait_dyn(stages - 2);
           __syncthreads();
-          if (loaded < u_end) {
-            load_tile(st);
-            loader_next();
-            ++loaded;
-          }
-          cp_async_commit();
+          fill_st = st;
+          fill_open = true;
+          filling = loaded < u_end;
+          fill_phase(0);
           st += stage_sz;
           if (st == smem_end) st = smem0;
           if (u + 1 < u_end) {
@@ -491,26 +524,39 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
       if (reduce_here) {
         T* out = static_cast<T*>(p.out);
         const bool vec_out = (p.n & 3) == 0;
-        for (int i = tid; i < items; i += kThreads) {
-          const int r = i / (kTileN / 4), c4 = (i % (kTileN / 4)) * 4;
-          float4 v;
-          if (split) {
-            v = make_float4(0.f, 0.f, 0.f, 0.f);
-            for (int b = first_block; b <= last_block; ++b) {
-              const float4 o = __ldcg(reinterpret_cast<const float4*>(slot(b) + r * kTileN + c4));
-              v.x += o.x; v.y += o.y; v.z += o.z; v.w += o.w;
-            }
-          } else {
-            v = *reinterpret_cast<const float4*>(red + r * kRedStride + c4);
+        // kRedBatch items per thread at a time, so a partial's loads from L2 are in
+        // flight together rather than one round trip per item.
+        for (int i0 = tid; i0 < items; i0 += kRedBatch * kThreads) {
+          float4 v[kRedBatch];
+#pragma unroll
+          for (int j = 0; j < kRedBatch; ++j) {
+            const int i = i0 + j * kThreads, r = i / (kTileN / 4), c4 = (i % (kTileN / 4)) * 4;
+            v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (!split && i < items) v[j] = *reinterpret_cast<const float4*>(red + r * kRedStride + c4);
           }
-          const int col = cp.nt * kTileN + c4;
-          if (col >= p.n) continue;
-          T* dst = out + static_cast<size_t>(row0 + r) * p.n + col;
-          if (vec_out) {
-            *reinterpret_cast<uint2*>(dst) = make_uint2(O::pack2(v.x, v.y), O::pack2(v.z, v.w));
-          } else {
-            const float vals[4] = {v.x, v.y, v.z, v.w};
-            for (int e = 0; e < 4 && col + e < p.n; ++e) dst[e] = O::from_float(vals[e]);
+          for (int b = first_block; split && b <= last_block; ++b) {
+            const float* part = slot(b);
+#pragma unroll
+            for (int j = 0; j < kRedBatch; ++j) {
+              const int i = i0 + j * kThreads, r = i / (kTileN / 4), c4 = (i % (kTileN / 4)) * 4;
+              if (i < items) {
+                const float4 o = __ldcg(reinterpret_cast<const float4*>(part + r * kTileN + c4));
+                v[j].x += o.x; v[j].y += o.y; v[j].z += o.z; v[j].w += o.w;
+              }
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < kRedBatch; ++j) {
+            const int i = i0 + j * kThreads, r = i / (kTileN / 4), c4 = (i % (kTileN / 4)) * 4;
+            const int col = cp.nt * kTileN + c4;
+            if (i >= items || col >= p.n) continue;
+            T* dst = out + static_cast<size_t>(row0 + r) * p.n + col;
+            if (vec_out) {
+              *reinterpret_cast<uint2*>(dst) = make_uint2(O::pack2(v[j].x, v[j].y), O::pack2(v[j].z, v[j].w));
+            } else {
+              const float vals[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+              for (int e = 0; e < 4 && col + e < p.n; ++e) dst[e] = O::from_float(vals[e]);
+            }
           }
         }
         if (split && tid == 0) p.locks[first_block] = 0;  // every contributor has arrived
