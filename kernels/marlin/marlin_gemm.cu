@@ -524,8 +524,10 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
       if (reduce_here) {
         T* out = static_cast<T*>(p.out);
         const bool vec_out = (p.n & 3) == 0;
-        // kRedBatch items per thread at a time, so a partial's loads from L2 are in
-        // flight together rather than one round trip per item.
+        // kRedBatch items per thread at a time and two blocks' partials per round, so the
+        // loads from L2 are in flight together rather than one round trip per item and
+        // block. (The zero-point MB=4 and swap variants spill a few registers for it,
+        // stored before the main loop and reloaded after it.)
         for (int i0 = tid; i0 < items; i0 += kRedBatch * kThreads) {
           float4 v[kRedBatch];
 #pragma unroll
@@ -534,6 +536,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
             v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
             if (!split && i < items) v[j] = *reinterpret_cast<const float4*>(red + r * kRedStride + c4);
           }
+#pragma unroll 2
           for (int b = first_block; split && b <= last_block; ++b) {
             const float* part = slot(b);
 #pragma unroll
