@@ -10,7 +10,7 @@ layers are quantized.
 
 Each side runs in its own processes with identical engine settings (prefix caching off):
   * offline (one process, vLLM in-process): load time and peak memory of the model load,
-    KV-cache size, TTFT of a 1024-token prompt at batch 1, TPOT at batch 1/16/64/256
+    engine start split into phases (`startup.py`), KV-cache size, TTFT of a 1024-token prompt at batch 1, TPOT at batch 1/16/64/256
     ((t[1+T tokens] - t[1 token]) / T), and throughput of 256 requests of 1024 in /
     256 out;
   * serving: `vllm serve` on loopback and `vllm bench serve` (random data) at request
@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Optional
+
+from . import startup
 
 # side -> the engine arguments that make it: ours; vLLM's own choice (Machete on Hopper);
 # vLLM with its Humming kernels forced (`--linear-backend humming`).
@@ -168,6 +170,7 @@ def run_worker(side: str, model: str, args) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine in this process: load hooks, model access
     record: dict = {"side": side}
     _patch_load_model(record)
+    startup.install(record)
     import torch
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -175,6 +178,9 @@ def run_worker(side: str, model: str, args) -> dict:
     t0 = time.perf_counter()
     llm = LLM(model=model, **SIDES[side], **engine_kwargs(args))
     record["engine_start_s"] = time.perf_counter() - t0
+    compilation = llm.llm_engine.vllm_config.compilation_config
+    startup.finish(record, record["engine_start_s"], compilation.compilation_time,
+                   len(compilation.cudagraph_capture_sizes or []))
     record.update(llm.apply_model(_describe_linears)[0])
     cache = llm.llm_engine.vllm_config.cache_config
     record["kv_cache_tokens"] = int(cache.num_gpu_blocks * cache.block_size)
@@ -289,7 +295,10 @@ def markdown(result: dict) -> str:
                              ("weights after load (GiB)", ("weights_gib",), "{:.2f}"),
                              ("KV cache (tokens)", ("kv_cache_tokens",), "{:,}"),
                              ("engine start (s)", ("engine_start_s",), "{:.1f}"),
+                             *startup.report_rows(),
                              ("TTFT 1024 tok, batch 1 (ms)", ("ttft_ms",), "{:.1f}")]:
+        if label.startswith("start: ") and all(get(s, *keys) is None for s in sides):
+            continue  # results from before the startup phases were recorded
         rows.append((label, [_fmt(fmt, get(s, *keys)) for s in sides]))
     cats = sorted({c for s in sides for c in (get(s, "decode_b1_kernel_us") or {})})
     for c in cats:
