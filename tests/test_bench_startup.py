@@ -74,3 +74,19 @@ def test_report_shows_the_phases_per_side_and_skips_them_for_older_results():
     assert "| start: CUDA graphs captured | 35 | - |" in md
     old = e2e.markdown({"sides": {"builtin": {"engine_start_s": 60.0}}})
     assert "start: " not in old and "| engine start (s) | 60.0 |" in old
+
+
+def test_a_missing_boundary_is_left_out_with_a_message(monkeypatch, capsys):
+    pytest.importorskip("vllm")
+    from vllm.model_executor.model_loader import base_loader
+    from vllm.v1.worker import gpu_model_runner, gpu_worker
+    from vllm.v1.worker.gpu import model_runner as v2_model_runner
+    for o, n in [(base_loader, "initialize_model"), (base_loader, "process_weights_after_loading"),
+                 (base_loader.BaseModelLoader, "load_model"), (gpu_worker.Worker, "compile_or_warm_up_model"),
+                 (gpu_model_runner.GPUModelRunner, "capture_model"), (v2_model_runner.GPUModelRunner, "capture_model")]:
+        monkeypatch.setattr(o, n, getattr(o, n))  # restored after the test
+    monkeypatch.delattr(gpu_worker.Worker, "determine_available_memory")
+    monkeypatch.setattr(logging.getLogger("vllm.compilation.backends"), "handlers", [])
+    startup.install({})
+    assert "profile_s: vllm.v1.worker.gpu_worker.Worker.determine_available_memory not found" in capsys.readouterr().out
+    assert base_loader.initialize_model.__wrapped__ is not None

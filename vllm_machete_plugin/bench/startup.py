@@ -75,17 +75,26 @@ class _DynamoTime(logging.Handler):
 
 
 def install(record: dict) -> None:
-    """Wrap the phase boundaries of vLLM 0.26.0 (engine in this process)."""
-    from vllm.model_executor.model_loader import base_loader
-    from vllm.v1.worker import gpu_model_runner, gpu_worker
-    from vllm.v1.worker.gpu import model_runner as v2_model_runner  # vllm_config.use_v2_model_runner
-    _timed(base_loader, "initialize_model", "construct_s", record)
-    _timed(base_loader, "process_weights_after_loading", "process_weights_s", record)
-    _timed(base_loader.BaseModelLoader, "load_model", "loader_s", record)
-    _timed(gpu_worker.Worker, "determine_available_memory", "profile_s", record)
-    _timed(gpu_worker.Worker, "compile_or_warm_up_model", "compile_or_warm_up_s", record)
-    for runner in (gpu_model_runner.GPUModelRunner, v2_model_runner.GPUModelRunner):
-        _timed(runner, "capture_model", "cudagraph_s", record)
+    """Wrap the phase boundaries of vLLM 0.26.0 (engine in this process). A boundary that
+    another vLLM version lacks is reported and left out; the benchmark still runs."""
+    import importlib
+    targets = [("vllm.model_executor.model_loader.base_loader", None, "initialize_model", "construct_s"),
+               ("vllm.model_executor.model_loader.base_loader", None, "process_weights_after_loading",
+                "process_weights_s"),
+               ("vllm.model_executor.model_loader.base_loader", "BaseModelLoader", "load_model", "loader_s"),
+               ("vllm.v1.worker.gpu_worker", "Worker", "determine_available_memory", "profile_s"),
+               ("vllm.v1.worker.gpu_worker", "Worker", "compile_or_warm_up_model", "compile_or_warm_up_s"),
+               ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "capture_model", "cudagraph_s"),
+               ("vllm.v1.worker.gpu.model_runner", "GPUModelRunner", "capture_model", "cudagraph_s")]
+    for module, cls, name, key in targets:
+        try:
+            owner = importlib.import_module(module)
+            owner = getattr(owner, cls) if cls else owner
+            getattr(owner, name)
+        except (ImportError, AttributeError) as e:
+            print(f"[e2e] startup phase {key}: {module}.{cls or ''}.{name} not found ({e}); left out", flush=True)
+            continue
+        _timed(owner, name, key, record)
     logging.getLogger("vllm.compilation.backends").addHandler(_DynamoTime(record))
 
 
