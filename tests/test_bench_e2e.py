@@ -25,6 +25,27 @@ def test_model_dir_is_llama_70b_gptq_with_every_linear_quantized(tmp_path):
     assert tok(tok.decode(ids), add_special_tokens=False).input_ids == ids
 
 
+def test_405b_shape_and_full_depth_by_default(tmp_path):
+    config = json.loads((e2e.write_model(tmp_path / "m", shape="405b") / "config.json").read_text())
+    assert (config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]) == (16384, 53248, 126)
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (128, 8)
+    assert config["quantization_config"]["group_size"] == 128
+
+
+def test_tensor_parallel_size_reaches_every_engine(tmp_path, monkeypatch):
+    """--tensor-parallel-size goes to the offline workers and to every `vllm serve`."""
+    servers, runs = _fake_processes(monkeypatch, lambda cmd, env, runs: {"side": cmd[cmd.index("--worker") + 1]},
+                                    lambda runs: {"gpu": "FakeGPU"})
+    args = _args(json=str(tmp_path / "r.json"), tensor_parallel_size=2, shape="405b", layers=None)
+    result = e2e.run(args)
+    assert e2e.engine_kwargs(args)["tensor_parallel_size"] == 2
+    assert all(s[s.index("--tensor-parallel-size") + 1] == "2" for s in servers) and len(servers) == 2
+    workers = [c for c in runs if "--worker" in c]
+    assert all(c[c.index("--tensor-parallel-size") + 1] == "2" and c[c.index("--shape") + 1] == "405b"
+               and "--layers" not in c for c in workers)
+    assert result["model"] == "Llama-3.1-405B GPTQ 4-bit g128, 126 layers, dummy weights"
+
+
 def _result():
     side = {"kernels": {"MacheteLinearMethod/machete": 8}, "linear_layers": 8, "quantized_linear_layers": 8,
             "load_s": 12.5, "load_peak_gib": 36.1, "weights_gib": 35.2, "kv_cache_tokens": 100000,
@@ -71,7 +92,8 @@ def test_report_without_serving_sweep_omits_its_rows_and_plot(tmp_path, capsys):
 
 
 def _args(**kw):
-    ns = e2e.argparse.Namespace(model=None, layers=2, sides="machete,builtin", json=None, no_serve=False,
+    ns = e2e.argparse.Namespace(model=None, shape="70b", layers=2, tensor_parallel_size=1, sides="machete,builtin",
+                                json=None, no_serve=False,
                                 no_offline=False,
                                 serve_prompts=4, throughput_requests=8, tpot_input=16, tpot_tokens=4, reps=1,
                                 max_model_len=2048, gpu_memory_utilization=0.9, port=8099, dummy=True)

@@ -18,7 +18,8 @@ Each side runs in its own processes with identical engine settings (prefix cachi
 Results: JSON (`--json`, merged per side so sides can run in separate invocations), a
 markdown table on stdout, PNG plots (`--plot-dir`).
 
-  python -m vllm_machete_plugin.bench e2e [--layers 4] [--sides machete,builtin,humming] \
+  python -m vllm_machete_plugin.bench e2e [--layers 4] [--shape 405b] [--tensor-parallel-size 4] \
+      [--sides machete,builtin,humming] \
       [--json FILE] [--plot-dir DIR] [--no-serve | --no-offline]
   python -m vllm_machete_plugin.bench e2e --report FILE [--plot-dir DIR]
 """
@@ -62,12 +63,19 @@ LLAMA_70B = {
 }
 
 
-def write_model(path: Path, layers: int) -> Path:
-    """config.json of Llama-3.1-70B GPTQ (layers shortened if asked) and a tokenizer
-    covering the whole vocabulary; weights come from load_format="dummy"."""
+# Llama-3.1-405B: the 70B config with its own dimensions (tensor-parallel runs, 4+ GPUs).
+LLAMA_405B = {**LLAMA_70B, "hidden_size": 16384, "intermediate_size": 53248, "num_hidden_layers": 126,
+              "num_attention_heads": 128, "num_key_value_heads": 8}
+SHAPES = {"70b": LLAMA_70B, "405b": LLAMA_405B}
+
+
+def write_model(path: Path, layers: Optional[int] = None, shape: str = "70b") -> Path:
+    """config.json of Llama-3.1-70B (or -405B) GPTQ (layers shortened if asked) and a
+    tokenizer covering the whole vocabulary; weights come from load_format="dummy"."""
     from ..testing.tokenizer import build_wordlevel_tokenizer, save_tokenizer
     path.mkdir(parents=True, exist_ok=True)
-    config = {**LLAMA_70B, "num_hidden_layers": layers}
+    base = SHAPES[shape]
+    config = {**base, "num_hidden_layers": layers or base["num_hidden_layers"]}
     (path / "config.json").write_text(json.dumps(config, indent=1))
     save_tokenizer(build_wordlevel_tokenizer(config["vocab_size"]), path, config["max_position_embeddings"])
     return path
@@ -76,7 +84,7 @@ def write_model(path: Path, layers: int) -> Path:
 def engine_kwargs(args) -> dict:
     """Identical for both sides and for `vllm serve` (see serve_flags)."""
     return dict(dtype="float16", max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-                enable_prefix_caching=False, max_num_seqs=256, seed=0,
+                enable_prefix_caching=False, max_num_seqs=256, seed=0, tensor_parallel_size=args.tensor_parallel_size,
                 load_format="dummy" if args.dummy else "auto")
 
 
@@ -84,7 +92,8 @@ def serve_flags(args) -> list[str]:
     kw = engine_kwargs(args)
     return ["--dtype", kw["dtype"], "--max-model-len", str(kw["max_model_len"]),
             "--gpu-memory-utilization", str(kw["gpu_memory_utilization"]), "--no-enable-prefix-caching",
-            "--max-num-seqs", str(kw["max_num_seqs"]), "--seed", str(kw["seed"]), "--load-format", kw["load_format"]]
+            "--max-num-seqs", str(kw["max_num_seqs"]), "--seed", str(kw["seed"]), "--load-format", kw["load_format"],
+            "--tensor-parallel-size", str(kw["tensor_parallel_size"])]
 
 
 # ---- offline worker (runs in its own process: `e2e --worker SIDE`) ----------------------
@@ -169,8 +178,10 @@ def _timed(llm, prompts, params) -> float:
 def run_worker(side: str, model: str, args) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine in this process: load hooks, model access
     record: dict = {"side": side}
-    _patch_load_model(record)
-    startup.install(record)
+    in_process = args.tensor_parallel_size == 1  # else the model lives in vLLM's worker processes
+    if in_process:
+        _patch_load_model(record)
+        startup.install(record)
     import torch
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -178,9 +189,10 @@ def run_worker(side: str, model: str, args) -> dict:
     t0 = time.perf_counter()
     llm = LLM(model=model, **SIDES[side], **engine_kwargs(args))
     record["engine_start_s"] = time.perf_counter() - t0
-    compilation = llm.llm_engine.vllm_config.compilation_config
-    startup.finish(record, record["engine_start_s"], compilation.compilation_time,
-                   len(compilation.cudagraph_capture_sizes or []))
+    if in_process:
+        compilation = llm.llm_engine.vllm_config.compilation_config
+        startup.finish(record, record["engine_start_s"], compilation.compilation_time,
+                       len(compilation.cudagraph_capture_sizes or []))
     record.update(llm.apply_model(_describe_linears)[0])
     cache = llm.llm_engine.vllm_config.cache_config
     record["kv_cache_tokens"] = int(cache.num_gpu_blocks * cache.block_size)
@@ -376,7 +388,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vllm_machete_plugin.bench e2e", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a real W4A16 checkpoint (default: Llama-3.1-70B GPTQ, dummy weights)")
-    ap.add_argument("--layers", type=int, default=80, help="decoder layers of the built-in 70B config")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="70b", help="the built-in dummy model's dimensions")
+    ap.add_argument("--layers", type=int, default=None, help="decoder layers of the built-in config (default: all)")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1,
+                    help="GPUs per engine (above 1, load time, startup phases and the decode kernel "
+                         "breakdown are not recorded: they run in vLLM's worker processes)")
     ap.add_argument("--sides", default="machete,builtin,humming", help=f"comma-separated subset of {list(SIDES)}")
     ap.add_argument("--json", help="results file; sides already in it are kept unless re-run")
     ap.add_argument("--plot-dir", help="write the PNG plots here")
@@ -420,10 +436,11 @@ def run(args) -> dict:
     if args.no_serve and args.no_offline:
         raise SystemExit("[e2e] --no-serve and --no-offline together leave nothing to run")
     workdir = Path(tempfile.mkdtemp(prefix="vmp-e2e-"))
-    model = args.model or str(write_model(workdir / f"llama-3.1-70b-gptq-{args.layers}l", args.layers))
+    layers = args.layers or SHAPES[args.shape]["num_hidden_layers"]
+    model = args.model or str(write_model(workdir / f"llama-3.1-{args.shape}-gptq-{layers}l", layers, args.shape))
     result = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else {"sides": {}}
     result.update(_environment())
-    result["model"] = args.model or f"Llama-3.1-70B GPTQ 4-bit g128, {args.layers} layers, dummy weights"
+    result["model"] = args.model or f"Llama-3.1-{args.shape.upper()} GPTQ 4-bit g128, {layers} layers, dummy weights"
     settings = {**result.get("settings", {}), **engine_kwargs(args)}  # a part not run keeps its settings
     if not args.no_offline:
         settings.update(tpot_input=args.tpot_input, tpot_tokens=args.tpot_tokens, reps=args.reps)
@@ -456,7 +473,8 @@ def run(args) -> dict:
 
 def _forwarded(args) -> list[str]:
     out = []
-    for name in ("layers", "throughput_requests", "tpot_input", "tpot_tokens", "reps", "max_model_len",
-                 "gpu_memory_utilization"):
-        out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    for name in ("shape", "layers", "tensor_parallel_size", "throughput_requests", "tpot_input", "tpot_tokens", "reps",
+                 "max_model_len", "gpu_memory_utilization"):
+        if getattr(args, name) is not None:
+            out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return out + (["--model", args.model] if args.model else [])
