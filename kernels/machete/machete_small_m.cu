@@ -15,9 +15,6 @@
 //     zero point and applies the scale (mul, bias from s and z' = -s*z, coef() below).
 //   Products are exact; the bias costs ~10 bits of the fp32 accumulator's 24, far below
 //   fp16/bf16 output rounding.
-//   At 9..16 tokens (two token blocks, bound by mma.sync issue) u4b8 weights are centred
-//   instead: 4 more half2 ops per word make the A registers exactly q - 8, so no bias is
-//   left and the ones MMA (1 of every 5 per token block) goes.
 //
 // Work split: a warp unit is 64 rows (4 atoms) x 128 k (two 64-deep pipeline stages). A
 // block unit is an octet of 8 row groups (512 rows) x one 128-deep k block; block b takes
@@ -128,18 +125,6 @@ struct Ops<half> {
     mul = hi_row ? s * 0.0625f : s;
     bias = kZeros ? z - (hi_row ? 64.f : 1024.f) * s : -(hi_row ? 72.f : 1032.f) * s;
   }
-  // u4b8 registers of upconvert turned into exact q - 8: rows g (1024 + q) - 1032, rows
-  // g+8 (1024 + 16 q) / 16 - 72 (every step exact in fp16).
-  __device__ static void center(uint32_t (&a)[4]) {
-    const half2 lo = __float2half2_rn(-1032.f), inv16 = __float2half2_rn(0.0625f), hi = __float2half2_rn(-72.f);
-#pragma unroll
-    for (int i = 0; i < 4; i += 2) {
-      const half2 r0 = __hadd2(*reinterpret_cast<const half2*>(&a[i]), lo);
-      const half2 r1 = __hfma2(*reinterpret_cast<const half2*>(&a[i + 1]), inv16, hi);
-      a[i] = *reinterpret_cast<const uint32_t*>(&r0);
-      a[i + 1] = *reinterpret_cast<const uint32_t*>(&r1);
-    }
-  }
   __device__ static float to_float(uint16_t b) { return __half2float(__ushort_as_half(b)); }
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     ptx::mma_f16(c, a, b[0], b[1]);
@@ -164,15 +149,6 @@ struct Ops<__nv_bfloat16> {
     mul = s;
     bias = kZeros ? z - 128.f * s : -136.f * s;
   }
-  // u4b8 registers of upconvert turned into exact q - 8: (128 + q) - 136.
-  __device__ static void center(uint32_t (&a)[4]) {
-    const __nv_bfloat162 lo = __float2bfloat162_rn(-136.f);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const __nv_bfloat162 r = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&a[i]), lo);
-      a[i] = *reinterpret_cast<const uint32_t*>(&r);
-    }
-  }
   __device__ static float to_float(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     ptx::mma_bf16(c, a, b[0], b[1]);
@@ -186,8 +162,6 @@ struct Ops<__nv_bfloat16> {
 template <typename T, int kT, bool kZeros>
 __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(const Params p) {
   using O = Ops<T>;
-  // Centred A registers (exact q - 8, no bias, no ones MMA): u4b8 with two token blocks.
-  constexpr bool kCentered = !kZeros && kT == 2;
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int v0 = blockIdx.x * p.stripe;
@@ -296,8 +270,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(co
         for (int t = 0; t < kT; ++t)
 #pragma unroll
           for (int e = 0; e < 2; ++e)
-            acc[a][t][2 * h + e] = kCentered ? fmaf(s, tmp[a][t][2 * h + e], acc[a][t][2 * h + e])
-                                             : fmaf(bias, xs[t][e], fmaf(mul, tmp[a][t][2 * h + e], acc[a][t][2 * h + e]));
+            acc[a][t][2 * h + e] = fmaf(bias, xs[t][e], fmaf(mul, tmp[a][t][2 * h + e], acc[a][t][2 * h + e]));
       }
     }
   };
@@ -321,14 +294,11 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(co
         for (int a = 0; a < kAtoms; ++a) {
           uint32_t af[4];
           O::template upconvert<kZeros>(lds32(st + a * 512 + step * 128 + w_rd), af);
-          if constexpr (kCentered) O::center(af);
 #pragma unroll
           for (int t = 0; t < kT; ++t) O::mma(tmp[a][t], af, b[t][j]);
         }
-        if constexpr (!kCentered) {
 #pragma unroll
-          for (int t = 0; t < kT; ++t) O::mma(xs[t], ones, b[t][j]);
-        }
+        for (int t = 0; t < kT; ++t) O::mma(xs[t], ones, b[t][j]);
       }
     }
   };
