@@ -6,7 +6,8 @@ Environment:
   VMP_CUDA_ARCHS   semicolon list of SM numbers for the Marlin kernels
                    (default "80;86;89;90"); "90" builds fastest on a Hopper box.
   VMP_SKIP_KERNELS=1  build no kernels.
-  MAX_JOBS         parallel nvcc jobs (torch's BuildExtension honours it).
+  MAX_JOBS         parallel nvcc jobs; unset: chosen from the cores and the available
+                   memory (build_jobs.py), and the choice printed.
   PYTORCH_NVCC     compiler launcher, e.g. "ccache nvcc".
   CUTLASS_DIR      CUTLASS source tree (a dir with include/ and tools/util/include/)
                    for the Machete extension; default: the nvidia-cutlass wheel's
@@ -26,6 +27,8 @@ import sys
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)  # build_jobs.py: PEP 517 backends do not put the project on sys.path
+import build_jobs  # noqa: E402
 
 
 def _cuda_toolchain():
@@ -89,6 +92,7 @@ def _ext_modules():
         },
         py_limited_api=True,
     )
+    print(build_jobs.configure())
     exts = [ext]
     if any(a in ("90", "90a") for a in archs):
         exts.append(_machete_extension(CUDAExtension, rel, late_includes))
