@@ -4,9 +4,9 @@ one job, and at least one. Imported by setup.py; choose_jobs is pure so tests ca
 fake the machine."""
 import os
 
-# Peak RSS of the largest compile job, rounded up: a Machete unit of eight tiles, whose
-# cicc peaks at 9.04 GiB (/usr/bin/time -v on its nvcc line).
-PEAK_JOB_GIB = 9.5
+# Peak RSS of the largest compile job, rounded up: a Machete tile unit of four tiles, whose
+# cicc peaks at 7.32 GiB (/usr/bin/time -v on its nvcc line; README, Build).
+PEAK_JOB_GIB = 7.5
 GIB = 1 << 30
 
 

@@ -118,7 +118,7 @@ def _cutlass_dirs():
 
 
 def _machete_extension(CUDAExtension, rel, late_includes):
-    sources = rel("kernels/machete/*.cpp") + rel("kernels/machete/*.cu")
+    sources = rel("kernels/machete/*.cpp") + rel("kernels/machete/*.cu") + rel("kernels/machete/tiles/*.cu")
     return CUDAExtension(
         name="vllm_machete_plugin._machete_C",
         sources=sources,
