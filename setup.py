@@ -23,6 +23,7 @@ import glob
 import importlib.util
 import os
 import sys
+import sysconfig
 
 from setuptools import setup
 
@@ -96,7 +97,7 @@ def _ext_modules():
     exts = [ext]
     if any(a in ("90", "90a") for a in archs):
         exts.append(_machete_extension(CUDAExtension, rel, late_includes))
-    return exts, {"build_ext": _machete_guarded(BuildExtension).with_options(use_ninja=True)}
+    return exts, {"build_ext": _build_ext(BuildExtension).with_options(use_ninja=True)}
 
 
 def _cutlass_dirs():
@@ -134,11 +135,19 @@ def _machete_extension(CUDAExtension, rel, late_includes):
     )
 
 
-def _machete_guarded(BuildExtension):
-    """BuildExtension whose nvcc, for _machete_C only, runs through nvcc_guard.py."""
+def _build_ext(BuildExtension):
+    """BuildExtension that compiles in build/temp.* also for pip's editable installs (they
+    would use a new temporary directory each time), so ninja recompiles only what changed
+    and ccache (CCACHE_BASEDIR) sees the same relative paths from every clone; and whose
+    nvcc, for _machete_C only, runs through nvcc_guard.py."""
     guard = os.path.join(ROOT, "kernels", "machete", "nvcc_guard.py")
 
     class Build(BuildExtension):
+        def finalize_options(self):
+            super().finalize_options()
+            tag = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+            self.build_temp = os.path.join(ROOT, "build", f"temp.{tag}")
+
         def build_extension(self, ext):
             if not ext.name.endswith("._machete_C"):
                 return super().build_extension(ext)
