@@ -6,7 +6,8 @@ Environment:
   VMP_CUDA_ARCHS   semicolon list of SM numbers for the Marlin kernels
                    (default "80;86;89;90"); "90" builds fastest on a Hopper box.
   VMP_SKIP_KERNELS=1  build no kernels.
-  MAX_JOBS         parallel nvcc jobs (torch's BuildExtension honours it).
+  MAX_JOBS         parallel nvcc jobs; unset: chosen from the cores and the available
+                   memory (build_jobs.py), and the choice printed.
   PYTORCH_NVCC     compiler launcher, e.g. "ccache nvcc".
   CUTLASS_DIR      CUTLASS source tree (a dir with include/ and tools/util/include/)
                    for the Machete extension; default: the nvidia-cutlass wheel's
@@ -22,10 +23,13 @@ import glob
 import importlib.util
 import os
 import sys
+import sysconfig
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)  # build_jobs.py: PEP 517 backends do not put the project on sys.path
+import build_jobs  # noqa: E402
 
 
 def _cuda_toolchain():
@@ -89,10 +93,11 @@ def _ext_modules():
         },
         py_limited_api=True,
     )
+    print(build_jobs.configure())
     exts = [ext]
     if any(a in ("90", "90a") for a in archs):
         exts.append(_machete_extension(CUDAExtension, rel, late_includes))
-    return exts, {"build_ext": _machete_guarded(BuildExtension).with_options(use_ninja=True)}
+    return exts, {"build_ext": _build_ext(BuildExtension).with_options(use_ninja=True)}
 
 
 def _cutlass_dirs():
@@ -114,7 +119,7 @@ def _cutlass_dirs():
 
 
 def _machete_extension(CUDAExtension, rel, late_includes):
-    sources = rel("kernels/machete/*.cpp") + rel("kernels/machete/*.cu")
+    sources = rel("kernels/machete/*.cpp") + rel("kernels/machete/*.cu") + rel("kernels/machete/tiles/*.cu")
     return CUDAExtension(
         name="vllm_machete_plugin._machete_C",
         sources=sources,
@@ -130,11 +135,19 @@ def _machete_extension(CUDAExtension, rel, late_includes):
     )
 
 
-def _machete_guarded(BuildExtension):
-    """BuildExtension whose nvcc, for _machete_C only, runs through nvcc_guard.py."""
+def _build_ext(BuildExtension):
+    """BuildExtension that compiles in build/temp.* also for pip's editable installs (they
+    would use a new temporary directory each time), so ninja recompiles only what changed
+    and ccache (CCACHE_BASEDIR) sees the same relative paths from every clone; and whose
+    nvcc, for _machete_C only, runs through nvcc_guard.py."""
     guard = os.path.join(ROOT, "kernels", "machete", "nvcc_guard.py")
 
     class Build(BuildExtension):
+        def finalize_options(self):
+            super().finalize_options()
+            tag = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+            self.build_temp = os.path.join(ROOT, "build", f"temp.{tag}")
+
         def build_extension(self, ext):
             if not ext.name.endswith("._machete_C"):
                 return super().build_extension(ext)

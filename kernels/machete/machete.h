@@ -64,22 +64,15 @@ struct Schedule {
   int splits = 1;
 };
 
-// One entry point per type configuration (one translation unit each). With
-// workspace_bytes != nullptr only the Stream-K workspace size is computed; otherwise
+// The CUTLASS tiles of one type configuration (activation dtype, zero points or not).
+// With workspace_bytes != nullptr only the Stream-K workspace size is computed; otherwise
 // the GEMM runs on `stream` with `workspace` (zeroed by the kernel's own init on the
 // stream, so a fresh torch allocation per call is graph-safe). Returns nullptr on
-// success, else a static message.
+// success, else a static message. The tiles are compiled in units of one type
+// configuration and tile group (kernels/machete/tiles/); machete_dispatch.cpp holds the table.
 using MMFn = const char* (*)(int schedule, const MMArgs& args, void* workspace, size_t* workspace_bytes,
                              cudaStream_t stream);
-const char* mm_f16_u4b8(int, const MMArgs&, void*, size_t*, cudaStream_t);
-const char* mm_f16_u4(int, const MMArgs&, void*, size_t*, cudaStream_t);
-const char* mm_bf16_u4b8(int, const MMArgs&, void*, size_t*, cudaStream_t);
-const char* mm_bf16_u4(int, const MMArgs&, void*, size_t*, cudaStream_t);
-
-inline MMFn mm_fn(ActType act, bool has_zeros) {
-  if (act == kF16) return has_zeros ? mm_f16_u4 : mm_f16_u4b8;
-  return has_zeros ? mm_bf16_u4 : mm_bf16_u4b8;
-}
+MMFn mm_fn(ActType act, bool has_zeros);
 
 // Small-M kernel: launch plan (host, from the shape and the device) and launch.
 // partials: partial_floats floats, no initialisation needed; locks: >= plan.locks ints that

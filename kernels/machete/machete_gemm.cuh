@@ -1,11 +1,9 @@
 // The Machete GEMM template: CUTLASS's sm90 TMA warp-specialized register-sourced
 // mixed-input collective, instantiated on the transposed problem
 //   D[N, M] = W^T[N, K] (4-bit, prepacked layout) x X^T[K, M] (16-bit)
-// with our prepacked layout as the weight's gmem layout. Included only by the
-// per-type translation units (machete_<act>_<wtype>.cu).
+// with our prepacked layout as the weight's gmem layout. Included only by the tile
+// units (kernels/machete/tiles/<act>_<wtype>_<group>.cu).
 #pragma once
-
-#include <utility>
 
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
@@ -16,8 +14,8 @@
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 #include <cutlass/gemm/kernel/tile_scheduler.hpp>
 
-#include "machete.h"
 #include "machete_layout.cuh"
+#include "machete_tile.h"
 
 namespace vmp::machete {
 
@@ -96,23 +94,25 @@ struct Gemm {
   }
 };
 
-// The frozen schedule set: one instantiation per CUTLASS tile of kScheduleNames, its
-// shape from the tables in machete.h.
-template <class ElemAct, class ElemW, bool kZeros, int... I>
-const char* run_tile(int schedule, const MMArgs& a, void* ws, size_t* ws_bytes, cudaStream_t stream,
-                     std::integer_sequence<int, I...>) {
-  const char* err = "unknown schedule index";
-  ((schedule == I ? (err = Gemm<ElemAct, ElemW, kZeros, kTileN[I], kTileTokens[I], kClusterN[I]>::run(
-                         a, ws, ws_bytes, stream))
-                  : nullptr),
-   ...);
-  return err;
-}
-
-template <class ElemAct, class ElemW, bool kZeros>
-const char* run_schedule(int schedule, const MMArgs& a, void* ws, size_t* ws_bytes, cudaStream_t stream) {
-  return run_tile<ElemAct, ElemW, kZeros>(schedule, a, ws, ws_bytes, stream,
-                                          std::make_integer_sequence<int, kNumCutlassTiles>{});
+// One tile of machete.h's tables for one type configuration.
+template <ActType kAct, bool kZeros, int kTile>
+const char* mm_tile(const MMArgs& a, void* ws, size_t* ws_bytes, cudaStream_t stream) {
+  using ElemAct = cute::conditional_t<kAct == kF16, cutlass::half_t, cutlass::bfloat16_t>;
+  using ElemW = cute::conditional_t<kZeros, cutlass::uint4b_t, cutlass::int4b_t>;
+  return Gemm<ElemAct, ElemW, kZeros, kTileN[kTile], kTileTokens[kTile], kClusterN[kTile]>::run(a, ws, ws_bytes,
+                                                                                                stream);
 }
 
 }  // namespace vmp::machete
+
+// A line of a tile unit: VMP_MACHETE_TILE(f16, u4b8, 128x16) instantiates mm_tile for that
+// type configuration (tile_types) and that tile, found by name in kScheduleNames. A unit
+// holds the tiles of one type configuration and tile group: one tile alone peaks at
+// 4.3-4.7 GiB in cicc's front end, and every unit repeats ~45 s of template instantiation
+// that its tiles share, so smaller units slow a 2-core build more than they save (README).
+#define VMP_MACHETE_TILE(ACT, WTYPE, TILE)                                                                  \
+  static_assert(vmp::machete::tile_index(#TILE) < vmp::machete::kNumCutlassTiles,                         \
+                #TILE " is not a CUTLASS tile of kScheduleNames (machete.h)");                             \
+  template const char* vmp::machete::mm_tile<vmp::machete::tile_types::ACT, vmp::machete::tile_types::WTYPE, \
+                                             vmp::machete::tile_index(#TILE)>(                             \
+      const vmp::machete::MMArgs&, void*, size_t*, cudaStream_t);

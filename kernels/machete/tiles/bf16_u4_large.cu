@@ -1,0 +1,7 @@
+// Machete CUTLASS tiles of 128 tokens or more, bf16 activations, u4 weights.
+#include "../machete_gemm.cuh"
+
+VMP_MACHETE_TILE(bf16, u4, 128x128)
+VMP_MACHETE_TILE(bf16, u4, 256x128)
+VMP_MACHETE_TILE(bf16, u4, 128x256)
+VMP_MACHETE_TILE(bf16, u4, 128x128c2)
