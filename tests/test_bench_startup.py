@@ -28,7 +28,7 @@ def test_install_wraps_the_phase_boundaries_of_vllm():
     from vllm.v1.worker import gpu_model_runner, gpu_worker
     from vllm.v1.worker.gpu import model_runner as v2_model_runner
     targets = [(base_loader, "initialize_model"), (base_loader, "process_weights_after_loading"),
-               (base_loader.BaseModelLoader, "load_model"), (gpu_worker.Worker, "determine_available_memory"),
+               (gpu_worker.Worker, "determine_available_memory"),
                (gpu_worker.Worker, "compile_or_warm_up_model"), (gpu_model_runner.GPUModelRunner, "capture_model"),
                (v2_model_runner.GPUModelRunner, "capture_model")]
     saved = [(o, n, o.__dict__[n]) for o, n in targets]
@@ -54,16 +54,16 @@ def test_dynamo_time_comes_from_vllms_log_record():
 
 
 def test_finish_derives_weights_inductor_warmup_and_other():
-    record = {"startup": {"construct_s": 1.0, "process_weights_s": 2.0, "loader_s": 10.0, "profile_s": 30.0,
+    record = {"load_s": 10.0, "startup": {"construct_s": 1.0, "process_weights_s": 2.0, "profile_s": 30.0,
                           "dynamo_s": 8.0, "compile_or_warm_up_s": 25.0, "cudagraph_s": 20.0}}
     startup.finish(record, engine_start_s=70.0, compile_s=28.0, cudagraph_sizes=35)
     p = record["startup"]
-    assert p["weights_s"] == pytest.approx(7.0)  # loader minus construction and repack
+    assert p["weights_s"] == pytest.approx(7.0)  # the model load minus construction and repack
     assert p["inductor_s"] == pytest.approx(20.0)  # compile minus Dynamo
     assert p["warmup_s"] == pytest.approx(5.0)  # compile_or_warm_up minus capture
     # 70 - (1 + 7 + 2 + 30 + 20 + 5): compile/Dynamo/Inductor sit inside the profiling run
     assert p["other_s"] == pytest.approx(5.0)
-    assert p["cudagraph_sizes"] == 35 and "loader_s" not in p and "compile_or_warm_up_s" not in p
+    assert p["cudagraph_sizes"] == 35 and "compile_or_warm_up_s" not in p
 
 
 def test_report_shows_the_phases_per_side_and_skips_them_for_older_results():
@@ -82,7 +82,7 @@ def test_a_missing_boundary_is_left_out_with_a_message(monkeypatch, capsys):
     from vllm.v1.worker import gpu_model_runner, gpu_worker
     from vllm.v1.worker.gpu import model_runner as v2_model_runner
     for o, n in [(base_loader, "initialize_model"), (base_loader, "process_weights_after_loading"),
-                 (base_loader.BaseModelLoader, "load_model"), (gpu_worker.Worker, "compile_or_warm_up_model"),
+                 (gpu_worker.Worker, "compile_or_warm_up_model"),
                  (gpu_model_runner.GPUModelRunner, "capture_model"), (v2_model_runner.GPUModelRunner, "capture_model")]:
         monkeypatch.setattr(o, n, getattr(o, n))  # restored after the test
     monkeypatch.delattr(gpu_worker.Worker, "determine_available_memory")

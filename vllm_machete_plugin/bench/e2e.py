@@ -10,9 +10,9 @@ layers are quantized.
 
 Each side runs in its own processes with identical engine settings (prefix caching off):
   * offline (one process, vLLM in-process): load time and peak memory of the model load,
-    engine start split into phases (`startup.py`), KV-cache size, TTFT of a 1024-token prompt at batch 1, TPOT at batch 1/16/64/256
-    ((t[1+T tokens] - t[1 token]) / T), and throughput of 256 requests of 1024 in /
-    256 out;
+    engine start split into phases (`startup.py`), KV-cache size, TTFT of a 1024-token
+    prompt at batch 1, TPOT at batch 1/16/64/256 ((t[1+T tokens] - t[1 token]) / T), and
+    throughput of 256 requests of 1024 in / 256 out;
   * serving: `vllm serve` on loopback and `vllm bench serve` (random data) at request
     rates 1, 2, 4, 8 and inf: median TTFT, median TPOT, output tok/s.
 Results: JSON (`--json`, merged per side so sides can run in separate invocations), a

@@ -1,8 +1,9 @@
 """Engine start split into phases, for `bench e2e`'s offline worker (engine in-process).
 
 `install(record)` wraps the vLLM 0.26.0 methods that bound each phase with timers (the
-GPU synchronised at both ends); `finish(record, engine_start_s, vllm_config)` derives the
-rest once `LLM(...)` has returned. Seconds, in `record["startup"]`:
+GPU synchronised at both ends); `finish(record, engine_start_s, compile_s, cudagraph_sizes)`
+derives the rest once `LLM(...)` has returned, the whole model load from record["load_s"]
+(timed by e2e's own load hook). Seconds, in `record["startup"]`:
 
   construct_s          model construction (`initialize_model`: modules, our parameters)
   weights_s            weight load (the loader's `load_weights`, checkpoint -> parameters)
@@ -81,7 +82,6 @@ def install(record: dict) -> None:
     targets = [("vllm.model_executor.model_loader.base_loader", None, "initialize_model", "construct_s"),
                ("vllm.model_executor.model_loader.base_loader", None, "process_weights_after_loading",
                 "process_weights_s"),
-               ("vllm.model_executor.model_loader.base_loader", "BaseModelLoader", "load_model", "loader_s"),
                ("vllm.v1.worker.gpu_worker", "Worker", "determine_available_memory", "profile_s"),
                ("vllm.v1.worker.gpu_worker", "Worker", "compile_or_warm_up_model", "compile_or_warm_up_s"),
                ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "capture_model", "cudagraph_s"),
@@ -99,10 +99,11 @@ def install(record: dict) -> None:
 
 
 def finish(record: dict, engine_start_s: float, compile_s: float, cudagraph_sizes: int) -> None:
-    """Derive weights_s, inductor_s, warmup_s and other_s; compile_s and cudagraph_sizes
-    come from the engine's compilation config."""
+    """Derive weights_s (the model load, record["load_s"], minus construction and repack),
+    inductor_s, warmup_s and other_s; compile_s and cudagraph_sizes come from the engine's
+    compilation config."""
     p = record.setdefault("startup", {})
-    p["weights_s"] = max(0.0, p.pop("loader_s", 0.0) - p.get("construct_s", 0.0) - p.get("process_weights_s", 0.0))
+    p["weights_s"] = max(0.0, record.get("load_s", 0.0) - p.get("construct_s", 0.0) - p.get("process_weights_s", 0.0))
     p["compile_s"] = compile_s
     if "dynamo_s" in p:
         p["inductor_s"] = max(0.0, compile_s - p["dynamo_s"])
