@@ -109,6 +109,8 @@ def _fake_processes(monkeypatch, worker_out, environment):
     servers, runs = [], []
 
     class FakeServer:
+        pid = 2**22 + 1  # no such process: the server's process tree is empty
+
         def __init__(self, cmd, **kw):
             servers.append(cmd)
 
@@ -135,7 +137,7 @@ def _fake_processes(monkeypatch, worker_out, environment):
 
     monkeypatch.setattr(e2e.subprocess, "Popen", FakeServer)
     monkeypatch.setattr(e2e.subprocess, "run", fake_run)
-    monkeypatch.setattr(e2e, "_wait_healthy", lambda *a, **kw: None)
+    monkeypatch.setattr(e2e.serving, "wait_healthy", lambda *a, **kw: None)
     monkeypatch.setattr(e2e, "_environment", lambda: environment(runs))
     return servers, runs
 

@@ -1,9 +1,9 @@
-"""`python -m vllm_machete_plugin.bench <suite> [options]`; suites: kernels, e2e, profile."""
+"""`python -m vllm_machete_plugin.bench <suite> [options]`; suites: kernels, e2e, soak, profile."""
 from __future__ import annotations
 
 import sys
 
-SUITES = ("kernels", "e2e", "profile")
+SUITES = ("kernels", "e2e", "soak", "profile")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +13,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if argv[0] == "e2e":
         from .e2e import main as suite_main
+    elif argv[0] == "soak":
+        from .soak import main as suite_main
     elif argv[0] == "profile":
         from .profile import main as suite_main
     else:

@@ -37,11 +37,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import startup
+from . import serving, startup
+from .serving import SIDES
 
-# side -> the engine arguments that make it: ours; vLLM's own choice (Machete on Hopper);
-# vLLM with its Humming kernels forced (`--linear-backend humming`).
-SIDES = {"machete": {"quantization": "machete"}, "builtin": {}, "humming": {"linear_backend": "humming"}}
 TPOT_BATCHES = (1, 16, 64, 256)
 RATES = ("1", "2", "4", "8", "inf")
 SERVE_INPUT_LEN, SERVE_OUTPUT_LEN = 1024, 128  # tokens per request in the serving sweep
@@ -82,18 +80,10 @@ def write_model(path: Path, layers: Optional[int] = None, shape: str = "70b") ->
 
 
 def engine_kwargs(args) -> dict:
-    """Identical for both sides and for `vllm serve` (see serve_flags)."""
+    """Identical for both sides and for `vllm serve` (see serving.engine_flags)."""
     return dict(dtype="float16", max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
                 enable_prefix_caching=False, max_num_seqs=256, seed=0, tensor_parallel_size=args.tensor_parallel_size,
                 load_format="dummy" if args.dummy else "auto")
-
-
-def serve_flags(args) -> list[str]:
-    kw = engine_kwargs(args)
-    return ["--dtype", kw["dtype"], "--max-model-len", str(kw["max_model_len"]),
-            "--gpu-memory-utilization", str(kw["gpu_memory_utilization"]), "--no-enable-prefix-caching",
-            "--max-num-seqs", str(kw["max_num_seqs"]), "--seed", str(kw["seed"]), "--load-format", kw["load_format"],
-            "--tensor-parallel-size", str(kw["tensor_parallel_size"])]
 
 
 # ---- offline worker (runs in its own process: `e2e --worker SIDE`) ----------------------
@@ -181,7 +171,7 @@ def run_worker(side: str, model: str, args) -> dict:
     in_process = args.tensor_parallel_size == 1  # else the model lives in vLLM's worker processes
     if in_process:
         _patch_load_model(record)
-        startup.install(record)
+        startup.install(startup.record_sink(record))
     import torch
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -240,25 +230,18 @@ def run_worker(side: str, model: str, args) -> dict:
 # ---- serving sweep ------------------------------------------------------------------------
 
 def run_serving(side: str, model: str, args, workdir: Path) -> dict:
-    port = str(args.port)
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--host", "127.0.0.1", "--port", port] + serve_flags(args)
-    for key, value in SIDES[side].items():
-        cmd += ["--" + key.replace("_", "-"), value]
-    log_path = workdir / f"serve-{side}.log"
-    env = {**os.environ, "VLLM_USE_FLASHINFER_SAMPLER": "0"}
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_healthy(server, port, log_path)
+    env = {"VLLM_USE_FLASHINFER_SAMPLER": "0"}
+    with serving.Server(side, model, serving.engine_flags(engine_kwargs(args)), args.port,
+                        workdir / f"serve-{side}.log") as server:
         out = {}
         for rate in RATES:
             name = f"bench-{side}-{rate}.json"
             bench = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm", "--model", model, "--host", "127.0.0.1",
-                     "--port", port, "--dataset-name", "random", "--random-input-len", str(SERVE_INPUT_LEN),
+                     "--port", str(args.port), "--dataset-name", "random", "--random-input-len", str(SERVE_INPUT_LEN),
                      "--random-output-len", str(SERVE_OUTPUT_LEN), "--ignore-eos", "--num-prompts", str(args.serve_prompts),
                      "--request-rate", rate, "--seed", "0", "--save-result", "--result-dir", str(workdir),
                      "--result-filename", name]
-            r = subprocess.run(bench, capture_output=True, text=True, env=env, timeout=1800)
+            r = subprocess.run(bench, capture_output=True, text=True, env={**os.environ, **env}, timeout=1800)
             if r.returncode != 0:
                 raise RuntimeError(f"vllm bench serve ({side}, rate {rate}) failed:\n{(r.stdout + r.stderr)[-4000:]}")
             res = json.loads((workdir / name).read_text())
@@ -266,26 +249,6 @@ def run_serving(side: str, model: str, args, workdir: Path) -> dict:
                                              "output_throughput", "request_throughput")}
             print(f"[e2e] {side} serve rate {rate}: {out[rate]}", flush=True)
         return out
-    finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-
-
-def _wait_healthy(server: subprocess.Popen, port: str, log: Path, timeout: float = 1800) -> None:
-    import urllib.request
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"vllm serve exited during startup:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(2)
-    raise RuntimeError(f"vllm serve not healthy after {timeout:.0f} s")
 
 
 # ---- report -------------------------------------------------------------------------------
@@ -374,14 +337,16 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
 
 
 def _environment() -> dict:
+    """GPU, driver and versions, from nvidia-smi: this process makes no CUDA context, which
+    would hold GPU memory beside the engines it starts."""
     import torch
     import vllm
     from .. import __version__
-    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                            capture_output=True, text=True).stdout.strip().splitlines()
-    return {"gpu": torch.cuda.get_device_name(), "driver": driver[0] if driver else None,
-            "torch": torch.__version__, "vllm": vllm.__version__, "plugin": __version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip().splitlines()
+    name, driver = (smi[0].split(", ") + [None])[:2] if smi else (None, None)
+    return {"gpu": name, "driver": driver, "torch": torch.__version__, "vllm": vllm.__version__,
+            "plugin": __version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -1,0 +1,209 @@
+"""bench soak without a GPU: the request mix, the load client against a fake server that
+speaks vLLM's streamed completions and /metrics (good and broken), the per-interval
+accounting, the targets in the report, the plot, and the start/restart orchestration."""
+import asyncio
+import json
+import random
+import threading
+
+import pytest
+
+from vllm_machete_plugin.bench import soak
+
+aiohttp = pytest.importorskip("aiohttp")
+from aiohttp import web  # noqa: E402
+
+MAX_LEN = 8192
+
+
+def test_request_mix():
+    rng = random.Random(0)
+    picks = [soak.pick_request(rng, 1000, MAX_LEN, "m") for _ in range(4000)]
+    kinds = {k: sum(p[0] == k for p in picks) / len(picks) for k in ("normal", "abort", "overlength", "multi")}
+    assert kinds["abort"] == pytest.approx(0.05, abs=0.015) and kinds["multi"] == pytest.approx(0.05, abs=0.015)
+    assert kinds["overlength"] == pytest.approx(0.02, abs=0.01) and kinds["normal"] > 0.85
+    for kind, payload, abort_after in picks:
+        n = len(payload["prompt"])
+        assert (n > MAX_LEN) if kind == "overlength" else (64 <= n <= 4096)
+        assert 16 <= payload["max_tokens"] <= 1024 and payload["stream"] and payload["ignore_eos"]
+        assert (2 <= payload["n"] <= 4) if kind == "multi" else payload["n"] == 1
+        assert all(3 <= t < 1000 for t in payload["prompt"]) and 1 <= abort_after <= 32
+
+
+def test_metrics_are_summed_over_label_sets():
+    text = ('# HELP vllm:generation_tokens_total x\n'
+            'vllm:generation_tokens_total{engine="0",model_name="m"} 1200.0\n'
+            'vllm:generation_tokens_total{engine="1",model_name="m"} 34.0\n'
+            'vllm:generation_tokens_created{engine="0"} 1.7e9\n'
+            'vllm:kv_cache_usage_perc{engine="0"} 0.25\n'
+            'vllm:num_requests_running 3\n')
+    m = soak.parse_metrics(text)
+    assert m == {"gen_tokens": 1234.0, "kv_usage": 0.25, "running": 3.0}
+
+
+class FakeVllm:
+    """vLLM's /v1/completions (SSE, one chunk per token and choice, finish_reason on the
+    last, [DONE]), 400 for over-length prompts and /metrics; `broken` ends n>1 streams
+    after their first token without a finish_reason."""
+
+    def __init__(self, broken=False):
+        self.broken, self.tokens, self.requests = broken, 0, 0
+        app = web.Application()
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_get("/metrics", self.metrics)
+        self.app = app
+
+    async def completions(self, request):
+        body = await request.json()
+        self.requests += 1
+        if len(body["prompt"]) > MAX_LEN:
+            return web.json_response({"error": {"message": f"This model's maximum context length is {MAX_LEN} "
+                                                           f"tokens. However, you requested {len(body['prompt'])}"}},
+                                     status=400)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            await self.stream(resp, body)
+        except ConnectionResetError:  # the client aborted (aiohttp's error derives from it)
+            pass
+        return resp
+
+    async def stream(self, resp, body):
+        steps = 1 if self.broken and body["n"] > 1 else body["max_tokens"]
+        for step in range(steps):
+            for i in range(body["n"]):
+                last = step == body["max_tokens"] - 1
+                chunk = {"choices": [{"index": i, "text": " w", "finish_reason": "length" if last else None}]}
+                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.tokens += 1
+            if step % 64 == 0:
+                await asyncio.sleep(0)
+        if not (self.broken and body["n"] > 1):
+            await resp.write(b"data: [DONE]\n\n")
+
+    async def metrics(self, request):
+        return web.Response(text=f'vllm:generation_tokens_total{{engine="0"}} {float(self.tokens)}\n'
+                                 f'vllm:kv_cache_usage_perc{{engine="0"}} 0.5\n')
+
+
+@pytest.fixture
+def servers():
+    """Two fake servers (good, broken) on loopback, in a thread of their own."""
+    loop = asyncio.new_event_loop()
+    fakes, runners, ports = [FakeVllm(), FakeVllm(broken=True)], [], []
+
+    async def start():
+        for f in fakes:
+            runner = web.AppRunner(f.app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            runners.append(runner)
+            ports.append(runner.addresses[0][1])
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    yield fakes, ports
+    for r in runners:
+        asyncio.run_coroutine_threadsafe(r.cleanup(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+
+
+def test_load_counts_every_outcome_per_interval(servers, monkeypatch):
+    fakes, ports = servers
+    monkeypatch.setattr(soak, "KINDS", (("abort", 0.2), ("overlength", 0.2), ("multi", 0.2)))
+    monkeypatch.setattr(soak, "OUTPUT_LEN", (16, 64))
+    monkeypatch.setattr(soak, "gpu_memory_mib", lambda pids: (1000.0 + len(pids) if pids else None, 5000.0))
+    good = soak.Side("good", f"http://127.0.0.1:{ports[0]}", "m", pids=lambda: [1, 2])
+    bad = soak.Side("bad", f"http://127.0.0.1:{ports[1]}", "m")
+    asyncio.run(soak.run_load([good, bad], seconds=2.0, concurrency=4, vocab=1000, max_model_len=MAX_LEN,
+                              sample_s=1.0))
+    for side in (good, bad):
+        assert len(side.samples) == 3 and len(side.counts) == 2  # t=0 and the end of each interval
+        assert [s["t"] for s in side.samples][0] == 0.0 and side.samples[-1]["t"] == pytest.approx(2.0, abs=0.5)
+    totals = {o: sum(c[o] for c in good.counts) for o in soak.OUTCOMES}
+    assert totals["failed"] == 0 and min(totals["ok"], totals["aborted"], totals["rejected"]) > 0
+    assert "maximum context length" in good.examples["rejected"][0]
+    assert sum(c["failed"] for c in bad.counts) > 0 and "multi" in bad.examples["failed"][0]
+    rows = soak.intervals({"samples": good.samples, "counts": good.counts})
+    assert all(r["memory_mib"] == 1002.0 and r["output_tok_s"] > 0 for r in rows)
+    assert soak.intervals({"samples": bad.samples, "counts": bad.counts})[0]["memory_mib"] == 5000.0
+    assert sum(r["output_tok_s"] * 1.0 for r in rows) == pytest.approx(fakes[0].tokens, rel=0.35)
+
+
+def _side(mem, tok, failed=0):
+    samples = [{"t": 60.0 * i, "gen_tokens": sum(tok[:i]) * 60.0, "server_mib": m, "gpu_mib": 2 * m, "alive": True}
+               for i, m in enumerate([mem[0]] + list(mem))]
+    counts = [{"ok": 10, "aborted": 1, "rejected": 1, "failed": failed if i == 0 else 0, "cut": 0}
+              for i in range(len(mem))]
+    return {"samples": samples, "counts": counts, "examples": {"rejected": ["HTTP 400 too long"], "failed": []},
+            "starts": [{"kind": "cold", "engine_start_s": 100.0, "load_s": 5.0, "startup": {"construct_s": 1.0}},
+                       {"kind": "warm", "engine_start_s": 60.0, "load_s": 4.0, "startup": {"construct_s": 1.0}}]}
+
+
+def test_report_checks_the_targets_and_plots(tmp_path):
+    result = {"model": "m", "gpu": "G", "settings": {"minutes": 3, "concurrency": 64},
+              "sides": {"machete": _side([40000, 40100, 40300], [1000, 1010, 960]),
+                        "builtin": _side([40000, 40000, 40000], [1000, 1000, 1000], failed=2)}}
+    ours, theirs = soak.verdict(result["sides"]["machete"]), soak.verdict(result["sides"]["builtin"])
+    assert ours["memory_drift"] == pytest.approx(300 / 40000) and ours["memory_flat"]
+    assert ours["throughput_drift"] == pytest.approx(-0.04) and ours["throughput_flat"] and ours["no_failures"]
+    assert not theirs["no_failures"] and theirs["totals"]["failed"] == 2
+    result["sides"]["machete"]["samples"][-1]["server_mib"] = 41000
+    assert not soak.verdict(result["sides"]["machete"])["memory_flat"]
+    md = soak.markdown(result)
+    assert "| engine start (launch to healthy) | 100.0 | 60.0 | 100.0 | 60.0 |" in md
+    assert "machete / builtin, cold: engine start 1.00x, model load 1.00x" in md
+    assert "MISSED (2 failed of 38)" in md and "MISSED (+2.5%, server processes)" in md
+    assert "HTTP 400 too long" in md
+    path = soak.plot(result, tmp_path)
+    assert path.exists() and path.stat().st_size > 10_000
+
+
+def test_starts_are_cold_then_warm_one_side_at_a_time(tmp_path, monkeypatch):
+    events, flags = [], []
+    flags_seen = flags
+
+    class FakeServer:
+        def __init__(self, side, model, flags, port, log_path, env=None):
+            self.side, self.flags, self.port, self.env, self.proc = side, flags, port, env, None
+            self.url = f"http://127.0.0.1:{port}"
+            flags_seen.append(flags)
+
+        def start(self):
+            live = [e for e in events if e[0] == "up"]
+            events.append(("up", self.side, self.port, self.kind, len(live)))
+            (soak.Path(self.env["VLLM_CACHE_ROOT"]) / "graph").parent.mkdir(parents=True, exist_ok=True)
+            (soak.Path(self.env["VLLM_CACHE_ROOT"]) / "graph").write_text("compiled")
+            return self
+
+        def phases(self):
+            return {"engine_start_s": 1.0, "load_s": 0.5, "startup": {}}
+
+        def pids(self):
+            return []
+
+        def stop(self):
+            events.append(("down", self.side))
+
+        def __enter__(self):
+            return self.start()
+
+        def __exit__(self, *exc):
+            self.stop()
+
+    monkeypatch.setattr(soak.serving, "Server", FakeServer)
+    monkeypatch.setattr(soak.e2e, "_environment", lambda: {"gpu": "FakeGPU"})
+    out = tmp_path / "r.json"
+    soak.main(["--minutes", "0", "--layers", "2", "--json", str(out), "--cache-dir", str(tmp_path / "c")])
+    result = json.loads(out.read_text())
+    ups = [e for e in events if e[0] == "up"]
+    assert [(e[1], e[3]) for e in ups] == [("machete", "cold"), ("builtin", "cold"),
+                                           ("machete", "warm"), ("builtin", "warm")]
+    assert events[:4] == [ups[0], ("down", "machete"), ups[1], ("down", "builtin")]  # one at a time
+    assert events[-2:] == [("down", "machete"), ("down", "builtin")]  # kept servers stopped at the end
+    assert ups[0][2] != ups[1][2]
+    assert flags[0] == flags[1] and flags[0][flags[0].index("--gpu-memory-utilization") + 1] == "0.45"
+    assert result["settings"]["gpu_memory_utilization"] == 0.45
+    assert [s["kind"] for s in result["sides"]["builtin"]["starts"]] == ["cold", "warm"]

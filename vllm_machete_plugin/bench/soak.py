@@ -1,0 +1,435 @@
+"""Soak: each side's `vllm serve` restarted, then held under a long mixed load on loopback.
+
+  python -m vllm_machete_plugin.bench soak [--sides machete,builtin] [--minutes 10] \
+      [--concurrency 64] [--restarts 1] [--json FILE] [--plot-dir DIR]
+  python -m vllm_machete_plugin.bench soak --report FILE [--plot-dir DIR]
+
+1. Starts. Each side gets cache directories of its own (vLLM's compile cache, Inductor's,
+   Triton's; empty unless --cache-dir names filled ones). It is started and stopped
+   `--restarts` times, then started once more and kept: with empty caches the first start
+   is a cold start and the later ones warm restarts. Each start is timed from launch to a
+   healthy /health and split into phases from the server's log (bench/startup.py). Sides
+   start one at a time (vLLM's memory profiling assumes no other start on the GPU).
+2. Load. The kept servers run side by side on the one GPU (each with
+   gpu_memory_utilization / number of sides), under the same load at the same time:
+   `--concurrency` clients per server for `--minutes`, each sending one request after
+   another, streamed, random token ids, ignore_eos:
+     normal: a prompt of 64..4096 tokens, 16..1024 output tokens;
+     abort (5%): the client closes the stream after 1..32 chunks;
+     over-length (2%): a prompt longer than max_model_len, which must get HTTP 400;
+     n>1 (5%): n = 2..4 completions, each of which must finish with its full length.
+   Anything else is a failure: another status, an error in the stream, a stream that ends
+   early. Requests still in flight at the end are cut and counted apart.
+3. Every `--sample-s` seconds per side: GPU memory of the server's processes (nvidia-smi;
+   the whole GPU's where the processes are not visible), output tokens per second (the
+   server's vllm:generation_tokens_total), KV-cache use, preemptions, and the requests
+   finished in that interval by outcome.
+Results: JSON, markdown (starts, then the soak per interval with the targets of issue 18),
+a PNG of memory and throughput over time.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from . import e2e, serving, startup
+
+KINDS = (("abort", 0.05), ("overlength", 0.02), ("multi", 0.05))  # the rest: normal
+PROMPT_LEN, OUTPUT_LEN, ABORT_AFTER, MULTI_N = (64, 4096), (16, 1024), (1, 32), (2, 4)
+OUTCOMES = ("ok", "aborted", "rejected", "failed", "cut")
+METRICS = {"gen_tokens": "vllm:generation_tokens_total", "preemptions": "vllm:num_preemptions_total",
+           "kv_usage": "vllm:kv_cache_usage_perc", "running": "vllm:num_requests_running",
+           "waiting": "vllm:num_requests_waiting"}
+# Targets of issue 18 (checked in the report).
+MEMORY_DRIFT, THROUGHPUT_DRIFT = 0.01, 0.05
+
+
+def cache_env(root: Path) -> dict[str, str]:
+    """The compile caches of one side, all under root."""
+    return {"VLLM_CACHE_ROOT": str(root / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"),
+            "TRITON_CACHE_DIR": str(root / "triton")}
+
+
+def _filled(env: dict[str, str]) -> bool:
+    return any(Path(d).is_dir() and any(Path(d).rglob("*")) for d in env.values())
+
+
+# ---- the load ------------------------------------------------------------------------------
+
+def pick_request(rng: random.Random, vocab: int, max_model_len: int, model: str) -> tuple[str, dict, int]:
+    """(kind, completions payload, abort-after chunks) of one request."""
+    r, kind = rng.random(), "normal"
+    for name, share in KINDS:
+        if r < share:
+            kind = name
+            break
+        r -= share
+    plen = rng.randint(max_model_len + 1, max_model_len + 512) if kind == "overlength" else rng.randint(*PROMPT_LEN)
+    out = rng.randint(*OUTPUT_LEN)
+    payload = {"model": model, "prompt": [rng.randrange(3, vocab) for _ in range(plen)], "max_tokens": out,
+               "ignore_eos": True, "temperature": 1.0, "stream": True, "n": rng.randint(*MULTI_N) if kind == "multi" else 1}
+    return kind, payload, rng.randint(*ABORT_AFTER)
+
+
+async def one_request(session, url: str, kind: str, payload: dict, abort_after: int) -> tuple[str, str]:
+    """(outcome, detail) of one streamed completion request."""
+    async with session.post(url + "/v1/completions", json=payload) as resp:
+        if kind == "overlength" or resp.status != 200:
+            body = (await resp.text())[:400]
+            if kind == "overlength" and resp.status == 400:
+                return "rejected", body
+            return "failed", f"{kind}: HTTP {resp.status}: {body}"
+        chunks, finished = 0, {}
+        async for raw in resp.content:
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                break
+            obj = json.loads(data)
+            if "error" in obj:
+                return "failed", f"{kind}: error in stream: {str(obj['error'])[:300]}"
+            for choice in obj.get("choices", []):
+                if choice.get("finish_reason"):
+                    finished[choice["index"]] = choice["finish_reason"]
+            chunks += 1
+            if kind == "abort" and chunks >= abort_after:
+                resp.close()
+                return "aborted", ""
+        else:
+            return "failed", f"{kind}: stream ended without [DONE] after {chunks} chunks"
+    want = {i: "length" for i in range(payload["n"])}
+    if finished != want:
+        return "failed", f"{kind}: completions finished {finished}, expected {want} (max_tokens {payload['max_tokens']})"
+    return "ok", ""
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Our METRICS from a Prometheus text page, summed over label sets."""
+    out: dict[str, float] = {}
+    for key, name in METRICS.items():
+        values = re.findall(r"^" + re.escape(name) + r"(?:\{[^}]*\})? ([0-9.eE+-]+)$", text, re.M)
+        if values:
+            out[key] = sum(float(v) for v in values)
+    return out
+
+
+def gpu_memory_mib(pids: list[int]) -> tuple[Optional[float], Optional[float]]:
+    """(MiB held by these processes, MiB used on the whole GPU) from nvidia-smi; None where
+    not visible (a container may hide other PID namespaces)."""
+    def query(*a: str) -> list[str]:
+        try:
+            r = subprocess.run(["nvidia-smi", *a, "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                               timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        return [line.strip() for line in r.stdout.splitlines() if line.strip()]
+    mine = [float(used) for pid, used in (line.split(", ") for line in query("--query-compute-apps=pid,used_memory"))
+            if int(pid) in pids]
+    total = query("--query-gpu=memory.used")
+    return (sum(mine) if mine else None), (float(total[0]) if total else None)
+
+
+class Side:
+    """One server under load: its per-interval samples and outcome counts."""
+
+    def __init__(self, name: str, url: str, model: str, pids=lambda: [], alive=lambda: True):
+        self.name, self.url, self.model, self.pids, self.alive = name, url, model, pids, alive
+        self.samples: list[dict] = []
+        self.counts: list[dict[str, int]] = []
+        self.examples: dict[str, list[str]] = {"rejected": [], "failed": []}
+
+    def count(self, interval: int, outcome: str, detail: str) -> None:
+        while len(self.counts) <= interval:
+            self.counts.append(dict.fromkeys(OUTCOMES, 0))
+        self.counts[interval][outcome] += 1
+        if outcome in self.examples and len(self.examples[outcome]) < 5:
+            self.examples[outcome].append(detail)
+
+
+async def _sample(session, side: Side, t: float) -> dict:
+    s: dict = {"t": t}
+    try:
+        async with session.get(side.url + "/metrics") as resp:
+            s.update(parse_metrics(await resp.text()))
+    except Exception as e:  # noqa: BLE001  (recorded: a server that stops answering is a finding)
+        s["metrics_error"] = repr(e)[:200]
+    s["server_mib"], s["gpu_mib"] = await asyncio.to_thread(gpu_memory_mib, side.pids())
+    s["alive"] = side.alive()
+    return s
+
+
+async def run_load(sides: list[Side], seconds: float, concurrency: int, vocab: int, max_model_len: int,
+                   sample_s: float = 60.0, seed: int = 0) -> None:
+    """`concurrency` clients per side for `seconds`; fills each Side's samples and counts
+    (interval i covers [i*sample_s, (i+1)*sample_s) from the start)."""
+    import aiohttp
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=900)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        t0 = time.monotonic()
+        deadline = t0 + seconds
+        last = int(max(1, round(seconds / sample_s))) - 1
+
+        async def client(side: Side, rng: random.Random) -> None:
+            while (left := deadline - time.monotonic()) > 0:
+                kind, payload, abort_after = pick_request(rng, vocab, max_model_len, side.model)
+                try:
+                    outcome, detail = await asyncio.wait_for(
+                        one_request(session, side.url, kind, payload, abort_after), left)
+                except asyncio.TimeoutError:
+                    outcome, detail = "cut", ""
+                except Exception as e:  # noqa: BLE001  (every client-side error is a failed request)
+                    outcome, detail = "failed", f"{kind}: {e!r}"[:400]
+                side.count(min(last, int((time.monotonic() - t0) // sample_s)), outcome, detail)
+
+        async def sampler(side: Side) -> None:
+            side.samples.append(await _sample(session, side, 0.0))
+            for i in range(1, last + 2):
+                await asyncio.sleep(max(0.0, t0 + i * sample_s - time.monotonic()))
+                side.samples.append(await _sample(session, side, time.monotonic() - t0))
+                print(f"[soak] {side.name} t={side.samples[-1]['t']:.0f}s {side.samples[-1]} "
+                      f"{side.counts[i - 1] if i - 1 < len(side.counts) else {}}", flush=True)
+
+        tasks = [client(s, random.Random(f"{seed}/{s.name}/{c}")) for s in sides for c in range(concurrency)]
+        await asyncio.gather(*tasks, *(sampler(s) for s in sides))
+    for s in sides:  # intervals in which nothing finished
+        s.counts += [dict.fromkeys(OUTCOMES, 0) for _ in range(last + 1 - len(s.counts))]
+
+
+def intervals(side: dict) -> list[dict]:
+    """Per interval: memory at its end, output tok/s over it, KV use, outcome counts."""
+    samples, counts, out = side["samples"], side["counts"], []
+    for i in range(1, len(samples)):
+        a, b = samples[i - 1], samples[i]
+        dt = b["t"] - a["t"]
+        tok_s = (b["gen_tokens"] - a["gen_tokens"]) / dt if "gen_tokens" in a and "gen_tokens" in b and dt > 0 else None
+        mem = b.get("server_mib") if b.get("server_mib") is not None else b.get("gpu_mib")
+        out.append({"interval": i, "end_s": b["t"], "memory_mib": mem, "output_tok_s": tok_s,
+                    "kv_usage": b.get("kv_usage"), "preemptions": b.get("preemptions"),
+                    **(counts[i - 1] if i - 1 < len(counts) else {})})
+    return out
+
+
+def verdict(side: dict) -> dict:
+    """Issue 18's soak targets for one side."""
+    rows = intervals(side)
+    totals = {o: sum(r.get(o, 0) for r in rows) for o in OUTCOMES}
+    first, last = rows[0], rows[-1]
+
+    def drift(key):
+        a, b = first.get(key), last.get(key)
+        return None if a in (None, 0) or b is None else b / a - 1
+    mem, tok = drift("memory_mib"), drift("output_tok_s")
+    return {"totals": totals, "memory_drift": mem, "throughput_drift": tok,
+            "no_failures": totals["failed"] == 0 and all(s.get("alive", True) for s in side["samples"]),
+            "memory_flat": mem is not None and abs(mem) <= MEMORY_DRIFT,
+            "throughput_flat": tok is not None and abs(tok) <= THROUGHPUT_DRIFT,
+            "memory_source": "server processes" if last.get("memory_mib") == side["samples"][-1].get("server_mib")
+            else "whole GPU"}
+
+
+# ---- report -------------------------------------------------------------------------------
+
+def markdown(result: dict) -> str:
+    sides = list(result["sides"])
+    lines = [f"Model: {result.get('model')}; GPU: {result.get('gpu')}; settings: {json.dumps(result.get('settings', {}))}",
+             "", "### Starts (seconds; cold = empty compile caches, warm = filled by the start before)", ""]
+    starts = [(s, i, st) for s in sides for i, st in enumerate(result["sides"][s].get("starts", []))]
+    if starts:
+        lines.append("| phase | " + " | ".join(f"{s} #{i + 1} ({st['kind']})" for s, i, st in starts) + " |")
+        lines.append("|---|" + "---|" * len(starts))
+        rows = [("engine start (launch to healthy)", ("engine_start_s",), "{:.1f}"), ("model load", ("load_s",), "{:.1f}"),
+                *startup.report_rows()]
+        for label, keys, fmt in rows:
+            vals = []
+            for _, _, st in starts:
+                v = st
+                for k in keys:
+                    v = v.get(k) if isinstance(v, dict) else None
+                vals.append("-" if v is None else fmt.format(int(v) if fmt == "{:d}" else v))
+            lines.append(f"| {label.removeprefix('start: ')} | " + " | ".join(vals) + " |")
+        ref = result["sides"].get("builtin", {}).get("starts", [])
+        for side in sides:
+            if side == "builtin" or not ref:
+                continue
+            for kind in ("cold", "warm"):
+                ours = [st for st in result["sides"][side].get("starts", []) if st["kind"] == kind]
+                theirs = [st for st in ref if st["kind"] == kind]
+                if ours and theirs:
+                    lines.append("")
+                    lines.append(f"{side} / builtin, {kind}: engine start {ours[-1]['engine_start_s'] / theirs[-1]['engine_start_s']:.2f}x, "
+                                 f"model load {_ratio(ours[-1].get('load_s'), theirs[-1].get('load_s'))}")
+    soaked = [s for s in sides if result["sides"][s].get("samples")]
+    if soaked:
+        lines += ["", f"### Soak: {result['settings'].get('minutes')} min, {result['settings'].get('concurrency')} "
+                  "clients per server, all sides at once", ""]
+        head = "| end (s) | " + " | ".join(f"{s} GPU MiB | {s} out tok/s | {s} KV % | {s} ok/abort/400/fail/cut"
+                                          for s in soaked) + " |"
+        lines += [head, "|---|" + "---|---|---|---|" * len(soaked)]
+        per = {s: intervals(result["sides"][s]) for s in soaked}
+        for i in range(max(len(v) for v in per.values())):
+            cells = []
+            for s in soaked:
+                r = per[s][i] if i < len(per[s]) else {}
+                cells += [_fmt("{:.0f}", r.get("memory_mib")), _fmt("{:.0f}", r.get("output_tok_s")),
+                          _fmt("{:.0f}", None if r.get("kv_usage") is None else 100 * r["kv_usage"]),
+                          "/".join(str(r.get(o, "-")) for o in OUTCOMES)]
+            end = next((per[s][i]["end_s"] for s in soaked if i < len(per[s])), 0.0)
+            lines.append(f"| {end:.0f} | " + " | ".join(cells) + " |")
+        lines += ["", "| target | " + " | ".join(soaked) + " |", "|---|" + "---|" * len(soaked)]
+        v = {s: verdict(result["sides"][s]) for s in soaked}
+        lines.append("| no failed requests (besides the deliberate aborts and 400s) | " + " | ".join(
+            f"{'met' if v[s]['no_failures'] else 'MISSED'} ({v[s]['totals']['failed']} failed of "
+            f"{sum(v[s]['totals'].values())})" for s in soaked) + " |")
+        lines.append(f"| memory, last interval vs first, within {MEMORY_DRIFT:.0%} | " + " | ".join(
+            f"{'met' if v[s]['memory_flat'] else 'MISSED'} ({_pct(v[s]['memory_drift'])}, {v[s]['memory_source']})"
+            for s in soaked) + " |")
+        lines.append(f"| output tok/s, last interval vs first, within {THROUGHPUT_DRIFT:.0%} | " + " | ".join(
+            f"{'met' if v[s]['throughput_flat'] else 'MISSED'} ({_pct(v[s]['throughput_drift'])})" for s in soaked) + " |")
+        for s in soaked:
+            ex = result["sides"][s].get("examples", {})
+            if ex.get("rejected"):
+                lines.append(f"\n{s}: an over-length prompt got: `{ex['rejected'][0][:300]}`")
+            for f in ex.get("failed", []):
+                lines.append(f"\n{s}: failed: `{f[:300]}`")
+    return "\n".join(lines)
+
+
+def _fmt(fmt: str, v) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:+.1f}%"
+
+
+def _ratio(a, b) -> str:
+    return "-" if not a or not b else f"{a / b:.2f}x"
+
+
+def plot(result: dict, out_dir: Path) -> Optional[Path]:
+    """Memory and output tok/s per interval, one line per side (None without soak data)."""
+    soaked = {s: intervals(r) for s, r in result["sides"].items() if r.get("samples")}
+    if not soaked:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, (mem, tok) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for side, rows in soaked.items():
+        t = [r["end_s"] / 60 for r in rows]
+        mem.plot(t, [r["memory_mib"] / 1024 if r["memory_mib"] is not None else float("nan") for r in rows],
+                 marker="o", label=side)
+        tok.plot(t, [r["output_tok_s"] if r["output_tok_s"] is not None else float("nan") for r in rows],
+                 marker="o", label=side)
+    mem.set(ylabel="GPU memory (GiB)", title=f"soak: {result.get('model')}\non {result.get('gpu')}")
+    tok.set(ylabel="output tok/s", xlabel="minutes into the soak")
+    for ax in (mem, tok):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = out_dir / "soak.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---- orchestration ------------------------------------------------------------------------
+
+def run(args) -> dict:
+    sides = [s for s in args.sides.split(",") if s]
+    unknown = set(sides) - set(serving.SIDES)
+    if unknown:
+        raise SystemExit(f"unknown side(s) {sorted(unknown)}; choose from {list(serving.SIDES)}")
+    workdir = Path(tempfile.mkdtemp(prefix="vmp-soak-"))
+    cache_root = Path(args.cache_dir) if args.cache_dir else workdir / "caches"
+    layers = args.layers or e2e.SHAPES[args.shape]["num_hidden_layers"]
+    model = args.model or str(e2e.write_model(workdir / f"llama-3.1-{args.shape}-gptq-{layers}l", layers, args.shape))
+    args.dummy = args.model is None
+    if args.gpu_memory_utilization is None:
+        args.gpu_memory_utilization = round(0.9 / len(sides), 3)
+    flags = serving.engine_flags(e2e.engine_kwargs(args))
+    result = {**e2e._environment(), "sides": {s: {"starts": []} for s in sides},
+              "model": args.model or f"Llama-3.1-{args.shape.upper()} GPTQ 4-bit g128, {layers} layers, dummy weights",
+              "settings": {"minutes": args.minutes, "concurrency": args.concurrency, "restarts": args.restarts,
+                           "sample_s": args.sample_s, "prompt_len": PROMPT_LEN, "output_len": OUTPUT_LEN,
+                           "kinds": dict(KINDS), "max_model_len": args.max_model_len,
+                           "gpu_memory_utilization": args.gpu_memory_utilization,
+                           "tensor_parallel_size": args.tensor_parallel_size}}
+
+    def save():
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+
+    def server(i: int, side: str, n: int) -> serving.Server:
+        env = cache_env(cache_root / side)
+        srv = serving.Server(side, model, flags, args.port + i, workdir / f"{side}-start{n}.log", env)
+        srv.kind = "warm" if _filled(env) else "cold"
+        return srv
+
+    def started(side: str, srv: serving.Server) -> None:
+        rec = {"kind": srv.kind, **srv.phases()}
+        result["sides"][side]["starts"].append(rec)
+        print(f"[soak] {side} start {len(result['sides'][side]['starts'])} ({srv.kind}): "
+              f"{rec['engine_start_s']:.1f} s {rec.get('startup')}", flush=True)
+        save()
+
+    kept: list[serving.Server] = []
+    try:
+        for n in range(args.restarts):
+            for i, side in enumerate(sides):
+                with server(i, side, n) as srv:
+                    started(side, srv)
+        for i, side in enumerate(sides):
+            kept.append(server(i, side, args.restarts).start())
+            started(side, kept[-1])
+        if args.minutes > 0:
+            load = [Side(s, k.url, model, k.pids, lambda k=k: k.proc is not None and k.proc.poll() is None)
+                    for s, k in zip(sides, kept)]
+            vocab = json.loads((Path(model) / "config.json").read_text())["vocab_size"]
+            print(f"[soak] {args.minutes} min, {args.concurrency} clients per server: {sides}", flush=True)
+            asyncio.run(run_load(load, args.minutes * 60, args.concurrency, vocab, args.max_model_len, args.sample_s))
+            for side in load:
+                result["sides"][side.name].update(samples=side.samples, counts=side.counts, examples=side.examples)
+            save()
+    finally:
+        for k in kept:
+            k.stop()
+    return result
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vllm_machete_plugin.bench soak", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="a real W4A16 checkpoint (default: Llama-3.1-70B GPTQ, dummy weights)")
+    ap.add_argument("--shape", choices=sorted(e2e.SHAPES), default="70b")
+    ap.add_argument("--layers", type=int, default=None, help="decoder layers of the built-in config (default: all)")
+    ap.add_argument("--sides", default="machete,builtin", help=f"comma-separated subset of {list(serving.SIDES)}")
+    ap.add_argument("--minutes", type=float, default=10.0, help="length of the load (0: starts only)")
+    ap.add_argument("--concurrency", type=int, default=64, help="clients per server")
+    ap.add_argument("--restarts", type=int, default=1, help="starts (and stops) of each side before the kept one")
+    ap.add_argument("--cache-dir", help="per-side compile caches under DIR/<side> (default: new, empty)")
+    ap.add_argument("--sample-s", type=float, default=60.0, help="seconds per sample interval")
+    ap.add_argument("--max-model-len", type=int, default=8192)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=None, help="per side (default 0.9 / sides)")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    ap.add_argument("--port", type=int, default=8031, help="first side's port; the next sides count up")
+    ap.add_argument("--json", help="results file")
+    ap.add_argument("--plot-dir", help="write soak.png here")
+    ap.add_argument("--report", help="only print the tables (and plot) of this results file")
+    args = ap.parse_args(argv)
+    result = json.loads(Path(args.report).read_text()) if args.report else run(args)
+    print(markdown(result))
+    if args.plot_dir and (p := plot(result, Path(args.plot_dir))):
+        print(f"[soak] wrote {p}")
+    return 0
