@@ -106,3 +106,26 @@ def test_machete_weight_records_its_kind_and_the_fake_checks_it():
         machete._mm_fake(x, w_u4, s, None, 128)
     with pytest.raises(RuntimeError, match=r"w must be the int32 or uint32 \[K/8, N\] tensor .* got torch.float32"):
         machete._mm_fake(x, w_u4b8.float(), s, None, 128)
+
+
+def test_machete_apply_reads_no_environment(monkeypatch):
+    """apply() runs under torch.compile: it must not read os.environ (Dynamo would trace the
+    `os` module into vLLM's compile-cache key); the forced schedule is read at import."""
+    from types import SimpleNamespace
+
+    from vllm_machete_plugin.backends import machete
+
+    class NoReads(dict):
+        def __getitem__(self, key):
+            raise AssertionError(f"os.environ[{key!r}] read in apply()")
+
+        def get(self, key, default=None):
+            raise AssertionError(f"os.environ.get({key!r}) in apply()")
+
+    calls = []
+    monkeypatch.setattr(machete.os, "environ", NoReads())
+    monkeypatch.setattr(machete.torch, "ops", SimpleNamespace(vmp=SimpleNamespace(machete_mm=lambda *a: calls.append(a))))
+    monkeypatch.setattr(machete, "FORCED_SCHEDULE", "128x16")
+    spec = LayerSpec(k=256, n=128, group_size=128, has_zeros=False, act_dtype=torch.float16)
+    machete.MacheteBackend.apply(spec, {"w": "W", "scales": "S", "locks": "L"}, "X")
+    assert calls == [("X", "W", "S", None, 128, "128x16", "L")]

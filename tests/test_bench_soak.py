@@ -117,8 +117,10 @@ def test_load_counts_every_outcome_per_interval(servers, monkeypatch):
     monkeypatch.setattr(soak, "gpu_memory_mib", lambda pids: (1000.0 + len(pids) if pids else None, 5000.0))
     good = soak.Side("good", f"http://127.0.0.1:{ports[0]}", "m", pids=lambda: [1, 2])
     bad = soak.Side("bad", f"http://127.0.0.1:{ports[1]}", "m")
+    seen = []
     asyncio.run(soak.run_load([good, bad], seconds=2.0, concurrency=4, vocab=1000, max_model_len=MAX_LEN,
-                              sample_s=1.0))
+                              sample_s=1.0, on_sample=lambda side: seen.append((side.name, len(side.samples)))))
+    assert sorted(seen) == [("bad", 2), ("bad", 3), ("good", 2), ("good", 3)]  # kept after every sample
     for side in (good, bad):
         assert len(side.samples) == 3 and len(side.counts) == 2  # t=0 and the end of each interval
         assert [s["t"] for s in side.samples][0] == 0.0 and side.samples[-1]["t"] == pytest.approx(2.0, abs=0.5)

@@ -135,6 +135,12 @@ def test_a_servers_log_gives_the_phases_back():
     assert p["other_s"] == pytest.approx(90.0 - (1.25 + 5.0 + 3.5 + 40.0 + 20.0 + 2.5))
 
 
+def test_the_v2_runners_load_line_is_read():
+    log = SERVER_LOG.replace("36.84 GiB memory and 9.750000 seconds", "36.84 GiB and 5.310358 seconds")
+    r = startup.parse_log(log, engine_start_s=90.0)
+    assert r["load_s"] == 5.310358 and r["startup"]["weights_s"] == pytest.approx(5.310358 - 1.25 - 3.5)
+
+
 def test_a_warm_restart_without_compile_lines_keeps_the_rest():
     log = "\n".join(line for line in SERVER_LOG.splitlines() if "Dynamo" not in line and "torch.compile" not in line)
     p = startup.parse_log(log, engine_start_s=60.0)["startup"]

@@ -20,7 +20,8 @@ import torch
 from vllm_machete_plugin import backends, ops
 from vllm_machete_plugin.act_order import sort_by_group
 from vllm_machete_plugin.backends.base import LayerSpec
-from vllm_machete_plugin.backends.machete import (ENV_SCHEDULE, MacheteBackend, kernels_built, prepacked_dtype,
+from vllm_machete_plugin.backends import machete
+from vllm_machete_plugin.backends.machete import (MacheteBackend, kernels_built, prepacked_dtype,
                                                   schedules)
 from vllm_machete_plugin.canonical import SYMMETRIC_ZERO, CanonicalW4, dequantize
 from vllm_machete_plugin.machete_layout_ref import prepack_ref
@@ -264,16 +265,16 @@ def test_cuda_graph_capture_replay(dtype):
         assert torch.equal(y, MacheteBackend.apply(spec, prepared, x))
 
 
-def test_forced_schedule_env(monkeypatch):
+def test_forced_schedule(monkeypatch):
     dtype = torch.bfloat16
     w = make_weight(512, 256, 64, True, dtype)
     spec = spec_for(w, dtype)
     p = MacheteBackend.prepare(spec, w)
     x = torch.randn(5, 512, dtype=dtype, device=DEV)
     for name in schedules():
-        monkeypatch.setenv(ENV_SCHEDULE, name)  # (every schedule takes M=5)
+        monkeypatch.setattr(machete, "FORCED_SCHEDULE", name)  # (every schedule takes M=5)
         assert torch.equal(MacheteBackend.apply(spec, p, x), run_mm(x, p, 64, name))
-    monkeypatch.setenv(ENV_SCHEDULE, "nope")
+    monkeypatch.setattr(machete, "FORCED_SCHEDULE", "nope")
     with pytest.raises(RuntimeError, match="unknown schedule"):
         MacheteBackend.apply(spec, p, x)
 

@@ -8,7 +8,7 @@ kind, checked without reading the GPU), scales [G, N] in the act dtype, zero poi
 pre-multiplied as -s*z in the act dtype, so the mainloop dequantizes with one FMA
 (q*s + z'), and a zeroed int32 lock buffer for the small-M kernel's cross-block reduction
 (it is back to zero after every call). apply(): vmp::machete_mm with the schedule from
-VMP_MACHETE_SCHEDULE if set, else the C++ heuristic (kernels/machete/machete_heuristic.cpp):
+VMP_MACHETE_SCHEDULE if set when this module was imported, else the C++ heuristic (kernels/machete/machete_heuristic.cpp):
 the small-M mma.sync kernel (kernels/machete/machete_small_m.cu) for M <= 16 (64x8 up to
 8 tokens, 64x16 up to 16), the CUTLASS wgmma tiles above, all on the one prepacked weight.
 """
@@ -45,6 +45,12 @@ def schedules() -> list[str]:
 
 def forced_schedule() -> Optional[str]:
     return os.environ.get(ENV_SCHEDULE, "").strip() or None
+
+
+# Read once, at import: apply() runs under torch.compile, where reading os.environ would put
+# the `os` module among the traced sources of vLLM's compile-cache key (it cannot read
+# "<frozen os>", and a warm restart then missed the cache).
+FORCED_SCHEDULE = forced_schedule()
 
 
 class MacheteBackend(Backend):
@@ -91,7 +97,7 @@ class MacheteBackend(Backend):
     def apply(cls, spec: LayerSpec, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         group = -1 if spec.group_size == spec.k else spec.group_size
         return torch.ops.vmp.machete_mm(x, weights["w"], weights["scales"], weights.get("zeros"), group,
-                                        forced_schedule(), weights.get("locks"))
+                                        FORCED_SCHEDULE, weights.get("locks"))
 
 
 def prepacked_dtype(has_zeros: bool) -> torch.dtype:

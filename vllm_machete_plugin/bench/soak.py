@@ -169,9 +169,10 @@ async def _sample(session, side: Side, t: float) -> dict:
 
 
 async def run_load(sides: list[Side], seconds: float, concurrency: int, vocab: int, max_model_len: int,
-                   sample_s: float = 60.0, seed: int = 0) -> None:
+                   sample_s: float = 60.0, seed: int = 0, on_sample=lambda side: None) -> None:
     """`concurrency` clients per side for `seconds`; fills each Side's samples and counts
-    (interval i covers [i*sample_s, (i+1)*sample_s) from the start)."""
+    (interval i covers [i*sample_s, (i+1)*sample_s) from the start); on_sample(side) after
+    every sample, so a run cut short keeps what it measured."""
     import aiohttp
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=900)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -198,6 +199,7 @@ async def run_load(sides: list[Side], seconds: float, concurrency: int, vocab: i
                 side.samples.append(await _sample(session, side, time.monotonic() - t0))
                 print(f"[soak] {side.name} t={side.samples[-1]['t']:.0f}s {side.samples[-1]} "
                       f"{side.counts[i - 1] if i - 1 < len(side.counts) else {}}", flush=True)
+                on_sample(side)
 
         tasks = [client(s, random.Random(f"{seed}/{s.name}/{c}")) for s in sides for c in range(concurrency)]
         await asyncio.gather(*tasks, *(sampler(s) for s in sides))
@@ -398,10 +400,14 @@ def run(args) -> dict:
                     for s, k in zip(sides, kept)]
             vocab = json.loads((Path(model) / "config.json").read_text())["vocab_size"]
             print(f"[soak] {args.minutes} min, {args.concurrency} clients per server: {sides}", flush=True)
-            asyncio.run(run_load(load, args.minutes * 60, args.concurrency, vocab, args.max_model_len, args.sample_s))
-            for side in load:
+            def keep(side: Side) -> None:
                 result["sides"][side.name].update(samples=side.samples, counts=side.counts, examples=side.examples)
-            save()
+                save()
+
+            asyncio.run(run_load(load, args.minutes * 60, args.concurrency, vocab, args.max_model_len, args.sample_s,
+                                 on_sample=keep))
+            for side in load:
+                keep(side)
     finally:
         for k in kept:
             k.stop()

@@ -145,7 +145,8 @@ def finish(record: dict, engine_start_s: float, compile_s: float | None, cudagra
 
 _OURS = re.compile(LOG_TAG + r" (\w+) ([0-9.]+)")
 _VLLM = {  # vLLM 0.26.0's own log lines -> (key, regex of its number)
-    "load_s": re.compile(r"Model loading took [0-9.]+ GiB memory and ([0-9.]+) seconds"),
+    # the V1 runner says "... GiB memory and N seconds", the V2 runner (0.26's default) "... GiB and N seconds"
+    "load_s": re.compile(r"Model loading took [0-9.]+ GiB (?:memory )?and ([0-9.]+) seconds"),
     "compile_s": re.compile(r"torch\.compile took ([0-9.]+) s in total"),
     "dynamo_s": re.compile(r"Dynamo bytecode transform time: ([0-9.]+) s"),
 }
