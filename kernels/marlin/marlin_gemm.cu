@@ -241,19 +241,23 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   const bool g_is_zero = tid >= kThreads / 2;
   const int g_r = gi / kGroupRowChunks, g_ch = gi % kGroupRowChunks;
   const bool g_active = g_r < group_rows && (!g_is_zero || has_zeros);
-  const uint32_t g_dst = a_bytes(MB) + kBBytes + (g_is_zero ? kGroupBytes : 0) + g_r * kGroupRowBytes + g_ch * 16;
+  // = ... + (g_is_zero ? kGroupBytes : 0) + g_r * kGroupRowBytes + g_ch * 16: the scale and
+  // zero-point rows are 128 chunks each, in thread order.
+  static_assert(kGroupBytes == kThreads / 2 * 16 && kGroupRowBytes == kGroupRowChunks * 16, "group chunks in thread order");
+  const uint32_t g_dst = a_bytes(MB) + kBBytes + tid * 16;
 
   struct Loader {
     Pos q;
     const T* x;
     const uint4* w;
     const T* g;
-    int a_rows;  // activation copies of this thread that hold real rows (rows >= m are skipped)
+    uint32_t copies;  // bit c: copy c of this thread is issued (activation rows >= m and idle group threads are not)
   } ld;
   auto seek = [&](const Pos& q) {
     ld.q = q;
     const int row0 = q.c * MB * 16 + a_row;
-    ld.a_rows = row0 < p.m ? min(MB, (p.m - row0 + 15) / 16) : 0;
+    const int a_rows = row0 < p.m ? min(MB, (p.m - row0 + 15) / 16) : 0;
+    ld.copies = ((1u << a_rows) - 1) | (((1u << kWCopies) - 1) << MB) | (g_active ? 1u << (MB + kWCopies) : 0u);
     ld.x = x + static_cast<size_t>(row0) * p.k_pad + q.kt * kTileK + a_ch * 8;
     ld.w = p.w + static_cast<size_t>(q.kt * (kTileK / kSubK) + warp) * (p.n_pad / 2) + q.nt * kBandChunks + lane;
     ld.g = g_active ? (g_is_zero ? zeros : scales) + static_cast<size_t>(g_r) * p.n_pad + g_ch * 8 +
@@ -263,19 +267,20 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   // Group rows per k-tile: kTileK / g (g <= kTileK, checked in gemm()), 0 for channelwise.
   const int g_step = g_active && p.group_shift < kOneGroupShift ? (kTileK >> p.group_shift) * p.n_pad : 0;
   // A tile is kCopies 16-byte copies per thread: MB activation rows, kWCopies weight
-  // chunks, one group chunk. copy(stage_base, c, fill) issues copy c of the loader's tile
-  // if fill (predicated, no branch).
+  // chunks, one group chunk. copy(stage_base, c, mask) issues copy c of the loader's tile
+  // if bit c of mask is set (predicated, no branch).
   constexpr int kCopies = MB + kWCopies + 1;
-  auto copy = [&](uint32_t stage_base, int c, bool fill) {
+  auto copy = [&](uint32_t stage_base, int c, uint32_t mask) {
+    const uint32_t on = mask & (1u << c);
     if (c < MB) {
       // Rows >= m are not loaded: they only feed accumulator rows >= m, never written out.
       cp_async16_if(stage_base + a_dst + c * 16 * kARowBytes,
-                    ld.x + static_cast<size_t>(static_cast<unsigned>(p.k_pad)) * (16 * c), fill && c < ld.a_rows);
+                    ld.x + static_cast<size_t>(static_cast<unsigned>(p.k_pad)) * (16 * c), on);
     } else if (c < MB + kWCopies) {
       const int i = c - MB;
-      cp_async16_if(stage_base + w_dst + i * 32 * 16, ld.w + i * 32, fill);
+      cp_async16_if(stage_base + w_dst + i * 32 * 16, ld.w + i * 32, on);
     } else {
-      cp_async16_if(stage_base + g_dst, ld.g, fill && g_active);
+      cp_async16_if(stage_base + g_dst, ld.g, on);
     }
   };
   auto loader_next = [&]() {
@@ -366,29 +371,27 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   // kStages - 2. The prologue loads stages 0..kStages-2 and leaves stage kStages-1 open
   // after its phase 0, so the first unit's steps run the same phases as every other.
   constexpr int kFillPhases = MB > 1 ? kWarpSteps : 1;
-  int loaded = u_begin;   // units whose copies are issued, or being issued
-  uint32_t fill_st = 0;   // stage being refilled
-  bool filling = false;   // ... and it loads a unit (loaded < u_end)
+  uint32_t fill_st = 0;    // stage being refilled
+  uint32_t fill_mask = 0;  // its copies (ld.copies, or 0 when it loads no unit)
   auto fill_phase = [&](int f) {
 #pragma unroll
-    for (int c = f; c < kCopies; c += kFillPhases) copy(fill_st, c, filling);
+    for (int c = f; c < kCopies; c += kFillPhases) copy(fill_st, c, fill_mask);
     if (f == kFillPhases - 1) {
       cp_async_commit();
-      if (filling) {
-        loader_next();
-        ++loaded;
-      }
+      if (fill_mask != 0) loader_next();  // the weight bits are set in every unit loaded
     }
   };
-  auto open_fill = [&](uint32_t stage) {
+  // Refill `stage` with the loader's unit if it is one of the block's (filling), else
+  // issue nothing.
+  auto open_fill = [&](uint32_t stage, bool filling) {
     fill_st = stage;
-    filling = loaded < u_end;
+    fill_mask = filling ? ld.copies : 0u;
     fill_phase(0);
   };
   seek(pos_of(u_begin));
 #pragma unroll
   for (int s = 0; s < kStages; ++s) {
-    open_fill(smem0 + s * stage_sz);
+    open_fill(smem0 + s * stage_sz, u_begin + s < u_end);
     if (s + 1 < kStages) {
 #pragma unroll
       for (int f = 1; f < kFillPhases; ++f) fill_phase(f);
@@ -422,7 +425,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
           // Next unit's stage complete and visible; every read of this stage issued.
           cp_async_wait<kStages - 2>();
           __syncthreads();
-          open_fill(st);
+          open_fill(st, u + kStages < u_end);  // the loader is at unit u + kStages
           st = st + stage_sz == smem_end ? smem0 : st + stage_sz;
           // After the block's last unit these read a stage that holds no unit (in bounds,
           // unused): no branch.
