@@ -91,11 +91,11 @@ __device__ __forceinline__ uint32_t to_bits(T2 v) {
 }
 
 // ---- per-type pieces: dequantisation, mma, conversions ------------------------------
-// Group registers of one thread for its 8 columns (n8-blocks j = 0..7): scale s[j] and
-// the offsets that turn the magic-biased code into (q - z).
+// Zero-point registers of one thread for its 8 columns (n8-blocks j = 0..7): the offsets
+// that turn the magic-biased code into (q - z). The scales stay raw: word w of a group row
+// chunk holds block 2w's scale in its low half and 2w+1's in its high half.
 template <typename T2>
 struct GroupRegs {
-  T2 s[8];
   T2 lo[8];  // subtracted from (magic + q)
   T2 hi[8];  // fp16 only: added to (magic + 16 q) / 16
 };
@@ -109,14 +109,16 @@ struct Ops<half> {
   static constexpr uint32_t kMagic = 0x64006400;  // 1024 in both halves: 1024 + q is exact
   static constexpr uint32_t kLoU4B8 = 0x64086408;  // lo for zero point 8: 1032
   static constexpr uint32_t kHiU4B8 = 0xD480D480;  // hi for zero point 8: -72
-  __device__ static T2 splat(half v) { return __half2half2(v); }
+  // Both halves = the low / the high half of u (an operand swizzle in SASS, no PRMT).
+  __device__ static T2 lo2(uint32_t u) { return __low2half2(bits_to<T2>(u)); }
+  __device__ static T2 hi2(uint32_t u) { return __high2half2(bits_to<T2>(u)); }
   __device__ static void set_zero_point(GroupRegs<T2>& g, int j, half z) {
     const half2 z2 = __half2half2(z);
     g.lo[j] = __hadd2(z2, __float2half2_rn(1024.f));
     g.hi[j] = __hneg2(__hadd2(z2, __float2half2_rn(64.f)));
   }
   // Word q -> B registers b[0..1] of n8-block 2w and b[2..3] of block 2w+1.
-  __device__ static void dequant(uint32_t q, const GroupRegs<T2>& g, int w, uint32_t (&b)[4]) {
+  __device__ static void dequant(uint32_t q, uint32_t sw, const GroupRegs<T2>& g, int w, uint32_t (&b)[4]) {
     const half2 inv16 = __float2half2_rn(0.0625f);
     const uint32_t q8 = q >> 8;
     const half2 p0 = bits_to<half2>(and_or<0x000F000F, kMagic>(q));   // 1024 + q, rows 2t / 2t+1
@@ -124,10 +126,11 @@ struct Ops<half> {
     const half2 p2 = bits_to<half2>(and_or<0x000F000F, kMagic>(q8));
     const half2 p3 = bits_to<half2>(and_or<0x00F000F0, kMagic>(q8));
     const int j0 = 2 * w, j1 = 2 * w + 1;
-    b[0] = to_bits(__hmul2(__hsub2(p0, g.lo[j0]), g.s[j0]));
-    b[1] = to_bits(__hmul2(__hfma2(p1, inv16, g.hi[j0]), g.s[j0]));
-    b[2] = to_bits(__hmul2(__hsub2(p2, g.lo[j1]), g.s[j1]));
-    b[3] = to_bits(__hmul2(__hfma2(p3, inv16, g.hi[j1]), g.s[j1]));
+    const half2 s0 = lo2(sw), s1 = hi2(sw);
+    b[0] = to_bits(__hmul2(__hsub2(p0, g.lo[j0]), s0));
+    b[1] = to_bits(__hmul2(__hfma2(p1, inv16, g.hi[j0]), s0));
+    b[2] = to_bits(__hmul2(__hsub2(p2, g.lo[j1]), s1));
+    b[3] = to_bits(__hmul2(__hfma2(p3, inv16, g.hi[j1]), s1));
   }
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     ptx::mma_f16(c, a, b0, b1);
@@ -142,20 +145,22 @@ struct Ops<__nv_bfloat16> {
   static constexpr uint32_t kMagic = 0x43004300;  // 128 in both halves: 128 + q is exact
   static constexpr uint32_t kLoU4B8 = 0x43084308;  // lo for zero point 8: 136
   static constexpr uint32_t kHiU4B8 = 0;           // unused
-  __device__ static T2 splat(__nv_bfloat16 v) { return __bfloat162bfloat162(v); }
+  __device__ static T2 lo2(uint32_t u) { return __low2bfloat162(bits_to<T2>(u)); }
+  __device__ static T2 hi2(uint32_t u) { return __high2bfloat162(bits_to<T2>(u)); }
   __device__ static void set_zero_point(GroupRegs<T2>& g, int j, __nv_bfloat16 z) {
     g.lo[j] = __hadd2(__bfloat162bfloat162(z), __float2bfloat162_rn(128.f));
   }
-  __device__ static void dequant(uint32_t q, const GroupRegs<T2>& g, int w, uint32_t (&b)[4]) {
+  __device__ static void dequant(uint32_t q, uint32_t sw, const GroupRegs<T2>& g, int w, uint32_t (&b)[4]) {
     const T2 p0 = bits_to<T2>(and_or<0x000F000F, kMagic>(q));
     const T2 p1 = bits_to<T2>(and_or<0x000F000F, kMagic>(q >> 4));
     const T2 p2 = bits_to<T2>(and_or<0x000F000F, kMagic>(q >> 8));
     const T2 p3 = bits_to<T2>(and_or<0x000F000F, kMagic>(q >> 12));
     const int j0 = 2 * w, j1 = 2 * w + 1;
-    b[0] = to_bits(__hmul2(__hsub2(p0, g.lo[j0]), g.s[j0]));
-    b[1] = to_bits(__hmul2(__hsub2(p1, g.lo[j0]), g.s[j0]));
-    b[2] = to_bits(__hmul2(__hsub2(p2, g.lo[j1]), g.s[j1]));
-    b[3] = to_bits(__hmul2(__hsub2(p3, g.lo[j1]), g.s[j1]));
+    const T2 s0 = lo2(sw), s1 = hi2(sw);
+    b[0] = to_bits(__hmul2(__hsub2(p0, g.lo[j0]), s0));
+    b[1] = to_bits(__hmul2(__hsub2(p1, g.lo[j0]), s0));
+    b[2] = to_bits(__hmul2(__hsub2(p2, g.lo[j1]), s1));
+    b[3] = to_bits(__hmul2(__hsub2(p3, g.lo[j1]), s1));
   }
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     ptx::mma_bf16(c, a, b0, b1);
@@ -319,14 +324,16 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
 #pragma unroll
     for (int mb = 0; mb < MB; ++mb) ldsm_x4(af[buf][mb], st + a_rd[s] + mb * 16 * kARowBytes);
   };
-  // Raw group values (scale and zero point words) of the group of step 0 (and step 2
-  // for g = 32), loaded one step ahead and turned into GroupRegs when the step starts.
-  uint4 s_raw = make_uint4(0, 0, 0, 0), z_raw = make_uint4(0, 0, 0, 0);
-  auto load_group = [&](uint32_t off) {
+  // Raw group values, loaded one step ahead: sc[0] the scales of steps 0-1, sc[1] those of
+  // steps 2-3 (loaded in step 1 from the row of step 2, which is step 0's unless g = 32:
+  // no branch); z_raw the zero points of step 0 (and step 2 for g = 32), turned into
+  // GroupRegs when the step starts.
+  uint4 sc[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)}, z_raw = make_uint4(0, 0, 0, 0);
+  auto load_group = [&](uint32_t off, int buf, bool with_zeros) {
     asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(s_raw.x), "=r"(s_raw.y), "=r"(s_raw.z), "=r"(s_raw.w)
+                 : "=r"(sc[buf].x), "=r"(sc[buf].y), "=r"(sc[buf].z), "=r"(sc[buf].w)
                  : "r"(off));
-    if (has_zeros)
+    if (has_zeros && with_zeros)
       asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                    : "=r"(z_raw.x), "=r"(z_raw.y), "=r"(z_raw.z), "=r"(z_raw.w)
                    : "r"(off + kGroupBytes));
@@ -338,10 +345,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
     gr.lo[j] = bits_to<T2>(O::kLoU4B8);
     gr.hi[j] = bits_to<T2>(O::kHiU4B8);
   }
-  auto set_group = [&]() {
-    const T* s8 = reinterpret_cast<const T*>(&s_raw);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) gr.s[j] = O::splat(s8[j]);
+  auto set_zero_points = [&]() {
     if (has_zeros) {
       const T* z8 = reinterpret_cast<const T*>(&z_raw);
 #pragma unroll
@@ -402,7 +406,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   cp_async_wait<(kFillPhases > 1 ? kStages - 2 : kStages - 1)>();
   __syncthreads();
   load_frags(smem0, 0, 0);
-  load_group(smem0 + g_rd0);
+  load_group(smem0 + g_rd0, 0, true);
 
   const uint32_t smem_end = smem0 + kStages * stage_sz;
   Pos cp = pos_of(u_begin);
@@ -416,8 +420,8 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
       for (int s = 0; s < kWarpSteps; ++s) {
         // A k16 step never straddles groups (kMinGroup >= 16); new groups start at step 0
         // and, for g = 32, at step 2.
-        if (s == 0 || (s == 2 && two_groups_per_warp)) set_group();
-        if (s == 1 && two_groups_per_warp) load_group(st + g_rd2);
+        if (s == 0 || (s == 2 && two_groups_per_warp)) set_zero_points();
+        if (s == 1) load_group(st + g_rd2, 1, two_groups_per_warp);
         if (s + 1 < kWarpSteps) {
           load_frags(st, s + 1, (s + 1) & 1);
           if (s + 1 < kFillPhases) fill_phase(s + 1);
@@ -430,13 +434,15 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
           // After the block's last unit these read a stage that holds no unit (in bounds,
           // unused): no branch.
           load_frags(st, 0, 0);
-          load_group(st + g_rd0);
+          load_group(st + g_rd0, 0, true);
         }
         const uint32_t words[4] = {bq[s & 1].x, bq[s & 1].y, bq[s & 1].z, bq[s & 1].w};
+        const uint4& sg = sc[s >= 2 ? 1 : 0];
+        const uint32_t scale_words[4] = {sg.x, sg.y, sg.z, sg.w};
 #pragma unroll
         for (int w = 0; w < 4; ++w) {
           uint32_t b[4];
-          O::dequant(words[w], gr, w, b);
+          O::dequant(words[w], scale_words[w], gr, w, b);
           if constexpr (kSwap) {
             // A = W^T rows: features of n8-block 2w (b[0], b[1]) then 2w+1 (b[2], b[3]);
             // B = X^T: the A registers 0 and 2 of X's fragment (token rows 0..7).
