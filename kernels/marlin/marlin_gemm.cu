@@ -248,7 +248,8 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   const bool g_active = g_r < group_rows && (!g_is_zero || has_zeros);
   // = ... + (g_is_zero ? kGroupBytes : 0) + g_r * kGroupRowBytes + g_ch * 16: the scale and
   // zero-point rows are 128 chunks each, in thread order.
-  static_assert(kGroupBytes == kThreads / 2 * 16 && kGroupRowBytes == kGroupRowChunks * 16, "group chunks in thread order");
+  static_assert(kGroupBytes == kThreads / 2 * 16 && kGroupRowBytes == kGroupRowChunks * 16,
+                "group chunks in thread order");
   const uint32_t g_dst = a_bytes(MB) + kBBytes + tid * 16;
 
   struct Loader {
@@ -256,7 +257,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
     const T* x;
     const uint4* w;
     const T* g;
-    uint32_t copies;  // bit c: copy c of this thread is issued (activation rows >= m and idle group threads are not)
+    uint32_t copies;  // bit c: copy c is issued (not for activation rows >= m, nor by idle group threads)
   } ld;
   auto seek = [&](const Pos& q) {
     ld.q = q;
@@ -395,7 +396,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   seek(pos_of(u_begin));
 #pragma unroll
   for (int s = 0; s < kStages; ++s) {
-    open_fill(smem0 + s * stage_sz, u_begin + s < u_end);
+    open_fill(smem0 + s * stage_sz, s < u_end - u_begin);
     if (s + 1 < kStages) {
 #pragma unroll
       for (int f = 1; f < kFillPhases; ++f) fill_phase(f);
@@ -429,7 +430,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
           // Next unit's stage complete and visible; every read of this stage issued.
           cp_async_wait<kStages - 2>();
           __syncthreads();
-          open_fill(st, u + kStages < u_end);  // the loader is at unit u + kStages
+          open_fill(st, u < u_end - kStages);  // the loader is at unit u + kStages
           st = st + stage_sz == smem_end ? smem0 : st + stage_sz;
           // After the block's last unit these read a stage that holds no unit (in bounds,
           // unused): no branch.
