@@ -16,7 +16,14 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool p
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0)
                : "memory");
 }
-// Same, cached in L1 (.ca): for data that several warps of a block read.
+// Same, but issued only when on != 0: nothing is read or written otherwise.
+__device__ __forceinline__ void cp_async16_if(uint32_t dst, const void* src, uint32_t on) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n @p cp.async.cg.shared.global [%0], [%1], 16;\n}\n" ::"r"(dst),
+      "l"(src), "r"(on)
+      : "memory");
+}
+// Same as cp_async16, cached in L1 (.ca): for data that several warps of a block read.
 __device__ __forceinline__ void cp_async16_l1(uint32_t dst, const void* src, bool pred) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0)
                : "memory");

@@ -31,7 +31,7 @@ struct GemmPlan {
   int chunks;           // M chunks of 16*m_blocks rows
   int units_per_block;  // k-tiles per block stripe
   int grid;             // blocks launched (all co-resident: at most multiprocessors x resident blocks)
-  int stages;           // cp.async pipeline depth
+  int stages;           // cp.async pipeline depth (one the kernel is compiled for)
   int smem_bytes;
   size_t reduce_floats;  // fp32 scratch for the cross-block reduction (no initialisation needed)
 };
@@ -40,7 +40,7 @@ struct GemmPlan {
 // binding, to benchmark other plans; any value gives the same result, only its speed.
 struct PlanHints {
   int blocks_per_sm = 0;  // resident blocks per SM: 1, or 2 (honoured for 16-row M tiles only)
-  int max_stages = 0;     // cp.async pipeline depth cap (2..8)
+  int max_stages = 0;     // cp.async pipeline depth cap (3..8); the deepest compiled depth within it is used
   int max_m_blocks = 0;   // 16-row blocks per M chunk cap (1..4)
   int swap_small_m = -1;  // 0: no transposed MMAs at M <= 8 (default: on)
 };

@@ -38,7 +38,8 @@ void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* o
 }
 
 // VMP_MARLIN_PLAN="blocks=1,stages=6,mb=2,swap=0" (any subset): caps on the launch plan,
-// read once per process; for benchmarking plans, never needed for correctness.
+// read once per process; for benchmarking plans, never needed for correctness. The depth
+// used is the deepest compiled one (marlin_gemm.cu, stages_compiled) within the cap.
 const mk::PlanHints& plan_hints() {
   static const mk::PlanHints hints = [] {
     mk::PlanHints h;
@@ -54,8 +55,9 @@ const mk::PlanHints& plan_hints() {
                   : key == "mb"     ? &h.max_m_blocks
                   : key == "swap"   ? &h.swap_small_m
                                     : nullptr;
-      VMP_CHECK(slot != nullptr && (value > 0 || (value == 0 && key == "swap")), "VMP_MARLIN_PLAN: cannot parse '",
-                item, "'; fix: a comma-separated subset of blocks=1|2, stages=2..8, mb=1..4, swap=0|1");
+      VMP_CHECK(slot != nullptr && (value > 0 || (value == 0 && key == "swap")) && (key != "stages" || value >= 3),
+                "VMP_MARLIN_PLAN: cannot parse '", item,
+                "'; fix: a comma-separated subset of blocks=1|2, stages=3..8, mb=1..4, swap=0|1");
       *slot = value;
     }
     return h;

@@ -36,7 +36,7 @@ constexpr int kWarpRows = kTileK / kWarpsK;       // 64 consecutive k rows per w
 constexpr int kWarpSteps = kWarpRows / kSubK;     // 4 k16 steps per warp and tile
 constexpr int kMinGroup = 32;                     // smallest group size (a k16 step never splits one)
 constexpr int kMaxGroupRows = kTileK / kMinGroup;  // group rows one k-tile can touch
-constexpr int kMaxStages = 8;
+constexpr int kMaxStages = 8;  // cap of VMP_MARLIN_PLAN stages=
 constexpr int kMaxMBlocks = 4;
 constexpr int kOneGroupShift = 30;  // group_shift for channelwise: (k >> 30) == 0 for any k
 
@@ -56,30 +56,24 @@ __host__ __device__ constexpr int a_bytes(int mb) { return mb * 16 * kARowBytes;
 __host__ __device__ constexpr int stage_bytes(int mb) { return a_bytes(mb) + kBBytes + 2 * kGroupBytes; }
 __host__ __device__ constexpr int red_bytes(int mb) { return mb * 16 * kRedStride * 4; }
 
+// Pipeline depths compiled per M tile (the stage count is a template parameter, so the
+// cp.async wait count is an immediate): the planner's choices on 100 KB (sm_86/89),
+// 164 KB (sm_80/87) and 228 KB (sm_90) of shared memory per SM. plan_gemm takes the
+// deepest compiled depth that fits; gemm() refuses any other.
+__host__ __device__ constexpr bool stages_compiled(int mb, int s) {
+  return mb == 1 ? (s == 3 || s == 4 || s == 6) : mb == 2 ? (s == 4 || s == 6) : mb == 3 ? (s == 3 || s == 5) : s == 4;
+}
+
 static_assert(kBBytes / 16 % kThreads == 0, "weight tile must split evenly over the threads");
 static_assert(kTileK / 8 == 16, "activation rows are 16 chunks of 16 bytes (swizzle assumes it)");
 static_assert(kMaxGroupRows * kGroupRowChunks <= kThreads / 2, "group rows: one chunk per thread");
 
 // ---- PTX wrappers (shared ones in ../ptx.cuh) ------------------------------------
-using ptx::cp_async16;
+using ptx::cp_async16_if;
 using ptx::cp_async_commit;
 using ptx::cp_async_wait;
 using ptx::ldsm_x4;
 using ptx::smem_u32;
-
-// Wait until at most n groups are pending (n = stages - 1 <= 7).
-__device__ __forceinline__ void cp_async_wait_dyn(int n) {
-  switch (n) {
-    case 0: cp_async_wait<0>(); break;
-    case 1: cp_async_wait<1>(); break;
-    case 2: cp_async_wait<2>(); break;
-    case 3: cp_async_wait<3>(); break;
-    case 4: cp_async_wait<4>(); break;
-    case 5: cp_async_wait<5>(); break;
-    case 6: cp_async_wait<6>(); break;
-    default: cp_async_wait<7>(); break;
-  }
-}
 
 // (a & kMask) | kMagic in one instruction.
 template <uint32_t kMask, uint32_t kMagic>
@@ -97,11 +91,11 @@ __device__ __forceinline__ uint32_t to_bits(T2 v) {
 }
 
 // ---- per-type pieces: dequantisation, mma, conversions ------------------------------
-// Group registers of one thread for its 8 columns (n8-blocks j = 0..7): scale s[j] and
-// the offsets that turn the magic-biased code into (q - z).
+// Zero-point registers of one thread for its 8 columns (n8-blocks j = 0..7): the offsets
+// that turn the magic-biased code into (q - z). The scales stay raw: word w of a group row
+// chunk holds block 2w's scale in its low half and 2w+1's in its high half.
 template <typename T2>
 struct GroupRegs {
-  T2 s[8];
   T2 lo[8];  // subtracted from (magic + q)
   T2 hi[8];  // fp16 only: added to (magic + 16 q) / 16
 };
@@ -115,14 +109,16 @@ struct Ops<half> {
   static constexpr uint32_t kMagic = 0x64006400;  // 1024 in both halves: 1024 + q is exact
   static constexpr uint32_t kLoU4B8 = 0x64086408;  // lo for zero point 8: 1032
   static constexpr uint32_t kHiU4B8 = 0xD480D480;  // hi for zero point 8: -72
-  __device__ static T2 splat(half v) { return __half2half2(v); }
+  // Both halves = the low / the high half of u (an operand swizzle in SASS, no PRMT).
+  __device__ static T2 lo2(uint32_t u) { return __low2half2(bits_to<T2>(u)); }
+  __device__ static T2 hi2(uint32_t u) { return __high2half2(bits_to<T2>(u)); }
   __device__ static void set_zero_point(GroupRegs<T2>& g, int j, half z) {
     const half2 z2 = __half2half2(z);
     g.lo[j] = __hadd2(z2, __float2half2_rn(1024.f));
     g.hi[j] = __hneg2(__hadd2(z2, __float2half2_rn(64.f)));
   }
   // Word q -> B registers b[0..1] of n8-block 2w and b[2..3] of block 2w+1.
-  __device__ static void dequant(uint32_t q, const GroupRegs<T2>& g, int w, uint32_t (&b)[4]) {
+  __device__ static void dequant(uint32_t q, uint32_t sw, const GroupRegs<T2>& g, int w, uint32_t (&b)[4]) {
     const half2 inv16 = __float2half2_rn(0.0625f);
     const uint32_t q8 = q >> 8;
     const half2 p0 = bits_to<half2>(and_or<0x000F000F, kMagic>(q));   // 1024 + q, rows 2t / 2t+1
@@ -130,10 +126,11 @@ struct Ops<half> {
     const half2 p2 = bits_to<half2>(and_or<0x000F000F, kMagic>(q8));
     const half2 p3 = bits_to<half2>(and_or<0x00F000F0, kMagic>(q8));
     const int j0 = 2 * w, j1 = 2 * w + 1;
-    b[0] = to_bits(__hmul2(__hsub2(p0, g.lo[j0]), g.s[j0]));
-    b[1] = to_bits(__hmul2(__hfma2(p1, inv16, g.hi[j0]), g.s[j0]));
-    b[2] = to_bits(__hmul2(__hsub2(p2, g.lo[j1]), g.s[j1]));
-    b[3] = to_bits(__hmul2(__hfma2(p3, inv16, g.hi[j1]), g.s[j1]));
+    const half2 s0 = lo2(sw), s1 = hi2(sw);
+    b[0] = to_bits(__hmul2(__hsub2(p0, g.lo[j0]), s0));
+    b[1] = to_bits(__hmul2(__hfma2(p1, inv16, g.hi[j0]), s0));
+    b[2] = to_bits(__hmul2(__hsub2(p2, g.lo[j1]), s1));
+    b[3] = to_bits(__hmul2(__hfma2(p3, inv16, g.hi[j1]), s1));
   }
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     ptx::mma_f16(c, a, b0, b1);
@@ -148,20 +145,22 @@ struct Ops<__nv_bfloat16> {
   static constexpr uint32_t kMagic = 0x43004300;  // 128 in both halves: 128 + q is exact
   static constexpr uint32_t kLoU4B8 = 0x43084308;  // lo for zero point 8: 136
   static constexpr uint32_t kHiU4B8 = 0;           // unused
-  __device__ static T2 splat(__nv_bfloat16 v) { return __bfloat162bfloat162(v); }
+  __device__ static T2 lo2(uint32_t u) { return __low2bfloat162(bits_to<T2>(u)); }
+  __device__ static T2 hi2(uint32_t u) { return __high2bfloat162(bits_to<T2>(u)); }
   __device__ static void set_zero_point(GroupRegs<T2>& g, int j, __nv_bfloat16 z) {
     g.lo[j] = __hadd2(__bfloat162bfloat162(z), __float2bfloat162_rn(128.f));
   }
-  __device__ static void dequant(uint32_t q, const GroupRegs<T2>& g, int w, uint32_t (&b)[4]) {
+  __device__ static void dequant(uint32_t q, uint32_t sw, const GroupRegs<T2>& g, int w, uint32_t (&b)[4]) {
     const T2 p0 = bits_to<T2>(and_or<0x000F000F, kMagic>(q));
     const T2 p1 = bits_to<T2>(and_or<0x000F000F, kMagic>(q >> 4));
     const T2 p2 = bits_to<T2>(and_or<0x000F000F, kMagic>(q >> 8));
     const T2 p3 = bits_to<T2>(and_or<0x000F000F, kMagic>(q >> 12));
     const int j0 = 2 * w, j1 = 2 * w + 1;
-    b[0] = to_bits(__hmul2(__hsub2(p0, g.lo[j0]), g.s[j0]));
-    b[1] = to_bits(__hmul2(__hsub2(p1, g.lo[j0]), g.s[j0]));
-    b[2] = to_bits(__hmul2(__hsub2(p2, g.lo[j1]), g.s[j1]));
-    b[3] = to_bits(__hmul2(__hsub2(p3, g.lo[j1]), g.s[j1]));
+    const T2 s0 = lo2(sw), s1 = hi2(sw);
+    b[0] = to_bits(__hmul2(__hsub2(p0, g.lo[j0]), s0));
+    b[1] = to_bits(__hmul2(__hsub2(p1, g.lo[j0]), s0));
+    b[2] = to_bits(__hmul2(__hsub2(p2, g.lo[j1]), s1));
+    b[3] = to_bits(__hmul2(__hsub2(p3, g.lo[j1]), s1));
   }
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     ptx::mma_bf16(c, a, b0, b1);
@@ -180,7 +179,7 @@ struct KernelParams {
   int* locks;
   int m, n, n_pad, k_pad;
   int group_shift;
-  int chunks, units_per_block, stages;
+  int chunks, units_per_block;
 };
 
 // kZeros = false: symmetric u4b8 only (zero point 8 folded into immediates, fewer
@@ -189,8 +188,10 @@ struct KernelParams {
 // A operand (16 output features) and 8 tokens as B, so one m16n8k16 covers 16 columns
 // where the plain product spends two MMAs on 16 token rows of which at most 8 are real.
 // The dequantized registers are the same; only their roles and the output mapping change.
-template <typename T, int MB, bool kZeros, bool kSwap = false>
+// kStages: cp.async pipeline depth (stages_compiled(MB, kStages)).
+template <typename T, int MB, bool kZeros, bool kSwap, int kStages>
 __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const KernelParams p) {
+  static_assert(kStages >= 3 && kStages <= kMaxStages, "the refill of a stage needs 2 more in flight");
   using O = Ops<T>;
   using T2 = typename O::T2;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -204,10 +205,9 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   const int u_end = min(total, u_begin + p.units_per_block);
   if (u_begin >= u_end) return;
 
-  const int stage_sz = stage_bytes(MB);
-  const int stages = p.stages;
+  constexpr int stage_sz = stage_bytes(MB);
   const uint32_t smem0 = smem_u32(smem);
-  float* red = reinterpret_cast<float*>(smem + stages * stage_sz);
+  float* red = reinterpret_cast<float*>(smem + kStages * stage_sz);
   const T* x = static_cast<const T*>(p.x);
   const T* scales = static_cast<const T*>(p.scales);
   const T* zeros = static_cast<const T*>(p.zeros);
@@ -231,65 +231,69 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   // Activations: thread copies chunk a_ch of rows a_row + 16 i (i < MB).
   const int a_ch = tid & 15, a_row = tid >> 4;
   const uint32_t a_dst = a_row * kARowBytes + ((a_ch ^ (a_row & 7)) << 4);
-  // Weights: a tile is one contiguous 16 KB run (marlin_layout.cuh), copied 1:1;
-  // thread copies chunks tid + 256 i (i < 4).
+  // Weights: the tile's 8 bands of 16 k rows are 2 KB runs each (4 sub-tiles,
+  // marlin_layout.cuh), copied 1:1 to shared memory in band order. Warp w copies band w,
+  // lane l its chunks l + 32 i (i < 4): copy i is at +512 i bytes on both sides (an
+  // immediate), and a warp's copy is 512 contiguous bytes.
   static_assert(kBBytes == 32 * kSubBytes, "weight tile = 32 sub-tiles");
   constexpr int kBandChunks = kTileN / kSubN * kSubBytes / 16;
   constexpr int kWCopies = kBBytes / 16 / kThreads;
-  // In uint4 units: a 16-row band of the packed weight is n_pad / 2 long, so the copies of
-  // one thread lie n_pad apart and the next k-tile starts 4 n_pad further (expressions of
-  // the kernel parameter, not registers).
-  static_assert(kThreads / kBandChunks == 2 && kTileK / kSubK == 8, "stride expressions below assume this");
+  static_assert(kTileK / kSubK == kThreads / 32 && kBandChunks == 32 * kWCopies, "one band per warp");
+  const uint32_t w_dst = a_bytes(MB) + warp * (kBandChunks * 16) + lane * 16;
+  // In uint4 units a band is n_pad / 2 long: the next k-tile starts 8 bands = 4 n_pad further.
   // Group rows: scales by threads [0, 128), zero points by [128, 256).
   const int gi = tid & (kThreads / 2 - 1);
   const bool g_is_zero = tid >= kThreads / 2;
   const int g_r = gi / kGroupRowChunks, g_ch = gi % kGroupRowChunks;
   const bool g_active = g_r < group_rows && (!g_is_zero || has_zeros);
-  const uint32_t g_dst = a_bytes(MB) + kBBytes + (g_is_zero ? kGroupBytes : 0) + g_r * kGroupRowBytes + g_ch * 16;
+  // = ... + (g_is_zero ? kGroupBytes : 0) + g_r * kGroupRowBytes + g_ch * 16: the scale and
+  // zero-point rows are 128 chunks each, in thread order.
+  static_assert(kGroupBytes == kThreads / 2 * 16 && kGroupRowBytes == kGroupRowChunks * 16,
+                "group chunks in thread order");
+  const uint32_t g_dst = a_bytes(MB) + kBBytes + tid * 16;
 
   struct Loader {
     Pos q;
     const T* x;
     const uint4* w;
     const T* g;
-    int a_rows;  // activation copies of this thread that hold real rows (rows >= m are skipped)
+    uint32_t copies;  // bit c: copy c is issued (not for activation rows >= m, nor by idle group threads)
   } ld;
   auto seek = [&](const Pos& q) {
     ld.q = q;
     const int row0 = q.c * MB * 16 + a_row;
-    ld.a_rows = row0 < p.m ? min(MB, (p.m - row0 + 15) / 16) : 0;
+    const int a_rows = row0 < p.m ? min(MB, (p.m - row0 + 15) / 16) : 0;
+    ld.copies = ((1u << a_rows) - 1) | (((1u << kWCopies) - 1) << MB) | (g_active ? 1u << (MB + kWCopies) : 0u);
     ld.x = x + static_cast<size_t>(row0) * p.k_pad + q.kt * kTileK + a_ch * 8;
-    ld.w = p.w + static_cast<size_t>(q.kt * (kTileK / kSubK) + tid / kBandChunks) * (p.n_pad / 2) +
-           q.nt * kBandChunks + tid % kBandChunks;
+    ld.w = p.w + static_cast<size_t>(q.kt * (kTileK / kSubK) + warp) * (p.n_pad / 2) + q.nt * kBandChunks + lane;
     ld.g = g_active ? (g_is_zero ? zeros : scales) + static_cast<size_t>(g_r) * p.n_pad + g_ch * 8 +
                           static_cast<size_t>((q.kt * kTileK) >> p.group_shift) * p.n_pad + q.nt * kTileN
                     : nullptr;
   };
+  // Group rows per k-tile: kTileK / g (g <= kTileK, checked in gemm()), 0 for channelwise.
+  const int g_step = g_active && p.group_shift < kOneGroupShift ? (kTileK >> p.group_shift) * p.n_pad : 0;
   // A tile is kCopies 16-byte copies per thread: MB activation rows, kWCopies weight
-  // chunks, one group chunk. copy(stage, c) issues copy c of the loader's tile.
+  // chunks, one group chunk. copy(stage_base, c, mask) issues copy c of the loader's tile
+  // if bit c of mask is set (predicated, no branch).
   constexpr int kCopies = MB + kWCopies + 1;
-  auto copy = [&](uint32_t stage_base, int c) {
+  auto copy = [&](uint32_t stage_base, int c, uint32_t mask) {
+    const uint32_t on = mask & (1u << c);
     if (c < MB) {
       // Rows >= m are not loaded: they only feed accumulator rows >= m, never written out.
-      if (c < ld.a_rows)
-        cp_async16(stage_base + a_dst + c * 16 * kARowBytes, ld.x + static_cast<size_t>(16 * c) * p.k_pad, true);
+      cp_async16_if(stage_base + a_dst + c * 16 * kARowBytes,
+                    ld.x + static_cast<size_t>(static_cast<unsigned>(p.k_pad)) * (16 * c), on);
     } else if (c < MB + kWCopies) {
       const int i = c - MB;
-      cp_async16(stage_base + a_bytes(MB) + (tid + i * kThreads) * 16, ld.w + i * p.n_pad, true);
-    } else if (g_active) {
-      cp_async16(stage_base + g_dst, ld.g, true);
+      cp_async16_if(stage_base + w_dst + i * 32 * 16, ld.w + i * 32, on);
+    } else {
+      cp_async16_if(stage_base + g_dst, ld.g, on);
     }
-  };
-  auto load_tile = [&](uint32_t stage_base) {
-#pragma unroll
-    for (int c = 0; c < kCopies; ++c) copy(stage_base, c);
   };
   auto loader_next = [&]() {
     if (++ld.q.kt < k_tiles) {
       ld.x += kTileK;
       ld.w += 4 * p.n_pad;
-      // Group rows per k-tile: kTileK / g (g <= kTileK, checked in gemm()), 0 for channelwise.
-      if (g_active && p.group_shift < kOneGroupShift) ld.g += (kTileK >> p.group_shift) * p.n_pad;
+      ld.g += g_step;
     } else {
       Pos q{0, ld.q.c + 1, ld.q.nt};
       if (q.c == p.chunks) {
@@ -321,14 +325,16 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
 #pragma unroll
     for (int mb = 0; mb < MB; ++mb) ldsm_x4(af[buf][mb], st + a_rd[s] + mb * 16 * kARowBytes);
   };
-  // Raw group values (scale and zero point words) of the group of step 0 (and step 2
-  // for g = 32), loaded one step ahead and turned into GroupRegs when the step starts.
-  uint4 s_raw = make_uint4(0, 0, 0, 0), z_raw = make_uint4(0, 0, 0, 0);
-  auto load_group = [&](uint32_t off) {
+  // Raw group values, loaded one step ahead: sc[0] the scales of steps 0-1, sc[1] those of
+  // steps 2-3 (loaded in step 1 from the row of step 2, which is step 0's unless g = 32:
+  // no branch); z_raw the zero points of step 0 (and step 2 for g = 32), turned into
+  // GroupRegs when the step starts.
+  uint4 sc[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)}, z_raw = make_uint4(0, 0, 0, 0);
+  auto load_group = [&](uint32_t off, int buf, bool with_zeros) {
     asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(s_raw.x), "=r"(s_raw.y), "=r"(s_raw.z), "=r"(s_raw.w)
+                 : "=r"(sc[buf].x), "=r"(sc[buf].y), "=r"(sc[buf].z), "=r"(sc[buf].w)
                  : "r"(off));
-    if (has_zeros)
+    if (has_zeros && with_zeros)
       asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                    : "=r"(z_raw.x), "=r"(z_raw.y), "=r"(z_raw.z), "=r"(z_raw.w)
                    : "r"(off + kGroupBytes));
@@ -340,10 +346,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
     gr.lo[j] = bits_to<T2>(O::kLoU4B8);
     gr.hi[j] = bits_to<T2>(O::kHiU4B8);
   }
-  auto set_group = [&]() {
-    const T* s8 = reinterpret_cast<const T*>(&s_raw);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) gr.s[j] = O::splat(s8[j]);
+  auto set_zero_points = [&]() {
     if (has_zeros) {
       const T* z8 = reinterpret_cast<const T*>(&z_raw);
 #pragma unroll
@@ -359,52 +362,54 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[mb][j][e] = 0.f;
 
-  // Pipeline: all `stages` stages are filled up front; afterwards, while a warp works on
-  // stage r, the next stages-1 units are in flight. The one barrier per unit sits before
-  // the unit's last k16 step: by then every read of stage r has been issued, so stage r is
-  // refilled from there on, and the fragments of the next unit's first step are fetched
-  // while the last step's MMAs run. The refill is one commit group, spread over phases so
-  // that the copies do not arrive at the LSU all at once, right after the barrier, from
-  // every warp (the profile at M=64: warps stalled on reusing the copies' address
-  // registers): phase 0 right after the barrier, phase f >= 1 in step f-1 of the next unit,
-  // copy c in phase c % kFillPhases. The group is committed before the next barrier's wait,
-  // so the wait counts are those of a refill issued at once. M tiles of one 16-row block
-  // (memory-bound, the earliest issue matters most) refill in phase 0 only.
+  // Pipeline of kStages stages: while a warp works on stage r, the next kStages-1 units
+  // are in flight. The one barrier per unit sits before the unit's last k16 step: by then
+  // every read of stage r has been issued, so stage r is refilled from there on, and the
+  // fragments of the next unit's first step are fetched while the last step's MMAs run.
+  // A refill is one commit group, spread over phases so that the copies do not reach the
+  // LSU all at once from every warp right after the barrier (the profile at M=64): phase
+  // 0 right after the barrier, phase f >= 1 in step f-1 of the next unit, copy c in phase
+  // c % kFillPhases; the group is committed at the end of the last phase, before the next
+  // barrier's wait. M tiles of one 16-row block (memory-bound, the earliest issue matters
+  // most) refill in phase 0 only. A refill past the block's last unit issues no copies
+  // (predicated off) but still commits its (empty) group, so the wait count is always
+  // kStages - 2. The prologue loads stages 0..kStages-2 and leaves stage kStages-1 open
+  // after its phase 0, so the first unit's steps run the same phases as every other.
   constexpr int kFillPhases = MB > 1 ? kWarpSteps : 1;
-  int loaded = u_begin;     // units whose copies are issued
-  uint32_t fill_st = 0;     // stage being refilled
-  bool fill_open = false;   // a refill's group is not yet committed
-  bool filling = false;     // ... and it loads a unit (else the group stays empty)
+  uint32_t fill_st = 0;    // stage being refilled
+  uint32_t fill_mask = 0;  // its copies (ld.copies, or 0 when it loads no unit)
   auto fill_phase = [&](int f) {
-    if (!fill_open) return;
-    if (filling) {
 #pragma unroll
-      for (int c = f; c < kCopies; c += kFillPhases) copy(fill_st, c);
-    }
+    for (int c = f; c < kCopies; c += kFillPhases) copy(fill_st, c, fill_mask);
     if (f == kFillPhases - 1) {
-      if (filling) {
-        loader_next();
-        ++loaded;
-      }
       cp_async_commit();
-      fill_open = false;
+      if (fill_mask != 0) loader_next();  // the weight bits are set in every unit loaded
     }
   };
-  const uint32_t smem_end = smem0 + stages * stage_sz;
+  // Refill `stage` with the loader's unit if it is one of the block's (filling), else
+  // issue nothing.
+  auto open_fill = [&](uint32_t stage, bool filling) {
+    fill_st = stage;
+    fill_mask = filling ? ld.copies : 0u;
+    fill_phase(0);
+  };
   seek(pos_of(u_begin));
-  for (int s = 0; s < stages; ++s) {
-    if (loaded < u_end) {
-      load_tile(smem0 + s * stage_sz);
-      loader_next();
-      ++loaded;
+#pragma unroll
+  for (int s = 0; s < kStages; ++s) {
+    open_fill(smem0 + s * stage_sz, s < u_end - u_begin);
+    if (s + 1 < kStages) {
+#pragma unroll
+      for (int f = 1; f < kFillPhases; ++f) fill_phase(f);
     }
-    cp_async_commit();
   }
-  cp_async_wait_dyn(stages - 1);
+  // Unit u_begin's group is complete: kStages - 1 groups are committed when a fill is
+  // spread (stage kStages-1 still open), kStages otherwise.
+  cp_async_wait<(kFillPhases > 1 ? kStages - 2 : kStages - 1)>();
   __syncthreads();
   load_frags(smem0, 0, 0);
-  load_group(smem0 + g_rd0);
+  load_group(smem0 + g_rd0, 0, true);
 
+  const uint32_t smem_end = smem0 + kStages * stage_sz;
   Pos cp = pos_of(u_begin);
   uint32_t st = smem0;  // stage being read
   for (int u = u_begin; u < u_end;) {
@@ -416,31 +421,29 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
       for (int s = 0; s < kWarpSteps; ++s) {
         // A k16 step never straddles groups (kMinGroup >= 16); new groups start at step 0
         // and, for g = 32, at step 2.
-        if (s == 0 || (s == 2 && two_groups_per_warp)) set_group();
-        if (s == 1 && two_groups_per_warp) load_group(st + g_rd2);
+        if (s == 0 || (s == 2 && two_groups_per_warp)) set_zero_points();
+        if (s == 1) load_group(st + g_rd2, 1, two_groups_per_warp);
         if (s + 1 < kWarpSteps) {
           load_frags(st, s + 1, (s + 1) & 1);
           if (s + 1 < kFillPhases) fill_phase(s + 1);
         } else {
           // Next unit's stage complete and visible; every read of this stage issued.
-          cp_async_wait_dyn(stages - 2);
+          cp_async_wait<kStages - 2>();
           __syncthreads();
-          fill_st = st;
-          fill_open = true;
-          filling = loaded < u_end;
-          fill_phase(0);
-          st += stage_sz;
-          if (st == smem_end) st = smem0;
-          if (u + 1 < u_end) {
-            load_frags(st, 0, 0);
-            load_group(st + g_rd0);
-          }
+          open_fill(st, u < u_end - kStages);  // the loader is at unit u + kStages
+          st = st + stage_sz == smem_end ? smem0 : st + stage_sz;
+          // After the block's last unit these read a stage that holds no unit (in bounds,
+          // unused): no branch.
+          load_frags(st, 0, 0);
+          load_group(st + g_rd0, 0, true);
         }
         const uint32_t words[4] = {bq[s & 1].x, bq[s & 1].y, bq[s & 1].z, bq[s & 1].w};
+        const uint4& sg = sc[s >= 2 ? 1 : 0];
+        const uint32_t scale_words[4] = {sg.x, sg.y, sg.z, sg.w};
 #pragma unroll
         for (int w = 0; w < 4; ++w) {
           uint32_t b[4];
-          O::dequant(words[w], gr, w, b);
+          O::dequant(words[w], scale_words[w], gr, w, b);
           if constexpr (kSwap) {
             // A = W^T rows: features of n8-block 2w (b[0], b[1]) then 2w+1 (b[2], b[3]);
             // B = X^T: the A registers 0 and 2 of X's fragment (token rows 0..7).
@@ -580,26 +583,34 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
 }
 
 // Every M-tile has a zero-point-free variant (u4b8: zero point 8 folded into immediates,
-// fewer registers and instructions) and one that handles both cases at run time.
-template <typename T, int MB, bool kSwap = false>
-const void* kernel_for_mb(bool zeros) {
-  return zeros ? reinterpret_cast<const void*>(&gemm_kernel<T, MB, true, kSwap>)
-               : reinterpret_cast<const void*>(&gemm_kernel<T, MB, false, kSwap>);
+// fewer registers and instructions) and one that handles both cases at run time; each is
+// compiled for the depths of stages_compiled only.
+template <typename T, int MB, bool kSwap, int kStages>
+const void* kernel_for_stages(bool zeros) {
+  static_assert(stages_compiled(MB, kStages), "depth not in stages_compiled");
+  return zeros ? reinterpret_cast<const void*>(&gemm_kernel<T, MB, true, kSwap, kStages>)
+               : reinterpret_cast<const void*>(&gemm_kernel<T, MB, false, kSwap, kStages>);
 }
 template <typename T>
-const void* kernel_for_type(int mb, bool zeros, bool swap) {
-  switch (mb) {
-    case 1: return swap ? kernel_for_mb<T, 1, true>(zeros) : kernel_for_mb<T, 1>(zeros);
-    case 2: return kernel_for_mb<T, 2>(zeros);
-    case 3: return kernel_for_mb<T, 3>(zeros);
-    case 4: return kernel_for_mb<T, 4>(zeros);
-    default: return nullptr;
+const void* kernel_for_type(int mb, int stages, bool zeros, bool swap) {
+  switch (mb * 16 + stages) {
+    case 16 + 3: return swap ? kernel_for_stages<T, 1, true, 3>(zeros) : kernel_for_stages<T, 1, false, 3>(zeros);
+    case 16 + 4: return swap ? kernel_for_stages<T, 1, true, 4>(zeros) : kernel_for_stages<T, 1, false, 4>(zeros);
+    case 16 + 6: return swap ? kernel_for_stages<T, 1, true, 6>(zeros) : kernel_for_stages<T, 1, false, 6>(zeros);
+    case 32 + 4: return kernel_for_stages<T, 2, false, 4>(zeros);
+    case 32 + 6: return kernel_for_stages<T, 2, false, 6>(zeros);
+    case 48 + 3: return kernel_for_stages<T, 3, false, 3>(zeros);
+    case 48 + 5: return kernel_for_stages<T, 3, false, 5>(zeros);
+    case 64 + 4: return kernel_for_stages<T, 4, false, 4>(zeros);
+    default: return nullptr;  // not compiled
   }
 }
 
-const void* kernel_for(DType dtype, int mb, bool zeros, bool swap) {
-  return dtype == DType::kFloat16 ? kernel_for_type<half>(mb, zeros, swap)
-                                  : kernel_for_type<__nv_bfloat16>(mb, zeros, swap);
+// nullptr when (mb, stages) is not compiled (!stages_compiled) or swap is asked for mb > 1.
+const void* kernel_for(DType dtype, int mb, int stages, bool zeros, bool swap) {
+  if (swap && mb != 1) return nullptr;
+  return dtype == DType::kFloat16 ? kernel_for_type<half>(mb, stages, zeros, swap)
+                                  : kernel_for_type<__nv_bfloat16>(mb, stages, zeros, swap);
 }
 
 int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
@@ -626,9 +637,12 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
   int chunks = ceil_div(m, max_mb * 16);
   int mb = ceil_div(m, 16LL * chunks);
   int stages = 0, blocks = 1;
+  // Deepest compiled depth that fits and respects the cap; 0 if none.
   auto stages_for = [&](int b) {
     const int budget = std::min(smem_optin, smem_sm / b - smem_reserved);
-    return std::min(max_stages, (budget - red_bytes(mb)) / stage_bytes(mb));
+    int s = std::min(max_stages, (budget - red_bytes(mb)) / stage_bytes(mb));
+    while (s > 0 && !stages_compiled(mb, s)) --s;
+    return s;
   };
   for (;;) {
     blocks = blocks_for(mb);
@@ -639,12 +653,13 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
     --mb;
     chunks = ceil_div(m, 16LL * mb);
   }
-  if (stages < 2) return cudaErrorInvalidValue;
+  if (stages < 3) return cudaErrorInvalidValue;
   const int smem = stages * stage_bytes(mb) + red_bytes(mb);
   // Every block must be resident at once: blocks wait on each other's locks.
   const bool swap = mb == 1 && m <= 8 && hints.swap_small_m != 0;
-  const void* fn = kernel_for(dtype, mb, true, swap);
-  err = cudaFuncSetAttribute(kernel_for(dtype, mb, false, swap), cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  const void* fn = kernel_for(dtype, mb, stages, true, swap);
+  err = cudaFuncSetAttribute(kernel_for(dtype, mb, stages, false, swap), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             smem);
   if (err == cudaSuccess) err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   int resident = 0;
@@ -678,8 +693,8 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
     shift = __builtin_ctz(static_cast<unsigned>(a.group_size));
   }
   if (plan.swap && (plan.m_blocks != 1 || a.m > 8)) return cudaErrorInvalidValue;
-  const void* fn = kernel_for(a.dtype, plan.m_blocks, a.zeros != nullptr, plan.swap);
-  if (a.dtype != plan.dtype || fn == nullptr || plan.stages < 2 || plan.stages > kMaxStages) return cudaErrorInvalidValue;
+  const void* fn = kernel_for(a.dtype, plan.m_blocks, plan.stages, a.zeros != nullptr, plan.swap);
+  if (a.dtype != plan.dtype || fn == nullptr) return cudaErrorInvalidValue;
   cudaError_t err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
   if (err != cudaSuccess) return err;
 
@@ -698,7 +713,6 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
   p.group_shift = shift;
   p.chunks = plan.chunks;
   p.units_per_block = plan.units_per_block;
-  p.stages = plan.stages;
   void* kargs[] = {&p};
   return cudaLaunchKernel(fn, dim3(plan.grid), dim3(kThreads), kargs, static_cast<size_t>(plan.smem_bytes),
                           stream);
