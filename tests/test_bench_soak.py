@@ -159,6 +159,8 @@ def test_report_checks_the_targets_and_plots(tmp_path):
     assert "machete / builtin, cold: engine start 1.00x, model load 1.00x" in md
     assert "MISSED (2 failed of 38)" in md and "MISSED (+2.5%, server processes)" in md
     assert "HTTP 400 too long" in md
+    assert ours["throughput_drift_after_ramp"] == pytest.approx(960 / 1010 - 1)
+    assert "output tok/s per interval: 2000, 2010, 1960" in md
     path = soak.plot(result, tmp_path)
     assert path.exists() and path.stat().st_size > 10_000
 

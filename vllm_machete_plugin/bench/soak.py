@@ -231,7 +231,9 @@ def verdict(side: dict) -> dict:
         a, b = first.get(key), last.get(key)
         return None if a in (None, 0) or b is None else b / a - 1
     mem, tok = drift("memory_mib"), drift("output_tok_s")
-    return {"totals": totals, "memory_drift": mem, "throughput_drift": tok,
+    second = rows[1].get("output_tok_s") if len(rows) > 2 else None  # the first interval holds the ramp-up
+    after_ramp = None if not second or last.get("output_tok_s") is None else last["output_tok_s"] / second - 1
+    return {"totals": totals, "memory_drift": mem, "throughput_drift": tok, "throughput_drift_after_ramp": after_ramp,
             "no_failures": totals["failed"] == 0 and all(s.get("alive", True) for s in side["samples"]),
             "memory_flat": mem is not None and abs(mem) <= MEMORY_DRIFT,
             "throughput_flat": tok is not None and abs(tok) <= THROUGHPUT_DRIFT,
@@ -297,6 +299,12 @@ def markdown(result: dict) -> str:
             for s in soaked) + " |")
         lines.append(f"| output tok/s, last interval vs first, within {THROUGHPUT_DRIFT:.0%} | " + " | ".join(
             f"{'met' if v[s]['throughput_flat'] else 'MISSED'} ({_pct(v[s]['throughput_drift'])})" for s in soaked) + " |")
+        lines.append("| (output tok/s, last interval vs the second: the first holds the ramp-up) | " + " | ".join(
+            _pct(v[s]["throughput_drift_after_ramp"]) for s in soaked) + " |")
+        if len(soaked) > 1:
+            total = [sum(per[s][i]["output_tok_s"] or 0.0 for s in soaked) for i in range(min(len(per[s]) for s in soaked))]
+            lines.append("\nAll sides together (they share the GPU), output tok/s per interval: "
+                         + ", ".join(f"{t:.0f}" for t in total))
         for s in soaked:
             ex = result["sides"][s].get("examples", {})
             if ex.get("rejected"):
