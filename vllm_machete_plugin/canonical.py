@@ -103,10 +103,16 @@ def pack_int4(values: torch.Tensor, dim: int, order: Optional[list[int]] = None)
 
 
 def unpack_int4(packed: torch.Tensor, dim: int, order: Optional[list[int]] = None) -> torch.Tensor:
-    """Inverse of pack_int4: uint8 values, `dim` grows 8x."""
-    w = packed.movedim(dim, -1).to(torch.int32)
+    """Inverse of pack_int4: uint8 values, `dim` grows 8x. The 8 values of a word are written
+    as a new axis right after `dim` and merged into it, so the result is built contiguous
+    (no transposing copy of the [K, N] bytes: that copy dominated GPTQ's unpack)."""
+    dim = dim % packed.dim()
+    w = packed.to(torch.int32)
     order = order if order is not None else list(range(PACK_FACTOR))
-    out = torch.empty(*w.shape[:-1], w.shape[-1], PACK_FACTOR, dtype=torch.uint8, device=w.device)
+    shape = list(w.shape)
+    out = torch.empty(shape[:dim + 1] + [PACK_FACTOR] + shape[dim + 1:], dtype=torch.uint8, device=w.device)
     for slot, logical in enumerate(order):
-        out[..., logical] = ((w >> (4 * slot)) & 0xF).to(torch.uint8)  # arithmetic shift, then mask
-    return out.reshape(*w.shape[:-1], -1).movedim(-1, dim).contiguous()
+        nibble = w >> (4 * slot)  # arithmetic shift, then mask
+        nibble &= 0xF
+        out.select(dim + 1, logical).copy_(nibble)
+    return out.reshape(shape[:dim] + [shape[dim] * PACK_FACTOR] + shape[dim + 1:])
