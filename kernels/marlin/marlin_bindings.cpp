@@ -39,7 +39,7 @@ void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* o
 
 // VMP_MARLIN_PLAN="blocks=1,stages=6,mb=2,swap=0" (any subset): caps on the launch plan,
 // read once per process; for benchmarking plans, never needed for correctness. The depth
-// used is the deepest compiled one (marlin_kernel.cuh, stages_compiled) within the cap.
+// used is the deepest compiled one (marlin_gemm.cu, stages_compiled) within the cap.
 const mk::PlanHints& plan_hints() {
   static const mk::PlanHints hints = [] {
     mk::PlanHints h;

@@ -1,5 +1,5 @@
 // The Marlin-style weight layout: the ONE definition that the GEMM kernel
-// (marlin_kernel.cuh) and the GPU repack kernels (marlin_repack.cu) both use.
+// (marlin_gemm.cu) and the GPU repack kernels (marlin_repack.cu) both use.
 // The pure-PyTorch mirror for tests is vllm_machete_plugin/marlin_layout_ref.py.
 #pragma once
 

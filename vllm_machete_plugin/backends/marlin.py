@@ -5,7 +5,7 @@ Device tensors made by `prepare` (layout: kernels/marlin/marlin_layout.cuh):
   scales     act dtype [G_pad, N_pad]    vmp::marlin_permute_groups of the scales
   zeros      act dtype [G_pad, N_pad]    zero points as values (only for u4 + zeros)
   workspace  int32 [4 * multiprocessors] cross-block locks (one per resident block, at most 2 per
-                                         SM, see blocks_per_sm in marlin_kernel.cuh); zero, and zero
+                                         SM, see blocks_per_sm in marlin_gemm.cu); zero, and zero
                                          again after every call
 K_pad, N_pad are K, N rounded up to 128 and 256 (zero padding); G_pad = K_pad / g, or 1 for
 channelwise. Activations are zero-padded to K_pad in `apply` when K % 128 != 0.
