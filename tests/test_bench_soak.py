@@ -154,6 +154,10 @@ def test_report_checks_the_targets_and_plots(tmp_path):
     assert not theirs["no_failures"] and theirs["totals"]["failed"] == 2
     result["sides"]["machete"]["samples"][-1]["server_mib"] = 41000
     assert not soak.verdict(result["sides"]["machete"])["memory_flat"]
+    mixed = {**result["sides"]["builtin"], "samples": [dict(x) for x in result["sides"]["builtin"]["samples"]]}
+    mixed["samples"][-1]["server_mib"] = None  # last sample from the whole GPU: not comparable with the first
+    v = soak.verdict(mixed)
+    assert v["memory_drift"] is None and not v["memory_flat"] and v["memory_source"] == "whole GPU"
     md = soak.markdown(result)
     assert "| engine start (launch to healthy) | 100.0 | 60.0 | 100.0 | 60.0 |" in md
     assert "machete / builtin, cold: engine start 1.00x, model load 1.00x" in md

@@ -23,11 +23,10 @@ SIDES = {"machete": {"quantization": "machete"}, "builtin": {}, "humming": {"lin
 
 def engine_flags(kw: dict) -> list[str]:
     """`vllm serve` flags for engine kwargs (those of e2e.engine_kwargs)."""
-    flags = ["--dtype", kw["dtype"], "--max-model-len", str(kw["max_model_len"]),
-             "--gpu-memory-utilization", str(kw["gpu_memory_utilization"]), "--no-enable-prefix-caching",
-             "--max-num-seqs", str(kw["max_num_seqs"]), "--seed", str(kw["seed"]), "--load-format", kw["load_format"],
-             "--tensor-parallel-size", str(kw["tensor_parallel_size"])]
-    return flags
+    return ["--dtype", kw["dtype"], "--max-model-len", str(kw["max_model_len"]),
+            "--gpu-memory-utilization", str(kw["gpu_memory_utilization"]), "--no-enable-prefix-caching",
+            "--max-num-seqs", str(kw["max_num_seqs"]), "--seed", str(kw["seed"]), "--load-format", kw["load_format"],
+            "--tensor-parallel-size", str(kw["tensor_parallel_size"])]
 
 
 def side_flags(side: str) -> list[str]:

@@ -214,8 +214,9 @@ def intervals(side: dict) -> list[dict]:
         a, b = samples[i - 1], samples[i]
         dt = b["t"] - a["t"]
         tok_s = (b["gen_tokens"] - a["gen_tokens"]) / dt if "gen_tokens" in a and "gen_tokens" in b and dt > 0 else None
-        mem = b.get("server_mib") if b.get("server_mib") is not None else b.get("gpu_mib")
-        out.append({"interval": i, "end_s": b["t"], "memory_mib": mem, "output_tok_s": tok_s,
+        own = b.get("server_mib") is not None
+        out.append({"interval": i, "end_s": b["t"], "memory_mib": b.get("server_mib" if own else "gpu_mib"),
+                    "memory_source": "server processes" if own else "whole GPU", "output_tok_s": tok_s,
                     "kv_usage": b.get("kv_usage"), "preemptions": b.get("preemptions"),
                     **(counts[i - 1] if i - 1 < len(counts) else {})})
     return out
@@ -227,18 +228,18 @@ def verdict(side: dict) -> dict:
     totals = {o: sum(r.get(o, 0) for r in rows) for o in OUTCOMES}
     first, last = rows[0], rows[-1]
 
-    def drift(key):
-        a, b = first.get(key), last.get(key)
+    def drift(key, a_row=first):
+        a, b = a_row.get(key), last.get(key)
         return None if a in (None, 0) or b is None else b / a - 1
-    mem, tok = drift("memory_mib"), drift("output_tok_s")
-    second = rows[1].get("output_tok_s") if len(rows) > 2 else None  # the first interval holds the ramp-up
-    after_ramp = None if not second or last.get("output_tok_s") is None else last["output_tok_s"] / second - 1
+    # memory drift only between samples of the same source (a server's processes or the whole GPU)
+    mem = drift("memory_mib") if first["memory_source"] == last["memory_source"] else None
+    tok = drift("output_tok_s")
+    after_ramp = drift("output_tok_s", rows[1]) if len(rows) > 2 else None  # the first interval holds the ramp-up
     return {"totals": totals, "memory_drift": mem, "throughput_drift": tok, "throughput_drift_after_ramp": after_ramp,
             "no_failures": totals["failed"] == 0 and all(s.get("alive", True) for s in side["samples"]),
             "memory_flat": mem is not None and abs(mem) <= MEMORY_DRIFT,
             "throughput_flat": tok is not None and abs(tok) <= THROUGHPUT_DRIFT,
-            "memory_source": "server processes" if last.get("memory_mib") == side["samples"][-1].get("server_mib")
-            else "whole GPU"}
+            "memory_source": last["memory_source"]}
 
 
 # ---- report -------------------------------------------------------------------------------

@@ -84,9 +84,10 @@ def _timed(owner, name: str, key: str, sink: Sink) -> None:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             sink(key, time.perf_counter() - t0)
-            sizes = getattr(getattr(a[0], "compilation_config", None), "cudagraph_capture_sizes", None) if a else None
-            if key == "cudagraph_s" and sizes is not None:
-                sink("cudagraph_sizes", len(sizes))
+            if key == "cudagraph_s" and a:
+                sizes = getattr(getattr(a[0], "compilation_config", None), "cudagraph_capture_sizes", None)
+                if sizes is not None:
+                    sink("cudagraph_sizes", len(sizes))
 
     setattr(owner, name, wrapper)
 
