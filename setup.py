@@ -127,6 +127,11 @@ def _machete_extension(CUDAExtension, rel, late_includes):
         extra_compile_args={
             "cxx": ["-O3", "-std=c++17", *late_includes],
             "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-DNDEBUG", "-lineinfo",
+                     # griddepcontrol.wait in the CUTLASS kernels' producers, so they may be launched
+                     # with PDL (kernels/launch.h). Not CUTLASS_ENABLE_GDC_FOR_SM90: its early trigger
+                     # does not compile with CUTLASS 4.2's Stream-K scheduler (is_last_tile() const
+                     # binds a member to a non-const reference), so these kernels trigger at exit.
+                     "-DCUTLASS_GDC_ENABLED",
                      "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
                      "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__",
                      "-gencode=arch=compute_90a,code=sm_90a"],

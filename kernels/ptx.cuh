@@ -1,5 +1,6 @@
 // Inline-PTX wrappers shared by the mma.sync kernels (Marlin, Machete small-M): shared
-// addresses, cp.async, ldmatrix, shared loads, LOP3, mma.sync. sm_80 instructions only.
+// addresses, cp.async, ldmatrix, shared loads, LOP3, mma.sync: sm_80 instructions; and the
+// programmatic-dependent-launch controls (sm_90 instructions, no-ops below sm_90).
 #pragma once
 
 #include <cstdint>
@@ -73,6 +74,22 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Programmatic dependent launch (launch.h): pdl_wait() blocks until every kernel this one
+// depends on has completed and its memory is visible; a kernel launched with PDL calls it
+// before its first access to memory another kernel may write or read (activations,
+// outputs, workspaces, locks). pdl_launch_dependents() lets the next PDL-launched kernel
+// on the stream start early (it still waits for this one's completion in its pdl_wait()).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
 }
 
 }  // namespace vmp::ptx

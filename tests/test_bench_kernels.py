@@ -1,6 +1,8 @@
 """CPU tests of the kernel benchmark's bookkeeping (the timed part on a GPU: tests/gpu/test_bench_kernels_gpu.py)."""
 from __future__ import annotations
 
+import os
+
 from vllm_machete_plugin.bench import kernels as bench
 
 
@@ -78,3 +80,19 @@ def test_ratio_to_best_vllm_takes_the_fastest_peer_by_layer_sum():
              "vllm_humming_us": None},
             {"layer": "qkv", "M": 256, "machete_us": None, "vllm_marlin_us": 1.0}]
     assert bench.ratio_to_best_vllm(rows) == [(64, 1.0, "vllm_marlin_us"), (128, 0.75, "vllm_machete_us")]
+
+
+def test_without_pdl_sets_the_switch_only_while_it_launches(monkeypatch):
+    from vllm_machete_plugin.bench.kernels import PDL_ENV, our_cols, without_pdl
+    seen = []
+    monkeypatch.setenv(PDL_ENV, "1")
+    assert without_pdl(lambda x: seen.append(os.environ.get(PDL_ENV)) or x)(7) == 7
+    assert seen == ["0"] and os.environ[PDL_ENV] == "1"
+    monkeypatch.delenv(PDL_ENV)
+    without_pdl(lambda x: seen.append(os.environ.get(PDL_ENV)))(0)
+    assert seen[-1] == "0" and PDL_ENV not in os.environ
+
+    class B:
+        name = "marlin"
+    assert our_cols([B]) == ["marlin_us"]
+    assert our_cols([B], pdl_ab=True) == ["marlin_us", "marlin_nopdl_us"]

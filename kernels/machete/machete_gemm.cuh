@@ -14,6 +14,7 @@
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 #include <cutlass/gemm/kernel/tile_scheduler.hpp>
 
+#include "../launch.h"
 #include "machete_layout.cuh"
 #include "machete_tile.h"
 
@@ -89,7 +90,11 @@ struct Gemm {
     Adapter op;
     if (op.initialize(args, workspace, stream) != cutlass::Status::kSuccess)
       return "CUTLASS initialize failed (workspace or smem attribute)";
-    if (op.run(stream) != cutlass::Status::kSuccess) return "CUTLASS kernel launch failed";
+    // PDL (launch.h): compiled with CUTLASS_GDC_ENABLED (setup.py), the producer warps wait
+    // for the previous kernel before their first global load, and every consumer access
+    // to global memory (Stream-K fix-up, epilogue) follows data from them.
+    if (op.run(stream, nullptr, pdl_enabled_by_env()) != cutlass::Status::kSuccess)
+      return "CUTLASS kernel launch failed";
     return nullptr;
   }
 };

@@ -25,7 +25,9 @@
 // blocks; then every block stores an fp32 slot and the last to arrive (per-warp lock)
 // sums the slots in block order, so the result is deterministic, and resets the lock.
 //
-// Only sm_80 instructions (cp.async, ldmatrix, mma.sync); built into _machete_C (sm_90a).
+// Only sm_80 instructions (cp.async, ldmatrix, mma.sync) plus the PDL controls (launched
+// through launch.h: the first stages' weights are fetched before pdl_wait()); built into
+// _machete_C (sm_90a).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -33,6 +35,7 @@
 
 #include "machete.h"
 #include "machete_layout.cuh"
+#include "../launch.h"
 #include "../ptx.cuh"
 
 namespace vmp::machete {
@@ -202,35 +205,52 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(co
     x_src[i] = static_cast<uint32_t>((r * p.ldx + ch * 8) * sizeof(T));
   }
 
+  // A stage's copies come in two parts: kW (codes, scales, zeros: data no kernel writes)
+  // and kX (activations). Position of the next stage to load: block unit (ld.rgo, ld.kb),
+  // half ld.half, ld.n stages loaded.
+  constexpr int kW = 1, kX = 2;
+  struct LoadPos {
+    int rgo, kb, half, n;
+  };
   const int my_stages = 2 * (v1 - v0);
-  int ld_rgo = rgo_first, ld_kb = v0 % p.kb_count, ld_half = 0, loaded = 0;
-  auto load_next = [&](uint32_t st) {
-    const int rg = 8 * ld_rgo + warp;
-    if (loaded < my_stages && rg < rg_count) {
-      const int ak = 2 * ld_kb + ld_half;
+  auto load_part = [&](uint32_t st, const LoadPos& q, int parts) {
+    const int rg = 8 * q.rgo + warp;
+    if (q.n < my_stages && rg < rg_count) {
+      const int ak = 2 * q.kb + q.half;
       const bool valid = ak < p.k_atoms;  // K % 128 == 64: the last unit's second half is zeros
       const int akc = valid ? ak : 0;
-      const unsigned char* wsrc = w_bytes + akc * w_col_bytes + rg * kWBytes;
+      if (parts & kW) {
+        const unsigned char* wsrc = w_bytes + akc * w_col_bytes + rg * kWBytes;
 #pragma unroll
-      for (int i = 0; i < kWBytes / 16 / 32; ++i) cp_async16(st + lane * 16 + i * 512, wsrc + i * 512, valid);
-      if (g_on) {
-        const int gr = (ak * kStageK) >> p.group_shift;  // the half's group row (also for !valid)
-        const bool gvalid = gr < p.groups;
-        cp_async16(st + g_dst, g_base + static_cast<size_t>(gvalid ? gr : 0) * p.n + kRows * rg, gvalid);
+        for (int i = 0; i < kWBytes / 16 / 32; ++i) cp_async16(st + lane * 16 + i * 512, wsrc + i * 512, valid);
+        if (g_on) {
+          const int gr = (ak * kStageK) >> p.group_shift;  // the half's group row (also for !valid)
+          const bool gvalid = gr < p.groups;
+          cp_async16(st + g_dst, g_base + static_cast<size_t>(gvalid ? gr : 0) * p.n + kRows * rg, gvalid);
+        }
       }
-      const unsigned char* xs_base = x_bytes + akc * (kStageK * sizeof(T));
+      if (parts & kX) {
+        const unsigned char* xs_base = x_bytes + akc * (kStageK * sizeof(T));
 #pragma unroll
-      for (int i = 0; i < kXCopies; ++i)
-        if (lane + 32 * i < x_chunks) cp_async16_l1(st + x_dst[i], xs_base + x_src[i], valid);
-    }
-    if (++ld_half == 2) {
-      ld_half = 0;
-      if (++ld_kb == p.kb_count) {
-        ld_kb = 0;
-        ++ld_rgo;
+        for (int i = 0; i < kXCopies; ++i)
+          if (lane + 32 * i < x_chunks) cp_async16_l1(st + x_dst[i], xs_base + x_src[i], valid);
       }
     }
-    ++loaded;
+  };
+  auto step_pos = [&](LoadPos& q) {
+    if (++q.half == 2) {
+      q.half = 0;
+      if (++q.kb == p.kb_count) {
+        q.kb = 0;
+        ++q.rgo;
+      }
+    }
+    ++q.n;
+  };
+  LoadPos ld{rgo_first, v0 % p.kb_count, 0, 0};
+  auto load_next = [&](uint32_t st, int parts) {
+    load_part(st, ld, parts);
+    step_pos(ld);
     cp_async_commit();
   };
 
@@ -305,12 +325,21 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(co
 
   // ---- pipeline: stages 0..S-2 up front; each consume waits for its stage, refills the
   // slot consumed last (every lane is past it after __syncwarp), computes -------------------
-  for (int s = 0; s < kStages - 1; ++s) load_next(stages0 + s * sb);
+  // Launched with PDL (launch.h): the prologue's weight copies go out before pdl_wait(),
+  // overlapping the previous kernel's tail; X, Y, partials and locks only after it. Those
+  // copies join the first commit group.
+  {
+    LoadPos q = ld;
+    for (int s = 0; s < kStages - 1; ++s, step_pos(q)) load_part(stages0 + s * sb, q, kW);
+  }
+  ptx::pdl_wait();
+  ptx::pdl_launch_dependents();
+  for (int s = 0; s < kStages - 1; ++s) load_next(stages0 + s * sb, kX);
   uint32_t rd_st = stages0, ld_st = stages0 + (kStages - 1) * sb;
   auto advance = [&]() {
     cp_async_wait<kStages - 2>();
     __syncwarp();
-    load_next(ld_st);
+    load_next(ld_st, kW | kX);
     ld_st = rd_st;
     const uint32_t st = rd_st;
     rd_st += sb;
@@ -486,8 +515,8 @@ const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, fl
   p.stripe = plan.stripe;
   p.stage_bytes = plan.stage_bytes;
   void* args[] = {&p};
-  if (cudaLaunchKernel(fn, dim3(plan.grid), dim3(kThreads), args, static_cast<size_t>(plan.smem_bytes), stream) !=
-      cudaSuccess)
+  if (launch_kernel(fn, dim3(plan.grid), dim3(kThreads), args, static_cast<size_t>(plan.smem_bytes), stream,
+                    kernel_has_pdl(fn)) != cudaSuccess)
     return "small-M kernel launch failed";
   return nullptr;
 }

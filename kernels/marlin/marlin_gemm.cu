@@ -12,7 +12,8 @@
 // the slice's counter; the last to arrive sums the partials in block order (so the
 // result is deterministic), writes the output and resets the counter to zero.
 //
-// Only sm_80 instructions are used (cp.async, ldmatrix, mma.sync m16n8k16, lop3).
+// Only sm_80 instructions are used (cp.async, ldmatrix, mma.sync m16n8k16, lop3), plus
+// the PDL controls of ptx.cuh where compiled for sm_90 (launched through launch.h).
 // No L2 cache-policy hint on cp.async: with nvcc 13.0 for sm_90, a createpolicy
 // result folded into the copy's descriptor raised "illegal instruction" on an H200.
 #include <cuda_bf16.h>
@@ -23,6 +24,7 @@
 
 #include "marlin.h"
 #include "marlin_layout.cuh"
+#include "../launch.h"
 #include "../ptx.cuh"
 
 namespace vmp {
@@ -378,25 +380,43 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   constexpr int kFillPhases = MB > 1 ? kWarpSteps : 1;
   uint32_t fill_st = 0;    // stage being refilled
   uint32_t fill_mask = 0;  // its copies (ld.copies, or 0 when it loads no unit)
+  bool fill_unit = false;  // it loads a unit: the loader moves on when it is committed
   auto fill_phase = [&](int f) {
 #pragma unroll
     for (int c = f; c < kCopies; c += kFillPhases) copy(fill_st, c, fill_mask);
     if (f == kFillPhases - 1) {
       cp_async_commit();
-      if (fill_mask != 0) loader_next();  // the weight bits are set in every unit loaded
+      if (fill_unit) loader_next();
     }
   };
   // Refill `stage` with the loader's unit if it is one of the block's (filling), else
-  // issue nothing.
-  auto open_fill = [&](uint32_t stage, bool filling) {
+  // issue nothing; copies in `issued` went out earlier.
+  auto open_fill = [&](uint32_t stage, bool filling, uint32_t issued = 0u) {
     fill_st = stage;
-    fill_mask = filling ? ld.copies : 0u;
+    fill_unit = filling;
+    fill_mask = filling ? ld.copies & ~issued : 0u;
     fill_phase(0);
   };
+  // Launched with PDL (launch.h): the weight and group copies of the first kStages - 1
+  // stages go out before pdl_wait(), overlapping the previous kernel's tail; activations,
+  // the output, the reduction slots and the locks are touched only after it. Those copies
+  // join the first commit group.
+  constexpr uint32_t kConstCopies = ((1u << kCopies) - 1) & ~((1u << MB) - 1);
+  seek(pos_of(u_begin));
+#pragma unroll
+  for (int s = 0; s + 1 < kStages; ++s) {
+    if (s < u_end - u_begin) {
+#pragma unroll
+      for (int c = MB; c < kCopies; ++c) copy(smem0 + s * stage_sz, c, ld.copies);
+      loader_next();
+    }
+  }
+  ptx::pdl_wait();
+  ptx::pdl_launch_dependents();
   seek(pos_of(u_begin));
 #pragma unroll
   for (int s = 0; s < kStages; ++s) {
-    open_fill(smem0 + s * stage_sz, s < u_end - u_begin);
+    open_fill(smem0 + s * stage_sz, s < u_end - u_begin, s + 1 < kStages ? kConstCopies : 0u);
     if (s + 1 < kStages) {
 #pragma unroll
       for (int f = 1; f < kFillPhases; ++f) fill_phase(f);
@@ -714,8 +734,8 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
   p.chunks = plan.chunks;
   p.units_per_block = plan.units_per_block;
   void* kargs[] = {&p};
-  return cudaLaunchKernel(fn, dim3(plan.grid), dim3(kThreads), kargs, static_cast<size_t>(plan.smem_bytes),
-                          stream);
+  return launch_kernel(fn, dim3(plan.grid), dim3(kThreads), kargs, static_cast<size_t>(plan.smem_bytes), stream,
+                       kernel_has_pdl(fn));
 }
 
 }  // namespace marlin

@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import statistics
 from typing import Callable, Optional
 
@@ -34,6 +35,7 @@ LAYERS = {  # name: (N, K), Llama-3.1-70B, TP=1
 M_VALUES = (1, 16, 32, 64, 128, 256, 512, 1024, 4096)
 GROUP = 128
 VLLM_COLS = ["vllm_marlin_us", "vllm_machete_us", "vllm_humming_us"]
+PDL_ENV = "VMP_PDL"  # "0": our kernels launch without programmatic dependent launch
 
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:
@@ -195,6 +197,22 @@ def load_vllm() -> tuple[Optional[VllmKernels], str]:
         return None, None
 
 
+def without_pdl(fn: Callable) -> Callable:
+    """fn with VMP_PDL=0 while it launches (kernels/launch.h reads it at every launch; a
+    CUDA graph captured from it keeps plain launches)."""
+    def run(x):
+        old = os.environ.get(PDL_ENV)
+        os.environ[PDL_ENV] = "0"
+        try:
+            return fn(x)
+        finally:
+            if old is None:
+                del os.environ[PDL_ENV]
+            else:
+                os.environ[PDL_ENV] = old
+    return run
+
+
 def implementations(n: int, k: int, weights: list[CanonicalW4], vk: Optional[VllmKernels],
                     cols: list[str]) -> dict[str, list[Callable]]:
     """Column name -> one callable x -> y per weight copy, for the wanted columns this
@@ -206,6 +224,8 @@ def implementations(n: int, k: int, weights: list[CanonicalW4], vk: Optional[Vll
         if f"{b.name}_us" in cols and b.can_implement(spec, device_capability())[0]:
             prepared = [b.prepare(spec, w) for w in weights]
             impls[f"{b.name}_us"] = [lambda x, b=b, p=p: b.apply(spec, p, x) for p in prepared]
+            if f"{b.name}_nopdl_us" in cols:  # the same kernels launched without PDL
+                impls[f"{b.name}_nopdl_us"] = [without_pdl(fn) for fn in impls[f"{b.name}_us"]]
     if vk is not None:
         for col, make, ok in (("vllm_marlin_us", vk.marlin, True), ("vllm_machete_us", vk.machete, vk.has_machete),
                               ("vllm_humming_us", vk.humming, vk.has_humming)):
@@ -217,11 +237,16 @@ def implementations(n: int, k: int, weights: list[CanonicalW4], vk: Optional[Vll
     return impls
 
 
+def our_cols(ours: list, pdl_ab: bool = False) -> list[str]:
+    """Columns of our backends; with pdl_ab also "<backend>_nopdl_us" (plain launches)."""
+    return [f"{b.name}{v}_us" for b in ours for v in ([""] + (["_nopdl"] if pdl_ab else []))]
+
+
 def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optional[VllmKernels],
-                ours: list, check: bool, peers: Optional[list[str]] = None) -> list[dict]:
+                ours: list, check: bool, peers: Optional[list[str]] = None, pdl_ab: bool = False) -> list[dict]:
     w4_bytes = n * k // 2 + (k // GROUP) * n * 2
     weights = [random_weight(n, k) for _ in range(copies_for(w4_bytes))]
-    impls = implementations(n, k, weights, vk, [f"{b.name}_us" for b in ours] + (VLLM_COLS if peers is None else peers))
+    impls = implementations(n, k, weights, vk, our_cols(ours, pdl_ab) + (VLLM_COLS if peers is None else peers))
     if "vllm_humming_us" in impls:  # JIT-compile Humming's kernels for every M before any timing
         for m in m_values:
             impls["vllm_humming_us"][0](torch.zeros(m, k, device="cuda", dtype=torch.float16))
@@ -335,6 +360,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--peers", default=",".join(c.removesuffix("_us") for c in VLLM_COLS),
                     help="comma-separated subset of vLLM's kernels to time, or 'none' (fp16 always runs: it is the check)")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness check before timing")
+    ap.add_argument("--pdl-ab", action="store_true",
+                    help="also time our kernels launched without programmatic dependent launch (<backend>_nopdl)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("the kernel benchmark needs a CUDA GPU")
@@ -356,10 +383,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = []
     for name in [s for s in args.layers.split(",") if s]:
         n, k = LAYERS[name]
-        rows += bench_layer(name, n, k, m_values, bandwidth, vk, ours, not args.no_check, peers)
+        rows += bench_layer(name, n, k, m_values, bandwidth, vk, ours, not args.no_check, peers, args.pdl_ab)
         torch.cuda.empty_cache()
 
-    cols = ["floor_us", "fp16_us"] + VLLM_COLS + [f"{b.name}_us" for b in ours]
+    cols = ["floor_us", "fp16_us"] + VLLM_COLS + our_cols(ours, args.pdl_ab)
     print(markdown(rows, cols))
     if args.json:
         meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "vllm": vllm_version,
