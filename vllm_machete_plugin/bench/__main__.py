@@ -1,9 +1,9 @@
-"""`python -m vllm_machete_plugin.bench <suite> [options]`; suites: kernels, e2e, soak, profile."""
+"""`python -m vllm_machete_plugin.bench <suite> [options]`; suites: kernels, e2e, soak, load, profile."""
 from __future__ import annotations
 
 import sys
 
-SUITES = ("kernels", "e2e", "soak", "profile")
+SUITES = ("kernels", "e2e", "soak", "load", "profile")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
         from .e2e import main as suite_main
     elif argv[0] == "soak":
         from .soak import main as suite_main
+    elif argv[0] == "load":
+        from .load import main as suite_main
     elif argv[0] == "profile":
         from .profile import main as suite_main
     else:
