@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import e2e, serving, startup
+from .e2e import _fmt
 
 KINDS = (("abort", 0.05), ("overlength", 0.02), ("multi", 0.05))  # the rest: normal
 PROMPT_LEN, OUTPUT_LEN, ABORT_AFTER, MULTI_N = (64, 4096), (16, 1024), (1, 32), (2, 4)
@@ -313,10 +314,6 @@ def markdown(result: dict) -> str:
             for f in ex.get("failed", []):
                 lines.append(f"\n{s}: failed: `{f[:300]}`")
     return "\n".join(lines)
-
-
-def _fmt(fmt: str, v) -> str:
-    return "-" if v is None else fmt.format(v)
 
 
 def _pct(v) -> str:
