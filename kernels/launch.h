@@ -11,6 +11,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <utility>
 
 namespace vmp {
 
@@ -21,10 +24,21 @@ inline bool pdl_enabled_by_env() {
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
-// Whether fn's image on the current device carries griddepcontrol (compiled for sm_90+).
+// Whether fn's image on the current device carries griddepcontrol (compiled from sm_90+
+// PTX). The runtime is asked once per kernel and device, not at every launch.
 inline bool kernel_has_pdl(const void* fn) {
-  cudaFuncAttributes attr;
-  return cudaFuncGetAttributes(&attr, fn) == cudaSuccess && attr.ptxVersion >= 90;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, bool> known;
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(fn, device);
+  auto it = known.find(key);
+  if (it == known.end()) {
+    cudaFuncAttributes attr;
+    it = known.emplace(key, cudaFuncGetAttributes(&attr, fn) == cudaSuccess && attr.ptxVersion >= 90).first;
+  }
+  return it->second;
 }
 
 inline cudaError_t launch_kernel(const void* fn, dim3 grid, dim3 block, void** args, size_t smem,
