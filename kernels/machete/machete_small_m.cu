@@ -188,69 +188,73 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(co
   if (8 * rgo_first + warp >= rg_count) return;
 
   // ---- producer: one stage = this warp's 4 atoms of one 64-deep K column, the group
-  // row of their scales (and zeros), and X rows < m of those 64 k ------------------------
-  const int x_chunks = p.m * 8;  // 16-byte chunks of X per stage
+  // row of their scales (and zeros), and X rows < m of those 64 k. The loader walks the
+  // stripe's stages in order with running pointers (one add per stage), recomputed only
+  // when the stripe moves on to the next octet.
   const bool g_on = lane < 8 || (kZeros && lane < 16);
-  const T* g_base = (lane < 8 ? scales : zeros) + (lane & 7) * 8;
+  const T* g_lane = (lane < 8 ? scales : zeros) + (lane & 7) * 8;
   const uint32_t g_dst = kWBytes + (lane >> 3) * kGBytes + (lane & 7) * 16;
   const size_t w_col_bytes = static_cast<size_t>(p.na) * 512;  // one 64-deep K column of atoms
-  const unsigned char* w_bytes = reinterpret_cast<const unsigned char*>(p.w) + lane * 16;
-  const unsigned char* x_bytes = reinterpret_cast<const unsigned char*>(x);
-  constexpr int kXCopies = 8 * kT * 8 / 32;  // chunk lane + 32 i of X (only those < x_chunks)
-  uint32_t x_dst[kXCopies], x_src[kXCopies];
-#pragma unroll
-  for (int i = 0; i < kXCopies; ++i) {
-    const int c = lane + 32 * i, r = c >> 3, ch = c & 7;
-    x_dst[i] = kXOff + r * kXRowBytes + ((ch ^ (r & 7)) << 4);
-    x_src[i] = static_cast<uint32_t>((r * p.ldx + ch * 8) * sizeof(T));
-  }
+  const unsigned char* w_lane = reinterpret_cast<const unsigned char*>(p.w) + lane * 16;
+  // X: copy i of a lane is chunk c = lane + 32 i (row xr + 4 i, 16-byte chunk xc) if c < 8 m;
+  // its shared offset is swizzled by the row's low 3 bits, xr + 4 (i % 2).
+  constexpr int kXCopies = 8 * kT * 8 / 32;
+  const int xr = lane >> 3, xc = lane & 7;
+  const int x_n = (p.m * 8 - lane + 31) / 32;  // copies of this lane with c < 8 m
+  const uint32_t x_dst[2] = {static_cast<uint32_t>(kXOff + xr * kXRowBytes + ((xc ^ xr) << 4)),
+                             static_cast<uint32_t>(kXOff + xr * kXRowBytes + ((xc ^ (xr + 4)) << 4))};
+  const T* x_lane = x + xr * p.ldx + xc * 8;
+  const int64_t x_step = 4 * p.ldx;  // elements: 4 rows
 
   // A stage's copies come in two parts: kW (codes, scales, zeros: data no kernel writes)
-  // and kX (activations). Position of the next stage to load: block unit (ld.rgo, ld.kb),
-  // half ld.half, ld.n stages loaded.
+  // and kX (activations).
   constexpr int kW = 1, kX = 2;
-  struct LoadPos {
-    int rgo, kb, half, n;
+  struct Loader {
+    int left;                // stages of the stripe still to load
+    int ak;                  // K column (64 deep) of the next stage: 2 kb + half
+    int rg;                  // its row group
+    const unsigned char* w;  // its atoms (this lane's chunk)
+    const T* x;              // its X columns (this lane's chunk of row xr)
   };
-  const int my_stages = 2 * (v1 - v0);
-  auto load_part = [&](uint32_t st, const LoadPos& q, int parts) {
-    const int rg = 8 * q.rgo + warp;
-    if (q.n < my_stages && rg < rg_count) {
-      const int ak = 2 * q.kb + q.half;
-      const bool valid = ak < p.k_atoms;  // K % 128 == 64: the last unit's second half is zeros
-      const int akc = valid ? ak : 0;
+  auto load_part = [&](uint32_t st, const Loader& q, int parts) {
+    if (q.left > 0 && q.rg < rg_count) {
+      const bool valid = q.ak < p.k_atoms;  // K % 128 == 64: the last unit's second half is zeros
       if (parts & kW) {
-        const unsigned char* wsrc = w_bytes + akc * w_col_bytes + rg * kWBytes;
+        const unsigned char* wsrc = valid ? q.w : w_lane;
 #pragma unroll
         for (int i = 0; i < kWBytes / 16 / 32; ++i) cp_async16(st + lane * 16 + i * 512, wsrc + i * 512, valid);
         if (g_on) {
-          const int gr = (ak * kStageK) >> p.group_shift;  // the half's group row (also for !valid)
+          const int gr = (q.ak * kStageK) >> p.group_shift;  // the half's group row (also for !valid)
           const bool gvalid = gr < p.groups;
-          cp_async16(st + g_dst, g_base + static_cast<size_t>(gvalid ? gr : 0) * p.n + kRows * rg, gvalid);
+          cp_async16(st + g_dst, g_lane + static_cast<size_t>(gvalid ? gr : 0) * p.n + kRows * q.rg, gvalid);
         }
       }
       if (parts & kX) {
-        const unsigned char* xs_base = x_bytes + akc * (kStageK * sizeof(T));
+        const T* xsrc = valid ? q.x : x_lane;
 #pragma unroll
         for (int i = 0; i < kXCopies; ++i)
-          if (lane + 32 * i < x_chunks) cp_async16_l1(st + x_dst[i], xs_base + x_src[i], valid);
+          if (i < x_n) cp_async16_l1(st + x_dst[i & 1] + i * 512, xsrc + i * x_step, valid);
       }
     }
   };
-  auto step_pos = [&](LoadPos& q) {
-    if (++q.half == 2) {
-      q.half = 0;
-      if (++q.kb == p.kb_count) {
-        q.kb = 0;
-        ++q.rgo;
-      }
+  auto step = [&](Loader& q) {
+    --q.left;
+    if (++q.ak == 2 * p.kb_count) {  // next octet, K column 0
+      q.ak = 0;
+      q.rg += kWarps;
+      q.w = w_lane + static_cast<size_t>(q.rg) * kWBytes;
+      q.x = x_lane;
+    } else {
+      q.w += w_col_bytes;
+      q.x += kStageK;
     }
-    ++q.n;
   };
-  LoadPos ld{rgo_first, v0 % p.kb_count, 0, 0};
+  const int ak0 = 2 * (v0 % p.kb_count), rg0 = 8 * rgo_first + warp;
+  Loader ld{2 * (v1 - v0), ak0, rg0, w_lane + ak0 * w_col_bytes + static_cast<size_t>(rg0) * kWBytes,
+            x_lane + ak0 * kStageK};
   auto load_next = [&](uint32_t st, int parts) {
     load_part(st, ld, parts);
-    step_pos(ld);
+    step(ld);
     cp_async_commit();
   };
 
@@ -329,8 +333,8 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(co
   // overlapping the previous kernel's tail; X, Y, partials and locks only after it. Those
   // copies join the first commit group.
   {
-    LoadPos q = ld;
-    for (int s = 0; s < kStages - 1; ++s, step_pos(q)) load_part(stages0 + s * sb, q, kW);
+    Loader q = ld;
+    for (int s = 0; s < kStages - 1; ++s, step(q)) load_part(stages0 + s * sb, q, kW);
   }
   ptx::pdl_wait();
   ptx::pdl_launch_dependents();
