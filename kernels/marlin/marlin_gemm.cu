@@ -57,6 +57,15 @@ __host__ __device__ constexpr int blocks_per_sm(int mb) { return mb == 1 ? 2 : 1
 __host__ __device__ constexpr int a_bytes(int mb) { return mb * 16 * kARowBytes; }
 __host__ __device__ constexpr int stage_bytes(int mb) { return a_bytes(mb) + kBBytes + 2 * kGroupBytes; }
 __host__ __device__ constexpr int red_bytes(int mb) { return mb * 16 * kRedStride * 4; }
+// A block's dynamic shared memory: kStages stages, the reduction tile, then the 16-byte
+// last-arrival flag of the cross-block reduction. The kernel has no static __shared__
+// variable, so this region starts 128-byte aligned, as the activation swizzle and the
+// copies assume: with a 16-byte static flag in front of it (before 2026-12-03), every
+// cp.async cost 2x the L2 sectors and 3x the shared wavefronts, and ldmatrix conflicted.
+constexpr int kFlagBytes = 16;
+__host__ __device__ constexpr int smem_bytes(int mb, int stages) {
+  return stages * stage_bytes(mb) + red_bytes(mb) + kFlagBytes;
+}
 
 // Pipeline depths compiled per M tile (the stage count is a template parameter, so the
 // cp.async wait count is an immediate): the planner's choices on 100 KB (sm_86/89),
@@ -196,8 +205,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   static_assert(kStages >= 3 && kStages <= kMaxStages, "the refill of a stage needs 2 more in flight");
   using O = Ops<T>;
   using T2 = typename O::T2;
-  extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ int s_last;
+  extern __shared__ __align__(128) unsigned char smem[];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wn = warp % kWarpsN, wk = warp / kWarpsN;
@@ -210,6 +218,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   constexpr int stage_sz = stage_bytes(MB);
   const uint32_t smem0 = smem_u32(smem);
   float* red = reinterpret_cast<float*>(smem + kStages * stage_sz);
+  int& s_last = *reinterpret_cast<int*>(smem + kStages * stage_sz + red_bytes(MB));
   const T* x = static_cast<const T*>(p.x);
   const T* scales = static_cast<const T*>(p.scales);
   const T* zeros = static_cast<const T*>(p.zeros);
@@ -660,7 +669,7 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
   // Deepest compiled depth that fits and respects the cap; 0 if none.
   auto stages_for = [&](int b) {
     const int budget = std::min(smem_optin, smem_sm / b - smem_reserved);
-    int s = std::min(max_stages, (budget - red_bytes(mb)) / stage_bytes(mb));
+    int s = std::min(max_stages, (budget - smem_bytes(mb, 0)) / stage_bytes(mb));
     while (s > 0 && !stages_compiled(mb, s)) --s;
     return s;
   };
@@ -674,7 +683,7 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
     chunks = ceil_div(m, 16LL * mb);
   }
   if (stages < 3) return cudaErrorInvalidValue;
-  const int smem = stages * stage_bytes(mb) + red_bytes(mb);
+  const int smem = smem_bytes(mb, stages);
   // Every block must be resident at once: blocks wait on each other's locks.
   const bool swap = mb == 1 && m <= 8 && hints.swap_small_m != 0;
   const void* fn = kernel_for(dtype, mb, stages, true, swap);
