@@ -1,0 +1,77 @@
+"""Compiled-kernel contracts read from the built extensions with cuobjdump (no GPU needed).
+
+Our hand-written kernels (Marlin's gemm_kernel, the small-M Machete kernel) lay out their
+pipelines in dynamic shared memory and assume it starts on a 128-byte line: the activation
+swizzle and the 16-byte async copies do. Dynamic shared memory begins after the kernel's
+static __shared__ variables (and, on sm_90, the 1 KB the driver reserves), so any static
+variable whose size is not a multiple of 128 shifts every stage. A 16-byte flag did exactly
+that to Marlin until 2026-12-03 and cost every copy 2x its L2 sectors (docs/profile_h200.md,
+"The 16-byte offset"). cuobjdump's SHARED column is that static size, reserved part included.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "vllm_machete_plugin"
+OUR_KERNELS = re.compile(r"vmp.*(gemm_kernel|small_m_kernel)")
+
+
+def _cuobjdump() -> str | None:
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    candidates = [Path(cuda_home) / "bin" / "cuobjdump"]
+    try:  # triton (a vLLM dependency) ships one
+        import triton
+
+        candidates.append(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+    except ImportError:
+        pass
+    return next((str(c) for c in candidates if c.is_file()), None)
+
+
+def static_shared_bytes(res_usage: str) -> dict[str, list[int]]:
+    """cuobjdump -res-usage text -> {function name: [SHARED bytes per cubin]}."""
+    out: dict[str, list[int]] = {}
+    name = None
+    for line in res_usage.splitlines():
+        m = re.match(r"\s*Function (\S+):\s*$", line)
+        if m:
+            name = m.group(1)
+            continue
+        m = re.search(r"\bSHARED:(\d+)", line)
+        if m and name is not None:
+            out.setdefault(name, []).append(int(m.group(1)))
+            name = None
+    return out
+
+
+def test_parser_reads_functions_and_shared_sizes():
+    text = (" Function _ZN3vmp6marlin11gemm_kernelEv:\n"
+            "  REG:255 STACK:0 SHARED:1040 LOCAL:0 CONSTANT[0]:440\n"
+            " Function other:\n  REG:10 STACK:0 SHARED:0 LOCAL:0\n")
+    assert static_shared_bytes(text) == {"_ZN3vmp6marlin11gemm_kernelEv": [1040], "other": [0]}
+
+
+@pytest.mark.parametrize("lib", ["_C", "_machete_C"])
+def test_our_kernels_dynamic_shared_memory_starts_128_byte_aligned(lib):
+    sos = sorted(PKG.glob(f"{lib}*.so"))
+    if not sos:
+        pytest.skip(f"{lib} is not built here (pip install --no-build-isolation -e . builds it)")
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump on PATH, in $CUDA_HOME/bin or in triton's package")
+    text = subprocess.run([tool, "-res-usage", str(sos[0])], check=True, capture_output=True, text=True).stdout
+    sizes = {n: s for n, s in static_shared_bytes(text).items() if OUR_KERNELS.search(n)}
+    assert sizes, f"no gemm_kernel / small_m_kernel found in {sos[0].name}"
+    bad = {n: s for n, s in sizes.items() if any(b % 128 for b in s)}
+    assert not bad, (f"{len(bad)} kernels of {sos[0].name} have static shared memory that is not a multiple of "
+                     f"128 bytes, so their dynamic shared memory starts off a 128-byte line: "
+                     f"{dict(list(bad.items())[:3])}; fix: move the __shared__ variable into the dynamic region")
