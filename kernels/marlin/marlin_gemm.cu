@@ -61,7 +61,7 @@ __host__ __device__ constexpr int red_bytes(int mb) { return mb * 16 * kRedStrid
 // last-arrival flag of the cross-block reduction. The kernel has no static __shared__
 // variable, so this region starts 128-byte aligned, as the activation swizzle and the
 // copies assume: with a 16-byte static flag in front of it (before 2026-12-03), every
-// cp.async cost 2x the L2 sectors and 3x the shared wavefronts, and ldmatrix conflicted.
+// cp.async cost 2x the L2 sectors and 3x the shared wavefronts.
 constexpr int kFlagBytes = 16;
 __host__ __device__ constexpr int smem_bytes(int mb, int stages) {
   return stages * stage_bytes(mb) + red_bytes(mb) + kFlagBytes;
