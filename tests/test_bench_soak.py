@@ -169,10 +169,7 @@ def test_report_checks_the_targets_and_plots(tmp_path):
     assert path.exists() and path.stat().st_size > 10_000
 
 
-def test_starts_are_cold_then_warm_one_side_at_a_time(tmp_path, monkeypatch):
-    events, flags = [], []
-    flags_seen = flags
-
+def _fake_server(events, flags_seen):
     class FakeServer:
         def __init__(self, side, model, flags, port, log_path, env=None):
             self.side, self.flags, self.port, self.env, self.proc = side, flags, port, env, None
@@ -201,7 +198,12 @@ def test_starts_are_cold_then_warm_one_side_at_a_time(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             self.stop()
 
-    monkeypatch.setattr(soak.serving, "Server", FakeServer)
+    return FakeServer
+
+
+def test_starts_are_cold_then_warm_one_side_at_a_time(tmp_path, monkeypatch):
+    events, flags = [], []
+    monkeypatch.setattr(soak.serving, "Server", _fake_server(events, flags))
     monkeypatch.setattr(soak.e2e, "_environment", lambda: {"gpu": "FakeGPU"})
     out = tmp_path / "r.json"
     soak.main(["--minutes", "0", "--layers", "2", "--json", str(out), "--cache-dir", str(tmp_path / "c")])
@@ -215,3 +217,31 @@ def test_starts_are_cold_then_warm_one_side_at_a_time(tmp_path, monkeypatch):
     assert flags[0] == flags[1] and flags[0][flags[0].index("--gpu-memory-utilization") + 1] == "0.45"
     assert result["settings"]["gpu_memory_utilization"] == 0.45
     assert [s["kind"] for s in result["sides"]["builtin"]["starts"]] == ["cold", "warm"]
+
+
+def test_solo_loads_each_side_alone_after_its_restarts(tmp_path, monkeypatch):
+    events, flags = [], []
+    monkeypatch.setattr(soak.serving, "Server", _fake_server(events, flags))
+    monkeypatch.setattr(soak.e2e, "_environment", lambda: {"gpu": "FakeGPU"})
+
+    async def fake_load(sides, seconds, concurrency, vocab, max_model_len, sample_s=60.0, seed=0, on_sample=None):
+        live = sum(1 for e in events if e[0] == "up") - sum(1 for e in events if e[0] == "down")
+        events.append(("load", [s.name for s in sides], live, seconds))
+        for side in sides:
+            side.samples = [{"t": 0.0, "gen_tokens": 0.0}, {"t": 60.0, "gen_tokens": 600.0}]
+            side.counts = [dict.fromkeys(soak.OUTCOMES, 0)]
+
+    monkeypatch.setattr(soak, "run_load", fake_load)
+    out = tmp_path / "r.json"
+    soak.main(["--minutes", "1", "--solo", "--layers", "2", "--json", str(out), "--cache-dir", str(tmp_path / "c")])
+    result = json.loads(out.read_text())
+    steps = [(e[0], e[1]) if e[0] != "up" else ("up", e[1], e[3]) for e in events]
+    assert steps == [("up", "machete", "cold"), ("down", "machete"), ("up", "builtin", "cold"), ("down", "builtin"),
+                     ("up", "machete", "warm"), ("load", ["machete"]), ("down", "machete"),
+                     ("up", "builtin", "warm"), ("load", ["builtin"]), ("down", "builtin")]
+    assert all(e[2] == 1 and e[3] == 60.0 for e in events if e[0] == "load")  # alone on the GPU
+    assert flags[0][flags[0].index("--gpu-memory-utilization") + 1] == "0.9"
+    assert result["settings"]["solo"] is True
+    assert all(len(result["sides"][s]["samples"]) == 2 for s in ("machete", "builtin"))
+    md = soak.markdown(result)
+    assert "one side at a time, alone on the GPU" in md and "All sides together" not in md

@@ -1,7 +1,7 @@
 """Soak: each side's `vllm serve` restarted, then held under a long mixed load on loopback.
 
   python -m vllm_machete_plugin.bench soak [--sides machete,builtin] [--minutes 10] \
-      [--concurrency 64] [--restarts 1] [--json FILE] [--plot-dir DIR]
+      [--concurrency 64] [--restarts 1] [--solo] [--json FILE] [--plot-dir DIR]
   python -m vllm_machete_plugin.bench soak --report FILE [--plot-dir DIR]
 
 1. Starts. Each side gets cache directories of its own (vLLM's compile cache, Inductor's,
@@ -11,7 +11,9 @@
    healthy /health and split into phases from the server's log (bench/startup.py). Sides
    start one at a time (vLLM's memory profiling assumes no other start on the GPU).
 2. Load. The kept servers run side by side on the one GPU (each with
-   gpu_memory_utilization / number of sides), under the same load at the same time:
+   gpu_memory_utilization / number of sides), under the same load at the same time; with
+   --solo each side is kept, loaded and stopped in turn, alone on the GPU (0.9 of its
+   memory), so one side's prefill bursts cannot move the other's throughput. The load:
    `--concurrency` clients per server for `--minutes`, each sending one request after
    another, streamed, random token ids, ignore_eos:
      normal: a prompt of 64..4096 tokens, 16..1024 output tokens;
@@ -276,8 +278,9 @@ def markdown(result: dict) -> str:
                                  f"model load {_ratio(ours[-1].get('load_s'), theirs[-1].get('load_s'))}")
     soaked = [s for s in sides if result["sides"][s].get("samples")]
     if soaked:
+        solo = result["settings"].get("solo", False)
         lines += ["", f"### Soak: {result['settings'].get('minutes')} min, {result['settings'].get('concurrency')} "
-                  "clients per server, all sides at once", ""]
+                  f"clients per server, {'one side at a time, alone on the GPU' if solo else 'all sides at once'}", ""]
         head = "| end (s) | " + " | ".join(f"{s} GPU MiB | {s} out tok/s | {s} KV % | {s} ok/abort/400/fail/cut"
                                           for s in soaked) + " |"
         lines += [head, "|---|" + "---|---|---|---|" * len(soaked)]
@@ -303,7 +306,7 @@ def markdown(result: dict) -> str:
             f"{'met' if v[s]['throughput_flat'] else 'MISSED'} ({_pct(v[s]['throughput_drift'])})" for s in soaked) + " |")
         lines.append("| (output tok/s, last interval vs the second: the first holds the ramp-up) | " + " | ".join(
             _pct(v[s]["throughput_drift_after_ramp"]) for s in soaked) + " |")
-        if len(soaked) > 1:
+        if len(soaked) > 1 and not solo:
             total = [sum(per[s][i]["output_tok_s"] or 0.0 for s in soaked) for i in range(min(len(per[s]) for s in soaked))]
             lines.append("\nAll sides together (they share the GPU), output tok/s per interval: "
                          + ", ".join(f"{t:.0f}" for t in total))
@@ -365,14 +368,14 @@ def run(args) -> dict:
     model = args.model or str(e2e.write_model(workdir / f"llama-3.1-{args.shape}-gptq-{layers}l", layers, args.shape))
     args.dummy = args.model is None
     if args.gpu_memory_utilization is None:
-        args.gpu_memory_utilization = round(0.9 / len(sides), 3)
+        args.gpu_memory_utilization = 0.9 if args.solo else round(0.9 / len(sides), 3)
     flags = serving.engine_flags(e2e.engine_kwargs(args))
     result = {**e2e._environment(), "sides": {s: {"starts": []} for s in sides},
               "model": args.model or f"Llama-3.1-{args.shape.upper()} GPTQ 4-bit g128, {layers} layers, dummy weights",
               "settings": {"minutes": args.minutes, "concurrency": args.concurrency, "restarts": args.restarts,
                            "sample_s": args.sample_s, "prompt_len": PROMPT_LEN, "output_len": OUTPUT_LEN,
                            "kinds": dict(KINDS), "max_model_len": args.max_model_len,
-                           "gpu_memory_utilization": args.gpu_memory_utilization,
+                           "gpu_memory_utilization": args.gpu_memory_utilization, "solo": args.solo,
                            "tensor_parallel_size": args.tensor_parallel_size}}
 
     def save():
@@ -392,28 +395,41 @@ def run(args) -> dict:
               f"{rec['engine_start_s']:.1f} s {rec.get('startup')}", flush=True)
         save()
 
+    vocab = json.loads((Path(model) / "config.json").read_text())["vocab_size"]
+
+    def load(group: list[tuple[str, serving.Server]]) -> None:
+        """The soak of these kept servers, all at once."""
+        sides_ = [Side(s, k.url, model, k.pids, lambda k=k: k.proc is not None and k.proc.poll() is None)
+                  for s, k in group]
+        print(f"[soak] {args.minutes} min, {args.concurrency} clients per server: {[s for s, _ in group]}", flush=True)
+
+        def keep(side: Side) -> None:
+            result["sides"][side.name].update(samples=side.samples, counts=side.counts, examples=side.examples)
+            save()
+
+        asyncio.run(run_load(sides_, args.minutes * 60, args.concurrency, vocab, args.max_model_len, args.sample_s,
+                             on_sample=keep))
+        for side in sides_:
+            keep(side)
+
     kept: list[serving.Server] = []
     try:
         for n in range(args.restarts):
             for i, side in enumerate(sides):
                 with server(i, side, n) as srv:
                     started(side, srv)
-        for i, side in enumerate(sides):
-            kept.append(server(i, side, args.restarts).start())
-            started(side, kept[-1])
-        if args.minutes > 0:
-            load = [Side(s, k.url, model, k.pids, lambda k=k: k.proc is not None and k.proc.poll() is None)
-                    for s, k in zip(sides, kept)]
-            vocab = json.loads((Path(model) / "config.json").read_text())["vocab_size"]
-            print(f"[soak] {args.minutes} min, {args.concurrency} clients per server: {sides}", flush=True)
-            def keep(side: Side) -> None:
-                result["sides"][side.name].update(samples=side.samples, counts=side.counts, examples=side.examples)
-                save()
-
-            asyncio.run(run_load(load, args.minutes * 60, args.concurrency, vocab, args.max_model_len, args.sample_s,
-                                 on_sample=keep))
-            for side in load:
-                keep(side)
+        if args.solo:  # each side kept, loaded and stopped before the next starts
+            for i, side in enumerate(sides):
+                with server(i, side, args.restarts) as srv:
+                    started(side, srv)
+                    if args.minutes > 0:
+                        load([(side, srv)])
+        else:
+            for i, side in enumerate(sides):
+                kept.append(server(i, side, args.restarts).start())
+                started(side, kept[-1])
+            if args.minutes > 0:
+                load(list(zip(sides, kept)))
     finally:
         for k in kept:
             k.stop()
@@ -430,6 +446,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--minutes", type=float, default=10.0, help="length of the load (0: starts only)")
     ap.add_argument("--concurrency", type=int, default=64, help="clients per server")
     ap.add_argument("--restarts", type=int, default=1, help="starts (and stops) of each side before the kept one")
+    ap.add_argument("--solo", action="store_true", help="load one side at a time, alone on the GPU (default: all at once)")
     ap.add_argument("--cache-dir", help="per-side compile caches under DIR/<side> (default: new, empty)")
     ap.add_argument("--sample-s", type=float, default=60.0, help="seconds per sample interval")
     ap.add_argument("--max-model-len", type=int, default=8192)
