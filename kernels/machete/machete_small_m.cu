@@ -237,21 +237,21 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(co
       }
     }
   };
+  // The loader at K column ak of row group rg, `left` stages to go.
+  auto seek = [&](int left, int ak, int rg) {
+    return Loader{left, ak, rg, w_lane + ak * w_col_bytes + static_cast<size_t>(rg) * kWBytes, x_lane + ak * kStageK};
+  };
   auto step = [&](Loader& q) {
-    --q.left;
-    if (++q.ak == 2 * p.kb_count) {  // next octet, K column 0
-      q.ak = 0;
-      q.rg += kWarps;
-      q.w = w_lane + static_cast<size_t>(q.rg) * kWBytes;
-      q.x = x_lane;
+    if (q.ak + 1 == 2 * p.kb_count) {  // next octet, K column 0
+      q = seek(q.left - 1, 0, q.rg + kWarps);
     } else {
+      --q.left;
+      ++q.ak;
       q.w += w_col_bytes;
       q.x += kStageK;
     }
   };
-  const int ak0 = 2 * (v0 % p.kb_count), rg0 = 8 * rgo_first + warp;
-  Loader ld{2 * (v1 - v0), ak0, rg0, w_lane + ak0 * w_col_bytes + static_cast<size_t>(rg0) * kWBytes,
-            x_lane + ak0 * kStageK};
+  Loader ld = seek(2 * (v1 - v0), 2 * (v0 % p.kb_count), 8 * rgo_first + warp);
   auto load_next = [&](uint32_t st, int parts) {
     load_part(st, ld, parts);
     step(ld);
