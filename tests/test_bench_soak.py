@@ -175,10 +175,11 @@ def _fake_server(events, flags_seen):
             self.side, self.flags, self.port, self.env, self.proc = side, flags, port, env, None
             self.url = f"http://127.0.0.1:{port}"
             flags_seen.append(flags)
+            self.model = model
 
         def start(self):
             live = [e for e in events if e[0] == "up"]
-            events.append(("up", self.side, self.port, self.kind, len(live)))
+            events.append(("up", self.side, self.port, self.kind, len(live), self.model))
             (soak.Path(self.env["VLLM_CACHE_ROOT"]) / "graph").parent.mkdir(parents=True, exist_ok=True)
             (soak.Path(self.env["VLLM_CACHE_ROOT"]) / "graph").write_text("compiled")
             return self
@@ -217,6 +218,23 @@ def test_starts_are_cold_then_warm_one_side_at_a_time(tmp_path, monkeypatch):
     assert flags[0] == flags[1] and flags[0][flags[0].index("--gpu-memory-utilization") + 1] == "0.45"
     assert result["settings"]["gpu_memory_utilization"] == 0.45
     assert [s["kind"] for s in result["sides"]["builtin"]["starts"]] == ["cold", "warm"]
+
+
+def test_a_later_run_in_the_same_workdir_starts_warm(tmp_path, monkeypatch):
+    # vLLM's compile-cache key holds the model path: a warm restart in a second run needs the same
+    # dummy model path and cache dirs, which --workdir keeps.
+    events, flags = [], []
+    monkeypatch.setattr(soak.serving, "Server", _fake_server(events, flags))
+    monkeypatch.setattr(soak.e2e, "_environment", lambda: {"gpu": "FakeGPU"})
+    args = ["--minutes", "0", "--restarts", "0", "--solo", "--layers", "2", "--sides", "machete",
+            "--workdir", str(tmp_path / "w")]
+    soak.main(args + ["--json", str(tmp_path / "a.json")])
+    soak.main(args + ["--json", str(tmp_path / "b.json")])
+    kinds = [json.loads((tmp_path / f).read_text())["sides"]["machete"]["starts"][0]["kind"] for f in ("a.json", "b.json")]
+    assert kinds == ["cold", "warm"]
+    assert [e[0] for e in events] == ["up", "down", "up", "down"]
+    models = {e[5] for e in events if e[0] == "up"}
+    assert len(models) == 1 and models.pop().startswith(str(tmp_path / "w"))
 
 
 def test_solo_loads_each_side_alone_after_its_restarts(tmp_path, monkeypatch):

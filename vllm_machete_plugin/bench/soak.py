@@ -362,7 +362,8 @@ def run(args) -> dict:
     unknown = set(sides) - set(serving.SIDES)
     if unknown:
         raise SystemExit(f"unknown side(s) {sorted(unknown)}; choose from {list(serving.SIDES)}")
-    workdir = Path(tempfile.mkdtemp(prefix="vmp-soak-"))
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vmp-soak-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     cache_root = Path(args.cache_dir) if args.cache_dir else workdir / "caches"
     layers = args.layers or e2e.SHAPES[args.shape]["num_hidden_layers"]
     model = args.model or str(e2e.write_model(workdir / f"llama-3.1-{args.shape}-gptq-{layers}l", layers, args.shape))
@@ -448,6 +449,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--restarts", type=int, default=1, help="starts (and stops) of each side before the kept one")
     ap.add_argument("--solo", action="store_true", help="load one side at a time, alone on the GPU (default: all at once)")
     ap.add_argument("--cache-dir", help="per-side compile caches under DIR/<side> (default: new, empty)")
+    ap.add_argument("--workdir", help="the dummy model, server logs and (without --cache-dir) the caches go here "
+                    "(default: a new temp dir); a later run with the same DIR starts warm, as vLLM's compile-cache "
+                    "key holds the model's path")
     ap.add_argument("--sample-s", type=float, default=60.0, help="seconds per sample interval")
     ap.add_argument("--max-model-len", type=int, default=8192)
     ap.add_argument("--gpu-memory-utilization", type=float, default=None, help="per side (default 0.9 / sides)")
