@@ -92,6 +92,13 @@ const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, fl
 // layout. to_signed: store q-8 (u4b8 path) instead of q.
 cudaError_t prepack(const uint8_t* codes, int k, int n, bool to_signed, uint32_t* out, cudaStream_t stream);
 
+// wgmma issue-rate probe (wgmma_probe.cu): one CTA per SM, `warpgroups` (1..2) consumer
+// warpgroups each running `iters` k-blocks of 4 wgmma m64n<n>k16 (n = 64/128/256), A from
+// registers (rs) or shared memory, `in_flight` (1..2) commit groups outstanding; *ms is
+// the timed launch. sink: >= sms floats of device memory (never written in practice).
+cudaError_t wgmma_probe(int n, bool rs, int warpgroups, int in_flight, int iters, int sms, float* sink,
+                        cudaStream_t stream, float* ms);
+
 // Schedule chosen when the caller names none; see docs/machete_heuristic.md.
 Schedule choose_schedule(int m, int n, int k, int sm_count);
 

@@ -1,9 +1,9 @@
-"""`python -m vllm_machete_plugin.bench <suite> [options]`; suites: kernels, e2e, soak, load, profile."""
+"""`python -m vllm_machete_plugin.bench <suite> [options]`; suites: kernels, e2e, soak, load, profile, wgmma."""
 from __future__ import annotations
 
 import sys
 
-SUITES = ("kernels", "e2e", "soak", "load", "profile")
+SUITES = ("kernels", "e2e", "soak", "load", "profile", "wgmma")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
         from .load import main as suite_main
     elif argv[0] == "profile":
         from .profile import main as suite_main
+    elif argv[0] == "wgmma":
+        from .wgmma import main as suite_main
     else:
         from .kernels import main as suite_main
     return suite_main(argv[1:])

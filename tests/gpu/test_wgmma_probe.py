@@ -1,0 +1,25 @@
+"""The wgmma probe op runs on Hopper, its time grows with the work, bad arguments are refused."""
+import pytest
+import torch
+
+from vllm_machete_plugin import ops
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability(0) == (9, 0)
+         and ops.kernels_available() and ops.has_op("wgmma_probe")),
+    reason="needs a Hopper GPU and _machete_C built for sm_90a")
+
+
+@pytest.mark.parametrize("n,rs", [(64, True), (128, False), (256, True)])
+def test_time_grows_with_iterations(n, rs):
+    short = min(torch.ops.vmp.wgmma_probe(n, rs, 2, 2, 2000) for _ in range(3))
+    long = min(torch.ops.vmp.wgmma_probe(n, rs, 2, 2, 8000) for _ in range(3))
+    assert 0 < short < long
+    assert 2.5 < long / short < 5.0  # 4x the k-blocks, minus a fixed launch cost
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(RuntimeError, match="n must be 64/128/256"):
+        torch.ops.vmp.wgmma_probe(96, True, 1, 1, 100)
+    with pytest.raises(RuntimeError, match="warpgroups=3"):
+        torch.ops.vmp.wgmma_probe(64, True, 3, 1, 100)

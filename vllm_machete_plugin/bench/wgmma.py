@@ -1,0 +1,84 @@
+"""wgmma issue-rate probe: the dense fp16 FLOP/s that the tensor cores of this GPU give to
+wgmma m64nNk16 (N = 64, 128, 256) with A from shared memory (ss) or registers (rs), one or
+two consumer warpgroups per SM, one or two commit groups in flight, against torch's own
+fp16 GEMM (cuBLAS, 8192^3) in the same run as the ceiling. Hopper only.
+
+  python -m vllm_machete_plugin.bench wgmma [--iters 20000] [--json FILE]
+
+It answers a design question of a mid-M mainloop (issue 16) before one is written: at 64
+tokens per tile with the tokens on wgmma's N side (N = 64), can the tensor pipe reach its
+peak, or must the weight go on N (up to 256, through shared memory)? The kernel is
+kernels/machete/wgmma_probe.cu; its operands are constant, only the rate is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+CONFIGS = list(itertools.product((64, 128, 256), (True, False), (1, 2), (1, 2)))  # n, rs, warpgroups, in_flight
+
+
+def flop(n: int, warpgroups: int, iters: int, sms: int) -> float:
+    """FLOP of one probe launch: per k-block and warpgroup 4 wgmma m64nNk16."""
+    return 2.0 * 64 * n * 64 * iters * warpgroups * sms
+
+
+def cublas_tflops(size: int = 8192, reps: int = 20) -> float:
+    a = torch.randn(size, size, device="cuda", dtype=torch.half)
+    b = torch.randn(size, size, device="cuda", dtype=torch.half)
+    for _ in range(3):
+        a @ b
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(reps):
+        a @ b
+    e1.record()
+    torch.cuda.synchronize()
+    return 2.0 * size**3 * reps / (e0.elapsed_time(e1) * 1e-3) / 1e12
+
+
+def measure(iters: int, sms: int, probe) -> list[dict]:
+    """One row per configuration, the best of 3 launches. probe(n, rs, warpgroups, in_flight, iters) -> ms."""
+    rows = []
+    for n, rs, wgs, depth in CONFIGS:
+        ms = min(probe(n, rs, wgs, depth, iters) for _ in range(3))
+        rows.append({"n": n, "a": "rs" if rs else "ss", "warpgroups": wgs, "in_flight": depth, "ms": ms,
+                     "tflops": flop(n, wgs, iters, sms) / (ms * 1e-3) / 1e12})
+    return rows
+
+
+def markdown(result: dict) -> str:
+    peak = result["cublas_fp16_tflops"]
+    lines = [f"wgmma m64nNk16 on {result['gpu']} ({result['sms']} SMs, {result['iters']} k-blocks of 4 per warpgroup); "
+             f"cuBLAS fp16 8192^3 in the same run: {peak:.0f} TFLOP/s", "",
+             "| N | A from | warpgroups per SM | groups in flight | TFLOP/s | / cuBLAS |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['n']} | {r['a']} | {r['warpgroups']} | {r['in_flight']} | {r['tflops']:.0f} | "
+                     f"{r['tflops'] / peak:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vllm_machete_plugin.bench wgmma", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iters", type=int, default=20000, help="k-blocks per warpgroup and launch")
+    ap.add_argument("--json", help="results file")
+    args = ap.parse_args(argv)
+    from .. import ops
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability(0) != (9, 0):
+        raise SystemExit("the wgmma probe needs a Hopper (sm_90) GPU")
+    ops.require_kernels("bench wgmma")
+    if not ops.has_op("wgmma_probe"):
+        raise SystemExit("this build of _machete_C has no wgmma_probe (rebuild with VMP_CUDA_ARCHS containing 90)")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    result = {"gpu": torch.cuda.get_device_name(0), "sms": sms, "iters": args.iters,
+              "rows": measure(args.iters, sms, torch.ops.vmp.wgmma_probe), "cublas_fp16_tflops": cublas_tflops()}
+    print(markdown(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
