@@ -263,3 +263,25 @@ def test_solo_loads_each_side_alone_after_its_restarts(tmp_path, monkeypatch):
     assert all(len(result["sides"][s]["samples"]) == 2 for s in ("machete", "builtin"))
     md = soak.markdown(result)
     assert "one side at a time, alone on the GPU" in md and "All sides together" not in md
+
+
+def test_our_side_is_refused_before_any_start_without_the_entry_point(tmp_path, monkeypatch, capsys):
+    # A bare `pip` of another Python installs the plugin where vLLM's processes never look: vLLM then fails
+    # a minute into `vllm serve --quantization machete`. The bench says so before starting anything.
+    events, flags = [], []
+    monkeypatch.setattr(soak.serving, "Server", _fake_server(events, flags))
+    monkeypatch.setattr(soak.e2e, "_environment", lambda: {"gpu": "FakeGPU"})
+    monkeypatch.setattr(soak.serving.importlib.metadata, "entry_points", lambda group: [])
+    with pytest.raises(SystemExit, match=r"side 'machete' needs the plugin's vllm.general_plugins entry point.*-m pip install"):
+        soak.main(["--minutes", "0", "--layers", "2", "--workdir", str(tmp_path / "w")])
+    assert events == []
+    soak.main(["--minutes", "0", "--restarts", "0", "--layers", "2", "--sides", "builtin", "--workdir", str(tmp_path / "w")])
+    assert [e[:2] for e in events] == [("up", "builtin"), ("down", "builtin")]
+    assert "startup phases of ['builtin'] will be only vLLM's own lines" in capsys.readouterr().err
+
+
+def test_sides_are_checked_by_name():
+    with pytest.raises(SystemExit, match=r"unknown side\(s\) \['marlin'\]"):
+        soak.serving.check_sides(["machete", "marlin"])
+    assert soak.serving.plugin_entry_point_listed()  # this checkout is installed (README: pip install -e .)
+    assert soak.serving.check_sides(["machete", "humming"]) == ["machete", "humming"]

@@ -394,10 +394,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def run(args) -> dict:
-    sides = [s for s in args.sides.split(",") if s]
-    unknown = set(sides) - set(SIDES)
-    if unknown:
-        raise SystemExit(f"unknown side(s) {sorted(unknown)}; choose from {list(SIDES)}")
+    sides = serving.check_sides([s for s in args.sides.split(",") if s])
     if args.no_serve and args.no_offline:
         raise SystemExit("[e2e] --no-serve and --no-offline together leave nothing to run")
     workdir = Path(tempfile.mkdtemp(prefix="vmp-e2e-"))

@@ -54,7 +54,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.worker:
         run_worker(*args.worker)
         return 0
-    sides = [s for s in args.sides.split(",") if s]
+    sides = serving.check_sides([s for s in args.sides.split(",") if s])
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         model = str(e2e.write_model(Path(tmp) / "llama70b-gptq"))

@@ -7,6 +7,7 @@ phases read from its log (bench/startup.py), and stopped with its GPU memory rel
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -19,6 +20,31 @@ from . import startup
 # side -> the engine arguments that make it: ours; vLLM's own choice (Machete on Hopper);
 # vLLM with its Humming kernels forced (`--linear-backend humming`).
 SIDES = {"machete": {"quantization": "machete"}, "builtin": {}, "humming": {"linear_backend": "humming"}}
+
+
+def plugin_entry_point_listed() -> bool:
+    """Whether this Python lists the plugin under vLLM's `vllm.general_plugins` entry points: the
+    only way it reaches the processes vLLM starts."""
+    return any(ep.value.split(":")[0] == "vllm_machete_plugin"
+               for ep in importlib.metadata.entry_points(group="vllm.general_plugins"))
+
+
+def check_sides(sides: list[str]) -> list[str]:
+    """The sides, checked before anything starts: known names, and for ours the plugin's entry
+    point in this Python (else `vllm serve --quantization machete` fails a minute into its start
+    with vLLM's "does not match the quantization method" error). Without the entry point the other
+    sides run, but their startup phases are only the lines vLLM logs itself."""
+    unknown = sorted(set(sides) - set(SIDES))
+    if unknown:
+        raise SystemExit(f"unknown side(s) {unknown}; choose from {list(SIDES)}")
+    if not plugin_entry_point_listed():
+        fix = f"`{sys.executable} -m pip install --no-build-isolation --no-deps -e .` from the repo root"
+        if "machete" in sides:
+            raise SystemExit(f"side 'machete' needs the plugin's vllm.general_plugins entry point, which {sys.executable} "
+                             f"does not list (installed by another Python's pip, or not at all). Fix: {fix}")
+        print(f"[bench] the plugin's entry point is not installed for {sys.executable}: the startup phases of "
+              f"{sides} will be only vLLM's own lines ({fix} adds ours)", file=sys.stderr)
+    return sides
 
 
 def engine_flags(kw: dict) -> list[str]:

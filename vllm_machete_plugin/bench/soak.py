@@ -358,10 +358,7 @@ def plot(result: dict, out_dir: Path) -> Optional[Path]:
 # ---- orchestration ------------------------------------------------------------------------
 
 def run(args) -> dict:
-    sides = [s for s in args.sides.split(",") if s]
-    unknown = set(sides) - set(serving.SIDES)
-    if unknown:
-        raise SystemExit(f"unknown side(s) {sorted(unknown)}; choose from {list(serving.SIDES)}")
+    sides = serving.check_sides([s for s in args.sides.split(",") if s])
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vmp-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
     cache_root = Path(args.cache_dir) if args.cache_dir else workdir / "caches"
