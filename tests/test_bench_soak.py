@@ -180,8 +180,9 @@ def _fake_server(events, flags_seen):
         def start(self):
             live = [e for e in events if e[0] == "up"]
             events.append(("up", self.side, self.port, self.kind, len(live), self.model))
-            (soak.Path(self.env["VLLM_CACHE_ROOT"]) / "graph").parent.mkdir(parents=True, exist_ok=True)
-            (soak.Path(self.env["VLLM_CACHE_ROOT"]) / "graph").write_text("compiled")
+            graph = soak.Path(self.env["VLLM_CACHE_ROOT"]) / "torch_compile_cache" / "abc" / "graph"
+            graph.parent.mkdir(parents=True, exist_ok=True)
+            graph.write_text("compiled")
             return self
 
         def phases(self):
@@ -218,6 +219,19 @@ def test_starts_are_cold_then_warm_one_side_at_a_time(tmp_path, monkeypatch):
     assert flags[0] == flags[1] and flags[0][flags[0].index("--gpu-memory-utilization") + 1] == "0.45"
     assert result["settings"]["gpu_memory_utilization"] == 0.45
     assert [s["kind"] for s in result["sides"]["builtin"]["starts"]] == ["cold", "warm"]
+
+
+def test_a_cache_without_compiled_graphs_is_cold(tmp_path):
+    env = soak.cache_env(tmp_path)
+    assert not soak._filled(env)
+    info = tmp_path / "vllm" / "modelinfos" / "x.json"  # left by a launch that failed its config check
+    info.parent.mkdir(parents=True)
+    info.write_text("{}")
+    (tmp_path / "vllm" / "torch_compile_cache").mkdir()
+    assert not soak._filled(env)
+    (tmp_path / "vllm" / "torch_compile_cache" / "h" ).mkdir()
+    (tmp_path / "vllm" / "torch_compile_cache" / "h" / "graph.py").write_text("compiled")
+    assert soak._filled(env)
 
 
 def test_a_later_run_in_the_same_workdir_starts_warm(tmp_path, monkeypatch):

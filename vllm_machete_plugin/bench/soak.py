@@ -62,7 +62,11 @@ def cache_env(root: Path) -> dict[str, str]:
 
 
 def _filled(env: dict[str, str]) -> bool:
-    return any(Path(d).is_dir() and any(Path(d).rglob("*")) for d in env.values())
+    """Whether a start finds compiled graphs (vLLM's torch_compile_cache) to reuse: a warm restart.
+    Not any file: a launch that failed in its config check leaves vLLM's model-info cache behind
+    (`modelinfos/`), and the next start is still cold (seen on the H200, 2026-12-03)."""
+    compiled = Path(env["VLLM_CACHE_ROOT"]) / "torch_compile_cache"
+    return compiled.is_dir() and any(p.is_file() for p in compiled.rglob("*"))
 
 
 # ---- the load ------------------------------------------------------------------------------
