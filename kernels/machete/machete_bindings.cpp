@@ -23,8 +23,8 @@ namespace mc = vmp::machete;
 constexpr int64_t kAlignN = 128;  // smallest schedule tile along N
 constexpr int64_t kAlignK = 64;   // one K tile / prepack atom depth
 constexpr int64_t kMaxDim = int64_t(1) << 30;
-// Lock slots a caller keeps per layer for the small-M kernel (>= 8 warps x its grid of
-// up to 2 blocks per SM: enough for 256 SMs).
+// Lock slots a caller keeps per layer for our own kernels (small-M and mid-M: >= 8 warps
+// x a grid of up to 2 blocks per SM: enough for 256 SMs).
 constexpr int64_t kSmallMLocks = 4096;
 
 void check_launch(cudaError_t err, const char* op) {
@@ -57,8 +57,8 @@ mc::Schedule parse_schedule(const std::string& name) {
   for (int i = 0; i < mc::kNumSchedules; ++i)
     if (tile == mc::kScheduleNames[i]) s.tile = i;
   bool ok = s.tile >= 0;
-  if (ok && mc::is_small_m(s.tile)) {
-    ok = suffix.empty();  // the small-M kernels balance K themselves: no decomposition suffix
+  if (ok && (mc::is_small_m(s.tile) || mc::is_mid_m(s.tile))) {
+    ok = suffix.empty();  // our own kernels balance K themselves: no decomposition suffix
   } else if (suffix == "dp") {
     s.decomposition = mc::kDataParallel;
   } else if (suffix == "sk") {
@@ -72,7 +72,7 @@ mc::Schedule parse_schedule(const std::string& name) {
     ok = ok && suffix.empty();
   }
   VMP_CHECK(ok, "vmp::machete_mm: unknown schedule '", name, "'; a schedule is a tile from [", tile_list(),
-              "] (vmp::machete_schedules()), the wgmma tiles optionally with _dp, _sk or _split<2..16>; or "
+              "] (vmp::machete_schedules()), the CUTLASS tiles (the first eight) optionally with _dp, _sk or _split<2..16>; or "
               "pass None for the built-in heuristic");
   return s;
 }
@@ -112,31 +112,33 @@ at::Tensor machete_prepack(const at::Tensor& codes, bool has_zeros) {
   return out;
 }
 
-// The small-M kernel (M <= 16): partials from the caching allocator (no init needed),
-// locks from the caller's persistent zeroed int32 buffer when given, else zeroed here.
-void run_small_m(const mc::Schedule& sched, mc::ActType act, const mc::MMArgs& a, const at::Tensor& x,
-                 const std::optional<at::Tensor>& locks) {
+// Locks of our own kernels (small-M, mid-M): the caller's persistent zeroed int32 buffer
+// when given, else zeroed here; the kernels leave them zero.
+at::Tensor lock_buffer(const at::Tensor& x, const std::optional<at::Tensor>& locks, int needed) {
+  if (!locks) return at::zeros({needed}, x.options().dtype(at::kInt));
+  VMP_CHECK(locks->is_cuda() && locks->device() == x.device() && locks->scalar_type() == at::kInt &&
+                locks->is_contiguous() && locks->numel() >= needed, "vmp::machete_mm",
+            ": locks must be a contiguous int32 CUDA tensor on ", x.device(), " with at least ", needed,
+            " zeroed elements, got ", locks->scalar_type(), " ", locks->sizes(), " on ", locks->device(),
+            "; fix: torch.zeros(", int64_t(kSmallMLocks), ", dtype=torch.int32, device=x.device) once per layer");
+  return *locks;
+}
+
+// Our own kernels (small-M mma.sync, mid-M wgmma): plan, fp32 partials from the caching
+// allocator (no init needed), locks, launch on the current stream.
+template <class Plan, auto kPlan, auto kRun>
+void run_own(const mc::Schedule& sched, mc::ActType act, const mc::MMArgs& a, const at::Tensor& x,
+             const std::optional<at::Tensor>& locks) {
   const char* op = "vmp::machete_mm";
-  mc::SmallMPlan plan;
-  const char* err = mc::plan_small_m(mc::small_m_tokens(sched.tile), a, &plan);
+  Plan plan;
+  const char* err = kPlan(mc::kTileTokens[sched.tile], a, &plan);
   VMP_CHECK(err == nullptr, op, " (schedule ", schedule_name(sched), ", M=", a.m, " N=", a.n, " K=", a.k, "): ",
-              err, "; fix: pass None for the built-in heuristic");
+            err, "; fix: pass None for the built-in heuristic");
   at::Tensor partials = at::empty({int64_t(plan.partial_floats)}, x.options().dtype(at::kFloat));
-  at::Tensor lk;
-  if (locks) {
-    VMP_CHECK(locks->is_cuda() && locks->device() == x.device() && locks->scalar_type() == at::kInt &&
-                    locks->is_contiguous() && locks->numel() >= plan.locks, op,
-                ": locks must be a contiguous int32 CUDA tensor on ", x.device(), " with at least ", plan.locks,
-                " zeroed elements, got ", locks->scalar_type(), " ", locks->sizes(), " on ", locks->device(),
-                "; fix: torch.zeros(", int64_t(kSmallMLocks), ", dtype=torch.int32, device=x.device) once per layer");
-    lk = *locks;
-  } else {
-    lk = at::zeros({plan.locks}, x.options().dtype(at::kInt));
-  }
-  err = mc::run_small_m(act, plan, a, partials.data_ptr<float>(), lk.data_ptr<int32_t>(),
-                        at::cuda::getCurrentCUDAStream());
+  at::Tensor lk = lock_buffer(x, locks, plan.locks);
+  err = kRun(act, plan, a, partials.data_ptr<float>(), lk.data_ptr<int32_t>(), at::cuda::getCurrentCUDAStream());
   VMP_CHECK(err == nullptr, op, " (schedule ", schedule_name(sched), ", M=", a.m, " N=", a.n, " K=", a.k, "): ",
-              err);
+            err);
   check_launch(cudaGetLastError(), op);
 }
 
@@ -212,7 +214,11 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   a.splits = sched.splits;
   const mc::ActType act = x.scalar_type() == at::kHalf ? mc::kF16 : mc::kBF16;
   if (mc::is_small_m(sched.tile)) {
-    run_small_m(sched, act, a, x, locks);
+    run_own<mc::SmallMPlan, &mc::plan_small_m, &mc::run_small_m>(sched, act, a, x, locks);
+    return y;
+  }
+  if (mc::is_mid_m(sched.tile)) {
+    run_own<mc::MidMPlan, &mc::plan_mid_m, &mc::run_mid_m>(sched, act, a, x, locks);
     return y;
   }
   const mc::MMFn fn = mc::mm_fn(act, zeros.has_value());

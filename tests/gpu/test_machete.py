@@ -50,7 +50,8 @@ WGMMA_TILES = ["128x16", "128x32", "128x64", "128x128", "256x128", "256x32", "12
 # N alignment: tile N x CTAs per cluster along N (128x256 and 128x128c2 are 2-CTA clusters)
 ALIGN_N = {"256x128": 256, "256x32": 256, "128x256": 256, "128x128c2": 256}
 SMALL_M_TILES = {"64x8": 8, "64x16": 16}  # mma.sync kernel on the same weight: tile -> max tokens
-SCHEDULES = (WGMMA_TILES + list(SMALL_M_TILES) if not _why_skip else [])
+MID_M_TILES = ["128x64w", "128x128w"]  # our own wgmma mainloop on the same weight, any M
+SCHEDULES = (WGMMA_TILES + list(SMALL_M_TILES) + MID_M_TILES if not _why_skip else [])
 
 
 def fits(schedule, m: int) -> bool:
@@ -207,7 +208,7 @@ def test_bad_inputs_have_clear_errors():
         run_mm(torch.randn(k, 4, dtype=dtype, device=DEV).t(), p, 128)
     with pytest.raises(RuntimeError, match="scales must be contiguous"):
         torch.ops.vmp.machete_mm(x, p["w"], p["scales"][:1], None, 128, None)
-    for bad in ("64x4", "64x8_sk", "128x16_split1", "128x16_split17", "128x16_xx"):
+    for bad in ("64x4", "64x8_sk", "128x64w_dp", "128x16_split1", "128x16_split17", "128x16_xx"):
         with pytest.raises(RuntimeError, match="unknown schedule"):
             run_mm(x, p, 128, bad)
     with pytest.raises(RuntimeError, match="at most 8 tokens, got M=9"):
@@ -320,6 +321,9 @@ def test_opcheck(zero_points):
     for sched in ("64x8", "64x16"):
         torch.library.opcheck(torch.ops.vmp.machete_mm.default,
                               (x8, p["w"], p["scales"], p.get("zeros"), 64, sched, p["locks"]))
+    for sched in MID_M_TILES:
+        torch.library.opcheck(torch.ops.vmp.machete_mm.default,
+                              (x, p["w"], p["scales"], p.get("zeros"), 64, sched, p["locks"]))
 
 
 # ---- small-M kernel -----------------------------------------------------------------
@@ -390,3 +394,64 @@ def test_small_m_is_at_least_as_exact_as_wgmma(dtype, zero_points):
     assert small <= wgmma, (small, wgmma)
     if not zero_points:
         assert small <= 1.05 * rel(exact.to(dtype)), (small, rel(exact.to(dtype)))  # wgmma: ~1.33x
+
+
+# ---- mid-M kernel -------------------------------------------------------------------
+
+@pytest.mark.parametrize("schedule", MID_M_TILES)
+@pytest.mark.parametrize("group", [-1, 64, 128])
+@pytest.mark.parametrize("zero_points", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mid_m_shapes(dtype, zero_points, group, schedule):
+    """Shapes that stress the mid-M split: one tile's K spread over every CTA (N=128,
+    K=8192), many tiles per CTA (N=8192, K=256), stripes that cut tiles at odd K tiles
+    (K=1600, N=384); M below, at and across the token tile (rows past M arrive as TMA
+    zeros and are not stored); the caller's locks end at zero."""
+    for k, n in [(576, 256), (8192, 128), (256, 8192), (1600, 384)]:
+        if group != -1 and k % group:
+            continue
+        w = make_weight(k, n, group, zero_points, dtype)
+        p = MacheteBackend.prepare(spec_for(w, dtype), w)
+        for m in (1, 17, 64, 65, 128, 200):
+            x = torch.randn(m, k, dtype=dtype, device=DEV)
+            poison_cache(m, n, dtype)
+            assert_close(run_mm(x, p, group, schedule), x, w)
+            assert not p["locks"].any(), "mid-M kernel left a lock set"
+
+
+@pytest.mark.parametrize("schedule", MID_M_TILES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mid_m_deterministic_and_graph_safe(dtype, schedule):
+    """Split tiles are summed in CTA order: repeated calls and CUDA-graph replays with the
+    layer's persistent locks are bit-identical; the TMA descriptor of X is baked into the
+    graph, so a replay reads the captured buffer's new contents."""
+    k, n = 8192, 1024
+    w = make_weight(k, n, 128, True, dtype)
+    p = MacheteBackend.prepare(spec_for(w, dtype), w)
+    for m in (64, 100, 128):
+        x = torch.randn(m, k, dtype=dtype, device=DEV)
+        first = run_mm(x, p, 128, schedule)
+        assert_close(first, x, w)
+        graph, y = capture_graph(lambda: run_mm(x, p, 128, schedule))
+        for _ in range(3):
+            assert torch.equal(run_mm(x, p, 128, schedule), first)
+            y.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(y, first)
+        x.copy_(torch.randn(m, k, dtype=dtype, device=DEV))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_close(y, x, w)
+        assert not p["locks"].any()
+
+
+def test_mid_m_refuses_misaligned_activations():
+    """TMA reads X: a row stride that is not a multiple of 8 elements is refused by the op
+    before the kernel, with the fix named."""
+    dtype = torch.float16
+    w = make_weight(256, 256, 128, False, dtype)
+    p = MacheteBackend.prepare(spec_for(w, dtype), w)
+    x = torch.randn(70, 260, dtype=dtype, device=DEV)[:, :256]
+    with pytest.raises(RuntimeError, match="row stride that is a multiple of 8"):
+        run_mm(x, p, 128, "128x64w")

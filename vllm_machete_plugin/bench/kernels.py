@@ -213,19 +213,31 @@ def without_pdl(fn: Callable) -> Callable:
     return run
 
 
+def schedule_col(schedule: str) -> str:
+    """Column of our Machete forced to one schedule (--schedules)."""
+    return f"machete@{schedule}_us"
+
+
 def implementations(n: int, k: int, weights: list[CanonicalW4], vk: Optional[VllmKernels],
                     cols: list[str]) -> dict[str, list[Callable]]:
     """Column name -> one callable x -> y per weight copy, for the wanted columns this
-    host can run: ours ("<backend>_us") and vLLM's ("vllm_marlin_us", "vllm_machete_us",
+    host can run: ours ("<backend>_us", and "machete@<schedule>_us": vmp::machete_mm
+    forced to that schedule) and vLLM's ("vllm_marlin_us", "vllm_machete_us",
     "vllm_humming_us"), all on the same u4b8 g128 fp16 weights."""
     spec = LayerSpec(k=k, n=n, group_size=GROUP, has_zeros=False, act_dtype=torch.float16)
     impls: dict[str, list[Callable]] = {}
+    forced = [c.removeprefix("machete@").removesuffix("_us") for c in cols if c.startswith("machete@")]
     for b in SERVING_BACKENDS:
-        if f"{b.name}_us" in cols and b.can_implement(spec, device_capability())[0]:
+        if (f"{b.name}_us" in cols or (forced and b.name == "machete")) and b.can_implement(spec, device_capability())[0]:
             prepared = [b.prepare(spec, w) for w in weights]
-            impls[f"{b.name}_us"] = [lambda x, b=b, p=p: b.apply(spec, p, x) for p in prepared]
+            if f"{b.name}_us" in cols:
+                impls[f"{b.name}_us"] = [lambda x, b=b, p=p: b.apply(spec, p, x) for p in prepared]
             if f"{b.name}_nopdl_us" in cols:  # the same kernels launched without PDL
                 impls[f"{b.name}_nopdl_us"] = [without_pdl(fn) for fn in impls[f"{b.name}_us"]]
+            for s in forced if b.name == "machete" else []:
+                impls[schedule_col(s)] = [
+                    lambda x, p=p, s=s: torch.ops.vmp.machete_mm(x, p["w"], p["scales"], None, GROUP, s, p["locks"])
+                    for p in prepared]
     if vk is not None:
         for col, make, ok in (("vllm_marlin_us", vk.marlin, True), ("vllm_machete_us", vk.machete, vk.has_machete),
                               ("vllm_humming_us", vk.humming, vk.has_humming)):
@@ -243,10 +255,12 @@ def our_cols(ours: list, pdl_ab: bool = False) -> list[str]:
 
 
 def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optional[VllmKernels],
-                ours: list, check: bool, peers: Optional[list[str]] = None, pdl_ab: bool = False) -> list[dict]:
+                ours: list, check: bool, peers: Optional[list[str]] = None, pdl_ab: bool = False,
+                schedules: tuple[str, ...] = ()) -> list[dict]:
     w4_bytes = n * k // 2 + (k // GROUP) * n * 2
     weights = [random_weight(n, k) for _ in range(copies_for(w4_bytes))]
-    impls = implementations(n, k, weights, vk, our_cols(ours, pdl_ab) + (VLLM_COLS if peers is None else peers))
+    impls = implementations(n, k, weights, vk, our_cols(ours, pdl_ab) + [schedule_col(s) for s in schedules]
+                            + (VLLM_COLS if peers is None else peers))
     if "vllm_humming_us" in impls:  # JIT-compile Humming's kernels for every M before any timing
         for m in m_values:
             impls["vllm_humming_us"][0](torch.zeros(m, k, device="cuda", dtype=torch.float16))
@@ -362,6 +376,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--no-check", action="store_true", help="skip the correctness check before timing")
     ap.add_argument("--pdl-ab", action="store_true",
                     help="also time our kernels launched without programmatic dependent launch (<backend>_nopdl)")
+    ap.add_argument("--schedules", default="",
+                    help="comma-separated Machete schedules to time as extra columns machete@<schedule> "
+                         "(vmp::machete_schedules(); e.g. 128x64w,128x128w)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("the kernel benchmark needs a CUDA GPU")
@@ -380,13 +397,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     peers = [f"{c}_us" for c in args.peers.split(",") if c and c != "none"]
     if set(peers) - set(VLLM_COLS):
         raise SystemExit(f"unknown --peers {sorted(set(peers) - set(VLLM_COLS))}; choose from {VLLM_COLS}")
+    schedules = tuple(s for s in args.schedules.split(",") if s)
+    if schedules and not any(b.name == "machete" for b in ours):
+        raise SystemExit("--schedules needs our Machete backend (a Hopper GPU and _machete_C)")
+    unknown = set(schedules) - set(torch.ops.vmp.machete_schedules()) if schedules else set()
+    if unknown:
+        raise SystemExit(f"unknown --schedules {sorted(unknown)}; choose from {torch.ops.vmp.machete_schedules()}")
     rows = []
     for name in [s for s in args.layers.split(",") if s]:
         n, k = LAYERS[name]
-        rows += bench_layer(name, n, k, m_values, bandwidth, vk, ours, not args.no_check, peers, args.pdl_ab)
+        rows += bench_layer(name, n, k, m_values, bandwidth, vk, ours, not args.no_check, peers, args.pdl_ab,
+                            schedules)
         torch.cuda.empty_cache()
 
-    cols = ["floor_us", "fp16_us"] + VLLM_COLS + our_cols(ours, args.pdl_ab)
+    cols = ["floor_us", "fp16_us"] + VLLM_COLS + our_cols(ours, args.pdl_ab) + [schedule_col(s) for s in schedules]
     print(markdown(rows, cols))
     if args.json:
         meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "vllm": vllm_version,
@@ -395,7 +419,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "weights": "u4b8 (symmetric)", "rows": rows}
         with open(args.json, "w") as f:
             json.dump(meta, f, indent=1)
-    for col in [f"{b.name}_us" for b in ours]:
+    for col in [f"{b.name}_us" for b in ours] + [schedule_col(s) for s in schedules]:
         print(f"[bench] {col} / best of vLLM per M: " + ", ".join(
             f"{m}: {r:.2f} ({best.removesuffix('_us')})" for m, r, best in ratio_to_best_vllm(rows, col)))
     if args.plot:

@@ -1,0 +1,445 @@
+// Mid-M Machete kernels ("128x64w", "128x128w"): Y[M, N] = X[M, K] . dequant(W)[K, N] on
+// wgmma, our own mainloop on the SAME prepacked weight as the other schedules
+// (machete_layout.cuh). The transposed problem Y^T = W^T X^T runs as wgmma m64nTk16 with
+// the upconverted weight as the register A operand (the prepack hands each lane its A
+// fragment of a k16 step as one 32-bit word) and T = 64 or 128 tokens on wgmma's N side,
+// read by descriptor from a 128-byte-swizzled shared tile.
+//
+// Why: at 64..128 tokens CUTLASS's mixed-input collective keeps the tensor pipe 31-72%
+// busy (docs/profile_h200.md); its chain shared load -> convert -> wgmma waits once per
+// k-block. The wgmma probe showed m64n64k16 at full rate once two k-blocks per SM are in
+// flight. Here every consumer warpgroup keeps two K tiles of wgmma in flight (two A
+// register sets, wgmma.wait_group 1), two consumer warpgroups per CTA, one CTA per SM.
+//
+// CTA: warpgroups 0 and 1 consume rows 0..63 and 64..127 of a 128-row tile; warp 8 is the
+// producer (one lane). A pipeline stage holds, for one 64-deep K tile: the X tile (T token
+// rows x 128 bytes, TMA with the 128-byte swizzle; rows >= M arrive as zeros), the tile's
+// weight atoms (4 KB, contiguous in the prepacked layout: one bulk copy), and the group row
+// of its scales (and zeros). full[s] completes when the stage's bytes have landed; empty[s]
+// when both warpgroups' wgmmas that read it have completed.
+//
+// Work split: a unit is (output tile, K tile); units run tile-major, token tile outermost,
+// and CTA b takes the contiguous stripe [b*stripe, (b+1)*stripe). A tile whose K range is
+// split over CTAs is finished by the last to arrive: every contributor stores its fp32
+// fragments in its own slot, and the last (per-warp lock) sums the slots in CTA order, so
+// the result is deterministic, and resets the lock (locks are zero before and after).
+//
+// Dequantization per weight pair: LOP3 to the magic-biased float (fp16 1024 + q, bf16
+// 128 + q), one exact add to q - 8 (u4b8) or q (u4 + zeros), one multiply by the scale
+// (u4b8) or fused multiply-add with the scale and z' = -s*z (u4 + zeros); one rounding to
+// the act dtype, as in the CUTLASS tiles.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include <cute/arch/mma_sm90_gmma.hpp>
+
+#include "async_sm90.cuh"
+#include "machete.h"
+#include "machete_layout.cuh"
+#include "../launch.h"
+#include "../ptx.cuh"
+
+namespace vmp::machete {
+namespace {
+
+constexpr int kConsumerWGs = 2;
+constexpr int kRows = 64 * kConsumerWGs;             // output features per tile
+constexpr int kConsumers = 128 * kConsumerWGs;       // consumer threads
+constexpr int kThreads = kConsumers + 32;            // + the producer warp
+constexpr int kTileK = kAtomK;                       // 64 k per stage
+constexpr int kWBytes = kRows * kTileK / 2;          // the tile's atoms of one K column
+constexpr int kGBytes = kRows * 2;                   // one group row of scales (or zeros)
+constexpr int kWarpsPerTile = kConsumers / 32;       // lock slots per split tile
+constexpr int kMaxStages = 18;
+
+// One CTA per SM: the consumers hold 160-168 registers (two A register sets, the
+// accumulators); at 2 CTAs per SM (<= 112) ptxas serializes the wgmmas.
+__host__ __device__ constexpr int ctas_per_sm(int) { return 1; }
+// Stage: [X: t rows x 128 B][W: 4 KB], a multiple of 1024 bytes (the swizzle's alignment);
+// each stage's scales and zeros (256 B each) sit in a region after all stages.
+__host__ __device__ constexpr int x_bytes(int t) { return t * kTileK * 2; }
+__host__ __device__ constexpr int stage_bytes(int t) { return x_bytes(t) + kWBytes; }
+// Dynamic shared memory: 1 KB of alignment slack, the stages, their group rows, 2 kMaxStages
+// mbarriers.
+__host__ __device__ constexpr int smem_bytes(int t, int stages) {
+  return 1024 + stages * (stage_bytes(t) + 2 * kGBytes) + 16 * kMaxStages;
+}
+
+struct Params {
+  CUtensorMap x_map;  // X [M, K] (ldx), box 64 k x T tokens, 128-byte swizzle, OOB zeros
+  const unsigned char* w;
+  const unsigned char* scales;  // [K/g, N] act dtype
+  const unsigned char* zeros;   // [K/g, N] act dtype (-s*z) or nullptr
+  void* y;
+  float* partials;
+  int* locks;
+  int m, n;
+  int row_tiles;     // N / 128
+  int k_tiles;       // K / 64
+  int kt_per_group;  // g / 64 (K / 64 for channelwise)
+  int units, stripe, stages;
+};
+
+// ---- per activation type: dequantization of one A register (two weights) ------------
+template <typename T>
+struct Deq;
+template <>
+struct Deq<half> {
+  static constexpr uint32_t kMagic = 0x64006400u;  // 1024.0 in both halves
+  using V2 = half2;
+  __device__ static V2 sub_bias(V2 v, bool zeros) {  // 1024 + q -> q - 8 (u4b8) or q
+    return __hadd2(v, __float2half2_rn(zeros ? -1024.f : -1032.f));
+  }
+};
+template <>
+struct Deq<__nv_bfloat16> {
+  static constexpr uint32_t kMagic = 0x43004300u;  // 128.0 in both halves
+  using V2 = __nv_bfloat162;
+  __device__ static V2 sub_bias(V2 v, bool zeros) {  // 128 + q -> q - 8 (u4b8) or q
+    return __hadd2(v, __float2bfloat162_rn(zeros ? -128.f : -136.f));
+  }
+};
+
+template <typename T, bool kZeros>
+__device__ __forceinline__ uint32_t dequant(uint32_t nibbles, uint32_t s2, uint32_t z2) {
+  using V2 = typename Deq<T>::V2;
+  // u4b8 stores q - 8 as a signed nibble: XOR 8 turns it back into q.
+  constexpr uint32_t kC = Deq<T>::kMagic ^ (kZeros ? 0u : 0x00080008u);
+  uint32_t raw = ptx::lop3<0x6A, 0x000F000F, kC>(nibbles);  // (n & mask) ^ c
+  V2 v = Deq<T>::sub_bias(*reinterpret_cast<V2*>(&raw), kZeros);
+  if constexpr (kZeros) v = __hfma2(v, *reinterpret_cast<V2*>(&s2), *reinterpret_cast<V2*>(&z2));
+  else v = __hmul2(v, *reinterpret_cast<V2*>(&s2));
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v) {
+  if constexpr (std::is_same_v<T, half>) return __float2half_rn(v);
+  else return __float2bfloat16_rn(v);
+}
+
+// ---- wgmma m64nTk16, f32 += T x T, A from registers, B K-major by descriptor ------------
+template <typename T, int N>
+struct Wgmma;
+#define VMP_MIDM_WGMMA(TYPE, AB, N)                                                                           \
+  template <>                                                                                                 \
+  struct Wgmma<TYPE, N> {                                                                                     \
+    using Op = cute::SM90::GMMA::MMA_64x##N##x16_F32##AB##AB##_RS<cute::SM90::GMMA::Major::K,                  \
+                                                                  cute::SM90::GMMA::Major::K>;                \
+  };
+VMP_MIDM_WGMMA(half, F16, 64)
+VMP_MIDM_WGMMA(half, F16, 128)
+VMP_MIDM_WGMMA(__nv_bfloat16, BF16, 64)
+VMP_MIDM_WGMMA(__nv_bfloat16, BF16, 128)
+#undef VMP_MIDM_WGMMA
+
+template <typename T, int N, size_t... I>
+__device__ __forceinline__ void wgmma(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc, bool accumulate,
+                                      std::index_sequence<I...>) {
+  Wgmma<T, N>::Op::fma(a[0], a[1], a[2], a[3], desc, d[I]...,
+                       accumulate ? cute::SM90::GMMA::ScaleOut::One : cute::SM90::GMMA::ScaleOut::Zero);
+}
+
+template <int N>
+__device__ __forceinline__ void fence_acc(float (&d)[N / 2]) {
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(d[i]);
+}
+
+template <typename T, int kT, bool kZeros>
+__global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const __grid_constant__ Params p) {
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  constexpr int kSB = stage_bytes(kT);
+  constexpr int kXB = x_bytes(kT);
+  const uint32_t base = (ptx::smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t groups = base + p.stages * kSB;  // stage s's scales (and zeros) at + 2 kGBytes s
+  const uint32_t bars = groups + p.stages * 2 * kGBytes;
+  auto full = [&](int s) { return bars + 8u * s; };
+  auto empty = [&](int s) { return bars + 8u * (kMaxStages + s); };
+  const int u0 = blockIdx.x * p.stripe;
+  const int u1 = min(p.units, u0 + p.stripe);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < p.stages; ++s) {
+      sm90::mbar_init(full(s), 1);
+      sm90::mbar_init(empty(s), kConsumerWGs);
+    }
+    sm90::mbar_fence_init();
+  }
+  __syncthreads();
+  const int kt_n = p.k_tiles;
+
+  // ---- producer: one lane walks the stripe's units in order -------------------------
+  if (warp == kConsumers / 32) {
+    if (lane != 0) return;
+    const uint64_t once = sm90::l2_evict_first();
+    struct Pos {
+      int kt, r, mt;
+    };
+    const int tau0 = u0 / kt_n;
+    const Pos start{u0 % kt_n, tau0 % p.row_tiles, tau0 / p.row_tiles};
+    auto next = [&](Pos& q) {
+      if (++q.kt == kt_n) {
+        q.kt = 0;
+        if (++q.r == p.row_tiles) q.r = 0, ++q.mt;
+      }
+    };
+    constexpr uint32_t kTx = kXB + kWBytes + (kZeros ? 2 : 1) * kGBytes;
+    auto load_w = [&](int s, const Pos& q) {  // weights, scales, zeros: no kernel writes them
+      const uint32_t st = base + s * kSB;
+      sm90::mbar_arrive_expect_tx(full(s), kTx);
+      const size_t atoms = (static_cast<size_t>(q.kt) * p.row_tiles + q.r) * (kRows / kAtomN);
+      sm90::bulk_g2s(st + kXB, p.w + atoms * 512, kWBytes, full(s), once);
+      const size_t g = (static_cast<size_t>(q.kt / p.kt_per_group) * p.n + static_cast<size_t>(q.r) * kRows) * 2;
+      const uint32_t gs = groups + s * 2 * kGBytes;
+      sm90::bulk_g2s(gs, p.scales + g, kGBytes, full(s), once);
+      if constexpr (kZeros) sm90::bulk_g2s(gs + kGBytes, p.zeros + g, kGBytes, full(s), once);
+    };
+    auto load_x = [&](int s, const Pos& q) {
+      sm90::tma_g2s_2d(base + s * kSB, &p.x_map, q.kt * kTileK, q.mt * kT, full(s));
+    };
+    const int count = u1 - u0, pre = min(p.stages, count);
+    // PDL (launch.h): the first stages' weights go out before pdl_wait(), overlapping the
+    // previous kernel's tail; X only after it. The consumers touch global memory (Y,
+    // partials, locks) only after data loaded here, so they follow the wait too.
+    Pos q = start;
+    for (int i = 0; i < pre; ++i, next(q)) load_w(i, q);
+    ptx::pdl_wait();
+    ptx::pdl_launch_dependents();
+    q = start;
+    for (int i = 0; i < pre; ++i, next(q)) load_x(i, q);
+    int s = pre == p.stages ? 0 : pre;
+    uint32_t parity = 0;  // of the empty phase to wait for: fill f of a stage waits for release f-1
+    for (int i = pre; i < count; ++i, next(q)) {
+      sm90::mbar_wait(empty(s), parity);
+      load_w(s, q);
+      load_x(s, q);
+      if (++s == p.stages) s = 0, parity ^= 1;
+    }
+    return;
+  }
+
+  // ---- consumers ---------------------------------------------------------------------
+  const int wg = warp / 4;
+  const bool leader = threadIdx.x % 128 == 0;                        // releases stages for its warpgroup
+  const uint32_t w_rd = kXB + wg * (kWBytes / 2) + (warp % 4) * 512 + lane * 4;  // this warp's atom
+  const int row = wg * 64 + (warp % 4) * 16 + lane / 4;               // fragment rows row, row + 8
+  const uint32_t g_rd = groups + row * 2;
+  float acc[kT / 2];
+#pragma unroll
+  for (int i = 0; i < kT / 2; ++i) acc[i] = 0.f;
+  uint32_t a[2][4][4];
+  int s = 0;
+  uint32_t parity = 0;
+  int in_flight = -1;  // stage read by the K tile whose wgmmas may still run
+
+  // One K tile into A register set `set`: wait for its stage, dequantize, issue 4 wgmma.
+  auto k_tile = [&](auto set_c, bool first) {
+    constexpr int set = decltype(set_c)::value;
+    sm90::mbar_wait(full(s), parity);
+    const uint32_t st = base + s * kSB;
+    const uint32_t gs = g_rd + s * 2 * kGBytes;
+    const uint32_t s_lo = ptx::lds16(gs), s_hi = ptx::lds16(gs + 16);
+    const uint32_t s2[2] = {s_lo | s_lo << 16, s_hi | s_hi << 16};
+    uint32_t z2[2] = {0, 0};
+    if constexpr (kZeros) {
+      const uint32_t z_lo = ptx::lds16(gs + kGBytes), z_hi = ptx::lds16(gs + kGBytes + 16);
+      z2[0] = z_lo | z_lo << 16;
+      z2[1] = z_hi | z_hi << 16;
+    }
+#pragma unroll
+    for (int kb = 0; kb < 4; ++kb) {
+      const uint32_t w = ptx::lds32(st + w_rd + kb * 128);
+      // Register r of the fragment holds nibbles r and r + 4 (machete_layout.cuh); odd r
+      // are rows row + 8.
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[set][kb][r] = dequant<T, kZeros>(w >> (4 * r), s2[r & 1], z2[r & 1]);
+    }
+    cute::warpgroup_arrive();
+#pragma unroll
+    for (int kb = 0; kb < 4; ++kb)
+      wgmma<T, kT>(acc, a[set][kb], sm90::desc_k_sw128(st + kb * 32), !(first && kb == 0),
+                   std::make_index_sequence<kT / 2>{});
+    cute::warpgroup_commit_batch();
+    cute::warpgroup_wait<1>();  // the previous K tile's wgmmas are done: release its stage
+    if (in_flight >= 0 && leader) sm90::mbar_arrive(empty(in_flight));
+    in_flight = s;
+    if (++s == p.stages) s = 0, parity ^= 1;
+  };
+
+  T* y = static_cast<T*>(p.y);
+    // Accumulator value i: column (token) 8 (i / 4) + 2 (lane % 4) + i % 2, row row + 8 ((i / 2) % 2).
+  auto tok_of = [&](int i) { return 8 * (i / 4) + 2 * (lane % 4) + (i % 2); };
+  auto row_of = [&](int i) { return row + 8 * ((i / 2) % 2); };
+  auto store_y = [&](int r, int mt) {
+    T* yt = y + static_cast<size_t>(mt) * kT * p.n + r * kRows;
+#pragma unroll
+    for (int i = 0; i < kT / 2; ++i) {
+      const int tok = mt * kT + tok_of(i);
+      if (tok < p.m) yt[static_cast<size_t>(tok_of(i)) * p.n + row_of(i)] = from_float<T>(acc[i]);
+    }
+  };
+  // Block b's slot for tile tau: 2b if tau is b's first tile, else 2b + 1 (its last one).
+  // A warp's slot is its fragments in order, float4 j of lane l at 32 j + l (coalesced).
+  auto slot_of = [&](int b, int tau) {
+    const int odd = (b * p.stripe) / kt_n != tau;
+    return reinterpret_cast<float4*>(p.partials + static_cast<size_t>((2 * b + odd) * kWarpsPerTile + warp) * 16 * kT) +
+           lane;
+  };
+
+  for (int u = u0; u < u1;) {
+    const int tau = u / kt_n;
+    const int seg_end = min(u1, (tau + 1) * kt_n);
+    const int r = tau % p.row_tiles, mt = tau / p.row_tiles;
+    int v = u;
+    k_tile(std::integral_constant<int, 0>{}, true);
+    ++v;
+    for (; v + 1 < seg_end; v += 2) {
+      k_tile(std::integral_constant<int, 1>{}, false);
+      k_tile(std::integral_constant<int, 0>{}, false);
+    }
+    if (v < seg_end) k_tile(std::integral_constant<int, 1>{}, false);
+    cute::warpgroup_wait<0>();
+    fence_acc<kT>(acc);
+    if (leader) sm90::mbar_arrive(empty(in_flight));
+    in_flight = -1;
+
+    const int first_b = (tau * kt_n) / p.stripe, last_b = (tau * kt_n + kt_n - 1) / p.stripe;
+    u = seg_end;
+    if (first_b == last_b) {
+      store_y(r, mt);
+      continue;
+    }
+    float4* mine = slot_of(blockIdx.x, tau);
+#pragma unroll
+    for (int j = 0; j < kT / 8; ++j)
+      __stcg(mine + 32 * j, make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]));
+    __threadfence();
+    __syncwarp();
+    int* lock = p.locks + first_b * kWarpsPerTile + warp;
+    int last = 0;
+    if (lane == 0) last = atomicAdd(lock, 1) == last_b - first_b;
+    if (!__shfl_sync(0xffffffffu, last, 0)) continue;
+    __threadfence();
+#pragma unroll
+    for (int i = 0; i < kT / 2; ++i) acc[i] = 0.f;
+    for (int b = first_b; b <= last_b; ++b) {
+      const float4* sp = slot_of(b, tau);
+#pragma unroll
+      for (int j = 0; j < kT / 8; ++j) {
+        const float4 q = __ldcg(sp + 32 * j);
+        acc[4 * j] += q.x;
+        acc[4 * j + 1] += q.y;
+        acc[4 * j + 2] += q.z;
+        acc[4 * j + 3] += q.w;
+      }
+    }
+    store_y(r, mt);
+    __syncwarp();
+    if (lane == 0) *lock = 0;  // every contributor has arrived
+  }
+}
+
+template <typename T, bool kZeros>
+const void* kernel_for_type(int t) {
+  return t == 64 ? reinterpret_cast<const void*>(&mid_m_kernel<T, 64, kZeros>)
+                 : reinterpret_cast<const void*>(&mid_m_kernel<T, 128, kZeros>);
+}
+
+const void* kernel_for(ActType act, bool zeros, int t) {
+  if (act == kF16) return zeros ? kernel_for_type<half, true>(t) : kernel_for_type<half, false>(t);
+  return zeros ? kernel_for_type<__nv_bfloat16, true>(t) : kernel_for_type<__nv_bfloat16, false>(t);
+}
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no -lcuda).
+using EncodeFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                              const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                              CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeFn encode_fn() {
+  static EncodeFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      f = nullptr;
+    return reinterpret_cast<EncodeFn>(f);
+  }();
+  return fn;
+}
+
+}  // namespace
+
+const char* plan_mid_m(int tokens_per_tile, const MMArgs& a, MidMPlan* plan) {
+  if (tokens_per_tile != 64 && tokens_per_tile != 128) return "mid-M tile must hold 64 or 128 tokens";
+  if (a.m < 1) return "M must be positive";
+  if (a.n % kRows || a.k % kTileK) return "mid-M kernel needs N % 128 == 0 and K % 64 == 0";
+  if (a.group_size % kTileK || a.k % a.group_size) return "mid-M kernel needs a group size that is a multiple of 64";
+  if (a.ldx % 8 || reinterpret_cast<uintptr_t>(a.x) % 16) return "mid-M kernel needs 16-byte aligned X rows (TMA)";
+  int smem_sm = 0, smem_optin = 0, reserved = 0;
+  cudaError_t err = cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, a.device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, a.device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, a.device);
+  if (err != cudaSuccess) return "cudaDeviceGetAttribute failed";
+  const int t = tokens_per_tile, per_sm = ctas_per_sm(t);
+  const int budget = std::min(smem_optin, smem_sm / per_sm - reserved);
+  const int stages = std::min(kMaxStages, (budget - smem_bytes(t, 0)) / (smem_bytes(t, 1) - smem_bytes(t, 0)));
+  if (stages < 3) return "too little shared memory per SM for the mid-M pipeline";
+  plan->tokens = t;
+  plan->stages = stages;
+  plan->smem_bytes = smem_bytes(t, stages);
+  const long long tiles = static_cast<long long>(a.n / kRows) * ((a.m + t - 1) / t);
+  const long long units = tiles * (a.k / kTileK);
+  if (units > (1LL << 30)) return "problem too large for the mid-M kernel's unit index";
+  const long long slots = static_cast<long long>(a.sm_count) * per_sm;
+  plan->units = static_cast<int>(units);
+  plan->stripe = static_cast<int>((units + slots - 1) / slots);
+  plan->grid = static_cast<int>((units + plan->stripe - 1) / plan->stripe);
+  plan->partial_floats = static_cast<size_t>(plan->grid) * 2 * kRows * t;
+  plan->locks = plan->grid * kWarpsPerTile;
+  return nullptr;
+}
+
+const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float* partials, int* locks,
+                      cudaStream_t stream) {
+  const EncodeFn encode = encode_fn();
+  if (encode == nullptr) return "cuTensorMapEncodeTiled is not available from the CUDA driver";
+  Params p;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(a.k), static_cast<cuuint64_t>(a.m)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.ldx) * 2};
+  const cuuint32_t box[2] = {kTileK, static_cast<cuuint32_t>(plan.tokens)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  if (encode(&p.x_map, act == kF16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+             const_cast<void*>(a.x), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+    return "cuTensorMapEncodeTiled rejected the activation tensor";
+  p.w = static_cast<const unsigned char*>(a.w);
+  p.scales = static_cast<const unsigned char*>(a.scales);
+  p.zeros = static_cast<const unsigned char*>(a.zeros);
+  p.y = a.y;
+  p.partials = partials;
+  p.locks = locks;
+  p.m = a.m;
+  p.n = a.n;
+  p.row_tiles = a.n / kRows;
+  p.k_tiles = a.k / kTileK;
+  p.kt_per_group = a.group_size / kTileK;
+  p.units = plan.units;
+  p.stripe = plan.stripe;
+  p.stages = plan.stages;
+  const void* fn = kernel_for(act, a.zeros != nullptr, plan.tokens);
+  if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes) != cudaSuccess)
+    return "cudaFuncSetAttribute (dynamic shared memory) failed for the mid-M kernel";
+  void* args[] = {&p};
+  if (launch_kernel(fn, dim3(plan.grid), dim3(kThreads), args, static_cast<size_t>(plan.smem_bytes), stream,
+                    kernel_has_pdl(fn)) != cudaSuccess)
+    return "mid-M kernel launch failed";
+  return nullptr;
+}
+
+}  // namespace vmp::machete
