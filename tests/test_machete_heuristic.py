@@ -22,7 +22,10 @@ TABLE = {
     (17, DOWN): "256x32_sk", (32, QKV): "256x32_sk", (32, GATE_UP): "256x32_sk",
     (32, O): "128x32_sk",                                                    # 64 tiles < 132 SMs
     (32, TP_SLICE): "128x32_sk",
-    (33, QKV): "128x64_sk", (64, O): "128x64_sk", (64, GATE_UP): "128x64",   # 448 tiles: auto
+    (33, QKV): "256x64w", (64, O): "256x64w", (64, GATE_UP): "256x64w",       # our own wgmma kernel
+    (48, DOWN): "256x64w",
+    (64, TP_SLICE): "128x64_sk", (64, (384, 4096)): "128x64_sk",              # under 64 Mi / N % 256
+    (64, (8192, 4096)): "128x64_sk", (64, (57344, 1024)): "128x64",          # 448 tiles: auto
     (65, QKV): "128x128c2_sk", (96, O): "128x128c2_sk", (128, GATE_UP): "128x128c2_sk",
     (96, (1152, 8192)): "128x128_sk", (128, (17024, 8192)): "128x128",       # N % 256 != 0
     (129, GATE_UP): "256x128", (256, DOWN): "256x128", (256, QKV): "128x128",  # > 128 Mi weights
@@ -40,10 +43,10 @@ def test_table(m, shape):
 
 def test_stream_k_only_below_one_wave():
     """Up to 128 tokens the 1-CTA tiles run forced Stream-K only while there are fewer
-    output tiles than SMs: o_proj at 64 tokens has 64 tiles, so Stream-K on 132 SMs and
-    CUTLASS's own decomposition on 48."""
-    assert torch.ops.vmp.machete_heuristic(64, 8192, 8192, H100_SMS) == "128x64_sk"
-    assert torch.ops.vmp.machete_heuristic(64, 8192, 8192, 48) == "128x64"
+    output tiles than SMs: o_proj at 96 tokens has 64 tiles of 128x128, so Stream-K on 132
+    SMs and CUTLASS's own decomposition on 48 (N = 8064: not a multiple of 256)."""
+    assert torch.ops.vmp.machete_heuristic(96, 8064, 8192, H100_SMS) == "128x128_sk"
+    assert torch.ops.vmp.machete_heuristic(96, 8064, 8192, 48) == "128x128"
 
 
 def test_every_pick_is_a_listed_schedule():

@@ -62,6 +62,19 @@ __device__ __forceinline__ uint64_t l2_evict_first() {
   return p;
 }
 
+// ---- register budget of a warpgroup (all 128 threads execute it) -------------------------
+// A block's registers are allocated for its warps in groups of four, so a 384-thread block
+// gets at most 168 per thread at launch; warp-specialized kernels move them from the
+// producer warpgroup to the consumers.
+template <int kRegs>
+__device__ __forceinline__ void regs_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void regs_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
 // ---- wgmma operand descriptor (PTX ISA "Matrix Descriptor Format") -----------------------
 // A K-major tile of 128-byte rows (64 16-bit k per row) written with the 128-byte swizzle
 // (TMA CU_TENSOR_MAP_SWIZZLE_128B), 1024-byte aligned: 8-row core groups 1024 bytes apart

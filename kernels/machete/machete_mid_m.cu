@@ -1,4 +1,4 @@
-// Mid-M Machete kernels ("128x64w", "128x128w"): Y[M, N] = X[M, K] . dequant(W)[K, N] on
+// Mid-M Machete kernels ("128x64w", "256x64w", "128x128w"): Y[M, N] = X[M, K] . dequant(W)[K, N] on
 // wgmma, our own mainloop on the SAME prepacked weight as the other schedules
 // (machete_layout.cuh). The transposed problem Y^T = W^T X^T runs as wgmma m64nTk16 with
 // the upconverted weight as the register A operand (the prepack hands each lane its A
@@ -9,14 +9,16 @@
 // busy (docs/profile_h200.md); its chain shared load -> convert -> wgmma waits once per
 // k-block. The wgmma probe showed m64n64k16 at full rate once two k-blocks per SM are in
 // flight. Here every consumer warpgroup keeps two K tiles of wgmma in flight (two A
-// register sets, wgmma.wait_group 1), two consumer warpgroups per CTA, one CTA per SM.
+// register sets, wgmma.wait_group), two consumer warpgroups per CTA, one CTA per SM.
 //
-// CTA: warpgroups 0 and 1 consume rows 0..63 and 64..127 of a 128-row tile; warp 8 is the
-// producer (one lane). A pipeline stage holds, for one 64-deep K tile: the X tile (T token
-// rows x 128 bytes, TMA with the 128-byte swizzle; rows >= M arrive as zeros), the tile's
-// weight atoms (4 KB, contiguous in the prepacked layout: one bulk copy), and the group row
-// of its scales (and zeros). full[s] completes when the stage's bytes have landed; empty[s]
-// when both warpgroups' wgmmas that read it have completed.
+// CTA: consumer warpgroups 0 and 1 take the first and second half of a 128-row tile (one
+// m64 row block each) or of a 256-row tile (two each: X is read from L2 once per 256 weight
+// rows instead of 128); warpgroup 2 is the producer (one lane; setmaxnreg moves its
+// registers to the consumers). A pipeline stage holds, for one 64-deep K tile: the X tile
+// (T token rows x 128 bytes, TMA with the 128-byte swizzle; rows >= M arrive as zeros),
+// the tile's weight atoms (4 or 8 KB, contiguous in the prepacked layout: one bulk copy),
+// and the group row of its scales (and zeros). full[s] completes when the stage's bytes
+// have landed; empty[s] when both warpgroups' wgmmas that read it have completed.
 //
 // Work split: a unit is (output tile, K tile); units run tile-major, token tile outermost,
 // and CTA b takes the contiguous stripe [b*stripe, (b+1)*stripe). A tile whose K range is
@@ -48,26 +50,28 @@ namespace vmp::machete {
 namespace {
 
 constexpr int kConsumerWGs = 2;
-constexpr int kRows = 64 * kConsumerWGs;             // output features per tile
 constexpr int kConsumers = 128 * kConsumerWGs;       // consumer threads
-constexpr int kThreads = kConsumers + 32;            // + the producer warp
+constexpr int kThreads = kConsumers + 128;           // + the producer warpgroup (one lane works)
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 x 40 + 256 x 232 <= 64 K
 constexpr int kTileK = kAtomK;                       // 64 k per stage
-constexpr int kWBytes = kRows * kTileK / 2;          // the tile's atoms of one K column
-constexpr int kGBytes = kRows * 2;                   // one group row of scales (or zeros)
 constexpr int kWarpsPerTile = kConsumers / 32;       // lock slots per split tile
 constexpr int kMaxStages = 18;
+// A tile has `sub` m64 row blocks per consumer warpgroup: 128 (sub 1) or 256 (sub 2) rows.
+__host__ __device__ constexpr int tile_rows(int sub) { return 64 * sub * kConsumerWGs; }
+__host__ __device__ constexpr int w_bytes(int sub) { return tile_rows(sub) * kTileK / 2; }  // one K column's atoms
+__host__ __device__ constexpr int g_bytes(int sub) { return tile_rows(sub) * 2; }  // a group row of scales (zeros)
 
-// One CTA per SM: the consumers hold 160-168 registers (two A register sets, the
+// One CTA per SM: the consumers hold 160-230 registers (two A register sets, the
 // accumulators); at 2 CTAs per SM (<= 112) ptxas serializes the wgmmas.
 __host__ __device__ constexpr int ctas_per_sm(int) { return 1; }
-// Stage: [X: t rows x 128 B][W: 4 KB], a multiple of 1024 bytes (the swizzle's alignment);
-// each stage's scales and zeros (256 B each) sit in a region after all stages.
+// Stage: [X: t rows x 128 B][W: the tile's atoms], a multiple of 1024 bytes (the swizzle's
+// alignment); each stage's scales and zeros sit in a region after all stages.
 __host__ __device__ constexpr int x_bytes(int t) { return t * kTileK * 2; }
-__host__ __device__ constexpr int stage_bytes(int t) { return x_bytes(t) + kWBytes; }
+__host__ __device__ constexpr int stage_bytes(int t, int sub) { return x_bytes(t) + w_bytes(sub); }
 // Dynamic shared memory: 1 KB of alignment slack, the stages, their group rows, 2 kMaxStages
 // mbarriers.
-__host__ __device__ constexpr int smem_bytes(int t, int stages) {
-  return 1024 + stages * (stage_bytes(t) + 2 * kGBytes) + 16 * kMaxStages;
+__host__ __device__ constexpr int smem_bytes(int t, int sub, int stages) {
+  return 1024 + stages * (stage_bytes(t, sub) + 2 * g_bytes(sub)) + 16 * kMaxStages;
 }
 
 struct Params {
@@ -79,7 +83,7 @@ struct Params {
   float* partials;
   int* locks;
   int m, n;
-  int row_tiles;     // N / 128
+  int row_tiles;     // N / tile rows
   int k_tiles;       // K / 64
   int kt_per_group;  // g / 64 (K / 64 for channelwise)
   int units, stripe, stages;
@@ -151,10 +155,11 @@ __device__ __forceinline__ void fence_acc(float (&d)[N / 2]) {
   for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(d[i]);
 }
 
-template <typename T, int kT, bool kZeros>
+template <typename T, int kT, int kSub, bool kZeros>
 __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const __grid_constant__ Params p) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  constexpr int kSB = stage_bytes(kT);
+  constexpr int kRows = tile_rows(kSub), kWBytes = w_bytes(kSub), kGBytes = g_bytes(kSub);
+  constexpr int kSB = stage_bytes(kT, kSub);
   constexpr int kXB = x_bytes(kT);
   const uint32_t base = (ptx::smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t groups = base + p.stages * kSB;  // stage s's scales (and zeros) at + 2 kGBytes s
@@ -175,8 +180,9 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   const int kt_n = p.k_tiles;
 
   // ---- producer: one lane walks the stripe's units in order -------------------------
-  if (warp == kConsumers / 32) {
-    if (lane != 0) return;
+  if (warp >= kConsumers / 32) {
+    sm90::regs_dec<kProducerRegs>();
+    if (threadIdx.x != kConsumers) return;
     const uint64_t once = sm90::l2_evict_first();
     struct Pos {
       int kt, r, mt;
@@ -225,48 +231,56 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   }
 
   // ---- consumers ---------------------------------------------------------------------
+  sm90::regs_inc<kConsumerRegs>();
   const int wg = warp / 4;
   const bool leader = threadIdx.x % 128 == 0;                        // releases stages for its warpgroup
-  const uint32_t w_rd = kXB + wg * (kWBytes / 2) + (warp % 4) * 512 + lane * 4;  // this warp's atom
-  const int row = wg * 64 + (warp % 4) * 16 + lane / 4;               // fragment rows row, row + 8
+  // Row block j of this warpgroup: tile rows 64 (kSub wg + j) ..; this warp's atom in it.
+  const uint32_t w_rd = kXB + (kSub * wg * 4 + warp % 4) * 512 + lane * 4;  // + 2048 j
+  const int row = kSub * wg * 64 + (warp % 4) * 16 + lane / 4;           // fragment rows row (+ 8) + 64 j
   const uint32_t g_rd = groups + row * 2;
-  float acc[kT / 2];
+  float acc[kSub][kT / 2];
 #pragma unroll
-  for (int i = 0; i < kT / 2; ++i) acc[i] = 0.f;
-  uint32_t a[2][4][4];
+  for (int j = 0; j < kSub; ++j)
+#pragma unroll
+    for (int i = 0; i < kT / 2; ++i) acc[j][i] = 0.f;
+  uint32_t a[2][kSub][4][4];
   int s = 0;
   uint32_t parity = 0;
   int in_flight = -1;  // stage read by the K tile whose wgmmas may still run
 
-  // One K tile into A register set `set`: wait for its stage, dequantize, issue 4 wgmma.
+  // One K tile into A register set `set`: wait for its stage; per row block j, dequantize
+  // and issue its 4 wgmma as one commit group.
   auto k_tile = [&](auto set_c, bool first) {
     constexpr int set = decltype(set_c)::value;
     sm90::mbar_wait(full(s), parity);
     const uint32_t st = base + s * kSB;
     const uint32_t gs = g_rd + s * 2 * kGBytes;
-    const uint32_t s_lo = ptx::lds16(gs), s_hi = ptx::lds16(gs + 16);
-    const uint32_t s2[2] = {s_lo | s_lo << 16, s_hi | s_hi << 16};
-    uint32_t z2[2] = {0, 0};
-    if constexpr (kZeros) {
-      const uint32_t z_lo = ptx::lds16(gs + kGBytes), z_hi = ptx::lds16(gs + kGBytes + 16);
-      z2[0] = z_lo | z_lo << 16;
-      z2[1] = z_hi | z_hi << 16;
+#pragma unroll
+    for (int j = 0; j < kSub; ++j) {
+      const uint32_t s_lo = ptx::lds16(gs + 128 * j), s_hi = ptx::lds16(gs + 128 * j + 16);
+      const uint32_t s2[2] = {s_lo | s_lo << 16, s_hi | s_hi << 16};
+      uint32_t z2[2] = {0, 0};
+      if constexpr (kZeros) {
+        const uint32_t z_lo = ptx::lds16(gs + kGBytes + 128 * j), z_hi = ptx::lds16(gs + kGBytes + 128 * j + 16);
+        z2[0] = z_lo | z_lo << 16;
+        z2[1] = z_hi | z_hi << 16;
+      }
+#pragma unroll
+      for (int kb = 0; kb < 4; ++kb) {
+        const uint32_t w = ptx::lds32(st + w_rd + 2048 * j + kb * 128);
+        // Register r of the fragment holds nibbles r and r + 4 (machete_layout.cuh); odd r
+        // are rows row + 8.
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a[set][j][kb][r] = dequant<T, kZeros>(w >> (4 * r), s2[r & 1], z2[r & 1]);
+      }
+      cute::warpgroup_arrive();
+#pragma unroll
+      for (int kb = 0; kb < 4; ++kb)
+        wgmma<T, kT>(acc[j], a[set][j][kb], sm90::desc_k_sw128(st + kb * 32), !(first && kb == 0),
+                     std::make_index_sequence<kT / 2>{});
+      cute::warpgroup_commit_batch();
     }
-#pragma unroll
-    for (int kb = 0; kb < 4; ++kb) {
-      const uint32_t w = ptx::lds32(st + w_rd + kb * 128);
-      // Register r of the fragment holds nibbles r and r + 4 (machete_layout.cuh); odd r
-      // are rows row + 8.
-#pragma unroll
-      for (int r = 0; r < 4; ++r) a[set][kb][r] = dequant<T, kZeros>(w >> (4 * r), s2[r & 1], z2[r & 1]);
-    }
-    cute::warpgroup_arrive();
-#pragma unroll
-    for (int kb = 0; kb < 4; ++kb)
-      wgmma<T, kT>(acc, a[set][kb], sm90::desc_k_sw128(st + kb * 32), !(first && kb == 0),
-                   std::make_index_sequence<kT / 2>{});
-    cute::warpgroup_commit_batch();
-    cute::warpgroup_wait<1>();  // the previous K tile's wgmmas are done: release its stage
+    cute::warpgroup_wait<kSub>();  // the previous K tile's groups are done: release its stage
     if (in_flight >= 0 && leader) sm90::mbar_arrive(empty(in_flight));
     in_flight = s;
     if (++s == p.stages) s = 0, parity ^= 1;
@@ -275,20 +289,23 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   T* y = static_cast<T*>(p.y);
     // Accumulator value i: column (token) 8 (i / 4) + 2 (lane % 4) + i % 2, row row + 8 ((i / 2) % 2).
   auto tok_of = [&](int i) { return 8 * (i / 4) + 2 * (lane % 4) + (i % 2); };
-  auto row_of = [&](int i) { return row + 8 * ((i / 2) % 2); };
+  auto row_of = [&](int j, int i) { return row + 64 * j + 8 * ((i / 2) % 2); };
   auto store_y = [&](int r, int mt) {
     T* yt = y + static_cast<size_t>(mt) * kT * p.n + r * kRows;
 #pragma unroll
-    for (int i = 0; i < kT / 2; ++i) {
-      const int tok = mt * kT + tok_of(i);
-      if (tok < p.m) yt[static_cast<size_t>(tok_of(i)) * p.n + row_of(i)] = from_float<T>(acc[i]);
-    }
+    for (int j = 0; j < kSub; ++j)
+#pragma unroll
+      for (int i = 0; i < kT / 2; ++i) {
+        const int tok = mt * kT + tok_of(i);
+        if (tok < p.m) yt[static_cast<size_t>(tok_of(i)) * p.n + row_of(j, i)] = from_float<T>(acc[j][i]);
+      }
   };
   // Block b's slot for tile tau: 2b if tau is b's first tile, else 2b + 1 (its last one).
   // A warp's slot is its fragments in order, float4 j of lane l at 32 j + l (coalesced).
   auto slot_of = [&](int b, int tau) {
     const int odd = (b * p.stripe) / kt_n != tau;
-    return reinterpret_cast<float4*>(p.partials + static_cast<size_t>((2 * b + odd) * kWarpsPerTile + warp) * 16 * kT) +
+    return reinterpret_cast<float4*>(p.partials +
+                                     static_cast<size_t>((2 * b + odd) * kWarpsPerTile + warp) * kSub * 16 * kT) +
            lane;
   };
 
@@ -305,7 +322,8 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
     }
     if (v < seg_end) k_tile(std::integral_constant<int, 1>{}, false);
     cute::warpgroup_wait<0>();
-    fence_acc<kT>(acc);
+#pragma unroll
+    for (int j = 0; j < kSub; ++j) fence_acc<kT>(acc[j]);
     if (leader) sm90::mbar_arrive(empty(in_flight));
     in_flight = -1;
 
@@ -316,9 +334,13 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
       continue;
     }
     float4* mine = slot_of(blockIdx.x, tau);
+    // float4 q = (j, i4) of lane: acc[j][4 i4 .. 4 i4 + 3], q = j kT / 8 + i4.
 #pragma unroll
-    for (int j = 0; j < kT / 8; ++j)
-      __stcg(mine + 32 * j, make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]));
+    for (int j = 0; j < kSub; ++j)
+#pragma unroll
+      for (int i4 = 0; i4 < kT / 8; ++i4)
+        __stcg(mine + 32 * (j * kT / 8 + i4),
+               make_float4(acc[j][4 * i4], acc[j][4 * i4 + 1], acc[j][4 * i4 + 2], acc[j][4 * i4 + 3]));
     __threadfence();
     __syncwarp();
     int* lock = p.locks + first_b * kWarpsPerTile + warp;
@@ -327,17 +349,21 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
     if (!__shfl_sync(0xffffffffu, last, 0)) continue;
     __threadfence();
 #pragma unroll
-    for (int i = 0; i < kT / 2; ++i) acc[i] = 0.f;
+    for (int j = 0; j < kSub; ++j)
+#pragma unroll
+      for (int i = 0; i < kT / 2; ++i) acc[j][i] = 0.f;
     for (int b = first_b; b <= last_b; ++b) {
       const float4* sp = slot_of(b, tau);
 #pragma unroll
-      for (int j = 0; j < kT / 8; ++j) {
-        const float4 q = __ldcg(sp + 32 * j);
-        acc[4 * j] += q.x;
-        acc[4 * j + 1] += q.y;
-        acc[4 * j + 2] += q.z;
-        acc[4 * j + 3] += q.w;
-      }
+      for (int j = 0; j < kSub; ++j)
+#pragma unroll
+        for (int i4 = 0; i4 < kT / 8; ++i4) {
+          const float4 v = __ldcg(sp + 32 * (j * kT / 8 + i4));
+          acc[j][4 * i4] += v.x;
+          acc[j][4 * i4 + 1] += v.y;
+          acc[j][4 * i4 + 2] += v.z;
+          acc[j][4 * i4 + 3] += v.w;
+        }
     }
     store_y(r, mt);
     __syncwarp();
@@ -345,15 +371,19 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   }
 }
 
+// The compiled (tokens, rows) shapes: 128x64w, 256x64w, 128x128w.
+constexpr bool known_shape(int t, int rows) { return (t == 64 && (rows == 128 || rows == 256)) || (t == 128 && rows == 128); }
+
 template <typename T, bool kZeros>
-const void* kernel_for_type(int t) {
-  return t == 64 ? reinterpret_cast<const void*>(&mid_m_kernel<T, 64, kZeros>)
-                 : reinterpret_cast<const void*>(&mid_m_kernel<T, 128, kZeros>);
+const void* kernel_for_type(int t, int rows) {
+  if (t == 128) return reinterpret_cast<const void*>(&mid_m_kernel<T, 128, 1, kZeros>);
+  return rows == 256 ? reinterpret_cast<const void*>(&mid_m_kernel<T, 64, 2, kZeros>)
+                     : reinterpret_cast<const void*>(&mid_m_kernel<T, 64, 1, kZeros>);
 }
 
-const void* kernel_for(ActType act, bool zeros, int t) {
-  if (act == kF16) return zeros ? kernel_for_type<half, true>(t) : kernel_for_type<half, false>(t);
-  return zeros ? kernel_for_type<__nv_bfloat16, true>(t) : kernel_for_type<__nv_bfloat16, false>(t);
+const void* kernel_for(ActType act, bool zeros, int t, int rows) {
+  if (act == kF16) return zeros ? kernel_for_type<half, true>(t, rows) : kernel_for_type<half, false>(t, rows);
+  return zeros ? kernel_for_type<__nv_bfloat16, true>(t, rows) : kernel_for_type<__nv_bfloat16, false>(t, rows);
 }
 
 // cuTensorMapEncodeTiled through the runtime's driver entry point (no -lcuda).
@@ -374,10 +404,10 @@ EncodeFn encode_fn() {
 
 }  // namespace
 
-const char* plan_mid_m(int tokens_per_tile, const MMArgs& a, MidMPlan* plan) {
-  if (tokens_per_tile != 64 && tokens_per_tile != 128) return "mid-M tile must hold 64 or 128 tokens";
+const char* plan_mid_m(int rows, int tokens_per_tile, const MMArgs& a, MidMPlan* plan) {
+  if (!known_shape(tokens_per_tile, rows)) return "mid-M tiles are 128x64, 256x64 and 128x128 (rows x tokens)";
   if (a.m < 1) return "M must be positive";
-  if (a.n % kRows || a.k % kTileK) return "mid-M kernel needs N % 128 == 0 and K % 64 == 0";
+  if (a.n % rows || a.k % kTileK) return "mid-M kernel needs N % (tile rows) == 0 and K % 64 == 0";
   if (a.group_size % kTileK || a.k % a.group_size) return "mid-M kernel needs a group size that is a multiple of 64";
   if (a.ldx % 8 || reinterpret_cast<uintptr_t>(a.x) % 16) return "mid-M kernel needs 16-byte aligned X rows (TMA)";
   int smem_sm = 0, smem_optin = 0, reserved = 0;
@@ -385,21 +415,23 @@ const char* plan_mid_m(int tokens_per_tile, const MMArgs& a, MidMPlan* plan) {
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, a.device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, a.device);
   if (err != cudaSuccess) return "cudaDeviceGetAttribute failed";
-  const int t = tokens_per_tile, per_sm = ctas_per_sm(t);
+  const int t = tokens_per_tile, sub = rows / tile_rows(1), per_sm = ctas_per_sm(t);
   const int budget = std::min(smem_optin, smem_sm / per_sm - reserved);
-  const int stages = std::min(kMaxStages, (budget - smem_bytes(t, 0)) / (smem_bytes(t, 1) - smem_bytes(t, 0)));
+  const int stages =
+      std::min(kMaxStages, (budget - smem_bytes(t, sub, 0)) / (smem_bytes(t, sub, 1) - smem_bytes(t, sub, 0)));
   if (stages < 3) return "too little shared memory per SM for the mid-M pipeline";
+  plan->rows = rows;
   plan->tokens = t;
   plan->stages = stages;
-  plan->smem_bytes = smem_bytes(t, stages);
-  const long long tiles = static_cast<long long>(a.n / kRows) * ((a.m + t - 1) / t);
+  plan->smem_bytes = smem_bytes(t, sub, stages);
+  const long long tiles = static_cast<long long>(a.n / rows) * ((a.m + t - 1) / t);
   const long long units = tiles * (a.k / kTileK);
   if (units > (1LL << 30)) return "problem too large for the mid-M kernel's unit index";
   const long long slots = static_cast<long long>(a.sm_count) * per_sm;
   plan->units = static_cast<int>(units);
   plan->stripe = static_cast<int>((units + slots - 1) / slots);
   plan->grid = static_cast<int>((units + plan->stripe - 1) / plan->stripe);
-  plan->partial_floats = static_cast<size_t>(plan->grid) * 2 * kRows * t;
+  plan->partial_floats = static_cast<size_t>(plan->grid) * 2 * rows * t;
   plan->locks = plan->grid * kWarpsPerTile;
   return nullptr;
 }
@@ -426,13 +458,13 @@ const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float*
   p.locks = locks;
   p.m = a.m;
   p.n = a.n;
-  p.row_tiles = a.n / kRows;
+  p.row_tiles = a.n / plan.rows;
   p.k_tiles = a.k / kTileK;
   p.kt_per_group = a.group_size / kTileK;
   p.units = plan.units;
   p.stripe = plan.stripe;
   p.stages = plan.stages;
-  const void* fn = kernel_for(act, a.zeros != nullptr, plan.tokens);
+  const void* fn = kernel_for(act, a.zeros != nullptr, plan.tokens, plan.rows);
   if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes) != cudaSuccess)
     return "cudaFuncSetAttribute (dynamic shared memory) failed for the mid-M kernel";
   void* args[] = {&p};

@@ -464,8 +464,8 @@ const void* kernel_for(ActType act, bool zeros, int t) {
 
 }  // namespace
 
-const char* plan_small_m(int tokens_per_tile, const MMArgs& a, SmallMPlan* plan) {
-  if (tokens_per_tile != 8 && tokens_per_tile != 16) return "small-M tile must hold 8 or 16 tokens";
+const char* plan_small_m(int rows, int tokens_per_tile, const MMArgs& a, SmallMPlan* plan) {
+  if (rows != kRows || (tokens_per_tile != 8 && tokens_per_tile != 16)) return "small-M tiles are 64x8 and 64x16";
   if (a.m < 1 || a.m > tokens_per_tile) return "M exceeds the small-M tile's token count";
   if (a.n % kRows || a.k % kStageK) return "small-M kernel needs N % 64 == 0 and K % 64 == 0";
   const int t = tokens_per_tile / 8;

@@ -48,9 +48,9 @@ UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 M_SIZES = [1, 7, 16, 33, 64, 128, 257, 1024]
 WGMMA_TILES = ["128x16", "128x32", "128x64", "128x128", "256x128", "256x32", "128x256", "128x128c2"]
 # N alignment: tile N x CTAs per cluster along N (128x256 and 128x128c2 are 2-CTA clusters)
-ALIGN_N = {"256x128": 256, "256x32": 256, "128x256": 256, "128x128c2": 256}
+ALIGN_N = {"256x128": 256, "256x32": 256, "128x256": 256, "128x128c2": 256, "256x64w": 256}
 SMALL_M_TILES = {"64x8": 8, "64x16": 16}  # mma.sync kernel on the same weight: tile -> max tokens
-MID_M_TILES = ["128x64w", "128x128w"]  # our own wgmma mainloop on the same weight, any M
+MID_M_TILES = ["128x64w", "256x64w", "128x128w"]  # our own wgmma mainloop on the same weight, any M
 SCHEDULES = (WGMMA_TILES + list(SMALL_M_TILES) + MID_M_TILES if not _why_skip else [])
 
 
@@ -219,7 +219,7 @@ def test_bad_inputs_have_clear_errors():
         run_mm(x, p, 32)
     w384 = make_weight(k, 384, 128, False, dtype)
     p384 = MacheteBackend.prepare(spec_for(w384, dtype), w384)
-    for tile in ("128x256", "256x32", "128x128c2"):
+    for tile in ("128x256", "256x32", "128x128c2", "256x64w"):
         with pytest.raises(RuntimeError, match=f"schedule {tile} needs N % 256 == 0, got N=384"):
             run_mm(x, p384, 128, tile)
     with pytest.raises(RuntimeError, match="multiple of 128"):
@@ -407,8 +407,8 @@ def test_mid_m_shapes(dtype, zero_points, group, schedule):
     K=8192), many tiles per CTA (N=8192, K=256), stripes that cut tiles at odd K tiles
     (K=1600, N=384); M below, at and across the token tile (rows past M arrive as TMA
     zeros and are not stored); the caller's locks end at zero."""
-    for k, n in [(576, 256), (8192, 128), (256, 8192), (1600, 384)]:
-        if group != -1 and k % group:
+    for k, n in [(576, 256), (8192, 128), (8192, 256), (256, 8192), (1600, 384), (1600, 768)]:
+        if (group != -1 and k % group) or n % ALIGN_N.get(schedule, 128):
             continue
         w = make_weight(k, n, group, zero_points, dtype)
         p = MacheteBackend.prepare(spec_for(w, dtype), w)
