@@ -43,6 +43,7 @@
 #include "async_sm90.cuh"
 #include "machete.h"
 #include "machete_layout.cuh"
+#include "stripes.h"
 #include "../launch.h"
 #include "../ptx.cuh"
 
@@ -91,21 +92,16 @@ struct Params {
 
 // ---- per activation type: dequantization of one A register (two weights) ------------
 template <typename T>
-struct Deq;
-template <>
-struct Deq<half> {
-  static constexpr uint32_t kMagic = 0x64006400u;  // 1024.0 in both halves
-  using V2 = half2;
-  __device__ static V2 sub_bias(V2 v, bool zeros) {  // 1024 + q -> q - 8 (u4b8) or q
-    return __hadd2(v, __float2half2_rn(zeros ? -1024.f : -1032.f));
-  }
-};
-template <>
-struct Deq<__nv_bfloat16> {
-  static constexpr uint32_t kMagic = 0x43004300u;  // 128.0 in both halves
-  using V2 = __nv_bfloat162;
-  __device__ static V2 sub_bias(V2 v, bool zeros) {  // 128 + q -> q - 8 (u4b8) or q
-    return __hadd2(v, __float2bfloat162_rn(zeros ? -128.f : -136.f));
+struct Deq {
+  static constexpr bool kHalf = std::is_same_v<T, half>;
+  static constexpr uint32_t kMagic = kHalf ? 0x64006400u : 0x43004300u;  // 1024.0 (fp16) / 128.0 (bf16), both halves
+  static constexpr float kBias = kHalf ? 1024.f : 128.f;
+  using V2 = std::conditional_t<kHalf, half2, __nv_bfloat162>;
+  // kBias + q -> q - 8 (u4b8) or q (u4 + zeros), exact.
+  __device__ static V2 sub_bias(V2 v, bool zeros) {
+    const float b = -(kBias + (zeros ? 0.f : 8.f));
+    if constexpr (kHalf) return __hadd2(v, __float2half2_rn(b));
+    else return __hadd2(v, __float2bfloat162_rn(b));
   }
 };
 
@@ -410,13 +406,9 @@ const char* plan_mid_m(int rows, int tokens_per_tile, const MMArgs& a, MidMPlan*
   if (a.n % rows || a.k % kTileK) return "mid-M kernel needs N % (tile rows) == 0 and K % 64 == 0";
   if (a.group_size % kTileK || a.k % a.group_size) return "mid-M kernel needs a group size that is a multiple of 64";
   if (a.ldx % 8 || reinterpret_cast<uintptr_t>(a.x) % 16) return "mid-M kernel needs 16-byte aligned X rows (TMA)";
-  int smem_sm = 0, smem_optin = 0, reserved = 0;
-  cudaError_t err = cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, a.device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, a.device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, a.device);
-  if (err != cudaSuccess) return "cudaDeviceGetAttribute failed";
   const int t = tokens_per_tile, sub = rows / tile_rows(1), per_sm = ctas_per_sm(t);
-  const int budget = std::min(smem_optin, smem_sm / per_sm - reserved);
+  int budget = 0;
+  if (const char* err = smem_budget(a.device, per_sm, &budget)) return err;
   const int stages =
       std::min(kMaxStages, (budget - smem_bytes(t, sub, 0)) / (smem_bytes(t, sub, 1) - smem_bytes(t, sub, 0)));
   if (stages < 3) return "too little shared memory per SM for the mid-M pipeline";
@@ -427,10 +419,10 @@ const char* plan_mid_m(int rows, int tokens_per_tile, const MMArgs& a, MidMPlan*
   const long long tiles = static_cast<long long>(a.n / rows) * ((a.m + t - 1) / t);
   const long long units = tiles * (a.k / kTileK);
   if (units > (1LL << 30)) return "problem too large for the mid-M kernel's unit index";
-  const long long slots = static_cast<long long>(a.sm_count) * per_sm;
+  const Stripes sp = split_stripes(units, static_cast<long long>(a.sm_count) * per_sm);
   plan->units = static_cast<int>(units);
-  plan->stripe = static_cast<int>((units + slots - 1) / slots);
-  plan->grid = static_cast<int>((units + plan->stripe - 1) / plan->stripe);
+  plan->stripe = sp.stripe;
+  plan->grid = sp.grid;
   plan->partial_floats = static_cast<size_t>(plan->grid) * 2 * rows * t;
   plan->locks = plan->grid * kWarpsPerTile;
   return nullptr;

@@ -35,6 +35,7 @@
 
 #include "machete.h"
 #include "machete_layout.cuh"
+#include "stripes.h"
 #include "../launch.h"
 #include "../ptx.cuh"
 
@@ -469,12 +470,8 @@ const char* plan_small_m(int rows, int tokens_per_tile, const MMArgs& a, SmallMP
   if (a.m < 1 || a.m > tokens_per_tile) return "M exceeds the small-M tile's token count";
   if (a.n % kRows || a.k % kStageK) return "small-M kernel needs N % 64 == 0 and K % 64 == 0";
   const int t = tokens_per_tile / 8;
-  int smem_sm = 0, smem_optin = 0, reserved = 0;
-  cudaError_t err = cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, a.device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, a.device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, a.device);
-  if (err != cudaSuccess) return "cudaDeviceGetAttribute failed";
-  const int budget = std::min(smem_optin, smem_sm / blocks_per_sm(t) - reserved);
+  int budget = 0;
+  if (const char* err = smem_budget(a.device, blocks_per_sm(t), &budget)) return err;
   plan->stage_bytes = kXOff + a.m * kXRowBytes;  // X rows < m only
   plan->smem_bytes = kXRowBytes + kWarps * kStages * plan->stage_bytes;
   if (plan->smem_bytes > budget) return "too little shared memory per SM for the small-M pipeline";
@@ -483,10 +480,10 @@ const char* plan_small_m(int rows, int tokens_per_tile, const MMArgs& a, SmallMP
   // resident blocks.
   const long long octets = (a.n / kRows + kWarps - 1) / kWarps;
   const long long units = octets * ((a.k + kUnitK - 1) / kUnitK);
-  const long long slots = static_cast<long long>(a.sm_count) * blocks_per_sm(t);
+  const Stripes sp = split_stripes(units, static_cast<long long>(a.sm_count) * blocks_per_sm(t));
   plan->units = static_cast<int>(units);
-  plan->stripe = static_cast<int>((units + slots - 1) / slots);
-  plan->grid = static_cast<int>((units + plan->stripe - 1) / plan->stripe);
+  plan->stripe = sp.stripe;
+  plan->grid = sp.grid;
   plan->partial_floats = static_cast<size_t>(plan->grid) * 2 * kWarps * kSlotFloats;
   plan->locks = plan->grid * kWarps;
   return nullptr;
