@@ -1,16 +1,18 @@
-"""Machete backend: our Hopper (sm_90a) W4A16 GEMM on CUTLASS's wgmma mixed-input
-collective (kernels/machete/, extension vllm_machete_plugin._machete_C).
+"""Machete backend: our Hopper (sm_90a) W4A16 GEMM on one prepacked weight: CUTLASS's wgmma
+mixed-input collective, our own small-M mma.sync kernel and our own mid-M wgmma kernel
+(kernels/machete/, extension vllm_machete_plugin._machete_C).
 
 prepare(): codes -> vmp::machete_prepack (GPU, layout of kernels/machete/machete_layout.cuh;
 u4b8 codes are stored as signed q-8 in an int32 tensor, u4 codes as q in a uint32 tensor, so
 vmp::machete_mm refuses a weight prepacked for the other kind: the dtype is its record of the
 kind, checked without reading the GPU), scales [G, N] in the act dtype, zero points
 pre-multiplied as -s*z in the act dtype, so the mainloop dequantizes with one FMA
-(q*s + z'), and a zeroed int32 lock buffer for the small-M kernel's cross-block reduction
-(it is back to zero after every call). apply(): vmp::machete_mm with the schedule from
+(q*s + z'), and a zeroed int32 lock buffer for the cross-block reductions of our own
+kernels (it is back to zero after every call). apply(): vmp::machete_mm with the schedule from
 VMP_MACHETE_SCHEDULE if set when this module was imported, else the C++ heuristic (kernels/machete/machete_heuristic.cpp):
 the small-M mma.sync kernel (kernels/machete/machete_small_m.cu) for M <= 16 (64x8 up to
-8 tokens, 64x16 up to 16), the CUTLASS wgmma tiles above, all on the one prepacked weight.
+8 tokens, 64x16 up to 16), our 256x64w wgmma tile (kernels/machete/machete_mid_m.cu) at
+33..64 tokens on large layers, the CUTLASS wgmma tiles elsewhere.
 """
 from __future__ import annotations
 
