@@ -1,4 +1,4 @@
-// Mid-M Machete kernels ("128x64w", "256x64w", "128x128w"): Y[M, N] = X[M, K] . dequant(W)[K, N] on
+// Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w"): Y[M, N] = X[M, K] . dequant(W)[K, N] on
 // wgmma, our own mainloop on the SAME prepacked weight as the other schedules
 // (machete_layout.cuh). The transposed problem Y^T = W^T X^T runs as wgmma m64nTk16 with
 // the upconverted weight as the register A operand (the prepack hands each lane its A
@@ -239,7 +239,11 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   for (int j = 0; j < kSub; ++j)
 #pragma unroll
     for (int i = 0; i < kT / 2; ++i) acc[j][i] = 0.f;
-  uint32_t a[2][kSub][4][4];
+  // A register sets: two per row block (one per K tile in flight), or, where the accumulators
+  // leave no room for that (256x128w: 2 x 64 of them), one per row block, and the row blocks'
+  // commit groups overlap instead (wait_group 1 after each).
+  constexpr bool kSetPerBlock = kT == 128 && kSub == 2;
+  uint32_t a[kSetPerBlock ? 1 : 2][kSub][4][4];
   int s = 0;
   uint32_t parity = 0;
   int in_flight = -1;  // stage read by the K tile whose wgmmas may still run
@@ -247,7 +251,7 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   // One K tile into A register set `set`: wait for its stage; per row block j, dequantize
   // and issue its 4 wgmma as one commit group.
   auto k_tile = [&](auto set_c, bool first) {
-    constexpr int set = decltype(set_c)::value;
+    constexpr int set = kSetPerBlock ? 0 : decltype(set_c)::value;
     sm90::mbar_wait(full(s), parity);
     const uint32_t st = base + s * kSB;
     const uint32_t gs = g_rd + s * 2 * kGBytes;
@@ -275,9 +279,17 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
         wgmma<T, kT>(acc[j], a[set][j][kb], sm90::desc_k_sw128(st + kb * 32), !(first && kb == 0),
                      std::make_index_sequence<kT / 2>{});
       cute::warpgroup_commit_batch();
+      if constexpr (kSetPerBlock) {
+        // <= 1 group pending: this block's; block j + 1's registers (last read by the group
+        // before) are free, and after block 0 the previous K tile's last group is done.
+        cute::warpgroup_wait<1>();
+        if (j == 0 && in_flight >= 0 && leader) sm90::mbar_arrive(empty(in_flight));
+      }
     }
-    cute::warpgroup_wait<kSub>();  // the previous K tile's groups are done: release its stage
-    if (in_flight >= 0 && leader) sm90::mbar_arrive(empty(in_flight));
+    if constexpr (!kSetPerBlock) {
+      cute::warpgroup_wait<kSub>();  // the previous K tile's groups are done: release its stage
+      if (in_flight >= 0 && leader) sm90::mbar_arrive(empty(in_flight));
+    }
     in_flight = s;
     if (++s == p.stages) s = 0, parity ^= 1;
   };
@@ -367,14 +379,17 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   }
 }
 
-// The compiled (tokens, rows) shapes: 128x64w, 256x64w, 128x128w.
-constexpr bool known_shape(int t, int rows) { return (t == 64 && (rows == 128 || rows == 256)) || (t == 128 && rows == 128); }
+// The compiled (tokens, rows) shapes: 128x64w, 256x64w, 128x128w, 256x128w.
+constexpr bool known_shape(int t, int rows) { return (t == 64 || t == 128) && (rows == 128 || rows == 256); }
 
+template <typename T, int kT, bool kZeros>
+const void* kernel_for_rows(int rows) {
+  return rows == 256 ? reinterpret_cast<const void*>(&mid_m_kernel<T, kT, 2, kZeros>)
+                     : reinterpret_cast<const void*>(&mid_m_kernel<T, kT, 1, kZeros>);
+}
 template <typename T, bool kZeros>
 const void* kernel_for_type(int t, int rows) {
-  if (t == 128) return reinterpret_cast<const void*>(&mid_m_kernel<T, 128, 1, kZeros>);
-  return rows == 256 ? reinterpret_cast<const void*>(&mid_m_kernel<T, 64, 2, kZeros>)
-                     : reinterpret_cast<const void*>(&mid_m_kernel<T, 64, 1, kZeros>);
+  return t == 128 ? kernel_for_rows<T, 128, kZeros>(rows) : kernel_for_rows<T, 64, kZeros>(rows);
 }
 
 const void* kernel_for(ActType act, bool zeros, int t, int rows) {
@@ -401,7 +416,7 @@ EncodeFn encode_fn() {
 }  // namespace
 
 const char* plan_mid_m(int rows, int tokens_per_tile, const MMArgs& a, MidMPlan* plan) {
-  if (!known_shape(tokens_per_tile, rows)) return "mid-M tiles are 128x64, 256x64 and 128x128 (rows x tokens)";
+  if (!known_shape(tokens_per_tile, rows)) return "mid-M tiles are 128 or 256 rows x 64 or 128 tokens";
   if (a.m < 1) return "M must be positive";
   if (a.n % rows || a.k % kTileK) return "mid-M kernel needs N % (tile rows) == 0 and K % 64 == 0";
   if (a.group_size % kTileK || a.k % a.group_size) return "mid-M kernel needs a group size that is a multiple of 64";

@@ -48,9 +48,9 @@ UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 M_SIZES = [1, 7, 16, 33, 64, 128, 257, 1024]
 WGMMA_TILES = ["128x16", "128x32", "128x64", "128x128", "256x128", "256x32", "128x256", "128x128c2"]
 # N alignment: tile N x CTAs per cluster along N (128x256 and 128x128c2 are 2-CTA clusters)
-ALIGN_N = {"256x128": 256, "256x32": 256, "128x256": 256, "128x128c2": 256, "256x64w": 256}
+ALIGN_N = {"256x128": 256, "256x32": 256, "128x256": 256, "128x128c2": 256, "256x64w": 256, "256x128w": 256}
 SMALL_M_TILES = {"64x8": 8, "64x16": 16}  # mma.sync kernel on the same weight: tile -> max tokens
-MID_M_TILES = ["128x64w", "256x64w", "128x128w"]  # our own wgmma mainloop on the same weight, any M
+MID_M_TILES = ["128x64w", "256x64w", "128x128w", "256x128w"]  # our own wgmma mainloop, same weight, any M
 SCHEDULES = (WGMMA_TILES + list(SMALL_M_TILES) + MID_M_TILES if not _why_skip else [])
 
 
