@@ -96,3 +96,35 @@ def test_without_pdl_sets_the_switch_only_while_it_launches(monkeypatch):
         name = "marlin"
     assert our_cols([B]) == ["marlin_us"]
     assert our_cols([B], pdl_ab=True) == ["marlin_us", "marlin_nopdl_us"]
+
+
+def test_forced_schedule_columns_share_one_prepared_weight_per_copy(monkeypatch):
+    """--schedules: each schedule becomes a column machete@<schedule>_us that runs
+    vmp::machete_mm forced to it on the Machete backend's prepared copies (prepared once per
+    copy, also when the plain machete_us column is not asked for)."""
+    prepared, calls = [], []
+
+    class FakeMachete:
+        name = "machete"
+
+        @staticmethod
+        def can_implement(spec, cap):
+            return True, ""
+
+        @staticmethod
+        def prepare(spec, w):
+            prepared.append(w)
+            return {"copy": w}
+
+        @staticmethod
+        def apply(spec, p, x):
+            raise AssertionError("the plain column was not asked for")
+
+    monkeypatch.setattr(bench, "SERVING_BACKENDS", [FakeMachete])
+    monkeypatch.setattr(bench, "device_capability", lambda: 90)
+    monkeypatch.setattr(bench, "forced_mm", lambda x, p, s: calls.append((x, p["copy"], s)) or s)
+    cols = [bench.schedule_col(s) for s in ("128x64w", "256x64w")]
+    impls = bench.implementations(256, 512, ["w0", "w1"], None, cols)
+    assert sorted(impls) == ["machete@128x64w_us", "machete@256x64w_us"] and prepared == ["w0", "w1"]
+    assert [fn("x") for fn in impls["machete@256x64w_us"]] == ["256x64w", "256x64w"]
+    assert calls == [("x", "w0", "256x64w"), ("x", "w1", "256x64w")]

@@ -218,6 +218,11 @@ def schedule_col(schedule: str) -> str:
     return f"machete@{schedule}_us"
 
 
+def forced_mm(x: torch.Tensor, prepared: dict, schedule: str) -> torch.Tensor:
+    """vmp::machete_mm on a MacheteBackend-prepared u4b8 g128 weight, forced to one schedule."""
+    return torch.ops.vmp.machete_mm(x, prepared["w"], prepared["scales"], None, GROUP, schedule, prepared["locks"])
+
+
 def implementations(n: int, k: int, weights: list[CanonicalW4], vk: Optional[VllmKernels],
                     cols: list[str]) -> dict[str, list[Callable]]:
     """Column name -> one callable x -> y per weight copy, for the wanted columns this
@@ -235,9 +240,7 @@ def implementations(n: int, k: int, weights: list[CanonicalW4], vk: Optional[Vll
             if f"{b.name}_nopdl_us" in cols:  # the same kernels launched without PDL
                 impls[f"{b.name}_nopdl_us"] = [without_pdl(fn) for fn in impls[f"{b.name}_us"]]
             for s in forced if b.name == "machete" else []:
-                impls[schedule_col(s)] = [
-                    lambda x, p=p, s=s: torch.ops.vmp.machete_mm(x, p["w"], p["scales"], None, GROUP, s, p["locks"])
-                    for p in prepared]
+                impls[schedule_col(s)] = [lambda x, p=p, s=s: forced_mm(x, p, s) for p in prepared]
     if vk is not None:
         for col, make, ok in (("vllm_marlin_us", vk.marlin, True), ("vllm_machete_us", vk.machete, vk.has_machete),
                               ("vllm_humming_us", vk.humming, vk.has_humming)):
