@@ -295,7 +295,7 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   };
 
   T* y = static_cast<T*>(p.y);
-    // Accumulator value i: column (token) 8 (i / 4) + 2 (lane % 4) + i % 2, row row + 8 ((i / 2) % 2).
+  // Accumulator value i: column (token) 8 (i / 4) + 2 (lane % 4) + i % 2, row row + 8 ((i / 2) % 2).
   auto tok_of = [&](int i) { return 8 * (i / 4) + 2 * (lane % 4) + (i % 2); };
   auto row_of = [&](int j, int i) { return row + 64 * j + 8 * ((i / 2) % 2); };
   auto store_y = [&](int r, int mt) {

@@ -455,7 +455,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "key holds the model's path")
     ap.add_argument("--sample-s", type=float, default=60.0, help="seconds per sample interval")
     ap.add_argument("--max-model-len", type=int, default=8192)
-    ap.add_argument("--gpu-memory-utilization", type=float, default=None, help="per side (default 0.9 / sides)")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=None, help="per side (default 0.9 / sides; 0.9 with --solo)")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--port", type=int, default=8031, help="first side's port; the next sides count up")
     ap.add_argument("--json", help="results file")
