@@ -46,17 +46,19 @@ struct MMArgs {
 // "128x16_split4". Then the two small-M kernels (machete_small_m.cu: mma.sync on the
 // same prepacked weight, M <= 8 / M <= 16, their own stripe-balanced K split, no suffix),
 // and the mid-M kernels (machete_mid_m.cu: our own wgmma mainloop on the same weight,
-// 64 / 128 tokens per tile, any M, their own stripe-balanced K split, no suffix).
+// 64 / 128 tokens per tile, any M, their own stripe-balanced K split, no suffix; the
+// "...wc2" ones run as 2x1x1 clusters along N whose pair shares each activation tile by
+// TMA multicast).
 constexpr int kNumCutlassTiles = 8;
 constexpr int kFirstMidM = 10;
-constexpr int kNumSchedules = 14;
-constexpr const char* kScheduleNames[kNumSchedules] = {"128x16",  "128x32",  "128x64",   "128x128",  "256x128",
-                                                       "256x32",  "128x256", "128x128c2", "64x8",    "64x16",
-                                                       "128x64w", "256x64w", "128x128w",  "256x128w"};
+constexpr int kNumSchedules = 17;
+constexpr const char* kScheduleNames[kNumSchedules] = {
+    "128x16", "128x32",  "128x64",  "128x128",  "256x128",  "256x32",    "128x256",   "128x128c2", "64x8",
+    "64x16",  "128x64w", "256x64w", "128x128w", "256x128w", "256x64wc2", "128x128wc2", "256x128wc2"};
 // Per schedule: tile N (output features), tokens per tile, CTAs per cluster along N.
-constexpr int kTileN[kNumSchedules] = {128, 128, 128, 128, 256, 256, 128, 128, 64, 64, 128, 256, 128, 256};
-constexpr int kTileTokens[kNumSchedules] = {16, 32, 64, 128, 128, 32, 256, 128, 8, 16, 64, 64, 128, 128};
-constexpr int kClusterN[kNumSchedules] = {1, 1, 1, 1, 1, 1, 2, 2, 1, 1, 1, 1, 1, 1};
+constexpr int kTileN[kNumSchedules] = {128, 128, 128, 128, 256, 256, 128, 128, 64, 64, 128, 256, 128, 256, 256, 128, 256};
+constexpr int kTileTokens[kNumSchedules] = {16, 32, 64, 128, 128, 32, 256, 128, 8, 16, 64, 64, 128, 128, 64, 128, 128};
+constexpr int kClusterN[kNumSchedules] = {1, 1, 1, 1, 1, 1, 2, 2, 1, 1, 1, 1, 1, 1, 2, 2, 2};
 constexpr int align_n(int tile) { return kTileN[tile] * kClusterN[tile]; }  // N must be a multiple
 constexpr bool is_small_m(int tile) { return tile >= kNumCutlassTiles && tile < kFirstMidM; }
 constexpr bool is_mid_m(int tile) { return tile >= kFirstMidM; }
@@ -88,7 +90,7 @@ struct SmallMPlan {
   int locks = 0;   // lock slots used
   size_t partial_floats = 0;
 };
-const char* plan_small_m(int rows, int tokens_per_tile, const MMArgs& a, SmallMPlan* plan);
+const char* plan_small_m(int schedule, const MMArgs& a, SmallMPlan* plan);
 const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, float* partials, int* locks,
                         cudaStream_t stream);
 
@@ -96,14 +98,15 @@ const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, fl
 // locks are zero before and after), for any M, 64 or 128 tokens per tile. X rows must
 // be 16-byte aligned (it is read by TMA).
 struct MidMPlan {
-  int rows = 0;    // output features per tile: 128 or 256
-  int tokens = 0;  // 64 or 128 tokens per tile
+  int rows = 0;     // output features per CTA tile: 128 or 256
+  int tokens = 0;   // 64 or 128 tokens per tile
+  int cluster = 1;  // CTAs per cluster along N (1 or 2)
   int stages = 0, smem_bytes = 0;
   int units = 0, stripe = 0, grid = 0;
   int locks = 0;
   size_t partial_floats = 0;
 };
-const char* plan_mid_m(int rows, int tokens_per_tile, const MMArgs& a, MidMPlan* plan);
+const char* plan_mid_m(int schedule, const MMArgs& a, MidMPlan* plan);
 const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float* partials, int* locks,
                       cudaStream_t stream);
 

@@ -131,7 +131,7 @@ void run_own(const mc::Schedule& sched, mc::ActType act, const mc::MMArgs& a, co
              const std::optional<at::Tensor>& locks) {
   const char* op = "vmp::machete_mm";
   Plan plan;
-  const char* err = kPlan(mc::kTileN[sched.tile], mc::kTileTokens[sched.tile], a, &plan);
+  const char* err = kPlan(sched.tile, a, &plan);
   VMP_CHECK(err == nullptr, op, " (schedule ", schedule_name(sched), ", M=", a.m, " N=", a.n, " K=", a.k, "): ",
             err, "; fix: pass None for the built-in heuristic");
   at::Tensor partials = at::empty({int64_t(plan.partial_floats)}, x.options().dtype(at::kFloat));

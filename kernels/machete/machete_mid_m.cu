@@ -1,4 +1,5 @@
-// Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w"): Y[M, N] = X[M, K] . dequant(W)[K, N] on
+// Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w" and the clustered
+// "256x64wc2", "128x128wc2", "256x128wc2"): Y[M, N] = X[M, K] . dequant(W)[K, N] on
 // wgmma, our own mainloop on the SAME prepacked weight as the other schedules
 // (machete_layout.cuh). The transposed problem Y^T = W^T X^T runs as wgmma m64nTk16 with
 // the upconverted weight as the register A operand (the prepack hands each lane its A
@@ -20,11 +21,19 @@
 // and the group row of its scales (and zeros). full[s] completes when the stage's bytes
 // have landed; empty[s] when both warpgroups' wgmmas that read it have completed.
 //
-// Work split: a unit is (output tile, K tile); units run tile-major, token tile outermost,
-// and CTA b takes the contiguous stripe [b*stripe, (b+1)*stripe). A tile whose K range is
-// split over CTAs is finished by the last to arrive: every contributor stores its fp32
-// fragments in its own slot, and the last (per-warp lock) sums the slots in CTA order, so
-// the result is deterministic, and resets the lock (locks are zero before and after).
+// Clusters ("...wc2", kCl = 2): the two CTAs of a cluster take adjacent row tiles of one
+// 2 x rows cluster tile and walk the same units in lockstep, so they read the same X
+// tiles: each CTA's producer loads half of the X tile's token rows and multicasts it to
+// both CTAs, halving the L2 -> SM traffic of X. A stage is refilled only when the
+// consumers of both CTAs have released it (empty[s] counts both CTAs' warpgroups); no CTA
+// exits while its peer may still write into its shared memory (cluster barrier at the end).
+//
+// Work split: a unit is (cluster tile, K tile); units run tile-major, token tile outermost,
+// and cluster b takes the contiguous stripe [b*stripe, (b+1)*stripe). A tile whose K range
+// is split over clusters is finished by the last to arrive: every contributor stores its
+// fp32 fragments in its own slot, and the last (per-warp lock) sums the slots in cluster
+// order, so the result is deterministic, and resets the lock (locks are zero before and
+// after). Each CTA rank of a cluster has its own slots and locks.
 //
 // Dequantization per weight pair: LOP3 to the magic-biased float (fp16 1024 + q, bf16
 // 128 + q), one exact add to q - 8 (u4b8) or q (u4 + zeros), one multiply by the scale
@@ -36,6 +45,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 
 #include <cute/arch/mma_sm90_gmma.hpp>
@@ -76,7 +88,7 @@ __host__ __device__ constexpr int smem_bytes(int t, int sub, int stages) {
 }
 
 struct Params {
-  CUtensorMap x_map;  // X [M, K] (ldx), box 64 k x T tokens, 128-byte swizzle, OOB zeros
+  CUtensorMap x_map;  // X [M, K] (ldx), box 64 k x T / kCl tokens, 128-byte swizzle, OOB zeros
   const unsigned char* w;
   const unsigned char* scales;  // [K/g, N] act dtype
   const unsigned char* zeros;   // [K/g, N] act dtype (-s*z) or nullptr
@@ -84,7 +96,7 @@ struct Params {
   float* partials;
   int* locks;
   int m, n;
-  int row_tiles;     // N / tile rows
+  int row_tiles;     // N / (tile rows * kCl): cluster tiles along N
   int k_tiles;       // K / 64
   int kt_per_group;  // g / 64 (K / 64 for channelwise)
   int units, stripe, stages;
@@ -151,7 +163,7 @@ __device__ __forceinline__ void fence_acc(float (&d)[N / 2]) {
   for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(d[i]);
 }
 
-template <typename T, int kT, int kSub, bool kZeros>
+template <typename T, int kT, int kSub, int kCl, bool kZeros>
 __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const __grid_constant__ Params p) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   constexpr int kRows = tile_rows(kSub), kWBytes = w_bytes(kSub), kGBytes = g_bytes(kSub);
@@ -162,26 +174,28 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   const uint32_t bars = groups + p.stages * 2 * kGBytes;
   auto full = [&](int s) { return bars + 8u * s; };
   auto empty = [&](int s) { return bars + 8u * (kMaxStages + s); };
-  const int u0 = blockIdx.x * p.stripe;
+  const int cl = blockIdx.x / kCl;  // the cluster; blocks kCl cl .. kCl cl + kCl - 1 form it
+  const int rank = kCl > 1 ? static_cast<int>(sm90::cluster_rank()) : 0;
+  const int u0 = cl * p.stripe;
   const int u1 = min(p.units, u0 + p.stripe);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (threadIdx.x == 0) {
     for (int s = 0; s < p.stages; ++s) {
       sm90::mbar_init(full(s), 1);
-      sm90::mbar_init(empty(s), kConsumerWGs);
+      sm90::mbar_init(empty(s), kConsumerWGs * kCl);
     }
     sm90::mbar_fence_init();
   }
-  __syncthreads();
+  if constexpr (kCl > 1) sm90::cluster_sync();  // the peer's barriers exist before any copy
+  else __syncthreads();
   const int kt_n = p.k_tiles;
+  const int cta_row_tiles = p.row_tiles * kCl;  // this CTA's row tile of cluster tile r: kCl r + rank
 
   // ---- producer: one lane walks the stripe's units in order -------------------------
-  if (warp >= kConsumers / 32) {
-    sm90::regs_dec<kProducerRegs>();
-    if (threadIdx.x != kConsumers) return;
+  auto produce = [&] {
     const uint64_t once = sm90::l2_evict_first();
     struct Pos {
-      int kt, r, mt;
+      int kt, r, mt;  // K tile, cluster row tile, token tile
     };
     const int tau0 = u0 / kt_n;
     const Pos start{u0 % kt_n, tau0 % p.row_tiles, tau0 / p.row_tiles};
@@ -191,19 +205,26 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
         if (++q.r == p.row_tiles) q.r = 0, ++q.mt;
       }
     };
-    constexpr uint32_t kTx = kXB + kWBytes + (kZeros ? 2 : 1) * kGBytes;
+    constexpr uint32_t kTx = kXB + kWBytes + (kZeros ? 2 : 1) * kGBytes;  // X: both halves under a cluster
     auto load_w = [&](int s, const Pos& q) {  // weights, scales, zeros: no kernel writes them
       const uint32_t st = base + s * kSB;
       sm90::mbar_arrive_expect_tx(full(s), kTx);
-      const size_t atoms = (static_cast<size_t>(q.kt) * p.row_tiles + q.r) * (kRows / kAtomN);
+      const int rt = q.r * kCl + rank;
+      const size_t atoms = (static_cast<size_t>(q.kt) * cta_row_tiles + rt) * (kRows / kAtomN);
       sm90::bulk_g2s(st + kXB, p.w + atoms * 512, kWBytes, full(s), once);
-      const size_t g = (static_cast<size_t>(q.kt / p.kt_per_group) * p.n + static_cast<size_t>(q.r) * kRows) * 2;
+      const size_t g = (static_cast<size_t>(q.kt / p.kt_per_group) * p.n + static_cast<size_t>(rt) * kRows) * 2;
       const uint32_t gs = groups + s * 2 * kGBytes;
       sm90::bulk_g2s(gs, p.scales + g, kGBytes, full(s), once);
       if constexpr (kZeros) sm90::bulk_g2s(gs + kGBytes, p.zeros + g, kGBytes, full(s), once);
     };
     auto load_x = [&](int s, const Pos& q) {
-      sm90::tma_g2s_2d(base + s * kSB, &p.x_map, q.kt * kTileK, q.mt * kT, full(s));
+      if constexpr (kCl == 1) {
+        sm90::tma_g2s_2d(base + s * kSB, &p.x_map, q.kt * kTileK, q.mt * kT, full(s));
+      } else {  // token rows [rank T / kCl, (rank + 1) T / kCl) of the tile, to every CTA of the cluster
+        constexpr int kPart = kT / kCl;
+        sm90::tma_g2s_2d_multicast(base + s * kSB + rank * kPart * 128, &p.x_map, q.kt * kTileK,
+                                   q.mt * kT + rank * kPart, full(s), (1u << kCl) - 1);
+      }
     };
     const int count = u1 - u0, pre = min(p.stages, count);
     // PDL (launch.h): the first stages' weights go out before pdl_wait(), overlapping the
@@ -222,6 +243,14 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
       load_w(s, q);
       load_x(s, q);
       if (++s == p.stages) s = 0, parity ^= 1;
+    }
+  };
+  if (warp >= kConsumers / 32) {
+    sm90::regs_dec<kProducerRegs>();
+    if (threadIdx.x == kConsumers) produce();
+    if constexpr (kCl > 1) {
+      __syncwarp();
+      sm90::cluster_sync();
     }
     return;
   }
@@ -247,6 +276,14 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   int s = 0;
   uint32_t parity = 0;
   int in_flight = -1;  // stage read by the K tile whose wgmmas may still run
+  // The warpgroup's release of stage st, to the producers of every CTA that fills it.
+  auto release = [&](int st) {
+    if (!leader) return;
+    if constexpr (kCl == 1) sm90::mbar_arrive(empty(st));
+    else
+#pragma unroll
+      for (int c = 0; c < kCl; ++c) sm90::mbar_arrive_cluster(empty(st), c);
+  };
 
   // One K tile into A register set `set`: wait for its stage; per row block j, dequantize
   // and issue its 4 wgmma as one commit group.
@@ -283,12 +320,12 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
         // <= 1 group pending: this block's; block j + 1's registers (last read by the group
         // before) are free, and after block 0 the previous K tile's last group is done.
         cute::warpgroup_wait<1>();
-        if (j == 0 && in_flight >= 0 && leader) sm90::mbar_arrive(empty(in_flight));
+        if (j == 0 && in_flight >= 0) release(in_flight);
       }
     }
     if constexpr (!kSetPerBlock) {
       cute::warpgroup_wait<kSub>();  // the previous K tile's groups are done: release its stage
-      if (in_flight >= 0 && leader) sm90::mbar_arrive(empty(in_flight));
+      if (in_flight >= 0) release(in_flight);
     }
     in_flight = s;
     if (++s == p.stages) s = 0, parity ^= 1;
@@ -308,19 +345,19 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
         if (tok < p.m) yt[static_cast<size_t>(tok_of(i)) * p.n + row_of(j, i)] = from_float<T>(acc[j][i]);
       }
   };
-  // Block b's slot for tile tau: 2b if tau is b's first tile, else 2b + 1 (its last one).
-  // A warp's slot is its fragments in order, float4 j of lane l at 32 j + l (coalesced).
+  // Cluster b's slot for tile tau: 2b if tau is b's first tile, else 2b + 1 (its last one),
+  // one per CTA rank. A warp's slot is its fragments in order, float4 j of lane l at 32 j + l
+  // (coalesced).
   auto slot_of = [&](int b, int tau) {
     const int odd = (b * p.stripe) / kt_n != tau;
-    return reinterpret_cast<float4*>(p.partials +
-                                     static_cast<size_t>((2 * b + odd) * kWarpsPerTile + warp) * kSub * 16 * kT) +
-           lane;
+    const size_t slot = static_cast<size_t>((2 * b + odd) * kCl + rank);
+    return reinterpret_cast<float4*>(p.partials + (slot * kWarpsPerTile + warp) * kSub * 16 * kT) + lane;
   };
 
   for (int u = u0; u < u1;) {
     const int tau = u / kt_n;
     const int seg_end = min(u1, (tau + 1) * kt_n);
-    const int r = tau % p.row_tiles, mt = tau / p.row_tiles;
+    const int r = tau % p.row_tiles * kCl + rank, mt = tau / p.row_tiles;  // this CTA's row tile
     int v = u;
     k_tile(std::integral_constant<int, 0>{}, true);
     ++v;
@@ -332,7 +369,7 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
     cute::warpgroup_wait<0>();
 #pragma unroll
     for (int j = 0; j < kSub; ++j) fence_acc<kT>(acc[j]);
-    if (leader) sm90::mbar_arrive(empty(in_flight));
+    release(in_flight);
     in_flight = -1;
 
     const int first_b = (tau * kt_n) / p.stripe, last_b = (tau * kt_n + kt_n - 1) / p.stripe;
@@ -341,7 +378,7 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
       store_y(r, mt);
       continue;
     }
-    float4* mine = slot_of(blockIdx.x, tau);
+    float4* mine = slot_of(cl, tau);
     // float4 q = (j, i4) of lane: acc[j][4 i4 .. 4 i4 + 3], q = j kT / 8 + i4.
 #pragma unroll
     for (int j = 0; j < kSub; ++j)
@@ -351,7 +388,7 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
                make_float4(acc[j][4 * i4], acc[j][4 * i4 + 1], acc[j][4 * i4 + 2], acc[j][4 * i4 + 3]));
     __threadfence();
     __syncwarp();
-    int* lock = p.locks + first_b * kWarpsPerTile + warp;
+    int* lock = p.locks + (first_b * kCl + rank) * kWarpsPerTile + warp;
     int last = 0;
     if (lane == 0) last = atomicAdd(lock, 1) == last_b - first_b;
     if (!__shfl_sync(0xffffffffu, last, 0)) continue;
@@ -377,24 +414,71 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
     __syncwarp();
     if (lane == 0) *lock = 0;  // every contributor has arrived
   }
+  if constexpr (kCl > 1) sm90::cluster_sync();  // the peer has received its last multicast
 }
 
-// The compiled (tokens, rows) shapes: 128x64w, 256x64w, 128x128w, 256x128w.
-constexpr bool known_shape(int t, int rows) { return (t == 64 || t == 128) && (rows == 128 || rows == 256); }
+// The compiled shapes (tokens, rows, cluster): every mid-M schedule of machete.h.
+constexpr bool known_shape(int t, int rows, int cl) {
+  return cl == 1 ? (t == 64 || t == 128) && (rows == 128 || rows == 256)
+                 : cl == 2 && ((t == 64 && rows == 256) || (t == 128 && (rows == 128 || rows == 256)));
+}
+static_assert([] {
+  for (int i = kFirstMidM; i < kNumSchedules; ++i)
+    if (!known_shape(kTileTokens[i], kTileN[i], kClusterN[i])) return false;
+  return true;
+}(), "a mid-M schedule of machete.h has no kernel here");
 
-template <typename T, int kT, bool kZeros>
-const void* kernel_for_rows(int rows) {
-  return rows == 256 ? reinterpret_cast<const void*>(&mid_m_kernel<T, kT, 2, kZeros>)
-                     : reinterpret_cast<const void*>(&mid_m_kernel<T, kT, 1, kZeros>);
+template <typename T, bool kZeros, int kT, int kRows, int kCl>
+const void* kernel_ptr() {
+  return reinterpret_cast<const void*>(&mid_m_kernel<T, kT, kRows / tile_rows(1), kCl, kZeros>);
 }
 template <typename T, bool kZeros>
-const void* kernel_for_type(int t, int rows) {
-  return t == 128 ? kernel_for_rows<T, 128, kZeros>(rows) : kernel_for_rows<T, 64, kZeros>(rows);
+const void* kernel_for_type(int t, int rows, int cl) {
+  if (cl == 2)
+    return t == 64 ? kernel_ptr<T, kZeros, 64, 256, 2>()
+                   : rows == 256 ? kernel_ptr<T, kZeros, 128, 256, 2>() : kernel_ptr<T, kZeros, 128, 128, 2>();
+  if (t == 64) return rows == 256 ? kernel_ptr<T, kZeros, 64, 256, 1>() : kernel_ptr<T, kZeros, 64, 128, 1>();
+  return rows == 256 ? kernel_ptr<T, kZeros, 128, 256, 1>() : kernel_ptr<T, kZeros, 128, 128, 1>();
 }
 
-const void* kernel_for(ActType act, bool zeros, int t, int rows) {
-  if (act == kF16) return zeros ? kernel_for_type<half, true>(t, rows) : kernel_for_type<half, false>(t, rows);
-  return zeros ? kernel_for_type<__nv_bfloat16, true>(t, rows) : kernel_for_type<__nv_bfloat16, false>(t, rows);
+const void* kernel_for(ActType act, bool zeros, const MidMPlan& plan) {
+  const int t = plan.tokens, rows = plan.rows, cl = plan.cluster;
+  if (act == kF16) return zeros ? kernel_for_type<half, true>(t, rows, cl) : kernel_for_type<half, false>(t, rows, cl);
+  return zeros ? kernel_for_type<__nv_bfloat16, true>(t, rows, cl)
+               : kernel_for_type<__nv_bfloat16, false>(t, rows, cl);
+}
+
+// Clusters of `plan.cluster` CTAs that can be resident at once (a GPC holds whole clusters
+// only), asked once per device and shape; the four type variants share block size, shared
+// memory and register budget, so the fp16 u4b8 kernel stands for them.
+const char* resident_clusters(const MidMPlan& plan, int device, int* clusters) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, int, int, int, int>, int> known;
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(device, plan.tokens, plan.rows, plan.cluster, plan.smem_bytes);
+  auto it = known.find(key);
+  if (it == known.end()) {
+    const void* fn = kernel_for(kF16, false, plan);
+    if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes) != cudaSuccess)
+      return "cudaFuncSetAttribute (dynamic shared memory) failed for the mid-M kernel";
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(plan.cluster);
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = plan.smem_bytes;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = plan.cluster;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, fn, &cfg) != cudaSuccess || n < 1)
+      return "no cluster of the mid-M kernel fits on this GPU (cudaOccupancyMaxActiveClusters)";
+    it = known.emplace(key, n).first;
+  }
+  *clusters = it->second;
+  return nullptr;
 }
 
 // cuTensorMapEncodeTiled through the runtime's driver entry point (no -lcuda).
@@ -415,10 +499,11 @@ EncodeFn encode_fn() {
 
 }  // namespace
 
-const char* plan_mid_m(int rows, int tokens_per_tile, const MMArgs& a, MidMPlan* plan) {
-  if (!known_shape(tokens_per_tile, rows)) return "mid-M tiles are 128 or 256 rows x 64 or 128 tokens";
+const char* plan_mid_m(int schedule, const MMArgs& a, MidMPlan* plan) {
+  if (!is_mid_m(schedule)) return "not a mid-M schedule";
+  const int rows = kTileN[schedule], tokens_per_tile = kTileTokens[schedule], cl = kClusterN[schedule];
   if (a.m < 1) return "M must be positive";
-  if (a.n % rows || a.k % kTileK) return "mid-M kernel needs N % (tile rows) == 0 and K % 64 == 0";
+  if (a.n % (rows * cl) || a.k % kTileK) return "mid-M kernel needs N % (tile rows x cluster) == 0 and K % 64 == 0";
   if (a.group_size % kTileK || a.k % a.group_size) return "mid-M kernel needs a group size that is a multiple of 64";
   if (a.ldx % 8 || reinterpret_cast<uintptr_t>(a.x) % 16) return "mid-M kernel needs 16-byte aligned X rows (TMA)";
   const int t = tokens_per_tile, sub = rows / tile_rows(1), per_sm = ctas_per_sm(t);
@@ -429,15 +514,20 @@ const char* plan_mid_m(int rows, int tokens_per_tile, const MMArgs& a, MidMPlan*
   if (stages < 3) return "too little shared memory per SM for the mid-M pipeline";
   plan->rows = rows;
   plan->tokens = t;
+  plan->cluster = cl;
   plan->stages = stages;
   plan->smem_bytes = smem_bytes(t, sub, stages);
-  const long long tiles = static_cast<long long>(a.n / rows) * ((a.m + t - 1) / t);
+  // Units of cluster tiles (cl x rows output features); stripes over the resident clusters.
+  const long long tiles = static_cast<long long>(a.n / (rows * cl)) * ((a.m + t - 1) / t);
   const long long units = tiles * (a.k / kTileK);
   if (units > (1LL << 30)) return "problem too large for the mid-M kernel's unit index";
-  const Stripes sp = split_stripes(units, static_cast<long long>(a.sm_count) * per_sm);
+  int clusters = a.sm_count * per_sm;
+  if (cl > 1)
+    if (const char* err = resident_clusters(*plan, a.device, &clusters)) return err;
+  const Stripes sp = split_stripes(units, clusters);
   plan->units = static_cast<int>(units);
   plan->stripe = sp.stripe;
-  plan->grid = sp.grid;
+  plan->grid = sp.grid * cl;
   plan->partial_floats = static_cast<size_t>(plan->grid) * 2 * rows * t;
   plan->locks = plan->grid * kWarpsPerTile;
   return nullptr;
@@ -450,7 +540,7 @@ const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float*
   Params p;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(a.k), static_cast<cuuint64_t>(a.m)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.ldx) * 2};
-  const cuuint32_t box[2] = {kTileK, static_cast<cuuint32_t>(plan.tokens)};
+  const cuuint32_t box[2] = {kTileK, static_cast<cuuint32_t>(plan.tokens / plan.cluster)};  // a CTA's share
   const cuuint32_t elem_strides[2] = {1, 1};
   if (encode(&p.x_map, act == kF16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
              const_cast<void*>(a.x), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
@@ -465,18 +555,18 @@ const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float*
   p.locks = locks;
   p.m = a.m;
   p.n = a.n;
-  p.row_tiles = a.n / plan.rows;
+  p.row_tiles = a.n / (plan.rows * plan.cluster);
   p.k_tiles = a.k / kTileK;
   p.kt_per_group = a.group_size / kTileK;
   p.units = plan.units;
   p.stripe = plan.stripe;
   p.stages = plan.stages;
-  const void* fn = kernel_for(act, a.zeros != nullptr, plan.tokens, plan.rows);
+  const void* fn = kernel_for(act, a.zeros != nullptr, plan);
   if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes) != cudaSuccess)
     return "cudaFuncSetAttribute (dynamic shared memory) failed for the mid-M kernel";
   void* args[] = {&p};
   if (launch_kernel(fn, dim3(plan.grid), dim3(kThreads), args, static_cast<size_t>(plan.smem_bytes), stream,
-                    kernel_has_pdl(fn)) != cudaSuccess)
+                    kernel_has_pdl(fn), static_cast<unsigned>(plan.cluster)) != cudaSuccess)
     return "mid-M kernel launch failed";
   return nullptr;
 }

@@ -465,7 +465,9 @@ const void* kernel_for(ActType act, bool zeros, int t) {
 
 }  // namespace
 
-const char* plan_small_m(int rows, int tokens_per_tile, const MMArgs& a, SmallMPlan* plan) {
+const char* plan_small_m(int schedule, const MMArgs& a, SmallMPlan* plan) {
+  if (!is_small_m(schedule)) return "not a small-M schedule";
+  const int rows = kTileN[schedule], tokens_per_tile = kTileTokens[schedule];
   if (rows != kRows || (tokens_per_tile != 8 && tokens_per_tile != 16)) return "small-M tiles are 64x8 and 64x16";
   if (a.m < 1 || a.m > tokens_per_tile) return "M exceeds the small-M tile's token count";
   if (a.n % kRows || a.k % kStageK) return "small-M kernel needs N % 64 == 0 and K % 64 == 0";

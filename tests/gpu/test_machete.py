@@ -47,10 +47,13 @@ DTYPES = [torch.float16, torch.bfloat16]
 UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 M_SIZES = [1, 7, 16, 33, 64, 128, 257, 1024]
 WGMMA_TILES = ["128x16", "128x32", "128x64", "128x128", "256x128", "256x32", "128x256", "128x128c2"]
-# N alignment: tile N x CTAs per cluster along N (128x256 and 128x128c2 are 2-CTA clusters)
-ALIGN_N = {"256x128": 256, "256x32": 256, "128x256": 256, "128x128c2": 256, "256x64w": 256, "256x128w": 256}
+# N alignment: tile N x CTAs per cluster along N (128x256, 128x128c2 and the "...wc2" tiles are
+# 2-CTA clusters)
+ALIGN_N = {"256x128": 256, "256x32": 256, "128x256": 256, "128x128c2": 256, "256x64w": 256, "256x128w": 256,
+           "256x64wc2": 512, "128x128wc2": 256, "256x128wc2": 512}
 SMALL_M_TILES = {"64x8": 8, "64x16": 16}  # mma.sync kernel on the same weight: tile -> max tokens
-MID_M_TILES = ["128x64w", "256x64w", "128x128w", "256x128w"]  # our own wgmma mainloop, same weight, any M
+# our own wgmma mainloop, same weight, any M; "...wc2": 2-CTA clusters sharing X by TMA multicast
+MID_M_TILES = ["128x64w", "256x64w", "128x128w", "256x128w", "256x64wc2", "128x128wc2", "256x128wc2"]
 SCHEDULES = (WGMMA_TILES + list(SMALL_M_TILES) + MID_M_TILES if not _why_skip else [])
 
 
@@ -136,7 +139,7 @@ def test_mm_every_schedule(dtype, zero_points, group, m):
     prepared = MacheteBackend.prepare(spec_for(w, dtype), w)
     x = torch.randn(m, k, dtype=dtype, device=DEV)
     for schedule in SCHEDULES + [None]:
-        if not fits(schedule, m):
+        if not fits(schedule, m) or (schedule is not None and n % ALIGN_N.get(schedule, 128)):
             continue
         poison_cache(m, n, dtype)
         assert_close(run_mm(x, prepared, group, schedule), x, w)
@@ -219,9 +222,14 @@ def test_bad_inputs_have_clear_errors():
         run_mm(x, p, 32)
     w384 = make_weight(k, 384, 128, False, dtype)
     p384 = MacheteBackend.prepare(spec_for(w384, dtype), w384)
-    for tile in ("128x256", "256x32", "128x128c2", "256x64w"):
+    for tile in ("128x256", "256x32", "128x128c2", "256x64w", "128x128wc2"):
         with pytest.raises(RuntimeError, match=f"schedule {tile} needs N % 256 == 0, got N=384"):
             run_mm(x, p384, 128, tile)
+    w768 = make_weight(k, 768, 128, False, dtype)
+    p768 = MacheteBackend.prepare(spec_for(w768, dtype), w768)
+    for tile in ("256x64wc2", "256x128wc2"):
+        with pytest.raises(RuntimeError, match=f"schedule {tile} needs N % 512 == 0, got N=768"):
+            run_mm(x, p768, 128, tile)
     with pytest.raises(RuntimeError, match="multiple of 128"):
         torch.ops.vmp.machete_prepack(torch.zeros(64, 96, dtype=torch.uint8, device=DEV), False)
 
@@ -268,7 +276,7 @@ def test_cuda_graph_capture_replay(dtype):
 
 def test_forced_schedule(monkeypatch):
     dtype = torch.bfloat16
-    w = make_weight(512, 256, 64, True, dtype)
+    w = make_weight(512, 512, 64, True, dtype)  # N = 512: every schedule's alignment
     spec = spec_for(w, dtype)
     p = MacheteBackend.prepare(spec, w)
     x = torch.randn(5, 512, dtype=dtype, device=DEV)
@@ -309,7 +317,7 @@ def test_backend_selected_first_on_hopper():
 @pytest.mark.parametrize("zero_points", [False, True])
 def test_opcheck(zero_points):
     dtype = torch.float16
-    k, n = 256, 256
+    k, n = 256, 512  # N = 512: every schedule's alignment
     codes = torch.randint(0, 16, (k, n), dtype=torch.uint8, device=DEV)
     torch.library.opcheck(torch.ops.vmp.machete_prepack.default, (codes, zero_points))
     w = make_weight(k, n, 64, zero_points, dtype)
@@ -404,10 +412,12 @@ def test_small_m_is_at_least_as_exact_as_wgmma(dtype, zero_points):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_mid_m_shapes(dtype, zero_points, group, schedule):
     """Shapes that stress the mid-M split: one tile's K spread over every CTA (N=128,
-    K=8192), many tiles per CTA (N=8192, K=256), stripes that cut tiles at odd K tiles
-    (K=1600, N=384); M below, at and across the token tile (rows past M arrive as TMA
-    zeros and are not stored); the caller's locks end at zero."""
-    for k, n in [(576, 256), (8192, 128), (8192, 256), (256, 8192), (1600, 384), (1600, 768)]:
+    K=8192; a single cluster tile for the 512-row clusters at N=512), many tiles per CTA
+    (N=8192, K=256), stripes that cut tiles at odd K tiles (K=1600, N=384, 1536); M below,
+    at and across the token tile (rows past M arrive as TMA zeros and are not stored; under
+    a cluster each CTA multicasts half the token rows); the caller's locks end at zero."""
+    for k, n in [(576, 256), (8192, 128), (8192, 256), (8192, 512), (256, 8192), (1600, 384), (1600, 768),
+                 (1600, 1536)]:
         if (group != -1 and k % group) or n % ALIGN_N.get(schedule, 128):
             continue
         w = make_weight(k, n, group, zero_points, dtype)
