@@ -1,8 +1,27 @@
 // Default schedule (vmp::machete_mm with schedule=None). The table and the H100
 // measurements it came from: docs/machete_heuristic.md.
+#include <algorithm>
+
 #include "machete.h"
+#include "machete_tile.h"
 
 namespace vmp::machete {
+
+// Schedule indices (machete.h's tables) by name.
+constexpr int kT128x128 = tile_index("128x128");
+constexpr int kT128x128c2 = tile_index("128x128c2");
+constexpr int kT128x256 = tile_index("128x256");
+constexpr int kT128x32 = tile_index("128x32");
+constexpr int kT128x64 = tile_index("128x64");
+constexpr int kT256x128 = tile_index("256x128");
+constexpr int kT256x128w = tile_index("256x128w");
+constexpr int kT256x32 = tile_index("256x32");
+constexpr int kT256x64w = tile_index("256x64w");
+constexpr int kT64x16 = tile_index("64x16");
+constexpr int kT64x8 = tile_index("64x8");
+static_assert(std::max({kT128x128, kT128x128c2, kT128x256, kT128x32, kT128x64, kT256x128, kT256x128w, kT256x32,
+                        kT256x64w, kT64x16, kT64x8}) < kNumSchedules,
+              "a schedule named here is missing from machete.h");
 
 Schedule choose_schedule(int m, int n, int k, int sm_count) {
   const int64_t weights = int64_t(n) * k;
@@ -10,11 +29,11 @@ Schedule choose_schedule(int m, int n, int k, int sm_count) {
   const bool big = weights > (int64_t(64) << 20);  // above o_proj's 8192x8192
   Schedule s;
   if (m <= 16) {  // the small-M mma.sync kernel: 64x8 up to 8 tokens, 64x16 up to 16
-    s.tile = m <= 8 ? kNumCutlassTiles : kNumCutlassTiles + 1;
+    s.tile = m <= 8 ? kT64x8 : kT64x16;
     return s;
   }
   if (m <= 32 && wide_n && big) {  // 256x32, always Stream-K (gate_up's 224 tiles: -9% vs auto)
-    s.tile = 5;
+    s.tile = kT256x32;
     s.decomposition = kStreamK;
     return s;
   }
@@ -22,26 +41,34 @@ Schedule choose_schedule(int m, int n, int k, int sm_count) {
     // 256x64w, our own wgmma mainloop (machete_mid_m.cu): H200, 64 tokens, every Llama-70B
     // layer faster than 128x64 (4 layers 239.0 vs 291.6 us, Humming 263.1); its K split is
     // its own (no suffix). Not measured below o_proj's 64 Mi weights: those keep 128x64.
-    s.tile = 11;
+    s.tile = kT256x64w;
+    return s;
+  }
+  if (m > 64 && wide_n && weights > (int64_t(128) << 20) && (m <= 256 || (m <= 512 && n >= 32768))) {
+    // 256x128w (machete_mid_m.cu): H200, one run with the peers (midm-h200-2026-12-03-v4):
+    // gate_up 182.6 / 352.6 / 672.9 us at 128 / 256 / 512 tokens against the CUTLASS picks'
+    // 203.6 / 375.0 / 738.5; down 101.3 / 176.7 against 103.2 / 180.5, but 344.3 against
+    // 324.8 at 512 (hence the N >= 32768 bound there). Slower on qkv and o_proj (<= 80 Mi).
+    s.tile = kT256x128w;
     return s;
   }
   if (m <= 32) {
-    s.tile = 1;  // 128x32
+    s.tile = kT128x32;
   } else if (m <= 64) {
-    s.tile = 2;  // 128x64
+    s.tile = kT128x64;
   } else if (m <= 128) {
     // 128x128c2: the CTA pair's multicast keeps 65..80 tokens as fast as 96..128
     // (128x128 alone: +15% at 65); Stream-K on every layer.
     if (wide_n) {
-      s.tile = 7;
+      s.tile = kT128x128c2;
       s.decomposition = kStreamK;
       return s;
     }
-    s.tile = 3;  // 128x128
+    s.tile = kT128x128;
   } else if (m <= 256) {
-    s.tile = (wide_n && weights > (int64_t(128) << 20)) ? 4 : 3;  // 256x128 only on large layers
+    s.tile = kT128x128;  // large layers took 256x128w above
   } else {
-    s.tile = !wide_n ? 3 : big ? 6 : 4;  // 128x256 (2x1 cluster) on the big layers, else 256x128
+    s.tile = !wide_n ? kT128x128 : big ? kT128x256 : kT256x128;  // 128x256: 2x1 cluster
   }
   // Up to 128 tokens with fewer output tiles than SMs, CUTLASS's own decomposition
   // heuristic leaves SMs idle (qkv: 80 tiles on 132 SMs); forced Stream-K spreads the
