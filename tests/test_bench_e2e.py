@@ -218,3 +218,29 @@ def test_decode_breakdown_rows(tmp_path, capsys):
     e2e.main(["--report", str(f)])
     out = capsys.readouterr().out
     assert "| batch-1 decode step: w4a16 GEMM kernels (µs) | 20000 | - |" in out
+
+
+def test_decode_step_breakdown_per_name():
+    """Per decode step: the 1-token run (prefill, first sampling) is subtracted from the
+    1 + T token run and divided by T, per kernel name; categories sum those; the top list
+    is ordered by time and cut to its length."""
+    short = {"void vmp::machete::mid_m_kernel<...>": 100.0, "void flash::fwd<...>": 50.0}
+    long = {"void vmp::machete::mid_m_kernel<...>": 900.0, "void flash::fwd<...>": 450.0,
+            "void vllm::rms_norm_kernel<c10::Half>(...)": 80.0}
+    step = e2e.per_step(short, long, 4)
+    assert step == {"void flash::fwd<...>": 100.0, "void vllm::rms_norm_kernel<c10::Half>(...)": 20.0,
+                    "void vmp::machete::mid_m_kernel<...>": 200.0}
+    assert e2e.by_category(step) == {"attention": 100.0, "other": 20.0, "w4a16 GEMM": 200.0}
+    assert list(e2e.top_kernels(step, 2)) == ["void vmp::machete::mid_m_kernel<...>", "void flash::fwd<...>"]
+    assert all(len(k) <= 120 for k in e2e.top_kernels({"x" * 300: 1.0}))
+
+
+def test_batch64_breakdown_rows(tmp_path, capsys):
+    result = _result()
+    result["sides"]["machete"]["decode_b64_kernel_us"] = {"w4a16 GEMM": 18800.0, "other": 1200.0}
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(result))
+    e2e.main(["--report", str(f)])
+    out = capsys.readouterr().out
+    assert "| batch-64 decode step: w4a16 GEMM kernels (µs) | 18800 | - |" in out
+    assert "| batch-64 decode step: other kernels (µs) | 1200 | - |" in out

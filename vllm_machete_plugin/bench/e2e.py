@@ -41,6 +41,8 @@ from . import serving, startup
 from .serving import SIDES
 
 TPOT_BATCHES = (1, 16, 64, 256)
+BREAKDOWN_BATCHES = (1, 64)  # decode steps whose kernel time is broken down (decode_b<B>_kernel_us)
+TOP_KERNELS = 12             # kernels named per breakdown (decode_b<B>_top_kernels_us)
 RATES = ("1", "2", "4", "8", "inf")
 SERVE_INPUT_LEN, SERVE_OUTPUT_LEN = 1024, 128  # tokens per request in the serving sweep
 LLAMA_70B = {
@@ -147,16 +149,32 @@ def kernel_category(name: str) -> str:
 
 
 def _kernel_us(llm, prompts, params) -> dict[str, float]:
-    """GPU kernel time by category (µs) of one llm.generate call, CUDA-graph kernels included."""
+    """GPU kernel time by kernel name (µs) of one llm.generate call, CUDA-graph kernels included."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         llm.generate(prompts, params, use_tqdm=False)
     out: dict[str, float] = {}
     for e in prof.events():
         if e.device_type.name == "CUDA":
-            cat = kernel_category(e.name)
-            out[cat] = out.get(cat, 0.0) + e.device_time_total
+            out[e.name] = out.get(e.name, 0.0) + e.device_time_total
     return out
+
+
+def per_step(short: dict[str, float], long: dict[str, float], steps: int) -> dict[str, float]:
+    """Kernel µs per decode step by name: (run with 1 + steps tokens) - (run with 1 token), / steps."""
+    return {k: (long.get(k, 0.0) - short.get(k, 0.0)) / steps for k in sorted(set(short) | set(long))}
+
+
+def by_category(step: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, us in step.items():
+        out[kernel_category(name)] = out.get(kernel_category(name), 0.0) + us
+    return out
+
+
+def top_kernels(step: dict[str, float], n: int = TOP_KERNELS) -> dict[str, float]:
+    """The n kernels with the most time per step, names cut to 120 characters."""
+    return {name[:120]: us for name, us in sorted(step.items(), key=lambda kv: -kv[1])[:n]}
 
 
 def _timed(llm, prompts, params) -> float:
@@ -212,12 +230,15 @@ def run_worker(side: str, model: str, args) -> dict:
         long = statistics.median(_timed(llm, p, params(1 + args.tpot_tokens)) for _ in range(args.reps))
         record["tpot_ms"][str(b)] = 1e3 * (long - short) / args.tpot_tokens
         print(f"[e2e] {side}: TPOT batch {b} = {record['tpot_ms'][str(b)]:.2f} ms", flush=True)
-    # Where a batch-1 decode step goes: kernel time by category, prefill removed.
-    p = prompts(1, args.tpot_input)
-    short, long = _kernel_us(llm, p, params(1)), _kernel_us(llm, p, params(1 + args.tpot_tokens))
-    record["decode_b1_kernel_us"] = {c: (long.get(c, 0.0) - short.get(c, 0.0)) / args.tpot_tokens
-                                     for c in sorted(set(short) | set(long))}
-    print(f"[e2e] {side}: batch-1 decode step, kernel µs: {record['decode_b1_kernel_us']}", flush=True)
+    # Where a decode step goes: kernel time by category and the top kernels, prefill removed.
+    for b in BREAKDOWN_BATCHES:
+        p = prompts(b, args.tpot_input)
+        step = per_step(_kernel_us(llm, p, params(1)), _kernel_us(llm, p, params(1 + args.tpot_tokens)),
+                        args.tpot_tokens)
+        record[f"decode_b{b}_kernel_us"] = by_category(step)
+        record[f"decode_b{b}_top_kernels_us"] = top_kernels(step)
+        print(f"[e2e] {side}: batch-{b} decode step, kernel µs: {record[f'decode_b{b}_kernel_us']}; top: "
+              f"{record[f'decode_b{b}_top_kernels_us']}", flush=True)
     # Offline throughput.
     n, inp, out = args.throughput_requests, 1024, 256
     t = _timed(llm, prompts(n, inp), params(out))
@@ -275,10 +296,10 @@ def markdown(result: dict) -> str:
         if label.startswith("start: ") and all(get(s, *keys) is None for s in sides):
             continue  # results from before the startup phases were recorded
         rows.append((label, [_fmt(fmt, get(s, *keys)) for s in sides]))
-    cats = sorted({c for s in sides for c in (get(s, "decode_b1_kernel_us") or {})})
-    for c in cats:
-        rows.append((f"batch-1 decode step: {c} kernels (µs)",
-                     [_fmt("{:.0f}", get(s, "decode_b1_kernel_us", c)) for s in sides]))
+    for b in BREAKDOWN_BATCHES:
+        key = f"decode_b{b}_kernel_us"
+        for c in sorted({c for s in sides for c in (get(s, key) or {})}):
+            rows.append((f"batch-{b} decode step: {c} kernels (µs)", [_fmt("{:.0f}", get(s, key, c)) for s in sides]))
     for b in TPOT_BATCHES:
         rows.append((f"TPOT batch {b} (ms)", [_fmt("{:.2f}", get(s, "tpot_ms", str(b))) for s in sides]))
     rows.append(("offline throughput, output tok/s", [_fmt("{:.0f}", get(s, "throughput", "output_tok_s")) for s in sides]))
