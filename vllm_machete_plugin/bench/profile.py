@@ -6,8 +6,8 @@ NVTX range named "<column>/<layer>/M<m>", after an untimed warm-up of everything
   ncu --clock-control none --profile-from-start off --nvtx --set full -o rep \
       python -m vllm_machete_plugin.bench profile --columns machete,vllm_machete --m 64,128
 
-The columns are those of `bench kernels` (ours: marlin, machete; vLLM's: vllm_marlin,
-vllm_machete, vllm_humming), on the same data: u4b8 g128 fp16, one weight copy per
+The columns are those of `bench kernels` (ours: marlin, machete, and machete@<schedule> for
+one forced Machete schedule; vLLM's: vllm_marlin, vllm_machete, vllm_humming), on the same data: u4b8 g128 fp16, one weight copy per
 layer (the L2 is flushed between calls by ncu's default cache control).
 """
 from __future__ import annotations
