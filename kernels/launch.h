@@ -41,8 +41,18 @@ inline bool kernel_has_pdl(const void* fn) {
   return it->second;
 }
 
-// cluster > 1: blocks x, x+1, .., x+cluster-1 (x % cluster == 0) form one thread-block
-// cluster; grid.x must be a multiple of it.
+// The launch attribute that makes blocks x, x+1, .., x+cluster-1 (x % cluster == 0) one
+// thread-block cluster; grid.x must be a multiple of `cluster`.
+inline cudaLaunchAttribute cluster_attribute(unsigned cluster) {
+  cudaLaunchAttribute attr = {};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = cluster;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  return attr;
+}
+
+// cluster > 1: launched as clusters of that many blocks (cluster_attribute).
 inline cudaError_t launch_kernel(const void* fn, dim3 grid, dim3 block, void** args, size_t smem,
                                  cudaStream_t stream, bool pdl, unsigned cluster = 1) {
   cudaLaunchConfig_t cfg = {};
@@ -56,12 +66,7 @@ inline cudaError_t launch_kernel(const void* fn, dim3 grid, dim3 block, void** a
     attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[n++].val.programmaticStreamSerializationAllowed = 1;
   }
-  if (cluster > 1) {
-    attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n].val.clusterDim.x = cluster;
-    attr[n].val.clusterDim.y = 1;
-    attr[n++].val.clusterDim.z = 1;
-  }
+  if (cluster > 1) attr[n++] = cluster_attribute(cluster);
   cfg.attrs = attr;
   cfg.numAttrs = n;
   return cudaLaunchKernelExC(&cfg, fn, args);

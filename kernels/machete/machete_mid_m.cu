@@ -448,6 +448,13 @@ const void* kernel_for(ActType act, bool zeros, const MidMPlan& plan) {
                : kernel_for_type<__nv_bfloat16, false>(t, rows, cl);
 }
 
+// Lets fn's blocks use `bytes` of dynamic shared memory (above the 48 KB default).
+const char* allow_smem(const void* fn, int bytes) {
+  return cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess
+             ? nullptr
+             : "cudaFuncSetAttribute (dynamic shared memory) failed for the mid-M kernel";
+}
+
 // Clusters of `plan.cluster` CTAs that can be resident at once (a GPC holds whole clusters
 // only), asked once per device and shape; the four type variants share block size, shared
 // memory and register budget, so the fp16 u4b8 kernel stands for them.
@@ -459,17 +466,12 @@ const char* resident_clusters(const MidMPlan& plan, int device, int* clusters) {
   auto it = known.find(key);
   if (it == known.end()) {
     const void* fn = kernel_for(kF16, false, plan);
-    if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes) != cudaSuccess)
-      return "cudaFuncSetAttribute (dynamic shared memory) failed for the mid-M kernel";
+    if (const char* err = allow_smem(fn, plan.smem_bytes)) return err;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(plan.cluster);
     cfg.blockDim = dim3(kThreads);
     cfg.dynamicSmemBytes = plan.smem_bytes;
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = plan.cluster;
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
+    cudaLaunchAttribute attr = cluster_attribute(static_cast<unsigned>(plan.cluster));
     cfg.attrs = &attr;
     cfg.numAttrs = 1;
     int n = 0;
@@ -562,8 +564,7 @@ const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float*
   p.stripe = plan.stripe;
   p.stages = plan.stages;
   const void* fn = kernel_for(act, a.zeros != nullptr, plan);
-  if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes) != cudaSuccess)
-    return "cudaFuncSetAttribute (dynamic shared memory) failed for the mid-M kernel";
+  if (const char* err = allow_smem(fn, plan.smem_bytes)) return err;
   void* args[] = {&p};
   if (launch_kernel(fn, dim3(plan.grid), dim3(kThreads), args, static_cast<size_t>(plan.smem_bytes), stream,
                     kernel_has_pdl(fn), static_cast<unsigned>(plan.cluster)) != cudaSuccess)

@@ -168,7 +168,8 @@ def per_step(short: dict[str, float], long: dict[str, float], steps: int) -> dic
 def by_category(step: dict[str, float]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, us in step.items():
-        out[kernel_category(name)] = out.get(kernel_category(name), 0.0) + us
+        cat = kernel_category(name)
+        out[cat] = out.get(cat, 0.0) + us
     return out
 
 
