@@ -1,5 +1,6 @@
-// Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w" and the clustered
-// "256x64wc2", "128x128wc2", "256x128wc2"): Y[M, N] = X[M, K] . dequant(W)[K, N] on
+// Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w", the clustered
+// "256x64wc2", "128x128wc2", "256x128wc2", and "256x64w4", "256x128w4" with four consumer
+// warpgroups): Y[M, N] = X[M, K] . dequant(W)[K, N] on
 // wgmma, our own mainloop on the SAME prepacked weight as the other schedules
 // (machete_layout.cuh). The transposed problem Y^T = W^T X^T runs as wgmma m64nTk16 with
 // the upconverted weight as the register A operand (the prepack hands each lane its A
@@ -14,8 +15,9 @@
 //
 // CTA: consumer warpgroups 0 and 1 take the first and second half of a 128-row tile (one
 // m64 row block each) or of a 256-row tile (two each: X is read from L2 once per 256 weight
-// rows instead of 128); warpgroup 2 is the producer (one lane; setmaxnreg moves its
-// registers to the consumers). A pipeline stage holds, for one 64-deep K tile: the X tile
+// rows instead of 128); the "...w4" tiles split a 256-row tile over four consumer warpgroups
+// (one row block each, twice the warps per SM to hide latency); the last warpgroup is the
+// producer (one lane; setmaxnreg moves its registers to the consumers). A pipeline stage holds, for one 64-deep K tile: the X tile
 // (T token rows x 128 bytes, TMA with the 128-byte swizzle; rows >= M arrive as zeros),
 // the tile's weight atoms (4 or 8 KB, contiguous in the prepacked layout: one bulk copy),
 // and the group row of its scales (and zeros). full[s] completes when the stage's bytes
@@ -62,29 +64,31 @@
 namespace vmp::machete {
 namespace {
 
-constexpr int kConsumerWGs = 2;
-constexpr int kConsumers = 128 * kConsumerWGs;       // consumer threads
-constexpr int kThreads = kConsumers + 128;           // + the producer warpgroup (one lane works)
-constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 x 40 + 256 x 232 <= 64 K
+// A CTA: `wg` consumer warpgroups (2, or 4 for the "...w4" tiles: more warps per SM to hide
+// latency, on the same tile) and one producer warpgroup (one lane works).
+__host__ __device__ constexpr int threads(int wg) { return 128 * wg + 128; }
+__host__ __device__ constexpr int warps_per_tile(int wg) { return 4 * wg; }  // lock slots per split tile
+// setmaxnreg budgets (producer, consumers): 128 p + 128 wg c <= 64 K registers.
+constexpr int producer_regs(int wg) { return wg == 2 ? 40 : 24; }
+constexpr int consumer_regs(int wg) { return wg == 2 ? 232 : 120; }
+static_assert(128 * producer_regs(2) + 256 * consumer_regs(2) <= 65536 &&
+              128 * producer_regs(4) + 512 * consumer_regs(4) <= 65536, "setmaxnreg over the register file");
 constexpr int kTileK = kAtomK;                       // 64 k per stage
-constexpr int kWarpsPerTile = kConsumers / 32;       // lock slots per split tile
 constexpr int kMaxStages = 18;
-// A tile has `sub` m64 row blocks per consumer warpgroup: 128 (sub 1) or 256 (sub 2) rows.
-__host__ __device__ constexpr int tile_rows(int sub) { return 64 * sub * kConsumerWGs; }
-__host__ __device__ constexpr int w_bytes(int sub) { return tile_rows(sub) * kTileK / 2; }  // one K column's atoms
-__host__ __device__ constexpr int g_bytes(int sub) { return tile_rows(sub) * 2; }  // a group row of scales (zeros)
+__host__ __device__ constexpr int w_bytes(int rows) { return rows * kTileK / 2; }  // one K column's atoms
+__host__ __device__ constexpr int g_bytes(int rows) { return rows * 2; }  // a group row of scales (zeros)
 
-// One CTA per SM: the consumers hold 160-230 registers (two A register sets, the
-// accumulators); at 2 CTAs per SM (<= 112) ptxas serializes the wgmmas.
-__host__ __device__ constexpr int ctas_per_sm(int) { return 1; }
+// One CTA per SM: the consumers hold 110-230 registers (two A register sets, the
+// accumulators); at 2 CTAs per SM ptxas serializes the wgmmas.
+constexpr int kCtasPerSm = 1;
 // Stage: [X: t rows x 128 B][W: the tile's atoms], a multiple of 1024 bytes (the swizzle's
 // alignment); each stage's scales and zeros sit in a region after all stages.
 __host__ __device__ constexpr int x_bytes(int t) { return t * kTileK * 2; }
-__host__ __device__ constexpr int stage_bytes(int t, int sub) { return x_bytes(t) + w_bytes(sub); }
+__host__ __device__ constexpr int stage_bytes(int t, int rows) { return x_bytes(t) + w_bytes(rows); }
 // Dynamic shared memory: 1 KB of alignment slack, the stages, their group rows, 2 kMaxStages
 // mbarriers.
-__host__ __device__ constexpr int smem_bytes(int t, int sub, int stages) {
-  return 1024 + stages * (stage_bytes(t, sub) + 2 * g_bytes(sub)) + 16 * kMaxStages;
+__host__ __device__ constexpr int smem_bytes(int t, int rows, int stages) {
+  return 1024 + stages * (stage_bytes(t, rows) + 2 * g_bytes(rows)) + 16 * kMaxStages;
 }
 
 struct Params {
@@ -163,11 +167,14 @@ __device__ __forceinline__ void fence_acc(float (&d)[N / 2]) {
   for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(d[i]);
 }
 
-template <typename T, int kT, int kSub, int kCl, bool kZeros>
-__global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const __grid_constant__ Params p) {
+// kRows = 64 kSub kWG: each consumer warpgroup takes kSub m64 row blocks of the tile.
+template <typename T, int kT, int kRows, int kWG, int kCl, bool kZeros>
+__global__ void __launch_bounds__(threads(kWG), kCtasPerSm) mid_m_kernel(const __grid_constant__ Params p) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  constexpr int kRows = tile_rows(kSub), kWBytes = w_bytes(kSub), kGBytes = g_bytes(kSub);
-  constexpr int kSB = stage_bytes(kT, kSub);
+  constexpr int kSub = kRows / (64 * kWG), kConsumers = 128 * kWG, kWarpsPerTile = warps_per_tile(kWG);
+  static_assert(kSub * 64 * kWG == kRows && (kSub == 1 || kSub == 2), "tile rows per warpgroup");
+  constexpr int kWBytes = w_bytes(kRows), kGBytes = g_bytes(kRows);
+  constexpr int kSB = stage_bytes(kT, kRows);
   constexpr int kXB = x_bytes(kT);
   const uint32_t base = (ptx::smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t groups = base + p.stages * kSB;  // stage s's scales (and zeros) at + 2 kGBytes s
@@ -182,7 +189,7 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   if (threadIdx.x == 0) {
     for (int s = 0; s < p.stages; ++s) {
       sm90::mbar_init(full(s), 1);
-      sm90::mbar_init(empty(s), kConsumerWGs * kCl);
+      sm90::mbar_init(empty(s), kWG * kCl);
     }
     sm90::mbar_fence_init();
   }
@@ -246,7 +253,7 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
     }
   };
   if (warp >= kConsumers / 32) {
-    sm90::regs_dec<kProducerRegs>();
+    sm90::regs_dec<producer_regs(kWG)>();
     if (threadIdx.x == kConsumers) produce();
     if constexpr (kCl > 1) {
       __syncwarp();
@@ -256,7 +263,7 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   }
 
   // ---- consumers ---------------------------------------------------------------------
-  sm90::regs_inc<kConsumerRegs>();
+  sm90::regs_inc<consumer_regs(kWG)>();
   const int wg = warp / 4;
   const bool leader = threadIdx.x % 128 == 0;                        // releases stages for its warpgroup
   // Row block j of this warpgroup: tile rows 64 (kSub wg + j) ..; this warp's atom in it.
@@ -268,10 +275,12 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   for (int j = 0; j < kSub; ++j)
 #pragma unroll
     for (int i = 0; i < kT / 2; ++i) acc[j][i] = 0.f;
-  // A register sets: two per row block (one per K tile in flight), or, where the accumulators
-  // leave no room for that (256x128w: 2 x 64 of them), one per row block, and the row blocks'
-  // commit groups overlap instead (wait_group 1 after each).
-  constexpr bool kSetPerBlock = kT == 128 && kSub == 2;
+  // A register sets: two per row block (one per K tile in flight), or, where the registers
+  // leave no room for that, one per row block: in 256x128w (2 x 64 accumulators) the two row
+  // blocks' commit groups overlap instead (wait_group 1 after each); in the "...w4" tiles
+  // (launch bound: 96 registers) each warpgroup waits for its own K tile, and the other
+  // three warpgroups keep the tensor pipe busy meanwhile.
+  constexpr bool kSetPerBlock = (kT == 128 && kSub == 2) || kWG == 4;
   uint32_t a[kSetPerBlock ? 1 : 2][kSub][4][4];
   int s = 0;
   uint32_t parity = 0;
@@ -317,9 +326,9 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
                      std::make_index_sequence<kT / 2>{});
       cute::warpgroup_commit_batch();
       if constexpr (kSetPerBlock) {
-        // <= 1 group pending: this block's; block j + 1's registers (last read by the group
-        // before) are free, and after block 0 the previous K tile's last group is done.
-        cute::warpgroup_wait<1>();
+        // <= kSub - 1 groups pending: block j + 1's registers (last read kSub groups ago)
+        // are free, and after block 0 the previous K tile's last group is done.
+        cute::warpgroup_wait<kSub - 1>();
         if (j == 0 && in_flight >= 0) release(in_flight);
       }
     }
@@ -417,35 +426,35 @@ __global__ void __launch_bounds__(kThreads, ctas_per_sm(kT)) mid_m_kernel(const 
   if constexpr (kCl > 1) sm90::cluster_sync();  // the peer has received its last multicast
 }
 
-// The compiled shapes (tokens, rows, cluster): every mid-M schedule of machete.h.
-constexpr bool known_shape(int t, int rows, int cl) {
-  return cl == 1 ? (t == 64 || t == 128) && (rows == 128 || rows == 256)
-                 : cl == 2 && ((t == 64 && rows == 256) || (t == 128 && (rows == 128 || rows == 256)));
-}
+// The compiled shapes (tokens, rows, consumer warpgroups, cluster), one per mid-M schedule
+// of machete.h, in its order.
+struct Shape {
+  int t, rows, wg, cl;
+};
+constexpr Shape kShapes[] = {{64, 128, 2, 1},  {64, 256, 2, 1},  {128, 128, 2, 1}, {128, 256, 2, 1},
+                             {64, 256, 2, 2},  {128, 128, 2, 2}, {128, 256, 2, 2}, {64, 256, 4, 1},
+                             {128, 256, 4, 1}};
 static_assert([] {
-  for (int i = kFirstMidM; i < kNumSchedules; ++i)
-    if (!known_shape(kTileTokens[i], kTileN[i], kClusterN[i])) return false;
+  if (sizeof(kShapes) / sizeof(Shape) != kNumSchedules - kFirstMidM) return false;
+  for (int i = kFirstMidM; i < kNumSchedules; ++i) {
+    const Shape& s = kShapes[i - kFirstMidM];
+    if (s.t != kTileTokens[i] || s.rows != kTileN[i] || s.wg != kWarpgroups[i] || s.cl != kClusterN[i]) return false;
+  }
   return true;
-}(), "a mid-M schedule of machete.h has no kernel here");
+}(), "kShapes must list machete.h's mid-M schedules in order");
 
-template <typename T, bool kZeros, int kT, int kRows, int kCl>
-const void* kernel_ptr() {
-  return reinterpret_cast<const void*>(&mid_m_kernel<T, kT, kRows / tile_rows(1), kCl, kZeros>);
-}
-template <typename T, bool kZeros>
-const void* kernel_for_type(int t, int rows, int cl) {
-  if (cl == 2)
-    return t == 64 ? kernel_ptr<T, kZeros, 64, 256, 2>()
-                   : rows == 256 ? kernel_ptr<T, kZeros, 128, 256, 2>() : kernel_ptr<T, kZeros, 128, 128, 2>();
-  if (t == 64) return rows == 256 ? kernel_ptr<T, kZeros, 64, 256, 1>() : kernel_ptr<T, kZeros, 64, 128, 1>();
-  return rows == 256 ? kernel_ptr<T, kZeros, 128, 256, 1>() : kernel_ptr<T, kZeros, 128, 128, 1>();
+template <typename T, bool kZeros, size_t... I>
+const void* kernel_at(int i, std::index_sequence<I...>) {
+  static const void* const kFns[] = {reinterpret_cast<const void*>(
+      &mid_m_kernel<T, kShapes[I].t, kShapes[I].rows, kShapes[I].wg, kShapes[I].cl, kZeros>)...};
+  return kFns[i];
 }
 
 const void* kernel_for(ActType act, bool zeros, const MidMPlan& plan) {
-  const int t = plan.tokens, rows = plan.rows, cl = plan.cluster;
-  if (act == kF16) return zeros ? kernel_for_type<half, true>(t, rows, cl) : kernel_for_type<half, false>(t, rows, cl);
-  return zeros ? kernel_for_type<__nv_bfloat16, true>(t, rows, cl)
-               : kernel_for_type<__nv_bfloat16, false>(t, rows, cl);
+  constexpr auto kAll = std::make_index_sequence<kNumSchedules - kFirstMidM>{};
+  const int i = plan.schedule - kFirstMidM;
+  if (act == kF16) return zeros ? kernel_at<half, true>(i, kAll) : kernel_at<half, false>(i, kAll);
+  return zeros ? kernel_at<__nv_bfloat16, true>(i, kAll) : kernel_at<__nv_bfloat16, false>(i, kAll);
 }
 
 // Lets fn's blocks use `bytes` of dynamic shared memory (above the 48 KB default).
@@ -460,16 +469,16 @@ const char* allow_smem(const void* fn, int bytes) {
 // memory and register budget, so the fp16 u4b8 kernel stands for them.
 const char* resident_clusters(const MidMPlan& plan, int device, int* clusters) {
   static std::mutex mu;
-  static std::map<std::tuple<int, int, int, int, int>, int> known;
+  static std::map<std::tuple<int, int, int>, int> known;
   const std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_tuple(device, plan.tokens, plan.rows, plan.cluster, plan.smem_bytes);
+  const auto key = std::make_tuple(device, plan.schedule, plan.smem_bytes);
   auto it = known.find(key);
   if (it == known.end()) {
     const void* fn = kernel_for(kF16, false, plan);
     if (const char* err = allow_smem(fn, plan.smem_bytes)) return err;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(plan.cluster);
-    cfg.blockDim = dim3(kThreads);
+    cfg.blockDim = dim3(threads(plan.warpgroups));
     cfg.dynamicSmemBytes = plan.smem_bytes;
     cudaLaunchAttribute attr = cluster_attribute(static_cast<unsigned>(plan.cluster));
     cfg.attrs = &attr;
@@ -508,22 +517,24 @@ const char* plan_mid_m(int schedule, const MMArgs& a, MidMPlan* plan) {
   if (a.n % (rows * cl) || a.k % kTileK) return "mid-M kernel needs N % (tile rows x cluster) == 0 and K % 64 == 0";
   if (a.group_size % kTileK || a.k % a.group_size) return "mid-M kernel needs a group size that is a multiple of 64";
   if (a.ldx % 8 || reinterpret_cast<uintptr_t>(a.x) % 16) return "mid-M kernel needs 16-byte aligned X rows (TMA)";
-  const int t = tokens_per_tile, sub = rows / tile_rows(1), per_sm = ctas_per_sm(t);
+  const int t = tokens_per_tile, wg = kWarpgroups[schedule];
   int budget = 0;
-  if (const char* err = smem_budget(a.device, per_sm, &budget)) return err;
+  if (const char* err = smem_budget(a.device, kCtasPerSm, &budget)) return err;
   const int stages =
-      std::min(kMaxStages, (budget - smem_bytes(t, sub, 0)) / (smem_bytes(t, sub, 1) - smem_bytes(t, sub, 0)));
+      std::min(kMaxStages, (budget - smem_bytes(t, rows, 0)) / (smem_bytes(t, rows, 1) - smem_bytes(t, rows, 0)));
   if (stages < 3) return "too little shared memory per SM for the mid-M pipeline";
+  plan->schedule = schedule;
   plan->rows = rows;
   plan->tokens = t;
+  plan->warpgroups = wg;
   plan->cluster = cl;
   plan->stages = stages;
-  plan->smem_bytes = smem_bytes(t, sub, stages);
+  plan->smem_bytes = smem_bytes(t, rows, stages);
   // Units of cluster tiles (cl x rows output features); stripes over the resident clusters.
   const long long tiles = static_cast<long long>(a.n / (rows * cl)) * ((a.m + t - 1) / t);
   const long long units = tiles * (a.k / kTileK);
   if (units > (1LL << 30)) return "problem too large for the mid-M kernel's unit index";
-  int clusters = a.sm_count * per_sm;
+  int clusters = a.sm_count * kCtasPerSm;
   if (cl > 1)
     if (const char* err = resident_clusters(*plan, a.device, &clusters)) return err;
   const Stripes sp = split_stripes(units, clusters);
@@ -531,7 +542,7 @@ const char* plan_mid_m(int schedule, const MMArgs& a, MidMPlan* plan) {
   plan->stripe = sp.stripe;
   plan->grid = sp.grid * cl;
   plan->partial_floats = static_cast<size_t>(plan->grid) * 2 * rows * t;
-  plan->locks = plan->grid * kWarpsPerTile;
+  plan->locks = plan->grid * warps_per_tile(wg);
   return nullptr;
 }
 
@@ -566,7 +577,7 @@ const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float*
   const void* fn = kernel_for(act, a.zeros != nullptr, plan);
   if (const char* err = allow_smem(fn, plan.smem_bytes)) return err;
   void* args[] = {&p};
-  if (launch_kernel(fn, dim3(plan.grid), dim3(kThreads), args, static_cast<size_t>(plan.smem_bytes), stream,
+  if (launch_kernel(fn, dim3(plan.grid), dim3(threads(plan.warpgroups)), args, static_cast<size_t>(plan.smem_bytes), stream,
                     kernel_has_pdl(fn), static_cast<unsigned>(plan.cluster)) != cudaSuccess)
     return "mid-M kernel launch failed";
   return nullptr;
