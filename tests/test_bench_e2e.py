@@ -205,6 +205,8 @@ def test_serving_sweep_and_offline_runs_merge_per_side(tmp_path, monkeypatch):
     ("void flash::flash_fwd_splitkv_kernel<...>", "attention"),
     ("nvjet_hsh_128x64_64x3_1x2_h_bz_coopA_NNT", "other GEMM"),
     ("void vllm::rms_norm_kernel<c10::Half>(...)", "other"),
+    ("triton_red_fused_fused_add_rms_norm_machete_mm_0", "other"),
+    ("triton_poi_fused_humming_gemm_mul_silu_slice_1", "other"),
 ])
 def test_kernel_categories(name, category):
     assert e2e.kernel_category(name) == category

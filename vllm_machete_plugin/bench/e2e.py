@@ -134,6 +134,9 @@ def _describe_linears(model) -> dict:
 
 
 KERNEL_CATEGORIES = (  # (category, substrings of a CUDA kernel name), first match wins
+    # Inductor's fused kernels are named after the ops they border (triton_red_fused_fused_add_
+    # rms_norm_machete_mm_0 is an RMSNorm next to our GEMM), not after what they compute.
+    ("other", ("triton_",)),
     ("w4a16 GEMM", ("marlin", "machete", "GemmUniversal", "MixedInput", "humming")),
     ("attention", ("flash", "fmha", "attn", "attention")),
     ("other GEMM", ("gemm", "cublas", "nvjet", "xmma", "cutlass")),
