@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from vllm_machete_plugin.bench import kernels as bench
 
 
@@ -128,3 +130,18 @@ def test_forced_schedule_columns_share_one_prepared_weight_per_copy(monkeypatch)
     assert sorted(impls) == ["machete@128x64w_us", "machete@256x64w_us"] and prepared == ["w0", "w1"]
     assert [fn("x") for fn in impls["machete@256x64w_us"]] == ["256x64w", "256x64w"]
     assert calls == [("x", "w0", "256x64w"), ("x", "w1", "256x64w")]
+
+
+def test_in_model_calls_write_x_before_each_gemm_and_subtract_the_copy():
+    """--in-model: every call first rewrites X from its source (the kernel the model runs
+    before each GEMM), then runs the GEMM on it; the copy's per-call time is subtracted."""
+    x, x_src = torch.zeros(2, 3), torch.arange(6.0).reshape(2, 3)
+    seen = []
+    calls = bench.with_prelude([lambda t: seen.append(("w0", t.clone())), lambda t: seen.append(("w1", t.clone()))],
+                               x, x_src)
+    x.fill_(-1.0)
+    calls[1]()
+    calls[0]()
+    assert [name for name, _ in seen] == ["w1", "w0"] and all(torch.equal(t, x_src) for _, t in seen)
+    assert bench.minus_prelude({"machete_us": 30.0, "vllm_humming_us": 33.5}, 2.5) == {
+        "machete_us": 27.5, "vllm_humming_us": 31.0}

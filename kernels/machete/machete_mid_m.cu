@@ -68,11 +68,19 @@ namespace {
 // latency, on the same tile) and one producer warpgroup (one lane works).
 __host__ __device__ constexpr int threads(int wg) { return 128 * wg + 128; }
 __host__ __device__ constexpr int warps_per_tile(int wg) { return 4 * wg; }  // lock slots per split tile
-// setmaxnreg budgets (producer, consumers): 128 p + 128 wg c <= 64 K registers.
+// Registers per thread at launch: the block's share of the 64 K register file, which is what
+// ptxas compiles every warp to (168 for 384 threads, 96 for 640).
+__host__ __device__ constexpr int launch_regs(int wg) { return 65536 / threads(wg) / 8 * 8; }
+// setmaxnreg (producer, consumers): ptxas compiles the consumers' code to their raised count,
+// but the block can only redistribute what it got at launch (the CTA pool): setmaxnreg.inc
+// retries until enough registers are free, so 128 p + 128 wg c above threads x launch_regs
+// hangs the block (four warpgroups at 24 / 120 did). 256x128w4 needs more than 96.
 constexpr int producer_regs(int wg) { return wg == 2 ? 40 : 24; }
-constexpr int consumer_regs(int wg) { return wg == 2 ? 232 : 120; }
-static_assert(128 * producer_regs(2) + 256 * consumer_regs(2) <= 65536 &&
-              128 * producer_regs(4) + 512 * consumer_regs(4) <= 65536, "setmaxnreg over the register file");
+constexpr int consumer_regs(int wg) { return wg == 2 ? 232 : 112; }
+constexpr bool regs_fit(int wg) {
+  return 128 * producer_regs(wg) + 128 * wg * consumer_regs(wg) <= threads(wg) * launch_regs(wg);
+}
+static_assert(regs_fit(2) && regs_fit(4), "setmaxnreg asks for more registers than the block was launched with");
 constexpr int kTileK = kAtomK;                       // 64 k per stage
 constexpr int kMaxStages = 18;
 __host__ __device__ constexpr int w_bytes(int rows) { return rows * kTileK / 2; }  // one K column's atoms

@@ -6,7 +6,11 @@ graph that calls the kernel over several weight copies, enough bytes to exceed 2
 so weights come from device memory as in serving; the graphs of one shape are replayed
 in interleaved rounds whose order rotates, each timed replay right after an untimed one
 of the same graph (median per column), so neither drift nor the kernel run just before
-favours one column. floor = (int4 weight + fp16 scale
+favours one column. With --in-model every call is preceded, as in the model, by a small
+kernel that writes its X (a copy: the RMSNorm / attention / SiLU before each decoder GEMM),
+so no GEMM follows a GEMM (a PDL prologue of ours cannot overlap the previous call's tail, as
+it cannot in the model) and X is fresh in L2; the copies' own time (a graph of copies only,
+"prelude_us") is subtracted. floor = (int4 weight + fp16 scale
 + fp16 activation bytes) / measured device copy bandwidth (read + write counted).
 vLLM columns are null when vLLM (or its compiled ops) cannot be imported.
 """
@@ -122,6 +126,16 @@ def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], ro
     if clocks is not None:
         clocks.update({col: statistics.median(f) for col, f in mhz.items() if f})
     return {col: statistics.median(t) for col, t in times.items()}
+
+
+def with_prelude(fns: list[Callable], x: torch.Tensor, x_src: torch.Tensor) -> list[Callable[[], object]]:
+    """--in-model: each call x -> y preceded by the kernel that writes x (x.copy_(x_src))."""
+    return [lambda fn=fn: (x.copy_(x_src), fn(x)) for fn in fns]
+
+
+def minus_prelude(times: dict[str, float], prelude: float) -> dict[str, float]:
+    """Per-call times of the --in-model graphs less the copy's own per-call time."""
+    return {col: t - prelude for col, t in times.items()}
 
 
 def random_weight(n: int, k: int) -> CanonicalW4:
@@ -259,7 +273,7 @@ def our_cols(ours: list, pdl_ab: bool = False) -> list[str]:
 
 def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optional[VllmKernels],
                 ours: list, check: bool, peers: Optional[list[str]] = None, pdl_ab: bool = False,
-                schedules: tuple[str, ...] = ()) -> list[dict]:
+                schedules: tuple[str, ...] = (), in_model: bool = False) -> list[dict]:
     w4_bytes = n * k // 2 + (k // GROUP) * n * 2
     weights = [random_weight(n, k) for _ in range(copies_for(w4_bytes))]
     impls = implementations(n, k, weights, vk, our_cols(ours, pdl_ab) + [schedule_col(s) for s in schedules]
@@ -285,9 +299,19 @@ def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optio
                         raise RuntimeError(f"{col} wrong on {name} M={m}: relative error {err:.3g}")
                     print(f"[bench] {col} dropped on {name}: relative error {err:.3g} at M={m}", flush=True)
                     del impls[col]
-        graphs = {col: capture_graph([lambda fn=fn: fn(x) for fn in fns]) for col, fns in impls.items()}
+        if in_model:
+            x_src = x.clone()
+            graphs = {col: capture_graph(with_prelude(fns, x, x_src)) for col, fns in impls.items()}
+            graphs["prelude_us"] = capture_graph([lambda: x.copy_(x_src)])
+        else:
+            graphs = {col: capture_graph([lambda fn=fn: fn(x) for fn in fns]) for col, fns in impls.items()}
         clocks: dict[str, float] = {}
-        row.update(interleaved_times_us(graphs, clocks=clocks))
+        times = interleaved_times_us(graphs, clocks=clocks)
+        if in_model:
+            row["prelude_us"] = times.pop("prelude_us")
+            clocks.pop("prelude_us", None)
+            times = minus_prelude(times, row["prelude_us"])
+        row.update(times)
         row["sm_mhz"] = {col.removesuffix("_us"): f for col, f in clocks.items()}
         del graphs
         rows.append(row)
@@ -382,6 +406,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--schedules", default="",
                     help="comma-separated Machete schedules to time as extra columns machete@<schedule> "
                          "(vmp::machete_schedules(); e.g. 128x64w,128x128w)")
+    ap.add_argument("--in-model", action="store_true",
+                    help="precede every call with a kernel that writes its X, as in the model (see above)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("the kernel benchmark needs a CUDA GPU")
@@ -410,7 +436,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name in [s for s in args.layers.split(",") if s]:
         n, k = LAYERS[name]
         rows += bench_layer(name, n, k, m_values, bandwidth, vk, ours, not args.no_check, peers, args.pdl_ab,
-                            schedules)
+                            schedules, args.in_model)
         torch.cuda.empty_cache()
 
     cols = ["floor_us", "fp16_us"] + VLLM_COLS + our_cols(ours, args.pdl_ab) + [schedule_col(s) for s in schedules]
@@ -419,7 +445,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "vllm": vllm_version,
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "copy_bandwidth_GBps": bandwidth / 1e9, "group_size": GROUP, "dtype": "float16",
-                "weights": "u4b8 (symmetric)", "rows": rows}
+                "weights": "u4b8 (symmetric)", "in_model": args.in_model, "rows": rows}
         with open(args.json, "w") as f:
             json.dump(meta, f, indent=1)
     for col in [f"{b.name}_us" for b in ours] + [schedule_col(s) for s in schedules]:
