@@ -465,11 +465,10 @@ const void* kernel_for(ActType act, bool zeros, const MidMPlan& plan) {
   return zeros ? kernel_at<__nv_bfloat16, true>(i, kAll) : kernel_at<__nv_bfloat16, false>(i, kAll);
 }
 
-// Lets fn's blocks use `bytes` of dynamic shared memory (above the 48 KB default).
-const char* allow_smem(const void* fn, int bytes) {
-  return cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess
-             ? nullptr
-             : "cudaFuncSetAttribute (dynamic shared memory) failed for the mid-M kernel";
+// Lets fn's blocks use `bytes` of dynamic shared memory on `device` (stripes.h).
+const char* allow_smem(const void* fn, int device, int bytes) {
+  return allow_dynamic_smem(fn, device, bytes) ? nullptr
+                                               : "cudaFuncSetAttribute (dynamic shared memory) failed for the mid-M kernel";
 }
 
 // Clusters of `plan.cluster` CTAs that can be resident at once (a GPC holds whole clusters
@@ -483,7 +482,7 @@ const char* resident_clusters(const MidMPlan& plan, int device, int* clusters) {
   auto it = known.find(key);
   if (it == known.end()) {
     const void* fn = kernel_for(kF16, false, plan);
-    if (const char* err = allow_smem(fn, plan.smem_bytes)) return err;
+    if (const char* err = allow_smem(fn, device, plan.smem_bytes)) return err;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(plan.cluster);
     cfg.blockDim = dim3(threads(plan.warpgroups));
@@ -583,7 +582,7 @@ const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float*
   p.stripe = plan.stripe;
   p.stages = plan.stages;
   const void* fn = kernel_for(act, a.zeros != nullptr, plan);
-  if (const char* err = allow_smem(fn, plan.smem_bytes)) return err;
+  if (const char* err = allow_smem(fn, a.device, plan.smem_bytes)) return err;
   void* args[] = {&p};
   if (launch_kernel(fn, dim3(plan.grid), dim3(threads(plan.warpgroups)), args, static_cast<size_t>(plan.smem_bytes), stream,
                     kernel_has_pdl(fn), static_cast<unsigned>(plan.cluster)) != cudaSuccess)

@@ -495,7 +495,7 @@ const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, fl
                         cudaStream_t stream) {
   const int t = plan.tokens / 8;
   const void* fn = kernel_for(act, a.zeros != nullptr, t);
-  if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes) != cudaSuccess)
+  if (!allow_dynamic_smem(fn, a.device, plan.smem_bytes))
     return "cudaFuncSetAttribute (dynamic shared memory) failed for the small-M kernel";
   Params p;
   p.x = a.x;
