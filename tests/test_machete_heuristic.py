@@ -3,6 +3,10 @@ table in docs/machete_heuristic.md. Host code only: the op takes the SM count, s
 runs without a GPU wherever the Machete extension was built (CI builds it)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -63,3 +67,33 @@ def test_bad_arguments_are_refused():
         torch.ops.vmp.machete_heuristic(0, 8192, 8192, H100_SMS)
     with pytest.raises(RuntimeError, match="is not an SM count"):
         torch.ops.vmp.machete_heuristic(1, 8192, 8192, 10**9)
+
+
+def _heuristic_with_subst(subst: str, m: int, shape: tuple[int, int]) -> subprocess.CompletedProcess:
+    """The heuristic's pick in a fresh process with VMP_MACHETE_SUBST set (read once per process)."""
+    code = ("import torch; from vllm_machete_plugin import ops; ops.require_kernels('test'); "
+            f"print(torch.ops.vmp.machete_heuristic({m}, {shape[0]}, {shape[1]}, {H100_SMS}))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "VMP_MACHETE_SUBST": subst})
+
+
+def test_subst_replaces_the_pick_for_ab_runs():
+    """VMP_MACHETE_SUBST=a=b runs tile b wherever the heuristic picks a; a CUTLASS pick's
+    decomposition suffix is dropped when b is one of our own kernels."""
+    out = _heuristic_with_subst("256x64w=256x64w4,128x128c2=128x128w", 64, GATE_UP)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "256x64w4", out.stderr[-2000:]
+    out = _heuristic_with_subst("256x64w=256x64w4,128x128c2=128x128w", 128, (8192, 8192))
+    assert out.returncode == 0 and out.stdout.split()[-1] == "128x128w", out.stderr[-2000:]  # was 128x128c2_sk
+    out = _heuristic_with_subst("256x64w=256x64w4", 1, GATE_UP)  # other picks stay
+    assert out.returncode == 0 and out.stdout.split()[-1] == "64x8", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("subst,message", [
+    ("256x64w=256x128w", "cannot stand in for 256x64w"),     # 128 tokens per tile for 64
+    ("128x64=256x64w", "cannot stand in for 128x64"),        # needs N % 256 where 128x64 needs 128
+    ("256x64w=nope", "unknown tile 'nope'"),
+    ("256x64w", "is not <tile>=<tile>"),
+])
+def test_subst_refuses_a_tile_that_cannot_stand_in(subst, message):
+    out = _heuristic_with_subst(subst, 64, GATE_UP)
+    assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]

@@ -9,7 +9,10 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -83,6 +86,52 @@ std::string schedule_name(const mc::Schedule& s) {
   if (s.decomposition == mc::kStreamK) name += "_sk";
   if (s.decomposition == mc::kSplitK) name += "_split" + std::to_string(s.splits);
   return name;
+}
+
+// VMP_MACHETE_SUBST="<a>=<b>,...": wherever the heuristic picks tile a, tile b runs instead,
+// so a new schedule can be timed end to end without a rebuild (A/B runs; unset in
+// production). Read once per process. b must take the same tokens per tile and need an N
+// alignment that divides a's, so it runs wherever a was picked; a decomposition suffix of
+// the pick is kept only when b is a CUTLASS tile too.
+const std::map<int, int>& substitutions() {
+  static const std::map<int, int> subst = [] {
+    std::map<int, int> out;
+    const char* env = std::getenv("VMP_MACHETE_SUBST");
+    std::string spec = env ? env : "", item;
+    std::stringstream items(spec);
+    auto index = [&](const std::string& name) {
+      for (int i = 0; i < mc::kNumSchedules; ++i)
+        if (name == mc::kScheduleNames[i]) return i;
+      VMP_CHECK(false, "VMP_MACHETE_SUBST=", spec, ": unknown tile '", name, "'; tiles: ", tile_list());
+      return -1;
+    };
+    while (std::getline(items, item, ',')) {
+      if (item.empty()) continue;
+      const size_t eq = item.find('=');
+      VMP_CHECK(eq != std::string::npos, "VMP_MACHETE_SUBST=", spec, ": '", item,
+                "' is not <tile>=<tile>; fix: e.g. VMP_MACHETE_SUBST=256x64w=256x64w4");
+      const int a = index(item.substr(0, eq)), b = index(item.substr(eq + 1));
+      VMP_CHECK(mc::kTileTokens[a] == mc::kTileTokens[b] && mc::align_n(a) % mc::align_n(b) == 0,
+                "VMP_MACHETE_SUBST=", spec, ": ", mc::kScheduleNames[b], " (", mc::kTileTokens[b],
+                " tokens per tile, N % ", mc::align_n(b), ") cannot stand in for ", mc::kScheduleNames[a], " (",
+                mc::kTileTokens[a], " tokens, N % ", mc::align_n(a),
+                "); fix: a tile with the same tokens per tile whose N alignment divides the other's");
+      out[a] = b;
+    }
+    return out;
+  }();
+  return subst;
+}
+
+// The built-in heuristic's schedule, after VMP_MACHETE_SUBST.
+mc::Schedule heuristic(int m, int n, int k, int sms) {
+  mc::Schedule s = mc::choose_schedule(m, n, k, sms);
+  const auto it = substitutions().find(s.tile);
+  if (it != substitutions().end()) {
+    s.tile = it->second;
+    if (mc::is_small_m(s.tile) || mc::is_mid_m(s.tile)) s.decomposition = mc::kAuto, s.splits = 1;
+  }
+  return s;
 }
 
 // The prepacked weight's dtype records the kind it was packed for, so machete_mm refuses
@@ -191,7 +240,7 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   VMP_CHECK(m <= kMaxDim, op, ": M=", m, " too large");
 
   const int sms = sm_count(x.get_device(), op);
-  const mc::Schedule sched = schedule ? parse_schedule(*schedule) : mc::choose_schedule(int(m), int(n), int(k), sms);
+  const mc::Schedule sched = schedule ? parse_schedule(*schedule) : heuristic(int(m), int(n), int(k), sms);
   VMP_CHECK(n % mc::align_n(sched.tile) == 0, op, ": schedule ", schedule_name(sched), " needs N % ",
               mc::align_n(sched.tile), " == 0, got N=", n, "; fix: a schedule that needs N % 128 only (128x16 ... 128x128), or None");
   VMP_CHECK(!mc::is_small_m(sched.tile) || m <= mc::small_m_tokens(sched.tile), op, ": schedule ",
@@ -241,7 +290,8 @@ std::vector<std::string> machete_schedules() {
 
 int64_t machete_small_m_locks() { return kSmallMLocks; }
 
-// The heuristic's pick for a GPU with `sms` SMs; sms <= 0: the current CUDA device's.
+// The heuristic's pick (after VMP_MACHETE_SUBST) for a GPU with `sms` SMs; sms <= 0: the
+// current CUDA device's.
 // With sms given no CUDA call is made, so the table can be checked without a GPU.
 std::string machete_heuristic(int64_t m, int64_t n, int64_t k, int64_t sms) {
   const char* op = "vmp::machete_heuristic";
@@ -253,7 +303,7 @@ std::string machete_heuristic(int64_t m, int64_t n, int64_t k, int64_t sms) {
     check_launch(cudaGetDevice(&device), op);
     sms = sm_count(device, op);
   }
-  return schedule_name(mc::choose_schedule(int(m), int(n), int(k), int(sms)));
+  return schedule_name(heuristic(int(m), int(n), int(k), int(sms)));
 }
 
 // Milliseconds of one probe launch on the current device (wgmma_probe.cu; not a GEMM).

@@ -290,6 +290,9 @@ def markdown(result: dict) -> str:
 
     rows.append(("kernels (decoder linears)", [json.dumps(get(s, "kernels")) for s in sides]))
     rows.append(("quantized linears", [f"{get(s, 'quantized_linear_layers')}/{get(s, 'linear_layers')}" for s in sides]))
+    if any(get(s, "vmp_env") for s in sides):  # A/B knobs of the plugin in effect (VMP_MACHETE_SUBST, VMP_PDL, ...)
+        rows.append(("plugin settings (VMP_*)", [" ".join(f"{k}={v}" for k, v in sorted((get(s, "vmp_env") or {}).items()))
+                                                 or "-" for s in sides]))
     for label, keys, fmt in [("load time (s)", ("load_s",), "{:.1f}"),
                              ("load peak memory (GiB)", ("load_peak_gib",), "{:.2f}"),
                              ("weights after load (GiB)", ("weights_gib",), "{:.2f}"),
@@ -359,6 +362,11 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
     return paths
+
+
+def plugin_env() -> dict[str, str]:
+    """The plugin's environment knobs set for this run (schedule forcing, substitution, PDL)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("VMP_") and k != "VMP_E2E_MODEL"}
 
 
 def _environment() -> dict:
@@ -448,7 +456,7 @@ def run(args) -> dict:
             if r.returncode != 0:
                 raise SystemExit(f"[e2e] offline run of {side} failed (exit {r.returncode})")
             record = {**json.loads(out.read_text()), **{k: kept[k] for k in ("serve", "serve_date") if k in kept},
-                      "offline_date": result.get("date")}
+                      "offline_date": result.get("date"), "vmp_env": plugin_env()}
         if not args.no_serve:
             record["serve"] = run_serving(side, model, args, workdir)
             record["serve_date"] = result.get("date")
