@@ -78,22 +78,23 @@ def _heuristic_with_subst(subst: str, m: int, shape: tuple[int, int]) -> subproc
 
 
 def test_subst_replaces_the_pick_for_ab_runs():
-    """VMP_MACHETE_SUBST=a=b runs tile b wherever the heuristic picks a; a CUTLASS pick's
-    decomposition suffix is dropped when b is one of our own kernels."""
-    out = _heuristic_with_subst("256x64w=256x64w4,128x128c2=128x128w", 64, GATE_UP)
-    assert out.returncode == 0 and out.stdout.split()[-1] == "256x64w4", out.stderr[-2000:]
-    out = _heuristic_with_subst("256x64w=256x64w4,128x128c2=128x128w", 128, (8192, 8192))
-    assert out.returncode == 0 and out.stdout.split()[-1] == "128x128w", out.stderr[-2000:]  # was 128x128c2_sk
-    out = _heuristic_with_subst("256x64w=256x64w4", 1, GATE_UP)  # other picks stay
-    assert out.returncode == 0 and out.stdout.split()[-1] == "64x8", out.stderr[-2000:]
+    """VMP_MACHETE_SUBST=a=b runs tile b wherever the heuristic picks a and b can run the
+    call; a CUTLASS pick's decomposition suffix is dropped when b is one of our own kernels."""
+    subst = "256x64w=256x64w4,128x128c2=128x128w,64x16=256x16w,128x64=256x64w"
+    for m, shape, pick in [(64, GATE_UP, "256x64w4"),
+                           (128, (8192, 8192), "128x128w"),   # was 128x128c2_sk
+                           (16, GATE_UP, "256x16w"),          # the small-M pick, any tile that runs it
+                           (1, GATE_UP, "64x8"),              # other picks stay
+                           (64, (8064, 8192), "128x64_sk")]:  # N % 256 != 0: 256x64w cannot run it
+        out = _heuristic_with_subst(subst, m, shape)
+        assert out.returncode == 0 and out.stdout.split()[-1] == pick, (m, shape, out.stderr[-2000:])
 
 
 @pytest.mark.parametrize("subst,message", [
-    ("256x64w=256x128w", "cannot stand in for 256x64w"),     # 128 tokens per tile for 64
-    ("128x64=256x64w", "cannot stand in for 128x64"),        # needs N % 256 where 128x64 needs 128
     ("256x64w=nope", "unknown tile 'nope'"),
+    ("nope=256x64w", "unknown tile 'nope'"),
     ("256x64w", "is not <tile>=<tile>"),
 ])
-def test_subst_refuses_a_tile_that_cannot_stand_in(subst, message):
+def test_subst_refuses_a_malformed_setting(subst, message):
     out = _heuristic_with_subst(subst, 64, GATE_UP)
     assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]

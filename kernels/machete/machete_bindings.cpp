@@ -88,11 +88,11 @@ std::string schedule_name(const mc::Schedule& s) {
   return name;
 }
 
-// VMP_MACHETE_SUBST="<a>=<b>,...": wherever the heuristic picks tile a, tile b runs instead,
-// so a new schedule can be timed end to end without a rebuild (A/B runs; unset in
-// production). Read once per process. b must take the same tokens per tile and need an N
-// alignment that divides a's, so it runs wherever a was picked; a decomposition suffix of
-// the pick is kept only when b is a CUTLASS tile too.
+// VMP_MACHETE_SUBST="<a>=<b>,...": wherever the heuristic picks tile a and tile b can run the
+// call (N % b's alignment == 0, M within a small-M tile's tokens), b runs instead, so a new
+// schedule can be timed end to end without a rebuild (A/B runs; unset in production). Read
+// once per process. A decomposition suffix of the pick is kept only when b is a CUTLASS
+// tile too.
 const std::map<int, int>& substitutions() {
   static const std::map<int, int> subst = [] {
     std::map<int, int> out;
@@ -110,13 +110,7 @@ const std::map<int, int>& substitutions() {
       const size_t eq = item.find('=');
       VMP_CHECK(eq != std::string::npos, "VMP_MACHETE_SUBST=", spec, ": '", item,
                 "' is not <tile>=<tile>; fix: e.g. VMP_MACHETE_SUBST=256x64w=256x64w4");
-      const int a = index(item.substr(0, eq)), b = index(item.substr(eq + 1));
-      VMP_CHECK(mc::kTileTokens[a] == mc::kTileTokens[b] && mc::align_n(a) % mc::align_n(b) == 0,
-                "VMP_MACHETE_SUBST=", spec, ": ", mc::kScheduleNames[b], " (", mc::kTileTokens[b],
-                " tokens per tile, N % ", mc::align_n(b), ") cannot stand in for ", mc::kScheduleNames[a], " (",
-                mc::kTileTokens[a], " tokens, N % ", mc::align_n(a),
-                "); fix: a tile with the same tokens per tile whose N alignment divides the other's");
-      out[a] = b;
+      out[index(item.substr(0, eq))] = index(item.substr(eq + 1));
     }
     return out;
   }();
@@ -127,7 +121,8 @@ const std::map<int, int>& substitutions() {
 mc::Schedule heuristic(int m, int n, int k, int sms) {
   mc::Schedule s = mc::choose_schedule(m, n, k, sms);
   const auto it = substitutions().find(s.tile);
-  if (it != substitutions().end()) {
+  if (it != substitutions().end() && n % mc::align_n(it->second) == 0 &&
+      (!mc::is_small_m(it->second) || m <= mc::small_m_tokens(it->second))) {
     s.tile = it->second;
     if (mc::is_small_m(s.tile) || mc::is_mid_m(s.tile)) s.decomposition = mc::kAuto, s.splits = 1;
   }

@@ -1,10 +1,10 @@
 // Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w", the clustered
-// "256x64wc2", "128x128wc2", "256x128wc2", and "256x64w4", "256x128w4" with four consumer
-// warpgroups): Y[M, N] = X[M, K] . dequant(W)[K, N] on
+// "256x64wc2", "128x128wc2", "256x128wc2", "256x64w4", "256x128w4" with four consumer
+// warpgroups, and "256x16w", "256x32w" for small batches): Y[M, N] = X[M, K] . dequant(W)[K, N] on
 // wgmma, our own mainloop on the SAME prepacked weight as the other schedules
 // (machete_layout.cuh). The transposed problem Y^T = W^T X^T runs as wgmma m64nTk16 with
 // the upconverted weight as the register A operand (the prepack hands each lane its A
-// fragment of a k16 step as one 32-bit word) and T = 64 or 128 tokens on wgmma's N side,
+// fragment of a k16 step as one 32-bit word) and T = 16, 32, 64 or 128 tokens on wgmma's N side,
 // read by descriptor from a 128-byte-swizzled shared tile.
 //
 // Why: at 64..128 tokens CUTLASS's mixed-input collective keeps the tensor pipe 31-72%
@@ -156,8 +156,12 @@ struct Wgmma;
     using Op = cute::SM90::GMMA::MMA_64x##N##x16_F32##AB##AB##_RS<cute::SM90::GMMA::Major::K,                  \
                                                                   cute::SM90::GMMA::Major::K>;                \
   };
+VMP_MIDM_WGMMA(half, F16, 16)
+VMP_MIDM_WGMMA(half, F16, 32)
 VMP_MIDM_WGMMA(half, F16, 64)
 VMP_MIDM_WGMMA(half, F16, 128)
+VMP_MIDM_WGMMA(__nv_bfloat16, BF16, 16)
+VMP_MIDM_WGMMA(__nv_bfloat16, BF16, 32)
 VMP_MIDM_WGMMA(__nv_bfloat16, BF16, 64)
 VMP_MIDM_WGMMA(__nv_bfloat16, BF16, 128)
 #undef VMP_MIDM_WGMMA
@@ -441,7 +445,7 @@ struct Shape {
 };
 constexpr Shape kShapes[] = {{64, 128, 2, 1},  {64, 256, 2, 1},  {128, 128, 2, 1}, {128, 256, 2, 1},
                              {64, 256, 2, 2},  {128, 128, 2, 2}, {128, 256, 2, 2}, {64, 256, 4, 1},
-                             {128, 256, 4, 1}};
+                             {128, 256, 4, 1}, {16, 256, 2, 1},  {32, 256, 2, 1}};
 static_assert([] {
   if (sizeof(kShapes) / sizeof(Shape) != kNumSchedules - kFirstMidM) return false;
   for (int i = kFirstMidM; i < kNumSchedules; ++i) {

@@ -50,12 +50,13 @@ WGMMA_TILES = ["128x16", "128x32", "128x64", "128x128", "256x128", "256x32", "12
 # N alignment: tile N x CTAs per cluster along N (128x256, 128x128c2 and the "...wc2" tiles are
 # 2-CTA clusters)
 ALIGN_N = {"256x128": 256, "256x32": 256, "128x256": 256, "128x128c2": 256, "256x64w": 256, "256x128w": 256,
-           "256x64wc2": 512, "128x128wc2": 256, "256x128wc2": 512, "256x64w4": 256, "256x128w4": 256}
+           "256x64wc2": 512, "128x128wc2": 256, "256x128wc2": 512, "256x64w4": 256, "256x128w4": 256,
+           "256x16w": 256, "256x32w": 256}
 SMALL_M_TILES = {"64x8": 8, "64x16": 16}  # mma.sync kernel on the same weight: tile -> max tokens
 # our own wgmma mainloop, same weight, any M; "...wc2": 2-CTA clusters sharing X by TMA multicast;
-# "...w4": four consumer warpgroups
+# "...w4": four consumer warpgroups; 256x16w, 256x32w: 16 and 32 tokens per tile
 MID_M_TILES = ["128x64w", "256x64w", "128x128w", "256x128w", "256x64wc2", "128x128wc2", "256x128wc2",
-               "256x64w4", "256x128w4"]
+               "256x64w4", "256x128w4", "256x16w", "256x32w"]
 SCHEDULES = (WGMMA_TILES + list(SMALL_M_TILES) + MID_M_TILES if not _why_skip else [])
 
 
