@@ -17,7 +17,8 @@
 // m64 row block each) or of a 256-row tile (two each: X is read from L2 once per 256 weight
 // rows instead of 128); the "...w4" tiles split a 256-row tile over four consumer warpgroups
 // (one row block each, twice the warps per SM to hide latency); the last warpgroup is the
-// producer (one lane; setmaxnreg moves its registers to the consumers). A pipeline stage holds, for one 64-deep K tile: the X tile
+// producer (one lane; setmaxnreg moves its registers to the consumers). A pipeline stage
+// holds, for one 64-deep K tile: the X tile
 // (T token rows x 128 bytes, TMA with the 128-byte swizzle; rows >= M arrive as zeros),
 // the tile's weight atoms (4 or 8 KB, contiguous in the prepacked layout: one bulk copy),
 // and the group row of its scales (and zeros). full[s] completes when the stage's bytes
