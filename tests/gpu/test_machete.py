@@ -103,6 +103,41 @@ def run_mm(x, prepared, group, schedule=None):
                                     prepared.get("locks"))
 
 
+# ---- every schedule returns (first: a hang is named, not a stuck session) ------------
+
+_PROBE = """
+import sys, torch
+from vllm_machete_plugin.backends.machete import MacheteBackend
+from vllm_machete_plugin.backends.base import LayerSpec
+from vllm_machete_plugin.bench.kernels import forced_mm, random_weight
+k, n = 1024, 1024
+w = random_weight(n, k)
+p = MacheteBackend.prepare(LayerSpec(k=k, n=n, group_size=128, has_zeros=False, act_dtype=torch.float16), w)
+for name in sys.argv[1:]:
+    print(name, flush=True)
+    forced_mm(torch.randn(min(64, {"64x8": 8, "64x16": 16}.get(name, 64)), k, device="cuda", dtype=torch.float16), p, name)
+    torch.cuda.synchronize()
+print("done", flush=True)
+"""
+
+
+def test_every_schedule_returns():
+    """One call of every schedule in a child process under a time limit, so a kernel that
+    never finishes (the first four-warpgroup build's setmaxnreg did) fails here with its
+    name instead of stalling the whole test session."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", _PROBE, *SCHEDULES], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"schedule {out.split()[-1] if out.split() else '?'} did not return within 180 s")
+    assert proc.returncode == 0 and out.split()[-1] == "done", out[-3000:]
+
+
 # ---- layout -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("has_zeros", [False, True])
