@@ -103,11 +103,7 @@ const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, fl
 // locks are zero before and after), for any M, 16, 32, 64 or 128 tokens per tile. X rows must
 // be 16-byte aligned (it is read by TMA).
 struct MidMPlan {
-  int schedule = 0;    // index into kScheduleNames
-  int warpgroups = 0;  // consumer warpgroups: 2 or 4
-  int rows = 0;     // output features per CTA tile: 128 or 256
-  int tokens = 0;   // 16, 32, 64 or 128 tokens per tile
-  int cluster = 1;  // CTAs per cluster along N (1 or 2)
+  int schedule = 0;  // index into kScheduleNames: its tile rows, tokens, cluster and warpgroups
   int stages = 0, smem_bytes = 0;
   int units = 0, stripe = 0, grid = 0;
   int locks = 0;

@@ -18,6 +18,7 @@
 
 #include "../check.h"
 #include "machete.h"
+#include "machete_tile.h"
 
 namespace vmp {
 namespace {
@@ -56,10 +57,8 @@ mc::Schedule parse_schedule(const std::string& name) {
   const size_t cut = name.find('_');
   const std::string tile = name.substr(0, cut), suffix = cut == std::string::npos ? "" : name.substr(cut + 1);
   mc::Schedule s;
-  s.tile = -1;
-  for (int i = 0; i < mc::kNumSchedules; ++i)
-    if (tile == mc::kScheduleNames[i]) s.tile = i;
-  bool ok = s.tile >= 0;
+  s.tile = mc::tile_index(tile.c_str());
+  bool ok = s.tile < mc::kNumSchedules;
   if (ok && (mc::is_small_m(s.tile) || mc::is_mid_m(s.tile))) {
     ok = suffix.empty();  // our own kernels balance K themselves: no decomposition suffix
   } else if (suffix == "dp") {
@@ -100,10 +99,9 @@ const std::map<int, int>& substitutions() {
     std::string spec = env ? env : "", item;
     std::stringstream items(spec);
     auto index = [&](const std::string& name) {
-      for (int i = 0; i < mc::kNumSchedules; ++i)
-        if (name == mc::kScheduleNames[i]) return i;
-      VMP_CHECK(false, "VMP_MACHETE_SUBST=", spec, ": unknown tile '", name, "'; tiles: ", tile_list());
-      return -1;
+      const int i = mc::tile_index(name.c_str());
+      VMP_CHECK(i < mc::kNumSchedules, "VMP_MACHETE_SUBST=", spec, ": unknown tile '", name, "'; tiles: ", tile_list());
+      return i;
     };
     while (std::getline(items, item, ',')) {
       if (item.empty()) continue;

@@ -50,8 +50,8 @@
 #include <algorithm>
 #include <map>
 #include <mutex>
-#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include <cute/arch/mma_sm90_gmma.hpp>
 
@@ -476,23 +476,25 @@ const char* allow_smem(const void* fn, int device, int bytes) {
                                                : "cudaFuncSetAttribute (dynamic shared memory) failed for the mid-M kernel";
 }
 
-// Clusters of `plan.cluster` CTAs that can be resident at once (a GPC holds whole clusters
-// only), asked once per device and shape; the four type variants share block size, shared
-// memory and register budget, so the fp16 u4b8 kernel stands for them.
+// Clusters of the schedule's cluster size that can be resident at once (a GPC holds whole
+// clusters only), asked once per device and schedule (its shared memory follows from both);
+// the four type variants share block size, shared memory and register budget, so the fp16
+// u4b8 kernel stands for them.
 const char* resident_clusters(const MidMPlan& plan, int device, int* clusters) {
   static std::mutex mu;
-  static std::map<std::tuple<int, int, int>, int> known;
+  static std::map<std::pair<int, int>, int> known;
   const std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_tuple(device, plan.schedule, plan.smem_bytes);
+  const auto key = std::make_pair(device, plan.schedule);
   auto it = known.find(key);
   if (it == known.end()) {
     const void* fn = kernel_for(kF16, false, plan);
     if (const char* err = allow_smem(fn, device, plan.smem_bytes)) return err;
+    const unsigned cl = static_cast<unsigned>(kClusterN[plan.schedule]);
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(plan.cluster);
-    cfg.blockDim = dim3(threads(plan.warpgroups));
+    cfg.gridDim = dim3(cl);
+    cfg.blockDim = dim3(threads(kWarpgroups[plan.schedule]));
     cfg.dynamicSmemBytes = plan.smem_bytes;
-    cudaLaunchAttribute attr = cluster_attribute(static_cast<unsigned>(plan.cluster));
+    cudaLaunchAttribute attr = cluster_attribute(cl);
     cfg.attrs = &attr;
     cfg.numAttrs = 1;
     int n = 0;
@@ -524,22 +526,17 @@ EncodeFn encode_fn() {
 
 const char* plan_mid_m(int schedule, const MMArgs& a, MidMPlan* plan) {
   if (!is_mid_m(schedule)) return "not a mid-M schedule";
-  const int rows = kTileN[schedule], tokens_per_tile = kTileTokens[schedule], cl = kClusterN[schedule];
+  const int rows = kTileN[schedule], t = kTileTokens[schedule], cl = kClusterN[schedule];
   if (a.m < 1) return "M must be positive";
   if (a.n % (rows * cl) || a.k % kTileK) return "mid-M kernel needs N % (tile rows x cluster) == 0 and K % 64 == 0";
   if (a.group_size % kTileK || a.k % a.group_size) return "mid-M kernel needs a group size that is a multiple of 64";
   if (a.ldx % 8 || reinterpret_cast<uintptr_t>(a.x) % 16) return "mid-M kernel needs 16-byte aligned X rows (TMA)";
-  const int t = tokens_per_tile, wg = kWarpgroups[schedule];
   int budget = 0;
   if (const char* err = smem_budget(a.device, kCtasPerSm, &budget)) return err;
   const int stages =
       std::min(kMaxStages, (budget - smem_bytes(t, rows, 0)) / (smem_bytes(t, rows, 1) - smem_bytes(t, rows, 0)));
   if (stages < 3) return "too little shared memory per SM for the mid-M pipeline";
   plan->schedule = schedule;
-  plan->rows = rows;
-  plan->tokens = t;
-  plan->warpgroups = wg;
-  plan->cluster = cl;
   plan->stages = stages;
   plan->smem_bytes = smem_bytes(t, rows, stages);
   // Units of cluster tiles (cl x rows output features); stripes over the resident clusters.
@@ -554,7 +551,7 @@ const char* plan_mid_m(int schedule, const MMArgs& a, MidMPlan* plan) {
   plan->stripe = sp.stripe;
   plan->grid = sp.grid * cl;
   plan->partial_floats = static_cast<size_t>(plan->grid) * 2 * rows * t;
-  plan->locks = plan->grid * warps_per_tile(wg);
+  plan->locks = plan->grid * warps_per_tile(kWarpgroups[schedule]);
   return nullptr;
 }
 
@@ -562,10 +559,11 @@ const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float*
                       cudaStream_t stream) {
   const EncodeFn encode = encode_fn();
   if (encode == nullptr) return "cuTensorMapEncodeTiled is not available from the CUDA driver";
+  const int s = plan.schedule, rows = kTileN[s], cl = kClusterN[s];
   Params p;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(a.k), static_cast<cuuint64_t>(a.m)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.ldx) * 2};
-  const cuuint32_t box[2] = {kTileK, static_cast<cuuint32_t>(plan.tokens / plan.cluster)};  // a CTA's share
+  const cuuint32_t box[2] = {kTileK, static_cast<cuuint32_t>(kTileTokens[s] / cl)};  // a CTA's share
   const cuuint32_t elem_strides[2] = {1, 1};
   if (encode(&p.x_map, act == kF16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
              const_cast<void*>(a.x), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
@@ -580,7 +578,7 @@ const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float*
   p.locks = locks;
   p.m = a.m;
   p.n = a.n;
-  p.row_tiles = a.n / (plan.rows * plan.cluster);
+  p.row_tiles = a.n / (rows * cl);
   p.k_tiles = a.k / kTileK;
   p.kt_per_group = a.group_size / kTileK;
   p.units = plan.units;
@@ -589,8 +587,8 @@ const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float*
   const void* fn = kernel_for(act, a.zeros != nullptr, plan);
   if (const char* err = allow_smem(fn, a.device, plan.smem_bytes)) return err;
   void* args[] = {&p};
-  if (launch_kernel(fn, dim3(plan.grid), dim3(threads(plan.warpgroups)), args, static_cast<size_t>(plan.smem_bytes), stream,
-                    kernel_has_pdl(fn), static_cast<unsigned>(plan.cluster)) != cudaSuccess)
+  if (launch_kernel(fn, dim3(plan.grid), dim3(threads(kWarpgroups[s])), args, static_cast<size_t>(plan.smem_bytes),
+                    stream, kernel_has_pdl(fn), static_cast<unsigned>(cl)) != cudaSuccess)
     return "mid-M kernel launch failed";
   return nullptr;
 }

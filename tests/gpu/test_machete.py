@@ -115,7 +115,7 @@ w = random_weight(n, k)
 p = MacheteBackend.prepare(LayerSpec(k=k, n=n, group_size=128, has_zeros=False, act_dtype=torch.float16), w)
 for name in sys.argv[1:]:
     print(name, flush=True)
-    forced_mm(torch.randn(min(64, {"64x8": 8, "64x16": 16}.get(name, 64)), k, device="cuda", dtype=torch.float16), p, name)
+    forced_mm(torch.randn({"64x8": 8, "64x16": 16}.get(name, 64), k, device="cuda", dtype=torch.float16), p, name)
     torch.cuda.synchronize()
 print("done", flush=True)
 """
