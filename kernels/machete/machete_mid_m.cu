@@ -58,6 +58,7 @@
 #include "async_sm90.cuh"
 #include "machete.h"
 #include "machete_layout.cuh"
+#include "split_fixup.cuh"
 #include "stripes.h"
 #include "../launch.h"
 #include "../ptx.cuh"
@@ -400,41 +401,12 @@ __global__ void __launch_bounds__(threads(kWG), kCtasPerSm) mid_m_kernel(const _
       store_y(r, mt);
       continue;
     }
-    float4* mine = slot_of(cl, tau);
-    // float4 q = (j, i4) of lane: acc[j][4 i4 .. 4 i4 + 3], q = j kT / 8 + i4.
-#pragma unroll
-    for (int j = 0; j < kSub; ++j)
-#pragma unroll
-      for (int i4 = 0; i4 < kT / 8; ++i4)
-        __stcg(mine + 32 * (j * kT / 8 + i4),
-               make_float4(acc[j][4 * i4], acc[j][4 * i4 + 1], acc[j][4 * i4 + 2], acc[j][4 * i4 + 3]));
-    __threadfence();
-    __syncwarp();
     int* lock = p.locks + (first_b * kCl + rank) * kWarpsPerTile + warp;
-    int last = 0;
-    if (lane == 0) last = atomicAdd(lock, 1) == last_b - first_b;
-    if (!__shfl_sync(0xffffffffu, last, 0)) continue;
-    __threadfence();
-#pragma unroll
-    for (int j = 0; j < kSub; ++j)
-#pragma unroll
-      for (int i = 0; i < kT / 2; ++i) acc[j][i] = 0.f;
-    for (int b = first_b; b <= last_b; ++b) {
-      const float4* sp = slot_of(b, tau);
-#pragma unroll
-      for (int j = 0; j < kSub; ++j)
-#pragma unroll
-        for (int i4 = 0; i4 < kT / 8; ++i4) {
-          const float4 v = __ldcg(sp + 32 * (j * kT / 8 + i4));
-          acc[j][4 * i4] += v.x;
-          acc[j][4 * i4 + 1] += v.y;
-          acc[j][4 * i4 + 2] += v.z;
-          acc[j][4 * i4 + 3] += v.w;
-        }
-    }
+    auto& flat = reinterpret_cast<float(&)[kSub * kT / 2]>(acc);
+    if (!fixup_arrive<0>(flat, slot_of(cl, tau), [&](int b) { return slot_of(b, tau); }, first_b, last_b, lock))
+      continue;
     store_y(r, mt);
-    __syncwarp();
-    if (lane == 0) *lock = 0;  // every contributor has arrived
+    fixup_release(lock);
   }
   if constexpr (kCl > 1) sm90::cluster_sync();  // the peer has received its last multicast
 }

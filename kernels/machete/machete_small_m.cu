@@ -35,6 +35,7 @@
 
 #include "machete.h"
 #include "machete_layout.cuh"
+#include "split_fixup.cuh"
 #include "stripes.h"
 #include "../launch.h"
 #include "../ptx.cuh"
@@ -410,44 +411,18 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(co
       store_y(acc, rg);
       continue;
     }
-    // Split over blocks first_b..last_b: each stores its fp32 tile in its own slot; the
-    // last to arrive sums the slots in block order (deterministic), stores Y, and resets
-    // the lock. Block b's slot for this octet is 2b (rgo is its first octet), except that
-    // first_b's is 2 first_b + 1 when rgo is not first_b's first octet.
-    float4* mine = slot_of(blockIdx.x, rgo, first_b);
-#pragma unroll
-    for (int a = 0; a < kAtoms; ++a)
-#pragma unroll
-      for (int t = 0; t < kT; ++t)
-        __stcg(mine + (a * kT + t) * 32, make_float4(acc[a][t][0], acc[a][t][1], acc[a][t][2], acc[a][t][3]));
-    __threadfence();
-    __syncwarp();
-    int* lock = p.locks + first_b * kWarps + warp;
-    int last = 0;
-    if (lane == 0) last = atomicAdd(lock, 1) == last_b - first_b;
-    if (!__shfl_sync(0xffffffffu, last, 0)) continue;
-    __threadfence();
-    zero_all(acc);
-    // Independent loads of several blocks in flight: a few L2 round trips, not one per
+    // Split over blocks first_b..last_b (split_fixup.cuh). Block b's slot for this octet
+    // is 2b (rgo is its first octet), except that first_b's is 2 first_b + 1 when rgo is not
+    // first_b's first octet. Four blocks' loads in flight: a few L2 round trips, not one per
     // block (unroll 4 measured 133.9 / 136.2 / 172.1 us at M = 1 / 8 / 16, unroll 2
     // 137.7 / 140.3 / 179.5).
-#pragma unroll 4
-    for (int b = first_b; b <= last_b; ++b) {
-      const float4* sp = slot_of(b, rgo, first_b);
-#pragma unroll
-      for (int a = 0; a < kAtoms; ++a)
-#pragma unroll
-        for (int t = 0; t < kT; ++t) {
-          const float4 q = __ldcg(sp + (a * kT + t) * 32);
-          acc[a][t][0] += q.x;
-          acc[a][t][1] += q.y;
-          acc[a][t][2] += q.z;
-          acc[a][t][3] += q.w;
-        }
-    }
+    int* lock = p.locks + first_b * kWarps + warp;
+    auto& flat = reinterpret_cast<float(&)[kAtoms * kT * 4]>(acc);
+    if (!fixup_arrive<4>(flat, slot_of(blockIdx.x, rgo, first_b),
+                         [&](int b) { return slot_of(b, rgo, first_b); }, first_b, last_b, lock))
+      continue;
     store_y(acc, rg);
-    __syncwarp();
-    if (lane == 0) *lock = 0;  // every contributor has arrived
+    fixup_release(lock);
   }
   cp_async_wait<0>();
 }
