@@ -366,12 +366,15 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   };
 
   float acc[MB][8][4];
+  auto zero_acc = [&]() {
 #pragma unroll
-  for (int mb = 0; mb < MB; ++mb)
+    for (int mb = 0; mb < MB; ++mb)
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+      for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mb][j][e] = 0.f;
+        for (int e = 0; e < 4; ++e) acc[mb][j][e] = 0.f;
+  };
+  zero_acc();
 
   // Pipeline of kStages stages: while a warp works on stage r, the next kStages-1 units
   // are in flight. The one barrier per unit sits before the unit's last k16 step: by then
@@ -596,12 +599,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
         }
         if (split && tid == 0) p.locks[first_block] = 0;  // every contributor has arrived
       }
-#pragma unroll
-      for (int mb = 0; mb < MB; ++mb)
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[mb][j][e] = 0.f;
+      zero_acc();
     }
     cp.kt = 0;  // the next slice starts at its first k-tile
     if (++cp.c == p.chunks) {
