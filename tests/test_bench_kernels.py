@@ -132,6 +132,23 @@ def test_forced_schedule_columns_share_one_prepared_weight_per_copy(monkeypatch)
     assert calls == [("x", "w0", "256x64w"), ("x", "w1", "256x64w")]
 
 
+def test_a_forced_tile_that_cannot_take_m_is_left_out_of_that_row_only(capsys):
+    """--schedules with a small-M tile and an M above its limit: the op's refusal empties
+    that column for that M (printed with the op's message); other columns and the impls
+    for later M values stay."""
+    def small_tile(x):
+        if x > 16:
+            raise RuntimeError("schedule 64x16 handles at most 16 tokens")
+        return x
+
+    impls = {"machete@64x16_us": [small_tile], "machete@256x32w_us": [lambda x: x], "vllm_humming_us": [lambda x: x]}
+    assert sorted(bench.runnable_at(impls, 16, "qkv M=16")) == sorted(impls)
+    active = bench.runnable_at(impls, 24, "qkv M=24")
+    assert sorted(active) == ["machete@256x32w_us", "vllm_humming_us"]
+    assert "machete@64x16_us" in impls
+    assert "machete@64x16_us left out at qkv M=24: schedule 64x16 handles at most 16" in capsys.readouterr().out
+
+
 def test_in_model_calls_write_x_before_each_gemm_and_subtract_the_copy():
     """--in-model: every call first rewrites X from its source (the kernel the model runs
     before each GEMM), then runs the GEMM on it; the copy's per-call time is subtracted."""

@@ -271,6 +271,20 @@ def our_cols(ours: list, pdl_ab: bool = False) -> list[str]:
     return [f"{b.name}{v}_us" for b in ours for v in ([""] + (["_nopdl"] if pdl_ab else []))]
 
 
+def runnable_at(impls: dict[str, list[Callable]], x: torch.Tensor, where: str) -> dict[str, list[Callable]]:
+    """The columns that can run x. A forced schedule whose tile cannot take this M (the small-M
+    tiles above their token limit) is refused by the op; its column is left empty for this row,
+    with the op's message printed, instead of ending the run."""
+    active = dict(impls)
+    for col in [c for c in impls if c.startswith("machete@")]:
+        try:
+            impls[col][0](x)
+        except RuntimeError as e:
+            print(f"[bench] {col} left out at {where}: {e}", flush=True)
+            del active[col]
+    return active
+
+
 def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optional[VllmKernels],
                 ours: list, check: bool, peers: Optional[list[str]] = None, pdl_ab: bool = False,
                 schedules: tuple[str, ...] = (), in_model: bool = False) -> list[dict]:
@@ -290,21 +304,22 @@ def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optio
         row = {"layer": name, "N": n, "K": k, "M": m,
                "floor_us": (w4_bytes + m * k * 2) / bandwidth * 1e6,
                "fp16_us": None, **{c: None for c in VLLM_COLS}}
+        active = runnable_at(impls, x, f"{name} M={m}")
         if check:  # every kernel must compute the same product before it is timed
             ref = torch.matmul(x, fp16[0])
-            for col, fns in list(impls.items()):
+            for col, fns in list(active.items()):
                 err = ((fns[0](x).float() - ref.float()).norm() / ref.float().norm()).item()
                 if not err < 1e-2:
                     if not col.startswith("vllm_"):
                         raise RuntimeError(f"{col} wrong on {name} M={m}: relative error {err:.3g}")
                     print(f"[bench] {col} dropped on {name}: relative error {err:.3g} at M={m}", flush=True)
-                    del impls[col]
+                    del impls[col], active[col]
         if in_model:
             x_src = x.clone()
-            graphs = {col: capture_graph(with_prelude(fns, x, x_src)) for col, fns in impls.items()}
+            graphs = {col: capture_graph(with_prelude(fns, x, x_src)) for col, fns in active.items()}
             graphs["prelude_us"] = capture_graph([lambda: x.copy_(x_src)])
         else:
-            graphs = {col: capture_graph([lambda fn=fn: fn(x) for fn in fns]) for col, fns in impls.items()}
+            graphs = {col: capture_graph([lambda fn=fn: fn(x) for fn in fns]) for col, fns in active.items()}
         clocks: dict[str, float] = {}
         times = interleaved_times_us(graphs, clocks=clocks)
         if in_model:
