@@ -23,9 +23,9 @@ TP_SLICE = (1280, 8192)  # qkv at TP=8: under 64 Mi weights
 TABLE = {
     (1, QKV): "64x8", (8, GATE_UP): "64x8",                                  # 1..8
     (9, O): "64x16", (16, DOWN): "64x16",                                    # 9..16
-    (17, DOWN): "256x32_sk", (32, QKV): "256x32_sk", (32, GATE_UP): "256x32_sk",
-    (32, O): "128x32_sk",                                                    # 64 tiles < 132 SMs
-    (32, TP_SLICE): "128x32_sk",
+    (17, DOWN): "256x32w", (32, QKV): "256x32w", (32, GATE_UP): "256x32w",  # our own wgmma kernel
+    (24, O): "256x32w",                                                      # >= 64 Mi weights
+    (32, TP_SLICE): "128x32_sk", (32, (8064, 8192)): "128x32_sk",            # under 64 Mi / N % 256
     (33, QKV): "256x64w", (64, O): "256x64w", (64, GATE_UP): "256x64w",       # our own wgmma kernel
     (48, DOWN): "256x64w",
     (64, TP_SLICE): "128x64_sk", (64, (384, 4096)): "128x64_sk",              # under 64 Mi / N % 256

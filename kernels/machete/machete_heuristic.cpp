@@ -15,11 +15,11 @@ constexpr int kT128x32 = tile_index("128x32");
 constexpr int kT128x64 = tile_index("128x64");
 constexpr int kT256x128 = tile_index("256x128");
 constexpr int kT256x128w = tile_index("256x128w");
-constexpr int kT256x32 = tile_index("256x32");
+constexpr int kT256x32w = tile_index("256x32w");
 constexpr int kT256x64w = tile_index("256x64w");
 constexpr int kT64x16 = tile_index("64x16");
 constexpr int kT64x8 = tile_index("64x8");
-static_assert(std::max({kT128x128, kT128x128c2, kT128x256, kT128x32, kT128x64, kT256x128, kT256x128w, kT256x32,
+static_assert(std::max({kT128x128, kT128x128c2, kT128x256, kT128x32, kT128x64, kT256x128, kT256x128w, kT256x32w,
                         kT256x64w, kT64x16, kT64x8}) < kNumSchedules,
               "a schedule named here is missing from machete.h");
 
@@ -27,17 +27,21 @@ Schedule choose_schedule(int m, int n, int k, int sm_count) {
   const int64_t weights = int64_t(n) * k;
   const bool wide_n = n % 256 == 0;             // 256-row tiles and the 2x1 cluster need it
   const bool big = weights > (int64_t(64) << 20);  // above o_proj's 8192x8192
+  const bool mid_w = wide_n && weights >= (int64_t(64) << 20);  // where 256x32w / 256x64w were measured
   Schedule s;
   if (m <= 16) {  // the small-M mma.sync kernel: 64x8 up to 8 tokens, 64x16 up to 16
     s.tile = m <= 8 ? kT64x8 : kT64x16;
     return s;
   }
-  if (m <= 32 && wide_n && big) {  // 256x32, always Stream-K (gate_up's 224 tiles: -9% vs auto)
-    s.tile = kT256x32;
-    s.decomposition = kStreamK;
+  if (m <= 32 && mid_w) {
+    // 256x32w (machete_mid_m.cu): H200, one in-model run with the peers
+    // (midm-h200-2026-12-04-inmodel-small): every Llama-70B layer faster than the CUTLASS picks
+    // at 24 and 32 tokens (4 layers 193.7 / 200.3 against 210.1 / 217.5 us; o_proj 22.2
+    // against 128x32_sk's 26.2 at 24). Not measured below o_proj's 64 Mi weights.
+    s.tile = kT256x32w;
     return s;
   }
-  if (m > 32 && m <= 64 && wide_n && weights >= (int64_t(64) << 20)) {
+  if (m <= 64 && mid_w) {
     // 256x64w, our own wgmma mainloop (machete_mid_m.cu): H200, 64 tokens, every Llama-70B
     // layer faster than 128x64 (4 layers 239.0 vs 291.6 us, Humming 263.1); its K split is
     // its own (no suffix). Not measured below o_proj's 64 Mi weights: those keep 128x64.

@@ -45,7 +45,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(_why_skip), reason=_why_s
 
 DTYPES = [torch.float16, torch.bfloat16]
 UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
-M_SIZES = [1, 7, 16, 33, 64, 128, 257, 1024]
+M_SIZES = [1, 7, 16, 24, 33, 64, 128, 257, 1024]
 WGMMA_TILES = ["128x16", "128x32", "128x64", "128x128", "256x128", "256x32", "128x256", "128x128c2"]
 # N alignment: tile N x CTAs per cluster along N (128x256, 128x128c2 and the "...wc2" tiles are
 # 2-CTA clusters)
