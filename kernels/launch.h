@@ -41,34 +41,19 @@ inline bool kernel_has_pdl(const void* fn) {
   return it->second;
 }
 
-// The launch attribute that makes blocks x, x+1, .., x+cluster-1 (x % cluster == 0) one
-// thread-block cluster; grid.x must be a multiple of `cluster`.
-inline cudaLaunchAttribute cluster_attribute(unsigned cluster) {
-  cudaLaunchAttribute attr = {};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = cluster;
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = 1;
-  return attr;
-}
-
-// cluster > 1: launched as clusters of that many blocks (cluster_attribute).
+// fn on grid x block; with PDL when `pdl` (kernel_has_pdl) and VMP_PDL allow it.
 inline cudaError_t launch_kernel(const void* fn, dim3 grid, dim3 block, void** args, size_t smem,
-                                 cudaStream_t stream, bool pdl, unsigned cluster = 1) {
+                                 cudaStream_t stream, bool pdl) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  unsigned n = 0;
-  if (pdl && pdl_enabled_by_env()) {
-    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[n++].val.programmaticStreamSerializationAllowed = 1;
-  }
-  if (cluster > 1) attr[n++] = cluster_attribute(cluster);
-  cfg.attrs = attr;
-  cfg.numAttrs = n;
+  cudaLaunchAttribute attr = {};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl && pdl_enabled_by_env() ? 1 : 0;
   return cudaLaunchKernelExC(&cfg, fn, args);
 }
 

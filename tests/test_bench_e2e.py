@@ -246,16 +246,16 @@ def test_decode_step_breakdown_per_name():
 def test_plugin_knobs_are_recorded_and_shown(tmp_path, capsys, monkeypatch):
     """A run with an A/B knob of the plugin set (VMP_MACHETE_SUBST, VMP_PDL...) says so in its
     table; one without shows no such row."""
-    monkeypatch.setenv("VMP_MACHETE_SUBST", "256x64w=256x64w4")
+    monkeypatch.setenv("VMP_MACHETE_SUBST", "256x64w=128x64w")
     monkeypatch.setenv("VMP_E2E_MODEL", "/tmp/model")  # internal, not a knob
     knobs = e2e.plugin_env()  # (CI may set build knobs such as VMP_CUDA_ARCHS too)
-    assert knobs["VMP_MACHETE_SUBST"] == "256x64w=256x64w4" and "VMP_E2E_MODEL" not in knobs
+    assert knobs["VMP_MACHETE_SUBST"] == "256x64w=128x64w" and "VMP_E2E_MODEL" not in knobs
     result = _result()
     f = tmp_path / "r.json"
     f.write_text(json.dumps(result))
     e2e.main(["--report", str(f)])
     assert "plugin settings" not in capsys.readouterr().out
-    result["sides"]["machete"]["vmp_env"] = {"VMP_MACHETE_SUBST": "256x64w=256x64w4"}
+    result["sides"]["machete"]["vmp_env"] = {"VMP_MACHETE_SUBST": "256x64w=128x64w"}
     f.write_text(json.dumps(result))
     e2e.main(["--report", str(f)])
-    assert "| plugin settings (VMP_*) | VMP_MACHETE_SUBST=256x64w=256x64w4 |" in capsys.readouterr().out
+    assert "| plugin settings (VMP_*) | VMP_MACHETE_SUBST=256x64w=128x64w |" in capsys.readouterr().out

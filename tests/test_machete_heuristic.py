@@ -80,10 +80,10 @@ def _heuristic_with_subst(subst: str, m: int, shape: tuple[int, int]) -> subproc
 def test_subst_replaces_the_pick_for_ab_runs():
     """VMP_MACHETE_SUBST=a=b runs tile b wherever the heuristic picks a and b can run the
     call; a CUTLASS pick's decomposition suffix is dropped when b is one of our own kernels."""
-    subst = "256x64w=256x64w4,128x128c2=128x128w,64x16=256x16w,128x64=256x64w"
-    for m, shape, pick in [(64, GATE_UP, "256x64w4"),
+    subst = "256x64w=128x64w,128x128c2=128x128w,64x16=256x32w,128x64=256x64w"
+    for m, shape, pick in [(64, GATE_UP, "128x64w"),
                            (128, (8192, 8192), "128x128w"),   # was 128x128c2_sk
-                           (16, GATE_UP, "256x16w"),          # the small-M pick, any tile that runs it
+                           (16, GATE_UP, "256x32w"),          # the small-M pick, any tile that runs it
                            (1, GATE_UP, "64x8"),              # other picks stay
                            (64, (8064, 8192), "128x64_sk")]:  # N % 256 != 0: 256x64w cannot run it
         out = _heuristic_with_subst(subst, m, shape)

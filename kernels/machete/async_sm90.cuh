@@ -26,18 +26,6 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t byt
                "r"(bytes)
                : "memory");
 }
-// Arrive on the mbarrier at the same shared-window address in CTA `cta` of this cluster
-// (this CTA's own rank too). Default (.release.cta) semantics: enough to hand a stage whose
-// reads have completed back to its producers. An explicit .release.cluster compiles to
-// MEMBAR.ALL.GPU before every arrive (ptxas 13.0, sm_90a) and made the clustered kernels
-// 2.0-2.7x slower (H200).
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
-  asm volatile(
-      "{\n .reg .b32 remote;\n mapa.shared::cluster.u32 remote, %0, %1;\n"
-      " mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
-      "r"(cta)
-      : "memory");
-}
 // Blocks until the phase with parity `parity` has completed.
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   asm volatile(
@@ -66,34 +54,12 @@ __device__ __forceinline__ void tma_g2s_2d(uint32_t dst, const CUtensorMap* map,
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 }
-// The same tile delivered to every CTA of the cluster in `cta_mask`, at the same
-// shared-window offsets of `dst` and `bar` in each (each CTA's `bar` counts the bytes).
-__device__ __forceinline__ void tma_g2s_2d_multicast(uint32_t dst, const CUtensorMap* map, int c0, int c1,
-                                                     uint32_t bar, uint16_t cta_mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask)
-      : "memory");
-}
 // L2 policy for data read once (the weight stream): evicted first, so re-read data (the
 // activation tile every CTA reads) keeps its lines.
 __device__ __forceinline__ uint64_t l2_evict_first() {
   uint64_t p;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
   return p;
-}
-
-// ---- thread-block clusters ---------------------------------------------------------------
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-// Every thread of every CTA in the cluster must execute it: each arrives, then waits for
-// all; shared-memory and mbarrier writes before it (release) are visible after it (acquire).
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
 }
 
 // ---- register budget of a warpgroup (all 128 threads execute it) -------------------------

@@ -46,24 +46,17 @@ struct MMArgs {
 // "128x16_split4". Then the two small-M kernels (machete_small_m.cu: mma.sync on the
 // same prepacked weight, M <= 8 / M <= 16, their own stripe-balanced K split, no suffix),
 // and the mid-M kernels (machete_mid_m.cu: our own wgmma mainloop on the same weight,
-// 16 / 32 / 64 / 128 tokens per tile, any M, their own stripe-balanced K split, no suffix; the
-// "...wc2" ones run as 2x1x1 clusters along N whose pair shares each activation tile by
-// TMA multicast; the "...w4" ones split the tile over four consumer warpgroups, not two).
+// 32 / 64 / 128 tokens per tile, any M, their own stripe-balanced K split, no suffix).
 constexpr int kNumCutlassTiles = 8;
 constexpr int kFirstMidM = 10;
-constexpr int kNumSchedules = 21;
+constexpr int kNumSchedules = 15;
 constexpr const char* kScheduleNames[kNumSchedules] = {
-    "128x16", "128x32",  "128x64",  "128x128",  "256x128",  "256x32",    "128x256",   "128x128c2", "64x8",
-    "64x16",  "128x64w", "256x64w", "128x128w", "256x128w", "256x64wc2", "128x128wc2", "256x128wc2",
-    "256x64w4", "256x128w4", "256x16w", "256x32w"};
-// Per schedule: tile N (output features), tokens per tile, CTAs per cluster along N, and
-// consumer warpgroups of a mid-M tile (0: not a mid-M tile).
-constexpr int kTileN[kNumSchedules] = {128, 128, 128, 128, 256, 256, 128, 128, 64, 64,
-                                       128, 256, 128, 256, 256, 128, 256, 256, 256, 256, 256};
-constexpr int kTileTokens[kNumSchedules] = {16, 32, 64, 128, 128, 32, 256, 128, 8, 16,
-                                            64, 64, 128, 128, 64, 128, 128, 64, 128, 16, 32};
-constexpr int kClusterN[kNumSchedules] = {1, 1, 1, 1, 1, 1, 2, 2, 1, 1, 1, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1};
-constexpr int kWarpgroups[kNumSchedules] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 4, 4, 2, 2};
+    "128x16", "128x32",  "128x64",  "128x128",  "256x128",  "256x32", "128x256", "128x128c2",
+    "64x8",   "64x16",   "128x64w", "256x64w",  "128x128w", "256x128w", "256x32w"};
+// Per schedule: tile N (output features), tokens per tile, CTAs per cluster along N.
+constexpr int kTileN[kNumSchedules] = {128, 128, 128, 128, 256, 256, 128, 128, 64, 64, 128, 256, 128, 256, 256};
+constexpr int kTileTokens[kNumSchedules] = {16, 32, 64, 128, 128, 32, 256, 128, 8, 16, 64, 64, 128, 128, 32};
+constexpr int kClusterN[kNumSchedules] = {1, 1, 1, 1, 1, 1, 2, 2, 1, 1, 1, 1, 1, 1, 1};
 constexpr int align_n(int tile) { return kTileN[tile] * kClusterN[tile]; }  // N must be a multiple
 constexpr bool is_small_m(int tile) { return tile >= kNumCutlassTiles && tile < kFirstMidM; }
 constexpr bool is_mid_m(int tile) { return tile >= kFirstMidM; }
@@ -100,10 +93,10 @@ const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, fl
                         cudaStream_t stream);
 
 // Mid-M kernel: the same contract as the small-M pair (partials need no initialisation,
-// locks are zero before and after), for any M, 16, 32, 64 or 128 tokens per tile. X rows must
+// locks are zero before and after), for any M, 32, 64 or 128 tokens per tile. X rows must
 // be 16-byte aligned (it is read by TMA).
 struct MidMPlan {
-  int schedule = 0;  // index into kScheduleNames: its tile rows, tokens, cluster and warpgroups
+  int schedule = 0;  // index into kScheduleNames: its tile rows and tokens
   int stages = 0, smem_bytes = 0;
   int units = 0, stripe = 0, grid = 0;
   int locks = 0;

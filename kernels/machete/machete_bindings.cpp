@@ -107,7 +107,7 @@ const std::map<int, int>& substitutions() {
       if (item.empty()) continue;
       const size_t eq = item.find('=');
       VMP_CHECK(eq != std::string::npos, "VMP_MACHETE_SUBST=", spec, ": '", item,
-                "' is not <tile>=<tile>; fix: e.g. VMP_MACHETE_SUBST=256x64w=256x64w4");
+                "' is not <tile>=<tile>; fix: e.g. VMP_MACHETE_SUBST=256x64w=128x64w");
       out[index(item.substr(0, eq))] = index(item.substr(eq + 1));
     }
     return out;

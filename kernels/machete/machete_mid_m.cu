@@ -1,42 +1,31 @@
-// Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w", the clustered
-// "256x64wc2", "128x128wc2", "256x128wc2", "256x64w4", "256x128w4" with four consumer
-// warpgroups, and "256x16w", "256x32w" for small batches): Y[M, N] = X[M, K] . dequant(W)[K, N] on
-// wgmma, our own mainloop on the SAME prepacked weight as the other schedules
-// (machete_layout.cuh). The transposed problem Y^T = W^T X^T runs as wgmma m64nTk16 with
-// the upconverted weight as the register A operand (the prepack hands each lane its A
-// fragment of a k16 step as one 32-bit word) and T = 16, 32, 64 or 128 tokens on wgmma's N side,
-// read by descriptor from a 128-byte-swizzled shared tile.
+// Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w", and "256x32w" for
+// 17..32 tokens): Y[M, N] = X[M, K] . dequant(W)[K, N] on wgmma, our own mainloop on the SAME
+// prepacked weight as the other schedules (machete_layout.cuh). The transposed problem
+// Y^T = W^T X^T runs as wgmma m64nTk16 with the upconverted weight as the register A operand
+// (the prepack hands each lane its A fragment of a k16 step as one 32-bit word) and T = 32,
+// 64 or 128 tokens on wgmma's N side, read by descriptor from a 128-byte-swizzled shared tile.
 //
 // Why: at 64..128 tokens CUTLASS's mixed-input collective keeps the tensor pipe 31-72%
 // busy (docs/profile_h200.md); its chain shared load -> convert -> wgmma waits once per
 // k-block. The wgmma probe showed m64n64k16 at full rate once two k-blocks per SM are in
 // flight. Here every consumer warpgroup keeps two K tiles of wgmma in flight (two A
 // register sets, wgmma.wait_group), two consumer warpgroups per CTA, one CTA per SM.
+// (Four consumer warpgroups and 2-CTA clusters multicasting X were built and measured
+// slower on the H200: docs/profile_h200.md; they were removed.)
 //
 // CTA: consumer warpgroups 0 and 1 take the first and second half of a 128-row tile (one
 // m64 row block each) or of a 256-row tile (two each: X is read from L2 once per 256 weight
-// rows instead of 128); the "...w4" tiles split a 256-row tile over four consumer warpgroups
-// (one row block each, twice the warps per SM to hide latency); the last warpgroup is the
-// producer (one lane; setmaxnreg moves its registers to the consumers). A pipeline stage
-// holds, for one 64-deep K tile: the X tile
+// rows instead of 128); the last warpgroup is the producer (one lane; setmaxnreg moves its
+// registers to the consumers). A pipeline stage holds, for one 64-deep K tile: the X tile
 // (T token rows x 128 bytes, TMA with the 128-byte swizzle; rows >= M arrive as zeros),
 // the tile's weight atoms (4 or 8 KB, contiguous in the prepacked layout: one bulk copy),
 // and the group row of its scales (and zeros). full[s] completes when the stage's bytes
 // have landed; empty[s] when both warpgroups' wgmmas that read it have completed.
 //
-// Clusters ("...wc2", kCl = 2): the two CTAs of a cluster take adjacent row tiles of one
-// 2 x rows cluster tile and walk the same units in lockstep, so they read the same X
-// tiles: each CTA's producer loads half of the X tile's token rows and multicasts it to
-// both CTAs, halving the L2 -> SM traffic of X. A stage is refilled only when the
-// consumers of both CTAs have released it (empty[s] counts both CTAs' warpgroups); no CTA
-// exits while its peer may still write into its shared memory (cluster barrier at the end).
-//
-// Work split: a unit is (cluster tile, K tile); units run tile-major, token tile outermost,
-// and cluster b takes the contiguous stripe [b*stripe, (b+1)*stripe). A tile whose K range
-// is split over clusters is finished by the last to arrive: every contributor stores its
-// fp32 fragments in its own slot, and the last (per-warp lock) sums the slots in cluster
-// order, so the result is deterministic, and resets the lock (locks are zero before and
-// after). Each CTA rank of a cluster has its own slots and locks.
+// Work split: a unit is (row tile, K tile); units run tile-major, token tile outermost, and
+// CTA b takes the contiguous stripe [b*stripe, (b+1)*stripe). A tile whose K range is split
+// over CTAs is finished by the last to arrive (split_fixup.cuh: deterministic, locks zero
+// before and after).
 //
 // Dequantization per weight pair: LOP3 to the magic-biased float (fp16 1024 + q, bf16
 // 128 + q), one exact add to q - 8 (u4b8) or q (u4 + zeros), one multiply by the scale
@@ -48,8 +37,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <map>
-#include <mutex>
 #include <type_traits>
 #include <utility>
 
@@ -66,23 +53,19 @@
 namespace vmp::machete {
 namespace {
 
-// A CTA: `wg` consumer warpgroups (2, or 4 for the "...w4" tiles: more warps per SM to hide
-// latency, on the same tile) and one producer warpgroup (one lane works).
-__host__ __device__ constexpr int threads(int wg) { return 128 * wg + 128; }
-__host__ __device__ constexpr int warps_per_tile(int wg) { return 4 * wg; }  // lock slots per split tile
-// Registers per thread at launch: the block's share of the 64 K register file, which is what
-// ptxas compiles every warp to (168 for 384 threads, 96 for 640).
-__host__ __device__ constexpr int launch_regs(int wg) { return 65536 / threads(wg) / 8 * 8; }
+// A CTA: two consumer warpgroups and one producer warpgroup (one lane works).
+constexpr int kConsumerWGs = 2;
+constexpr int kThreads = 128 * kConsumerWGs + 128;
+constexpr int kWarpsPerTile = 4 * kConsumerWGs;  // lock slots per split tile
+// Registers per thread at launch: the block's share of the 64 K register file (168).
+constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;
 // setmaxnreg (producer, consumers): ptxas compiles the consumers' code to their raised count,
 // but the block can only redistribute what it got at launch (the CTA pool): setmaxnreg.inc
-// retries until enough registers are free, so 128 p + 128 wg c above threads x launch_regs
-// hangs the block (four warpgroups at 24 / 120 did). 256x128w4 needs more than 96.
-constexpr int producer_regs(int wg) { return wg == 2 ? 40 : 24; }
-constexpr int consumer_regs(int wg) { return wg == 2 ? 232 : 112; }
-constexpr bool regs_fit(int wg) {
-  return 128 * producer_regs(wg) + 128 * wg * consumer_regs(wg) <= threads(wg) * launch_regs(wg);
-}
-static_assert(regs_fit(2) && regs_fit(4), "setmaxnreg asks for more registers than the block was launched with");
+// retries until enough registers are free, so a budget above kThreads x kLaunchRegs hangs
+// the block.
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+static_assert(128 * kProducerRegs + 128 * kConsumerWGs * kConsumerRegs <= kThreads * kLaunchRegs,
+              "setmaxnreg asks for more registers than the block was launched with");
 constexpr int kTileK = kAtomK;                       // 64 k per stage
 constexpr int kMaxStages = 18;
 __host__ __device__ constexpr int w_bytes(int rows) { return rows * kTileK / 2; }  // one K column's atoms
@@ -102,7 +85,7 @@ __host__ __device__ constexpr int smem_bytes(int t, int rows, int stages) {
 }
 
 struct Params {
-  CUtensorMap x_map;  // X [M, K] (ldx), box 64 k x T / kCl tokens, 128-byte swizzle, OOB zeros
+  CUtensorMap x_map;  // X [M, K] (ldx), box 64 k x T tokens, 128-byte swizzle, OOB zeros
   const unsigned char* w;
   const unsigned char* scales;  // [K/g, N] act dtype
   const unsigned char* zeros;   // [K/g, N] act dtype (-s*z) or nullptr
@@ -110,7 +93,7 @@ struct Params {
   float* partials;
   int* locks;
   int m, n;
-  int row_tiles;     // N / (tile rows * kCl): cluster tiles along N
+  int row_tiles;     // N / tile rows
   int k_tiles;       // K / 64
   int kt_per_group;  // g / 64 (K / 64 for channelwise)
   int units, stripe, stages;
@@ -181,12 +164,12 @@ __device__ __forceinline__ void fence_acc(float (&d)[N / 2]) {
   for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(d[i]);
 }
 
-// kRows = 64 kSub kWG: each consumer warpgroup takes kSub m64 row blocks of the tile.
-template <typename T, int kT, int kRows, int kWG, int kCl, bool kZeros>
-__global__ void __launch_bounds__(threads(kWG), kCtasPerSm) mid_m_kernel(const __grid_constant__ Params p) {
+// kRows = 64 kSub kConsumerWGs: each consumer warpgroup takes kSub m64 row blocks of the tile.
+template <typename T, int kT, int kRows, bool kZeros>
+__global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __grid_constant__ Params p) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  constexpr int kSub = kRows / (64 * kWG), kConsumers = 128 * kWG, kWarpsPerTile = warps_per_tile(kWG);
-  static_assert(kSub * 64 * kWG == kRows && (kSub == 1 || kSub == 2), "tile rows per warpgroup");
+  constexpr int kSub = kRows / (64 * kConsumerWGs), kConsumers = 128 * kConsumerWGs;
+  static_assert(kSub * 64 * kConsumerWGs == kRows && (kSub == 1 || kSub == 2), "tile rows per warpgroup");
   constexpr int kWBytes = w_bytes(kRows), kGBytes = g_bytes(kRows);
   constexpr int kSB = stage_bytes(kT, kRows);
   constexpr int kXB = x_bytes(kT);
@@ -195,28 +178,24 @@ __global__ void __launch_bounds__(threads(kWG), kCtasPerSm) mid_m_kernel(const _
   const uint32_t bars = groups + p.stages * 2 * kGBytes;
   auto full = [&](int s) { return bars + 8u * s; };
   auto empty = [&](int s) { return bars + 8u * (kMaxStages + s); };
-  const int cl = blockIdx.x / kCl;  // the cluster; blocks kCl cl .. kCl cl + kCl - 1 form it
-  const int rank = kCl > 1 ? static_cast<int>(sm90::cluster_rank()) : 0;
-  const int u0 = cl * p.stripe;
+  const int u0 = blockIdx.x * p.stripe;
   const int u1 = min(p.units, u0 + p.stripe);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (threadIdx.x == 0) {
     for (int s = 0; s < p.stages; ++s) {
       sm90::mbar_init(full(s), 1);
-      sm90::mbar_init(empty(s), kWG * kCl);
+      sm90::mbar_init(empty(s), kConsumerWGs);
     }
     sm90::mbar_fence_init();
   }
-  if constexpr (kCl > 1) sm90::cluster_sync();  // the peer's barriers exist before any copy
-  else __syncthreads();
+  __syncthreads();
   const int kt_n = p.k_tiles;
-  const int cta_row_tiles = p.row_tiles * kCl;  // this CTA's row tile of cluster tile r: kCl r + rank
 
   // ---- producer: one lane walks the stripe's units in order -------------------------
   auto produce = [&] {
     const uint64_t once = sm90::l2_evict_first();
     struct Pos {
-      int kt, r, mt;  // K tile, cluster row tile, token tile
+      int kt, r, mt;  // K tile, row tile, token tile
     };
     const int tau0 = u0 / kt_n;
     const Pos start{u0 % kt_n, tau0 % p.row_tiles, tau0 / p.row_tiles};
@@ -226,26 +205,19 @@ __global__ void __launch_bounds__(threads(kWG), kCtasPerSm) mid_m_kernel(const _
         if (++q.r == p.row_tiles) q.r = 0, ++q.mt;
       }
     };
-    constexpr uint32_t kTx = kXB + kWBytes + (kZeros ? 2 : 1) * kGBytes;  // X: both halves under a cluster
+    constexpr uint32_t kTx = kXB + kWBytes + (kZeros ? 2 : 1) * kGBytes;
     auto load_w = [&](int s, const Pos& q) {  // weights, scales, zeros: no kernel writes them
       const uint32_t st = base + s * kSB;
       sm90::mbar_arrive_expect_tx(full(s), kTx);
-      const int rt = q.r * kCl + rank;
-      const size_t atoms = (static_cast<size_t>(q.kt) * cta_row_tiles + rt) * (kRows / kAtomN);
+      const size_t atoms = (static_cast<size_t>(q.kt) * p.row_tiles + q.r) * (kRows / kAtomN);
       sm90::bulk_g2s(st + kXB, p.w + atoms * 512, kWBytes, full(s), once);
-      const size_t g = (static_cast<size_t>(q.kt / p.kt_per_group) * p.n + static_cast<size_t>(rt) * kRows) * 2;
+      const size_t g = (static_cast<size_t>(q.kt / p.kt_per_group) * p.n + static_cast<size_t>(q.r) * kRows) * 2;
       const uint32_t gs = groups + s * 2 * kGBytes;
       sm90::bulk_g2s(gs, p.scales + g, kGBytes, full(s), once);
       if constexpr (kZeros) sm90::bulk_g2s(gs + kGBytes, p.zeros + g, kGBytes, full(s), once);
     };
     auto load_x = [&](int s, const Pos& q) {
-      if constexpr (kCl == 1) {
-        sm90::tma_g2s_2d(base + s * kSB, &p.x_map, q.kt * kTileK, q.mt * kT, full(s));
-      } else {  // token rows [rank T / kCl, (rank + 1) T / kCl) of the tile, to every CTA of the cluster
-        constexpr int kPart = kT / kCl;
-        sm90::tma_g2s_2d_multicast(base + s * kSB + rank * kPart * 128, &p.x_map, q.kt * kTileK,
-                                   q.mt * kT + rank * kPart, full(s), (1u << kCl) - 1);
-      }
+      sm90::tma_g2s_2d(base + s * kSB, &p.x_map, q.kt * kTileK, q.mt * kT, full(s));
     };
     const int count = u1 - u0, pre = min(p.stages, count);
     // PDL (launch.h): the first stages' weights go out before pdl_wait(), overlapping the
@@ -267,17 +239,13 @@ __global__ void __launch_bounds__(threads(kWG), kCtasPerSm) mid_m_kernel(const _
     }
   };
   if (warp >= kConsumers / 32) {
-    sm90::regs_dec<producer_regs(kWG)>();
+    sm90::regs_dec<kProducerRegs>();
     if (threadIdx.x == kConsumers) produce();
-    if constexpr (kCl > 1) {
-      __syncwarp();
-      sm90::cluster_sync();
-    }
     return;
   }
 
   // ---- consumers ---------------------------------------------------------------------
-  sm90::regs_inc<consumer_regs(kWG)>();
+  sm90::regs_inc<kConsumerRegs>();
   const int wg = warp / 4;
   const bool leader = threadIdx.x % 128 == 0;                        // releases stages for its warpgroup
   // Row block j of this warpgroup: tile rows 64 (kSub wg + j) ..; this warp's atom in it.
@@ -291,21 +259,15 @@ __global__ void __launch_bounds__(threads(kWG), kCtasPerSm) mid_m_kernel(const _
     for (int i = 0; i < kT / 2; ++i) acc[j][i] = 0.f;
   // A register sets: two per row block (one per K tile in flight), or, where the registers
   // leave no room for that, one per row block: in 256x128w (2 x 64 accumulators) the two row
-  // blocks' commit groups overlap instead (wait_group 1 after each); in the "...w4" tiles
-  // (launch bound: 96 registers) each warpgroup waits for its own K tile, and the other
-  // three warpgroups keep the tensor pipe busy meanwhile.
-  constexpr bool kSetPerBlock = (kT == 128 && kSub == 2) || kWG == 4;
+  // blocks' commit groups overlap instead (wait_group 1 after each).
+  constexpr bool kSetPerBlock = kT == 128 && kSub == 2;
   uint32_t a[kSetPerBlock ? 1 : 2][kSub][4][4];
   int s = 0;
   uint32_t parity = 0;
   int in_flight = -1;  // stage read by the K tile whose wgmmas may still run
-  // The warpgroup's release of stage st, to the producers of every CTA that fills it.
+  // The warpgroup's release of stage st to the producer.
   auto release = [&](int st) {
-    if (!leader) return;
-    if constexpr (kCl == 1) sm90::mbar_arrive(empty(st));
-    else
-#pragma unroll
-      for (int c = 0; c < kCl; ++c) sm90::mbar_arrive_cluster(empty(st), c);
+    if (leader) sm90::mbar_arrive(empty(st));
   };
 
   // One K tile into A register set `set`: wait for its stage; per row block j, dequantize
@@ -368,19 +330,18 @@ __global__ void __launch_bounds__(threads(kWG), kCtasPerSm) mid_m_kernel(const _
         if (tok < p.m) yt[static_cast<size_t>(tok_of(i)) * p.n + row_of(j, i)] = from_float<T>(acc[j][i]);
       }
   };
-  // Cluster b's slot for tile tau: 2b if tau is b's first tile, else 2b + 1 (its last one),
-  // one per CTA rank. A warp's slot is its fragments in order, float4 j of lane l at 32 j + l
-  // (coalesced).
+  // CTA b's slot for tile tau: 2b if tau is b's first tile, else 2b + 1 (its last one). A
+  // warp's slot is its fragments in order, float4 j of lane l at 32 j + l (coalesced).
   auto slot_of = [&](int b, int tau) {
     const int odd = (b * p.stripe) / kt_n != tau;
-    const size_t slot = static_cast<size_t>((2 * b + odd) * kCl + rank);
+    const size_t slot = static_cast<size_t>(2 * b + odd);
     return reinterpret_cast<float4*>(p.partials + (slot * kWarpsPerTile + warp) * kSub * 16 * kT) + lane;
   };
 
   for (int u = u0; u < u1;) {
     const int tau = u / kt_n;
     const int seg_end = min(u1, (tau + 1) * kt_n);
-    const int r = tau % p.row_tiles * kCl + rank, mt = tau / p.row_tiles;  // this CTA's row tile
+    const int r = tau % p.row_tiles, mt = tau / p.row_tiles;
     int v = u;
     k_tile(std::integral_constant<int, 0>{}, true);
     ++v;
@@ -401,37 +362,33 @@ __global__ void __launch_bounds__(threads(kWG), kCtasPerSm) mid_m_kernel(const _
       store_y(r, mt);
       continue;
     }
-    int* lock = p.locks + (first_b * kCl + rank) * kWarpsPerTile + warp;
+    int* lock = p.locks + first_b * kWarpsPerTile + warp;
     auto& flat = reinterpret_cast<float(&)[kSub * kT / 2]>(acc);
-    if (!fixup_arrive<0>(flat, slot_of(cl, tau), [&](int b) { return slot_of(b, tau); }, first_b, last_b, lock))
+    if (!fixup_arrive<0>(flat, slot_of(blockIdx.x, tau), [&](int b) { return slot_of(b, tau); }, first_b, last_b, lock))
       continue;
     store_y(r, mt);
     fixup_release(lock);
   }
-  if constexpr (kCl > 1) sm90::cluster_sync();  // the peer has received its last multicast
 }
 
-// The compiled shapes (tokens, rows, consumer warpgroups, cluster), one per mid-M schedule
-// of machete.h, in its order.
+// The compiled shapes (tokens, rows), one per mid-M schedule of machete.h, in its order.
 struct Shape {
-  int t, rows, wg, cl;
+  int t, rows;
 };
-constexpr Shape kShapes[] = {{64, 128, 2, 1},  {64, 256, 2, 1},  {128, 128, 2, 1}, {128, 256, 2, 1},
-                             {64, 256, 2, 2},  {128, 128, 2, 2}, {128, 256, 2, 2}, {64, 256, 4, 1},
-                             {128, 256, 4, 1}, {16, 256, 2, 1},  {32, 256, 2, 1}};
+constexpr Shape kShapes[] = {{64, 128}, {64, 256}, {128, 128}, {128, 256}, {32, 256}};
 static_assert([] {
   if (sizeof(kShapes) / sizeof(Shape) != kNumSchedules - kFirstMidM) return false;
   for (int i = kFirstMidM; i < kNumSchedules; ++i) {
     const Shape& s = kShapes[i - kFirstMidM];
-    if (s.t != kTileTokens[i] || s.rows != kTileN[i] || s.wg != kWarpgroups[i] || s.cl != kClusterN[i]) return false;
+    if (s.t != kTileTokens[i] || s.rows != kTileN[i] || kClusterN[i] != 1) return false;
   }
   return true;
-}(), "kShapes must list machete.h's mid-M schedules in order");
+}(), "kShapes must list machete.h's mid-M schedules in order (1-CTA tiles)");
 
 template <typename T, bool kZeros, size_t... I>
 const void* kernel_at(int i, std::index_sequence<I...>) {
   static const void* const kFns[] = {reinterpret_cast<const void*>(
-      &mid_m_kernel<T, kShapes[I].t, kShapes[I].rows, kShapes[I].wg, kShapes[I].cl, kZeros>)...};
+      &mid_m_kernel<T, kShapes[I].t, kShapes[I].rows, kZeros>)...};
   return kFns[i];
 }
 
@@ -446,36 +403,6 @@ const void* kernel_for(ActType act, bool zeros, const MidMPlan& plan) {
 const char* allow_smem(const void* fn, int device, int bytes) {
   return allow_dynamic_smem(fn, device, bytes) ? nullptr
                                                : "cudaFuncSetAttribute (dynamic shared memory) failed for the mid-M kernel";
-}
-
-// Clusters of the schedule's cluster size that can be resident at once (a GPC holds whole
-// clusters only), asked once per device and schedule (its shared memory follows from both);
-// the four type variants share block size, shared memory and register budget, so the fp16
-// u4b8 kernel stands for them.
-const char* resident_clusters(const MidMPlan& plan, int device, int* clusters) {
-  static std::mutex mu;
-  static std::map<std::pair<int, int>, int> known;
-  const std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_pair(device, plan.schedule);
-  auto it = known.find(key);
-  if (it == known.end()) {
-    const void* fn = kernel_for(kF16, false, plan);
-    if (const char* err = allow_smem(fn, device, plan.smem_bytes)) return err;
-    const unsigned cl = static_cast<unsigned>(kClusterN[plan.schedule]);
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(cl);
-    cfg.blockDim = dim3(threads(kWarpgroups[plan.schedule]));
-    cfg.dynamicSmemBytes = plan.smem_bytes;
-    cudaLaunchAttribute attr = cluster_attribute(cl);
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    int n = 0;
-    if (cudaOccupancyMaxActiveClusters(&n, fn, &cfg) != cudaSuccess || n < 1)
-      return "no cluster of the mid-M kernel fits on this GPU (cudaOccupancyMaxActiveClusters)";
-    it = known.emplace(key, n).first;
-  }
-  *clusters = it->second;
-  return nullptr;
 }
 
 // cuTensorMapEncodeTiled through the runtime's driver entry point (no -lcuda).
@@ -498,9 +425,9 @@ EncodeFn encode_fn() {
 
 const char* plan_mid_m(int schedule, const MMArgs& a, MidMPlan* plan) {
   if (!is_mid_m(schedule)) return "not a mid-M schedule";
-  const int rows = kTileN[schedule], t = kTileTokens[schedule], cl = kClusterN[schedule];
+  const int rows = kTileN[schedule], t = kTileTokens[schedule];
   if (a.m < 1) return "M must be positive";
-  if (a.n % (rows * cl) || a.k % kTileK) return "mid-M kernel needs N % (tile rows x cluster) == 0 and K % 64 == 0";
+  if (a.n % rows || a.k % kTileK) return "mid-M kernel needs N % tile rows == 0 and K % 64 == 0";
   if (a.group_size % kTileK || a.k % a.group_size) return "mid-M kernel needs a group size that is a multiple of 64";
   if (a.ldx % 8 || reinterpret_cast<uintptr_t>(a.x) % 16) return "mid-M kernel needs 16-byte aligned X rows (TMA)";
   int budget = 0;
@@ -511,19 +438,16 @@ const char* plan_mid_m(int schedule, const MMArgs& a, MidMPlan* plan) {
   plan->schedule = schedule;
   plan->stages = stages;
   plan->smem_bytes = smem_bytes(t, rows, stages);
-  // Units of cluster tiles (cl x rows output features); stripes over the resident clusters.
-  const long long tiles = static_cast<long long>(a.n / (rows * cl)) * ((a.m + t - 1) / t);
+  // Units of (row tile, K tile); stripes over the resident CTAs.
+  const long long tiles = static_cast<long long>(a.n / rows) * ((a.m + t - 1) / t);
   const long long units = tiles * (a.k / kTileK);
   if (units > (1LL << 30)) return "problem too large for the mid-M kernel's unit index";
-  int clusters = a.sm_count * kCtasPerSm;
-  if (cl > 1)
-    if (const char* err = resident_clusters(*plan, a.device, &clusters)) return err;
-  const Stripes sp = split_stripes(units, clusters);
+  const Stripes sp = split_stripes(units, a.sm_count * kCtasPerSm);
   plan->units = static_cast<int>(units);
   plan->stripe = sp.stripe;
-  plan->grid = sp.grid * cl;
+  plan->grid = sp.grid;
   plan->partial_floats = static_cast<size_t>(plan->grid) * 2 * rows * t;
-  plan->locks = plan->grid * warps_per_tile(kWarpgroups[schedule]);
+  plan->locks = plan->grid * kWarpsPerTile;
   return nullptr;
 }
 
@@ -531,11 +455,11 @@ const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float*
                       cudaStream_t stream) {
   const EncodeFn encode = encode_fn();
   if (encode == nullptr) return "cuTensorMapEncodeTiled is not available from the CUDA driver";
-  const int s = plan.schedule, rows = kTileN[s], cl = kClusterN[s];
+  const int s = plan.schedule, rows = kTileN[s];
   Params p;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(a.k), static_cast<cuuint64_t>(a.m)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.ldx) * 2};
-  const cuuint32_t box[2] = {kTileK, static_cast<cuuint32_t>(kTileTokens[s] / cl)};  // a CTA's share
+  const cuuint32_t box[2] = {kTileK, static_cast<cuuint32_t>(kTileTokens[s])};
   const cuuint32_t elem_strides[2] = {1, 1};
   if (encode(&p.x_map, act == kF16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
              const_cast<void*>(a.x), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
@@ -550,7 +474,7 @@ const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float*
   p.locks = locks;
   p.m = a.m;
   p.n = a.n;
-  p.row_tiles = a.n / (rows * cl);
+  p.row_tiles = a.n / rows;
   p.k_tiles = a.k / kTileK;
   p.kt_per_group = a.group_size / kTileK;
   p.units = plan.units;
@@ -559,8 +483,8 @@ const char* run_mid_m(ActType act, const MidMPlan& plan, const MMArgs& a, float*
   const void* fn = kernel_for(act, a.zeros != nullptr, plan);
   if (const char* err = allow_smem(fn, a.device, plan.smem_bytes)) return err;
   void* args[] = {&p};
-  if (launch_kernel(fn, dim3(plan.grid), dim3(threads(kWarpgroups[s])), args, static_cast<size_t>(plan.smem_bytes),
-                    stream, kernel_has_pdl(fn), static_cast<unsigned>(cl)) != cudaSuccess)
+  if (launch_kernel(fn, dim3(plan.grid), dim3(kThreads), args, static_cast<size_t>(plan.smem_bytes), stream,
+                    kernel_has_pdl(fn)) != cudaSuccess)
     return "mid-M kernel launch failed";
   return nullptr;
 }
