@@ -141,11 +141,9 @@ struct Wgmma;
     using Op = cute::SM90::GMMA::MMA_64x##N##x16_F32##AB##AB##_RS<cute::SM90::GMMA::Major::K,                  \
                                                                   cute::SM90::GMMA::Major::K>;                \
   };
-VMP_MIDM_WGMMA(half, F16, 16)
 VMP_MIDM_WGMMA(half, F16, 32)
 VMP_MIDM_WGMMA(half, F16, 64)
 VMP_MIDM_WGMMA(half, F16, 128)
-VMP_MIDM_WGMMA(__nv_bfloat16, BF16, 16)
 VMP_MIDM_WGMMA(__nv_bfloat16, BF16, 32)
 VMP_MIDM_WGMMA(__nv_bfloat16, BF16, 64)
 VMP_MIDM_WGMMA(__nv_bfloat16, BF16, 128)
