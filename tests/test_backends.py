@@ -129,3 +129,14 @@ def test_machete_apply_reads_no_environment(monkeypatch):
     spec = LayerSpec(k=256, n=128, group_size=128, has_zeros=False, act_dtype=torch.float16)
     machete.MacheteBackend.apply(spec, {"w": "W", "scales": "S", "locks": "L"}, "X")
     assert calls == [("X", "W", "S", None, 128, "128x16", "L")]
+
+
+def test_fp16_machete_refuses_scales_its_16x_rows_would_overflow():
+    """machete_mid_m.cu holds fragment rows row + 8 as 16x the weight in fp16, so a scale of
+    256+ (weights up to 3840) would overflow to Inf: refused at prepare, with the fix."""
+    from vllm_machete_plugin.backends.machete import check_fp16_scale_range
+    check_fp16_scale_range(torch.full((4, 8), 255.0, dtype=torch.float16))
+    s = torch.full((4, 8), 0.01, dtype=torch.float16)
+    s[2, 5] = -300.0
+    with pytest.raises(ValueError, match=r"scales of shape \(4, 8\) reach 300.*\|scale\| < 256.*--dtype bfloat16"):
+        check_fp16_scale_range(s)

@@ -50,3 +50,26 @@ def test_machete_prepack_is_a_bijection(k, n, has_zeros):
 def test_machete_refuses_untiled_shapes():
     with pytest.raises(ValueError, match="K % 64 == 0 and N % 16 == 0"):
         mach.prepacked_offsets(96, 16)
+
+
+@pytest.mark.parametrize("zeros", [False, True])
+def test_machete_fp16_rows_plus_8_in_16q_form_are_exactly_16x(zeros):
+    """machete_mid_m.cu (fp16) dequantizes the fragment rows row + 8 from where their
+    nibbles sit, as 1024 + 16 q, and scales those accumulator rows by 1/16 after the
+    mainloop. That is only bit-identical if every such A register is exactly 16x the
+    plain one: every nibble value, scales over fp16's normal range (and zero points)."""
+    g = torch.Generator().manual_seed(0)
+    n = 4096
+    words = torch.randint(0, 2**32, (n,), generator=g, dtype=torch.int64)
+    s = torch.exp(torch.empty(n, 2).uniform_(-9.0, 3.0, generator=g)).to(torch.float16)  # 1.2e-4 .. 20
+    z = (-(s.float() * torch.randint(0, 16, (n, 2), generator=g)).to(torch.float16)) if zeros else None
+    plain = mach.dequant_fp16_ref(words, s, z, hi16=False)
+    hi = mach.dequant_fp16_ref(words, s, z, hi16=True)
+    assert torch.equal(hi[:, 0::2], plain[:, 0::2])  # rows `row`: the same form
+    assert torch.equal(hi[:, 1::2], 16 * plain[:, 1::2])  # rows row + 8: exactly 16x
+    # and the plain form is the weight itself: (q - 8) s, or q s + z'
+    nib = torch.stack([(words >> (4 * (r + 4 * h))) & 0xF for r in range(4) for h in range(2)], -1).view(n, 4, 2)
+    q = nib if zeros else nib ^ 8
+    sr = s.to(torch.float64)[:, [0, 1, 0, 1], None]
+    want = q * sr + z.to(torch.float64)[:, [0, 1, 0, 1], None] if zeros else (q - 8) * sr
+    assert torch.equal(plain, want.to(torch.float16).to(torch.float64))

@@ -63,7 +63,10 @@ class MacheteLinearMethod(LinearMethodBase):
                         "(first: %s, %s)", backend.name, self.prefix, spec.describe())
         if w.scales.dtype != spec.act_dtype:
             w.scales = w.scales.to(spec.act_dtype)
-        prepared = backend.prepare(spec, w)
+        try:
+            prepared = backend.prepare(spec, w)
+        except ValueError as e:  # name the layer (the backends do not know it)
+            raise ValueError(f"{self.prefix}: {e}") from e
         # Drop the checkpoint-layout parameters before keeping the repacked ones, so a
         # layer never holds both longer than this call (peak = one layer's extra copy).
         for name in layer.vmp_checkpoint_params:

@@ -46,3 +46,40 @@ def prepack_ref(codes: torch.Tensor, has_zeros: bool) -> torch.Tensor:
     words.index_add_(0, (off // 8).flatten(), (q << (4 * (off % 8))).flatten())
     words = torch.where(words >= 2**31, words - 2**32, words)
     return words.to(torch.int32).view(k // 8, n)
+
+
+def _fp16_pair(bits: torch.Tensor) -> torch.Tensor:
+    """int64 32-bit words -> float64 [..., 2]: their low and high fp16 halves."""
+    halves = torch.stack([bits & 0xFFFF, (bits >> 16) & 0xFFFF], dim=-1).to(torch.int16)
+    return halves.view(torch.float16).to(torch.float64)
+
+
+def _fl16(x: torch.Tensor) -> torch.Tensor:
+    """Round to fp16 (one rounding, as HADD2 / HMUL2 / HFMA2 do), kept as float64."""
+    return x.to(torch.float16).to(torch.float64)
+
+
+def dequant_fp16_ref(words: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None,
+                     hi16: bool) -> torch.Tensor:
+    """The fp16 mid-M kernel's A registers of packed words (machete_mid_m.cu, dequant), as
+    float64 [..., 4 registers, 2 halves]. Register r holds nibbles r and r + 4. s is the
+    scale of the fragment's row (registers 0, 2) and of row + 8 (registers 1, 3), [..., 2];
+    z the pre-multiplied z' = -s*z likewise, or None (u4b8: nibbles hold q - 8). hi16 takes
+    registers 1 and 3 from bits 4..7 of each half (1024 + 16 q), so they hold 16x the weight
+    (their z' scaled by 16 first); otherwise every register is shifted down to bits 0..3."""
+    words = words.to(torch.int64) & 0xFFFFFFFF
+    regs = []
+    for r in range(4):
+        hi = hi16 and r % 2 == 1
+        src = words >> (8 if r >= 2 else 0) if hi16 else words >> (4 * r)
+        mask, flip = (0x00F000F0, 0x00800080) if hi else (0x000F000F, 0x00080008)
+        raw = (src & mask) ^ (0x64006400 ^ (0 if z is not None else flip))
+        m = 16 if hi else 1
+        v = _fl16(_fp16_pair(raw) - (1024 + (0 if z is not None else 8 * m)))
+        sr = s[..., r % 2, None].to(torch.float64)
+        if z is None:
+            regs.append(_fl16(v * sr))
+        else:
+            zr = _fl16(z[..., r % 2, None].to(torch.float64) * m)
+            regs.append(_fl16(v * sr + zr))
+    return torch.stack(regs, dim=-2)

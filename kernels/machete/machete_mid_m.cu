@@ -106,21 +106,35 @@ struct Deq {
   static constexpr uint32_t kMagic = kHalf ? 0x64006400u : 0x43004300u;  // 1024.0 (fp16) / 128.0 (bf16), both halves
   static constexpr float kBias = kHalf ? 1024.f : 128.f;
   using V2 = std::conditional_t<kHalf, half2, __nv_bfloat162>;
-  // kBias + q -> q - 8 (u4b8) or q (u4 + zeros), exact.
+  // kBias + m q -> m (q - 8) (u4b8) or m q (u4 + zeros), exact (m = 1 or 16).
+  template <int kM>
   __device__ static V2 sub_bias(V2 v, bool zeros) {
-    const float b = -(kBias + (zeros ? 0.f : 8.f));
+    const float b = -(kBias + (zeros ? 0.f : 8.f * kM));
     if constexpr (kHalf) return __hadd2(v, __float2half2_rn(b));
     else return __hadd2(v, __float2bfloat162_rn(b));
   }
 };
 
-template <typename T, bool kZeros>
+// Rows row + 8 of a fragment (odd A registers) hold 16x their weights in fp16: their nibbles
+// are taken where they sit, 4 bits up, as 1024 + 16 q, which saves two of the three shifts per
+// packed word. The product with the scale is exactly 16x the plain one while (q - 8) s is an
+// fp16 normal (|.| >= 6.1e-5; below, the 16x form is the more exact) and |s| < 512, so the
+// accumulator rows are scaled back by 1/16 after the mainloop of each tile and Y is
+// bit-identical (machete_layout_ref.dequant_fp16_ref, tests/test_layout_refs.py). bf16 has no
+// mantissa room for 16 q.
+template <typename T>
+constexpr bool kHi16 = std::is_same_v<T, half>;
+
+// kHi (fp16 only): the nibble pair at bits 4..7 of each half, giving 16x the weights.
+template <typename T, bool kZeros, bool kHi = false>
 __device__ __forceinline__ uint32_t dequant(uint32_t nibbles, uint32_t s2, uint32_t z2) {
   using V2 = typename Deq<T>::V2;
+  static_assert(!kHi || kHi16<T>, "16 q form is fp16 only");
+  constexpr uint32_t kMask = kHi ? 0x00F000F0u : 0x000F000Fu;
   // u4b8 stores q - 8 as a signed nibble: XOR 8 turns it back into q.
-  constexpr uint32_t kC = Deq<T>::kMagic ^ (kZeros ? 0u : 0x00080008u);
-  uint32_t raw = ptx::lop3<0x6A, 0x000F000F, kC>(nibbles);  // (n & mask) ^ c
-  V2 v = Deq<T>::sub_bias(*reinterpret_cast<V2*>(&raw), kZeros);
+  constexpr uint32_t kC = Deq<T>::kMagic ^ (kZeros ? 0u : kHi ? 0x00800080u : 0x00080008u);
+  uint32_t raw = ptx::lop3<0x6A, kMask, kC>(nibbles);  // (n & mask) ^ c
+  V2 v = Deq<T>::template sub_bias<kHi ? 16 : 1>(*reinterpret_cast<V2*>(&raw), kZeros);
   if constexpr (kZeros) v = __hfma2(v, *reinterpret_cast<V2*>(&s2), *reinterpret_cast<V2*>(&z2));
   else v = __hmul2(v, *reinterpret_cast<V2*>(&s2));
   return *reinterpret_cast<uint32_t*>(&v);
@@ -284,14 +298,27 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
         const uint32_t z_lo = ptx::lds16(gs + kGBytes + 128 * j), z_hi = ptx::lds16(gs + kGBytes + 128 * j + 16);
         z2[0] = z_lo | z_lo << 16;
         z2[1] = z_hi | z_hi << 16;
+        if constexpr (kHi16<T>) {  // rows row + 8 carry 16x: so does their z'
+          const half2 z16 = __hmul2(*reinterpret_cast<half2*>(&z2[1]), __float2half2_rn(16.f));
+          z2[1] = *reinterpret_cast<const uint32_t*>(&z16);
+        }
       }
 #pragma unroll
       for (int kb = 0; kb < 4; ++kb) {
         const uint32_t w = ptx::lds32(st + w_rd + 2048 * j + kb * 128);
         // Register r of the fragment holds nibbles r and r + 4 (machete_layout.cuh); odd r
         // are rows row + 8.
+        uint32_t(&ar)[4] = a[set][j][kb];
+        if constexpr (kHi16<T>) {
+          const uint32_t w8 = w >> 8;
+          ar[0] = dequant<T, kZeros>(w, s2[0], z2[0]);
+          ar[1] = dequant<T, kZeros, true>(w, s2[1], z2[1]);
+          ar[2] = dequant<T, kZeros>(w8, s2[0], z2[0]);
+          ar[3] = dequant<T, kZeros, true>(w8, s2[1], z2[1]);
+        } else {
 #pragma unroll
-        for (int r = 0; r < 4; ++r) a[set][j][kb][r] = dequant<T, kZeros>(w >> (4 * r), s2[r & 1], z2[r & 1]);
+          for (int r = 0; r < 4; ++r) ar[r] = dequant<T, kZeros>(w >> (4 * r), s2[r & 1], z2[r & 1]);
+        }
       }
       cute::warpgroup_arrive();
 #pragma unroll
@@ -353,6 +380,11 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
     for (int j = 0; j < kSub; ++j) fence_acc<kT>(acc[j]);
     release(in_flight);
     in_flight = -1;
+    if constexpr (kHi16<T>)  // rows row + 8 (accumulator values i with (i / 2) % 2 == 1) carry 16x
+#pragma unroll
+      for (int j = 0; j < kSub; ++j)
+#pragma unroll
+        for (int i = 2; i < kT / 2; i += 4) acc[j][i] *= 0.0625f, acc[j][i + 1] *= 0.0625f;
 
     const int first_b = (tau * kt_n) / p.stripe, last_b = (tau * kt_n + kt_n - 1) / p.stripe;
     u = seg_end;

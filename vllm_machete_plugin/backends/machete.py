@@ -90,6 +90,8 @@ class MacheteBackend(Backend):
         out["scales"] = scales
         if w.zeros is not None:
             out["zeros"] = (-(scales.float() * w.zeros.to(codes.device).float())).to(spec.act_dtype).contiguous()
+        if spec.act_dtype == torch.float16:
+            check_fp16_scale_range(scales)
         # The small-M kernel's cross-block counters: zero between calls (each call leaves
         # them zero). One buffer per layer: two calls of the same layer must not run
         # concurrently on different streams (vLLM runs a dense model's layers in order).
@@ -101,6 +103,22 @@ class MacheteBackend(Backend):
         group = -1 if spec.group_size == spec.k else spec.group_size
         return torch.ops.vmp.machete_mm(x, weights["w"], weights["scales"], weights.get("zeros"), group,
                                         FORCED_SCHEDULE, weights.get("locks"))
+
+
+# fp16 mid-M kernels hold rows row + 8 of each fragment as 16x the weight (machete_mid_m.cu):
+# 16 * 15 * |s| must stay below fp16's 65504.
+FP16_MAX_SCALE = 256.0
+
+
+def check_fp16_scale_range(scales: torch.Tensor) -> None:
+    """Refuses fp16 scales the fp16 Machete kernels would overflow on, instead of computing
+    Inf. No real 4-bit checkpoint comes near (its weights would reach 15 * 256)."""
+    biggest = float(scales.abs().max())
+    if not biggest < FP16_MAX_SCALE:
+        raise ValueError(
+            f"machete prepare: the scales of shape {tuple(scales.shape)} reach {biggest:.4g}; the fp16 "
+            f"Machete kernels handle |scale| < {FP16_MAX_SCALE:g}. Fix: --dtype bfloat16, or "
+            f"VMP_BACKEND=marlin.")
 
 
 def prepacked_dtype(has_zeros: bool) -> torch.dtype:
