@@ -84,5 +84,9 @@ __device__ __forceinline__ void regs_inc() {
 __device__ __forceinline__ uint64_t desc_k_sw128(uint32_t addr) {
   return uint64_t((addr & 0x3FFFF) >> 4) | uint64_t(1) << 16 | uint64_t(1024 >> 4) << 32 | uint64_t(1) << 62;
 }
+// The descriptor of the same tile `bytes` (a multiple of 16) further in, by adding to the
+// 14-bit start-address field: desc_k_sw128(addr + bytes) as long as addr + bytes stays below
+// 256 KB (shared memory is 228 KB), without recomputing the whole descriptor per wgmma.
+__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
 
 }  // namespace vmp::sm90

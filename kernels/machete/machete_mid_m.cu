@@ -289,6 +289,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
     sm90::mbar_wait(full(s), parity);
     const uint32_t st = base + s * kSB;
     const uint32_t gs = g_rd + s * 2 * kGBytes;
+    const uint64_t x_desc = sm90::desc_k_sw128(st);  // the stage's X tile, k16 step kb at + 32 kb bytes
 #pragma unroll
     for (int j = 0; j < kSub; ++j) {
       const uint32_t s_lo = ptx::lds16(gs + 128 * j), s_hi = ptx::lds16(gs + 128 * j + 16);
@@ -323,7 +324,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
       cute::warpgroup_arrive();
 #pragma unroll
       for (int kb = 0; kb < 4; ++kb)
-        wgmma<T, kT>(acc[j], a[set][j][kb], sm90::desc_k_sw128(st + kb * 32), !(first && kb == 0),
+        wgmma<T, kT>(acc[j], a[set][j][kb], sm90::desc_advance(x_desc, kb * 32), !(first && kb == 0),
                      std::make_index_sequence<kT / 2>{});
       cute::warpgroup_commit_batch();
       if constexpr (kSetPerBlock) {
