@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../check.h"
+#include "../device_limits.h"
 #include "machete.h"
 #include "machete_tile.h"
 
@@ -36,14 +37,9 @@ void check_launch(cudaError_t err, const char* op) {
 }
 
 int sm_count(int device, const char* op) {
-  static int counts[64] = {0};
-  VMP_CHECK(device >= 0 && device < 64, op, ": device index ", device, " out of range");
-  if (counts[device] == 0) {
-    int c = 0;
-    check_launch(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, device), op);
-    counts[device] = c;
-  }
-  return counts[device];
+  DeviceLimits lim;  // queried once per device
+  check_launch(device_limits(device, &lim), op);
+  return lim.sms;
 }
 
 std::string tile_list() {

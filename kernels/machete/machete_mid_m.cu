@@ -47,6 +47,7 @@
 #include "machete_layout.cuh"
 #include "split_fixup.cuh"
 #include "stripes.h"
+#include "../device_limits.h"
 #include "../launch.h"
 #include "../ptx.cuh"
 
@@ -430,10 +431,11 @@ const void* kernel_for(ActType act, bool zeros, const MidMPlan& plan) {
   return zeros ? kernel_at<__nv_bfloat16, true>(i, kAll) : kernel_at<__nv_bfloat16, false>(i, kAll);
 }
 
-// Lets fn's blocks use `bytes` of dynamic shared memory on `device` (stripes.h).
+// Lets fn's blocks use `bytes` of dynamic shared memory on `device` (device_limits.h).
 const char* allow_smem(const void* fn, int device, int bytes) {
-  return allow_dynamic_smem(fn, device, bytes) ? nullptr
-                                               : "cudaFuncSetAttribute (dynamic shared memory) failed for the mid-M kernel";
+  return allow_dynamic_smem(fn, device, bytes) == cudaSuccess
+             ? nullptr
+             : "cudaFuncSetAttribute (dynamic shared memory) failed for the mid-M kernel";
 }
 
 // cuTensorMapEncodeTiled through the runtime's driver entry point (no -lcuda).
@@ -461,8 +463,9 @@ const char* plan_mid_m(int schedule, const MMArgs& a, MidMPlan* plan) {
   if (a.n % rows || a.k % kTileK) return "mid-M kernel needs N % tile rows == 0 and K % 64 == 0";
   if (a.group_size % kTileK || a.k % a.group_size) return "mid-M kernel needs a group size that is a multiple of 64";
   if (a.ldx % 8 || reinterpret_cast<uintptr_t>(a.x) % 16) return "mid-M kernel needs 16-byte aligned X rows (TMA)";
-  int budget = 0;
-  if (const char* err = smem_budget(a.device, kCtasPerSm, &budget)) return err;
+  DeviceLimits lim;
+  if (device_limits(a.device, &lim) != cudaSuccess) return "cudaDeviceGetAttribute failed";
+  const int budget = lim.smem_budget(kCtasPerSm);
   const int stages =
       std::min(kMaxStages, (budget - smem_bytes(t, rows, 0)) / (smem_bytes(t, rows, 1) - smem_bytes(t, rows, 0)));
   if (stages < 3) return "too little shared memory per SM for the mid-M pipeline";

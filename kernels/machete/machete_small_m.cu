@@ -37,6 +37,7 @@
 #include "machete_layout.cuh"
 #include "split_fixup.cuh"
 #include "stripes.h"
+#include "../device_limits.h"
 #include "../launch.h"
 #include "../ptx.cuh"
 
@@ -447,8 +448,9 @@ const char* plan_small_m(int schedule, const MMArgs& a, SmallMPlan* plan) {
   if (a.m < 1 || a.m > tokens_per_tile) return "M exceeds the small-M tile's token count";
   if (a.n % kRows || a.k % kStageK) return "small-M kernel needs N % 64 == 0 and K % 64 == 0";
   const int t = tokens_per_tile / 8;
-  int budget = 0;
-  if (const char* err = smem_budget(a.device, blocks_per_sm(t), &budget)) return err;
+  DeviceLimits lim;
+  if (device_limits(a.device, &lim) != cudaSuccess) return "cudaDeviceGetAttribute failed";
+  const int budget = lim.smem_budget(blocks_per_sm(t));
   plan->stage_bytes = kXOff + a.m * kXRowBytes;  // X rows < m only
   plan->smem_bytes = kXRowBytes + kWarps * kStages * plan->stage_bytes;
   if (plan->smem_bytes > budget) return "too little shared memory per SM for the small-M pipeline";
@@ -470,7 +472,7 @@ const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, fl
                         cudaStream_t stream) {
   const int t = plan.tokens / 8;
   const void* fn = kernel_for(act, a.zeros != nullptr, t);
-  if (!allow_dynamic_smem(fn, a.device, plan.smem_bytes))
+  if (allow_dynamic_smem(fn, a.device, plan.smem_bytes) != cudaSuccess)
     return "cudaFuncSetAttribute (dynamic shared memory) failed for the small-M kernel";
   Params p;
   p.x = a.x;

@@ -24,6 +24,7 @@
 
 #include "marlin.h"
 #include "marlin_layout.cuh"
+#include "../device_limits.h"
 #include "../launch.h"
 #include "../ptx.cuh"
 
@@ -647,12 +648,10 @@ int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b
 cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, const PlanHints& hints,
                       GemmPlan* plan) {
   if (m <= 0 || n_pad <= 0 || k_pad <= 0 || n_pad % kTileN || k_pad % kTileK) return cudaErrorInvalidValue;
-  int sms = 0, smem_optin = 0, smem_sm = 0, smem_reserved = 0;
-  cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_reserved, cudaDevAttrReservedSharedMemoryPerBlock, device);
+  DeviceLimits lim;
+  cudaError_t err = device_limits(device, &lim);
   if (err != cudaSuccess) return err;
+  const int sms = lim.sms;
 
   // Fewest chunks of at most 64 rows, balanced; fewer rows per chunk when shared memory
   // cannot hold 3 pipeline stages of the larger tile (sm_86/sm_89 have ~100 KB).
@@ -666,7 +665,7 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
   int stages = 0, blocks = 1;
   // Deepest compiled depth that fits and respects the cap; 0 if none.
   auto stages_for = [&](int b) {
-    const int budget = std::min(smem_optin, smem_sm / b - smem_reserved);
+    const int budget = lim.smem_budget(b);
     int s = std::min(max_stages, (budget - smem_bytes(mb, 0)) / stage_bytes(mb));
     while (s > 0 && !stages_compiled(mb, s)) --s;
     return s;
@@ -685,9 +684,8 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
   // Every block must be resident at once: blocks wait on each other's locks.
   const bool swap = mb == 1 && m <= 8 && hints.swap_small_m != 0;
   const void* fn = kernel_for(dtype, mb, stages, true, swap);
-  err = cudaFuncSetAttribute(kernel_for(dtype, mb, stages, false, swap), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             smem);
-  if (err == cudaSuccess) err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  err = allow_dynamic_smem(kernel_for(dtype, mb, stages, false, swap), device, smem);
+  if (err == cudaSuccess) err = allow_dynamic_smem(fn, device, smem);
   if (err != cudaSuccess) return err;
   int resident = 0;
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, fn, kThreads, smem);
@@ -722,7 +720,9 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
   if (plan.swap && (plan.m_blocks != 1 || a.m > 8)) return cudaErrorInvalidValue;
   const void* fn = kernel_for(a.dtype, plan.m_blocks, plan.stages, a.zeros != nullptr, plan.swap);
   if (a.dtype != plan.dtype || fn == nullptr) return cudaErrorInvalidValue;
-  cudaError_t err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = allow_dynamic_smem(fn, device, plan.smem_bytes);
   if (err != cudaSuccess) return err;
 
   KernelParams p;
