@@ -109,9 +109,10 @@ from vllm_machete_plugin.bench.kernels import forced_mm, random_weight
 k, n = 1024, 1024
 w = random_weight(n, k)
 p = MacheteBackend.prepare(LayerSpec(k=k, n=n, group_size=128, has_zeros=False, act_dtype=torch.float16), w)
-for name in sys.argv[1:]:
+for arg in sys.argv[1:]:  # <schedule>:<tokens>
+    name, m = arg.split(":")
     print(name, flush=True)
-    forced_mm(torch.randn({"64x8": 8, "64x16": 16}.get(name, 64), k, device="cuda", dtype=torch.float16), p, name)
+    forced_mm(torch.randn(int(m), k, device="cuda", dtype=torch.float16), p, name)
     torch.cuda.synchronize()
 print("done", flush=True)
 """
@@ -123,7 +124,8 @@ def test_every_schedule_returns():
     name instead of stalling the whole test session."""
     import subprocess
     import sys
-    proc = subprocess.Popen([sys.executable, "-c", _PROBE, *SCHEDULES], stdout=subprocess.PIPE,
+    args = [f"{s}:{SMALL_M_TILES.get(s, 64)}" for s in SCHEDULES]  # the small-M tiles at their token limit
+    proc = subprocess.Popen([sys.executable, "-c", _PROBE, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=180)
