@@ -26,8 +26,7 @@ static_assert(std::max({kT128x128, kT128x128c2, kT128x256, kT128x32, kT128x64, k
 Schedule choose_schedule(int m, int n, int k, int sm_count) {
   const int64_t weights = int64_t(n) * k;
   const bool wide_n = n % 256 == 0;             // 256-row tiles and the 2x1 cluster need it
-  const bool big = weights > (int64_t(64) << 20);  // above o_proj's 8192x8192
-  const bool mid_w = wide_n && weights >= (int64_t(64) << 20);  // where 256x32w / 256x64w were measured
+  const bool mid_w = wide_n && weights >= (int64_t(64) << 20);  // o_proj's 8192x8192 and above
   Schedule s;
   if (m <= 16) {  // the small-M mma.sync kernel: 64x8 up to 8 tokens, 64x16 up to 16
     s.tile = m <= 8 ? kT64x8 : kT64x16;
@@ -48,12 +47,19 @@ Schedule choose_schedule(int m, int n, int k, int sm_count) {
     s.tile = kT256x64w;
     return s;
   }
-  if (m > 64 && wide_n && weights > (int64_t(128) << 20) && (m <= 256 || (m <= 512 && n >= 32768))) {
+  if (m > 64 && wide_n && weights > (int64_t(128) << 20) && (m <= 128 || (m > 256 && m <= 512 && n >= 32768))) {
     // 256x128w (machete_mid_m.cu): H200, one run with the peers (midm-h200-2026-12-03-v4):
-    // gate_up 182.6 / 352.6 / 672.9 us at 128 / 256 / 512 tokens against the CUTLASS picks'
-    // 203.6 / 375.0 / 738.5; down 101.3 / 176.7 against 103.2 / 180.5, but 344.3 against
-    // 324.8 at 512 (hence the N >= 32768 bound there). Slower on qkv and o_proj (<= 80 Mi).
+    // gate_up 182.6 us at 128 tokens against the CUTLASS pick's 203.6, down 101.3 against
+    // 103.2; gate_up 672.9 against 738.5 at 512 (down lost there, 344.3 against 324.8).
+    // Slower on qkv and o_proj (<= 80 Mi).
     s.tile = kT256x128w;
+    return s;
+  }
+  if (m > 128 && m <= 256 && wide_n && weights > (int64_t(128) << 20)) {
+    // 128x256 (CUTLASS, 2x1 cluster): H200, in-model, one run (midm-h200-2026-12-04-large):
+    // at 256 tokens gate_up 369.9 us against 256x128w's 403.1 and vLLM's Machete 382.8,
+    // down 189.4 against 202.2 and 191.0.
+    s.tile = kT128x256;
     return s;
   }
   if (m <= 32) {
@@ -70,9 +76,11 @@ Schedule choose_schedule(int m, int n, int k, int sm_count) {
     }
     s.tile = kT128x128;
   } else if (m <= 256) {
-    s.tile = kT128x128;  // large layers took 256x128w above
+    s.tile = kT128x128;  // layers above 128 Mi took 128x256 above
   } else {
-    s.tile = !wide_n ? kT128x128 : big ? kT128x256 : kT256x128;  // 128x256: 2x1 cluster
+    // 128x256 (2x1 cluster) from o_proj's 64 Mi up: H200, in-model, 512 tokens
+    // (midm-h200-2026-12-04-large): o_proj 102.5 us against 256x128's 107.1.
+    s.tile = !wide_n ? kT128x128 : mid_w ? kT128x256 : kT256x128;
   }
   // Up to 128 tokens with fewer output tiles than SMs, CUTLASS's own decomposition
   // heuristic leaves SMs idle (qkv: 80 tiles on 132 SMs); forced Stream-K spreads the

@@ -11,9 +11,9 @@ pre-multiplied as -s*z in the act dtype, so the mainloop dequantizes with one FM
 kernels (it is back to zero after every call). apply(): vmp::machete_mm with the schedule from
 VMP_MACHETE_SCHEDULE if set when this module was imported, else the C++ heuristic (kernels/machete/machete_heuristic.cpp):
 the small-M mma.sync kernel (kernels/machete/machete_small_m.cu) for M <= 16 (64x8 up to
-8 tokens, 64x16 up to 16), our own wgmma tiles (kernels/machete/machete_mid_m.cu) 256x64w at
-33..64 tokens and 256x128w at 65..256 (512 on gate_up-sized N) on large layers, the CUTLASS
-wgmma tiles elsewhere (docs/machete_heuristic.md).
+8 tokens, 64x16 up to 16), our own wgmma tiles (kernels/machete/machete_mid_m.cu) 256x32w /
+256x64w at 17..64 tokens and 256x128w at 65..128 (and 257..512 on gate_up-sized N) on large
+layers, the CUTLASS wgmma tiles elsewhere (docs/machete_heuristic.md).
 """
 from __future__ import annotations
 
