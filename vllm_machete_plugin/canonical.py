@@ -114,7 +114,7 @@ def unpack_int4(packed: torch.Tensor, dim: int, order: Optional[list[int]] = Non
     w = packed.to(torch.int32).contiguous()
     order = order if order is not None else list(range(PACK_FACTOR))
     shape = list(w.shape)
-    byte = w.view(torch.uint8).view(shape + [4])  # byte b of each word: nibble slots 2b, 2b + 1
+    byte = w.reshape(-1).view(torch.uint8).view(shape + [4])  # byte b of a word: nibble slots 2b, 2b + 1
     out = torch.empty(shape[:dim + 1] + [PACK_FACTOR] + shape[dim + 1:], dtype=torch.uint8, device=w.device)
     for slot, logical in enumerate(order):
         src, dst = byte[..., slot // 2], out.select(dim + 1, logical)
