@@ -296,12 +296,15 @@ std::string machete_heuristic(int64_t m, int64_t n, int64_t k, int64_t sms) {
 }
 
 // Milliseconds of one probe launch on the current device (wgmma_probe.cu; not a GEMM).
-double wgmma_probe(int64_t n, bool rs, int64_t warpgroups, int64_t in_flight, int64_t iters) {
+double wgmma_probe(int64_t n, bool rs, int64_t warpgroups, int64_t in_flight, int64_t iters, int64_t dq, bool mma) {
   const char* op = "vmp::wgmma_probe";
   VMP_CHECK((n == 64 || n == 128 || n == 256) && (warpgroups == 1 || warpgroups == 2) &&
-                (in_flight == 1 || in_flight == 2) && iters >= 8 && iters <= (int64_t(1) << 24),
-            op, ": n must be 64/128/256, warpgroups and in_flight 1 or 2, iters in [8, 2^24]; got n=", n,
+                (in_flight == 1 || in_flight == 2) && iters >= 16 && iters % 2 == 0 && iters <= (int64_t(1) << 24),
+            op, ": n must be 64/128/256, warpgroups and in_flight 1 or 2, iters even in [16, 2^24]; got n=", n,
             " warpgroups=", warpgroups, " in_flight=", in_flight, " iters=", iters);
+  VMP_CHECK(dq >= 0 && dq <= 2 && (dq == 0 || (rs && in_flight == 2 && n <= 128)) && (mma || dq > 0), op,
+            ": dq (0..2 upconversion rounds) needs rs, in_flight=2 and n 64/128, and mma=false needs dq > 0; got dq=",
+            dq, " rs=", rs ? "true" : "false", " in_flight=", in_flight, " n=", n, " mma=", mma ? "true" : "false");
   int device = 0;
   check_launch(cudaGetDevice(&device), op);
   int major = 0, minor = 0;
@@ -311,8 +314,8 @@ double wgmma_probe(int64_t n, bool rs, int64_t warpgroups, int64_t in_flight, in
   const int sms = sm_count(device, op);
   at::Tensor sink = at::empty({sms}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA, device));
   float ms = 0.f;
-  check_launch(mc::wgmma_probe(int(n), rs, int(warpgroups), int(in_flight), int(iters), sms, sink.data_ptr<float>(),
-                               at::cuda::getCurrentCUDAStream(device), &ms),
+  check_launch(mc::wgmma_probe(int(n), rs, int(warpgroups), int(in_flight), int(dq), mma, int(iters), sms,
+                               sink.data_ptr<float>(), at::cuda::getCurrentCUDAStream(device), &ms),
                op);
   return ms;
 }
@@ -328,7 +331,8 @@ TORCH_LIBRARY_FRAGMENT(vmp, m) {
   m.def("machete_small_m_locks() -> int", &vmp::machete_small_m_locks);
   m.def("machete_schedules() -> str[]", &vmp::machete_schedules);
   m.def("machete_heuristic(int m, int n, int k, int sm_count=0) -> str", &vmp::machete_heuristic);
-  m.def("wgmma_probe(int n, bool rs, int warpgroups, int in_flight, int iters) -> float", &vmp::wgmma_probe);
+  m.def("wgmma_probe(int n, bool rs, int warpgroups, int in_flight, int iters, int dq=0, bool mma=True) -> float",
+        &vmp::wgmma_probe);
 }
 
 TORCH_LIBRARY_IMPL(vmp, CUDA, m) {

@@ -4,7 +4,9 @@
 // upconverted weight), with 1 or 2 consumer warpgroups per CTA. It answers a design
 // question of issue 16 before a mainloop is written around it: can a 64-token tile
 // (N = 64, the tokens on wgmma's N side) reach the tensor peak at all, or must the tokens
-// go on the M side and the weight on N (up to 256) through shared memory?
+// go on the M side and the weight on N (up to 256) through shared memory? And, with `dq`:
+// does the consumers' ALU work (the upconversion of the next k-block's A registers) overlap
+// the wgmmas in flight, or does it add to their time?
 //
 // Contract: one CTA per SM, `warpgroups` x 128 threads. Each warpgroup runs `iters`
 // k-blocks of 4 wgmma (k = 64) into one accumulator, `in_flight` commit groups
@@ -12,6 +14,11 @@
 // are constant (zeros from shared memory, ones in the A registers), since only the rate
 // is measured. The host times the kernel with CUDA events; FLOP = 2 * 64 * N * 64 per
 // k-block and warpgroup.
+// dq > 0 (RS, 2 groups in flight): before its wgmmas, each k-block upconverts its A register
+// set (two sets, alternating, as in machete_mid_m.cu: the previous k-block's wgmmas are
+// still in flight on the other set) with the mid-M kernel's own
+// instructions per 16 registers: 4 LDS, 12 shifts and 16 x (LOP3, HADD2, HMUL2), repeated
+// dq times; mma = false drops the wgmmas (the ALU work alone, timed the same way).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -58,12 +65,39 @@ __device__ __forceinline__ void wgmma_k16(float (&d)[N / 2], const uint32_t (&a)
 }
 
 constexpr int kABytes = 64 * 64 * 2;  // one warpgroup's A tile: 64 rows x 64 k, fp16
+constexpr int kWBytes = 8 * 4 * 128;   // packed words read by the dq rounds: 8 k-blocks x 4 LDS x 32 lanes
 
-template <int N, bool kRS, int kInFlight>
-__global__ void __launch_bounds__(256, 1) probe_kernel(int iters, float* sink) {
+// One k-block's A registers from packed words, as machete_mid_m.cu's fp16 u4b8 dequant: per
+// register (LOP3 to 1024 + q, HADD2 to q - 8, HMUL2 by the scale); `rounds` times over.
+template <int kRounds>
+__device__ __forceinline__ void upconvert(uint32_t (&a)[4][4], uint32_t w_addr, uint32_t scale) {
+#pragma unroll
+  for (int kb = 0; kb < 4; ++kb) {
+    uint32_t w;
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(w) : "r"(w_addr + kb * 128));
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      uint32_t v = w >> (4 * r);
+#pragma unroll
+      for (int round = 0; round < kRounds; ++round) {
+        uint32_t raw;
+        asm("lop3.b32 %0, %1, 0x000F000F, 0x64086408, 0x6A;\n" : "=r"(raw) : "r"(v));
+        half2 h = __hadd2(*reinterpret_cast<half2*>(&raw), __float2half2_rn(-1032.f));
+        h = __hmul2(h, *reinterpret_cast<const half2*>(&scale));
+        v = *reinterpret_cast<uint32_t*>(&h);
+      }
+      a[kb][r] = v;
+    }
+  }
+}
+
+template <int N, bool kRS, int kInFlight, int kDq, bool kMma>
+__global__ void __launch_bounds__(256, 1) probe_kernel(int iters, uint32_t scale, float* sink) {
+  static_assert(kDq == 0 || (kRS && kInFlight == 2), "dq rounds model the two-register-set RS mainloop");
+  static_assert(kMma || kDq > 0, "nothing to time");
   extern __shared__ __align__(1024) unsigned char smem[];
   const int wg = threadIdx.x / 128;
-  for (int i = threadIdx.x * 16; i < 2 * kABytes + N * 128; i += blockDim.x * 16)
+  for (int i = threadIdx.x * 16; i < 2 * kABytes + N * 128 + kWBytes; i += blockDim.x * 16)
     *reinterpret_cast<uint4*>(smem + i) = make_uint4(0, 0, 0, 0);
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   __syncthreads();
@@ -72,17 +106,42 @@ __global__ void __launch_bounds__(256, 1) probe_kernel(int iters, float* sink) {
   // along M/N (stride = 64 k x 2 bytes x 8 rows / 8 = 1024 bytes for a 64-deep tile).
   const uint64_t da = smem_desc(base + wg * kABytes, 128, 1024);
   const uint64_t db = smem_desc(base + 2 * kABytes, 128, 1024);
-  const uint32_t a[4] = {0x3C003C00u, 0x3C003C00u, 0x3C003C00u, 0x3C003C00u};
+  const uint32_t w_base = base + 2 * kABytes + N * 128 + (threadIdx.x % 32) * 4;
+  uint32_t a[2][4][4];
+#pragma unroll
+  for (int set = 0; set < 2; ++set)
+#pragma unroll
+    for (int kb = 0; kb < 4; ++kb)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[set][kb][r] = 0x3C003C00u;
   float d[N / 2];
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) d[i] = 0.f;
-  for (int it = 0; it < iters; ++it) {
-    cute::warpgroup_arrive();
+  // k-block `it` uses set `set`; with dq it first fills that set (its last reader, k-block
+  // it - 2, is done: wait_group 1 at the end of it - 1), while k-block it - 1's wgmmas run.
+  auto k_block = [&](auto set_c, int it) {
+    constexpr int set = decltype(set_c)::value;
+    if constexpr (kDq > 0) {
+      upconvert<kDq>(a[set], w_base + (it & 7) * 512, scale);
+      if constexpr (!kMma)
 #pragma unroll
-    for (int k = 0; k < 4; ++k)  // k16 step k: +32 bytes along K = 2 core matrices
-      wgmma_k16<N, kRS>(d, a, da + 2 * k * (128 >> 4), db + 2 * k * (128 >> 4), std::make_index_sequence<N / 2>{});
-    cute::warpgroup_commit_batch();
-    cute::warpgroup_wait<kInFlight - 1>();
+        for (int kb = 0; kb < 4; ++kb)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) asm volatile("" ::"r"(a[set][kb][r]));  // keep the work
+    }
+    if constexpr (kMma) {
+      cute::warpgroup_arrive();
+#pragma unroll
+      for (int k = 0; k < 4; ++k)  // k16 step k: +32 bytes along K = 2 core matrices
+        wgmma_k16<N, kRS>(d, a[set][k], da + 2 * k * (128 >> 4), db + 2 * k * (128 >> 4),
+                          std::make_index_sequence<N / 2>{});
+      cute::warpgroup_commit_batch();
+      cute::warpgroup_wait<kInFlight - 1>();
+    }
+  };
+  for (int it = 0; it < iters; it += 2) {
+    k_block(std::integral_constant<int, 0>{}, it);
+    k_block(std::integral_constant<int, 1>{}, it + 1);
   }
   cute::warpgroup_wait<0>();
   float s = 0.f;
@@ -91,18 +150,19 @@ __global__ void __launch_bounds__(256, 1) probe_kernel(int iters, float* sink) {
   if (s != 0.f) sink[blockIdx.x] = s;  // never true (zeros): keeps the MMAs alive
 }
 
-template <int N, bool kRS, int kInFlight>
+template <int N, bool kRS, int kInFlight, int kDq = 0, bool kMma = true>
 cudaError_t launch(int warpgroups, int iters, int sms, float* sink, cudaStream_t stream, float* ms) {
-  auto* fn = probe_kernel<N, kRS, kInFlight>;
-  const int smem = 2 * kABytes + N * 128;
+  auto* fn = probe_kernel<N, kRS, kInFlight, kDq, kMma>;
+  const int smem = 2 * kABytes + N * 128 + kWBytes;
+  const uint32_t one = 0x3C003C00u;  // the scale: 1.0 in both halves (a kernel argument: not folded)
   cudaError_t err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   cudaEvent_t e[2] = {nullptr, nullptr};
   for (cudaEvent_t& ev : e)
     if (err == cudaSuccess) err = cudaEventCreate(&ev);
   if (err == cudaSuccess) {
-    fn<<<sms, 128 * warpgroups, smem, stream>>>(iters / 8, sink);  // warm-up
+    fn<<<sms, 128 * warpgroups, smem, stream>>>(iters / 8 & ~1, one, sink);  // warm-up
     cudaEventRecord(e[0], stream);
-    fn<<<sms, 128 * warpgroups, smem, stream>>>(iters, sink);
+    fn<<<sms, 128 * warpgroups, smem, stream>>>(iters, one, sink);
     cudaEventRecord(e[1], stream);
     err = cudaEventSynchronize(e[1]);
     if (err == cudaSuccess) err = cudaGetLastError();
@@ -122,11 +182,30 @@ cudaError_t launch_depth(int in_flight, int warpgroups, int iters, int sms, floa
   }
 }
 
+// The dq variants: RS, 2 groups in flight, N = 64 or 128.
+template <int N>
+cudaError_t launch_dq(int dq, bool mma, int warpgroups, int iters, int sms, float* sink, cudaStream_t s, float* ms) {
+  switch (dq * 2 + (mma ? 1 : 0)) {
+    case 2: return launch<N, true, 2, 1, false>(warpgroups, iters, sms, sink, s, ms);
+    case 3: return launch<N, true, 2, 1, true>(warpgroups, iters, sms, sink, s, ms);
+    case 4: return launch<N, true, 2, 2, false>(warpgroups, iters, sms, sink, s, ms);
+    case 5: return launch<N, true, 2, 2, true>(warpgroups, iters, sms, sink, s, ms);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
 }  // namespace
 
-cudaError_t wgmma_probe(int n, bool rs, int warpgroups, int in_flight, int iters, int sms, float* sink,
-                        cudaStream_t stream, float* ms) {
-  if (warpgroups < 1 || warpgroups > 2 || iters < 8) return cudaErrorInvalidValue;
+cudaError_t wgmma_probe(int n, bool rs, int warpgroups, int in_flight, int dq, bool mma, int iters, int sms,
+                        float* sink, cudaStream_t stream, float* ms) {
+  if (warpgroups < 1 || warpgroups > 2 || iters < 16 || iters % 2) return cudaErrorInvalidValue;
+  if (dq != 0) {
+    if (!rs || in_flight != 2) return cudaErrorInvalidValue;
+    if (n == 64) return launch_dq<64>(dq, mma, warpgroups, iters, sms, sink, stream, ms);
+    if (n == 128) return launch_dq<128>(dq, mma, warpgroups, iters, sms, sink, stream, ms);
+    return cudaErrorInvalidValue;
+  }
+  if (!mma) return cudaErrorInvalidValue;
   switch (n * 2 + (rs ? 1 : 0)) {
     case 128: return launch_depth<64, false>(in_flight, warpgroups, iters, sms, sink, stream, ms);
     case 129: return launch_depth<64, true>(in_flight, warpgroups, iters, sms, sink, stream, ms);

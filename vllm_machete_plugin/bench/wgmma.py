@@ -9,6 +9,12 @@ It answers a design question of a mid-M mainloop (issue 16) before one is writte
 tokens per tile with the tokens on wgmma's N side (N = 64), can the tensor pipe reach its
 peak, or must the weight go on N (up to 256, through shared memory)? The kernel is
 kernels/machete/wgmma_probe.cu; its operands are constant, only the rate is measured.
+
+A second table asks whether the consumers' ALU work overlaps the wgmmas in flight: two
+warpgroups, A from registers, two groups in flight, and before each k-block's wgmmas the
+upconversion of its A register set with the mid-M kernel's own instructions (1 or 2 rounds),
+timed alone (no wgmma), with the wgmmas, and the wgmmas alone. "both / sum" near 1 means
+the two add up (no overlap), near "max / sum" that they overlap fully.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from typing import Optional
 import torch
 
 CONFIGS = list(itertools.product((64, 128, 256), (True, False), (1, 2), (1, 2)))  # n, rs, warpgroups, in_flight
+DQ_CONFIGS = list(itertools.product((64, 128), (1, 2)))  # n, upconversion rounds (2 warpgroups, rs, 2 in flight)
 
 
 def flop(n: int, warpgroups: int, iters: int, sms: int) -> float:
@@ -52,6 +59,19 @@ def measure(iters: int, sms: int, probe) -> list[dict]:
     return rows
 
 
+def measure_dq(iters: int, probe) -> list[dict]:
+    """Per (N, rounds): ns per k-block (all SMs in parallel, best of 3) of the upconversion
+    alone, the wgmmas alone and both. probe(n, rs, warpgroups, in_flight, iters, dq, mma) -> ms."""
+    def ns(n, dq, mma):
+        return min(probe(n, True, 2, 2, iters, dq, mma) for _ in range(3)) * 1e6 / iters
+    rows = []
+    for n, dq in DQ_CONFIGS:
+        alu, mma, both = ns(n, dq, False), ns(n, 0, True), ns(n, dq, True)
+        rows.append({"n": n, "rounds": dq, "alu_ns": alu, "mma_ns": mma, "both_ns": both,
+                     "both_over_sum": both / (alu + mma), "max_over_sum": max(alu, mma) / (alu + mma)})
+    return rows
+
+
 def markdown(result: dict) -> str:
     peak = result["cublas_fp16_tflops"]
     lines = [f"wgmma m64nNk16 on {result['gpu']} ({result['sms']} SMs, {result['iters']} k-blocks of 4 per warpgroup); "
@@ -60,13 +80,21 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['n']} | {r['a']} | {r['warpgroups']} | {r['in_flight']} | {r['tflops']:.0f} | "
                      f"{r['tflops'] / peak:.2f} |")
+    if result.get("dq_rows"):
+        lines += ["", "Upconversion (the mid-M kernel's per-register LOP3, HADD2, HMUL2, per k-block of 4 wgmma) "
+                  "against the wgmmas in flight; 2 warpgroups, A from registers, 2 groups in flight; ns per k-block:",
+                  "", "| N | rounds | upconversion alone | wgmma alone | both | both / sum | max / sum |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in result["dq_rows"]:
+            lines.append(f"| {r['n']} | {r['rounds']} | {r['alu_ns']:.1f} | {r['mma_ns']:.1f} | {r['both_ns']:.1f} | "
+                         f"{r['both_over_sum']:.2f} | {r['max_over_sum']:.2f} |")
     return "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vllm_machete_plugin.bench wgmma", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--iters", type=int, default=20000, help="k-blocks per warpgroup and launch")
+    ap.add_argument("--iters", type=int, default=20000, help="k-blocks per warpgroup and launch (even)")
     ap.add_argument("--json", help="results file")
     args = ap.parse_args(argv)
     from .. import ops
@@ -77,7 +105,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise SystemExit("this build of _machete_C has no wgmma_probe (rebuild with VMP_CUDA_ARCHS containing 90)")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     result = {"gpu": torch.cuda.get_device_name(0), "sms": sms, "iters": args.iters,
-              "rows": measure(args.iters, sms, torch.ops.vmp.wgmma_probe), "cublas_fp16_tflops": cublas_tflops()}
+              "rows": measure(args.iters, sms, torch.ops.vmp.wgmma_probe),
+              "dq_rows": measure_dq(args.iters, torch.ops.vmp.wgmma_probe), "cublas_fp16_tflops": cublas_tflops()}
     print(markdown(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
