@@ -34,7 +34,7 @@ def test_405b_shape_and_full_depth_by_default(tmp_path):
 
 def test_tensor_parallel_size_reaches_every_engine(tmp_path, monkeypatch):
     """--tensor-parallel-size goes to the offline workers and to every `vllm serve`."""
-    servers, runs = _fake_processes(monkeypatch, lambda cmd, env, runs: {"side": cmd[cmd.index("--worker") + 1]},
+    servers, runs, _ = _fake_processes(monkeypatch, lambda cmd, env, runs: {"side": cmd[cmd.index("--worker") + 1]},
                                     lambda runs: {"gpu": "FakeGPU"})
     args = _args(json=str(tmp_path / "r.json"), tensor_parallel_size=2, shape="405b", layers=None)
     result = e2e.run(args)
@@ -105,14 +105,16 @@ def _args(**kw):
 def _fake_processes(monkeypatch, worker_out, environment):
     """Fakes the offline worker (its JSON: worker_out(cmd, env, runs so far)), `vllm serve`
     and `vllm bench serve` (output tok/s = len(rate)), and the environment record
-    (environment(runs so far)); returns the lists of server and run commands."""
-    servers, runs = [], []
+    (environment(runs so far)); returns the lists of server commands, run commands and the
+    servers' extra environments."""
+    servers, runs, server_envs = [], [], []
 
     class FakeServer:
         pid = 2**22 + 1  # no such process: the server's process tree is empty
 
         def __init__(self, cmd, **kw):
             servers.append(cmd)
+            server_envs.append(kw.get("env", {}))
 
         def poll(self):
             return None
@@ -139,14 +141,15 @@ def _fake_processes(monkeypatch, worker_out, environment):
     monkeypatch.setattr(e2e.subprocess, "run", fake_run)
     monkeypatch.setattr(e2e.serving, "wait_healthy", lambda *a, **kw: None)
     monkeypatch.setattr(e2e, "_environment", lambda: environment(runs))
-    return servers, runs
+    monkeypatch.setattr(e2e, "prime", lambda: 1.5)
+    return servers, runs, server_envs
 
 
 def test_orchestration_runs_each_side_in_its_own_processes_with_identical_settings(tmp_path, monkeypatch, capsys):
     """Offline worker and `vllm serve` + `vllm bench serve` per side (subprocesses faked):
     same engine flags on both sides, --quantization machete only on ours, every rate
     swept, results merged into the JSON file."""
-    servers, runs = _fake_processes(
+    servers, runs, _ = _fake_processes(
         monkeypatch, lambda cmd, env, runs: {"side": cmd[cmd.index("--worker") + 1], "tpot_ms": {"1": 20.0},
                                              "model": env["VMP_E2E_MODEL"]},
         lambda runs: {"gpu": "FakeGPU", "date": "today"})
@@ -166,6 +169,29 @@ def test_orchestration_runs_each_side_in_its_own_processes_with_identical_settin
     assert json.loads((e2e.Path(model) / "config.json").read_text())["num_hidden_layers"] == 2
 
 
+def test_each_side_starts_cold_on_compile_caches_of_its_own_after_one_priming_process(tmp_path, monkeypatch):
+    """Every side's offline worker and server get their own, distinct vLLM / Inductor / Triton
+    cache directories (so no side warm-starts on another's compiled graphs), and the
+    priming process runs once per invocation, before the first side (its time recorded)."""
+    order = []
+    envs = {}
+
+    def worker(cmd, env, runs):
+        side = cmd[cmd.index("--worker") + 1]
+        order.append(side)
+        envs[side] = {k: env[k] for k in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+        return {"side": side}
+
+    _, _, server_envs = _fake_processes(monkeypatch, worker, lambda runs: {"gpu": "FakeGPU"})
+    monkeypatch.setattr(e2e, "prime", lambda: order.append("prime") or 2.5)
+    result = e2e.run(_args(sides="machete,builtin,humming"))
+    assert order == ["prime", "machete", "builtin", "humming"] and result["prime_s"] == 2.5
+    dirs = [d for side_env in envs.values() for d in side_env.values()]
+    assert len(set(dirs)) == 9  # 3 sides x 3 caches, none shared
+    assert all(f"/caches/{side}/" in d for side, side_env in envs.items() for d in side_env.values())
+    assert [e["TRITON_CACHE_DIR"] for e in server_envs] == [envs[s]["TRITON_CACHE_DIR"] for s in ("machete", "builtin", "humming")]
+
+
 def test_one_side_at_a_time_merges_into_the_results_file(tmp_path, monkeypatch):
     _fake_processes(monkeypatch, lambda cmd, env, runs: {"side": cmd[cmd.index("--worker") + 1]},
                     lambda runs: {"gpu": "FakeGPU"})
@@ -178,7 +204,7 @@ def test_one_side_at_a_time_merges_into_the_results_file(tmp_path, monkeypatch):
 def test_serving_sweep_and_offline_runs_merge_per_side(tmp_path, monkeypatch):
     """--no-offline adds the sweep to the side's offline results; a later --no-serve run
     replaces the offline results and keeps the sweep; each part records its date."""
-    _, runs = _fake_processes(monkeypatch, lambda cmd, env, runs: {"tpot_ms": {"1": float(len(runs))}},
+    _, runs, _ = _fake_processes(monkeypatch, lambda cmd, env, runs: {"tpot_ms": {"1": float(len(runs))}},
                               lambda runs: {"gpu": "FakeGPU", "date": f"d{len(runs)}"})
     out = tmp_path / "r.json"
     e2e.run(_args(json=str(out), sides="machete", no_serve=True))

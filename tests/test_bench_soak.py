@@ -222,7 +222,7 @@ def test_starts_are_cold_then_warm_one_side_at_a_time(tmp_path, monkeypatch):
 
 
 def test_a_cache_without_compiled_graphs_is_cold(tmp_path):
-    env = soak.cache_env(tmp_path)
+    env = soak.startup.cache_env(tmp_path)
     assert not soak._filled(env)
     info = tmp_path / "vllm" / "modelinfos" / "x.json"  # left by a launch that failed its config check
     info.parent.mkdir(parents=True)

@@ -55,12 +55,6 @@ METRICS = {"gen_tokens": "vllm:generation_tokens_total", "preemptions": "vllm:nu
 MEMORY_DRIFT, THROUGHPUT_DRIFT = 0.01, 0.05
 
 
-def cache_env(root: Path) -> dict[str, str]:
-    """The compile caches of one side, all under root."""
-    return {"VLLM_CACHE_ROOT": str(root / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"),
-            "TRITON_CACHE_DIR": str(root / "triton")}
-
-
 def _filled(env: dict[str, str]) -> bool:
     """Whether a start finds compiled graphs (vLLM's torch_compile_cache) to reuse: a warm restart.
     Not any file: a launch that failed in its config check leaves vLLM's model-info cache behind
@@ -385,7 +379,7 @@ def run(args) -> dict:
             Path(args.json).write_text(json.dumps(result, indent=1))
 
     def server(i: int, side: str, n: int) -> serving.Server:
-        env = cache_env(cache_root / side)
+        env = startup.cache_env(cache_root / side)
         srv = serving.Server(side, model, flags, args.port + i, workdir / f"{side}-start{n}.log", env)
         srv.kind = "warm" if _filled(env) else "cold"
         return srv

@@ -32,7 +32,15 @@ import functools
 import logging
 import re
 import time
+from pathlib import Path
 from typing import Callable
+
+
+def cache_env(root: Path) -> dict[str, str]:
+    """The compile caches of one side (vLLM's, Inductor's, Triton's), all under root: empty,
+    a start is cold; filled by an earlier start of the same side, a warm restart."""
+    return {"VLLM_CACHE_ROOT": str(root / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"),
+            "TRITON_CACHE_DIR": str(root / "triton")}
 
 PHASES = {  # key -> row label of the report, in start order
     "construct_s": "model construction",
