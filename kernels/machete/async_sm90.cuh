@@ -75,15 +75,6 @@ __device__ __forceinline__ void regs_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 
-// ---- named barriers (PTX ISA "bar.sync / bar.arrive"): `threads` of the CTA, a multiple of
-// 32, meet at barrier `id` (1..15; 0 is __syncthreads); arrive does not wait ---------------
-__device__ __forceinline__ void bar_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ void bar_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-
 // ---- wgmma operand descriptor (PTX ISA "Matrix Descriptor Format") -----------------------
 // A K-major tile of 128-byte rows (64 16-bit k per row) written with the 128-byte swizzle
 // (TMA CU_TENSOR_MAP_SWIZZLE_128B), 1024-byte aligned: 8-row core groups 1024 bytes apart

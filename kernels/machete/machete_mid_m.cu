@@ -1,5 +1,5 @@
-// Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w", "256x32w" for 17..32
-// tokens, and the ping-pong variants "256x64wp", "256x32wp"): Y[M, N] = X[M, K] . dequant(W)[K, N] on wgmma, our own mainloop on the SAME
+// Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w", and "256x32w" for
+// 17..32 tokens): Y[M, N] = X[M, K] . dequant(W)[K, N] on wgmma, our own mainloop on the SAME
 // prepacked weight as the other schedules (machete_layout.cuh). The transposed problem
 // Y^T = W^T X^T runs as wgmma m64nTk16 with the upconverted weight as the register A operand
 // (the prepack hands each lane its A fragment of a k16 step as one 32-bit word) and T = 32,
@@ -21,13 +21,6 @@
 // the tile's weight atoms (4 or 8 KB, contiguous in the prepacked layout: one bulk copy),
 // and the group row of its scales (and zeros). full[s] completes when the stage's bytes
 // have landed; empty[s] when both warpgroups' wgmmas that read it have completed.
-//
-// Ping-pong ("...wp"): the two consumer warpgroups take turns to issue their K tile's wgmmas
-// (named barriers, warpgroup 0 first), each upconverting its next K tile while the other's
-// wgmmas run, as FlashAttention-3 orders its softmax and GEMMs. Why: ncu times of the plain
-// kernels at 64..128 tokens fit tensor time + issue time (docs/profile_h200.md), as if the
-// consumers, in lockstep on the same stage, all upconvert and then all wait on the tensor
-// pipe. Same math, same results as the plain tile; not picked by the heuristic until measured.
 //
 // Work split: a unit is (row tile, K tile); units run tile-major, token tile outermost, and
 // CTA b takes the contiguous stripe [b*stripe, (b+1)*stripe). A tile whose K range is split
@@ -65,7 +58,6 @@ namespace {
 constexpr int kConsumerWGs = 2;
 constexpr int kThreads = 128 * kConsumerWGs + 128;
 constexpr int kWarpsPerTile = 4 * kConsumerWGs;  // lock slots per split tile
-constexpr int kTurnBar = 1;                      // ping-pong: named barrier kTurnBar + w is warpgroup w's turn
 // Registers per thread at launch: the block's share of the 64 K register file (168).
 constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;
 // setmaxnreg (producer, consumers): ptxas compiles the consumers' code to their raised count,
@@ -186,8 +178,7 @@ __device__ __forceinline__ void fence_acc(float (&d)[N / 2]) {
 }
 
 // kRows = 64 kSub kConsumerWGs: each consumer warpgroup takes kSub m64 row blocks of the tile.
-// kPingPong: the warpgroups take turns to issue their wgmmas (above).
-template <typename T, int kT, int kRows, bool kZeros, bool kPingPong>
+template <typename T, int kT, int kRows, bool kZeros>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __grid_constant__ Params p) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   constexpr int kSub = kRows / (64 * kConsumerWGs), kConsumers = 128 * kConsumerWGs;
@@ -283,7 +274,6 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
   // leave no room for that, one per row block: in 256x128w (2 x 64 accumulators) the two row
   // blocks' commit groups overlap instead (wait_group 1 after each).
   constexpr bool kSetPerBlock = kT == 128 && kSub == 2;
-  static_assert(!(kPingPong && kSetPerBlock), "ping-pong needs two A register sets per row block");
   uint32_t a[kSetPerBlock ? 1 : 2][kSub][4][4];
   int s = 0;
   uint32_t parity = 0;
@@ -301,8 +291,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
     const uint32_t st = base + s * kSB;
     const uint32_t gs = g_rd + s * 2 * kGBytes;
     const uint64_t x_desc = sm90::desc_k_sw128(st);  // the stage's X tile, k16 step kb at + 32 kb bytes
-    // Row block j: its scales (and zeros), then its A registers from the stage's weights.
-    auto upconvert = [&](int j) {
+#pragma unroll
+    for (int j = 0; j < kSub; ++j) {
       const uint32_t s_lo = ptx::lds16(gs + 128 * j), s_hi = ptx::lds16(gs + 128 * j + 16);
       const uint32_t s2[2] = {s_lo | s_lo << 16, s_hi | s_hi << 16};
       uint32_t z2[2] = {0, 0};
@@ -332,38 +322,17 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
           for (int r = 0; r < 4; ++r) ar[r] = dequant<T, kZeros>(w >> (4 * r), s2[r & 1], z2[r & 1]);
         }
       }
-    };
-    // Row block j's 4 wgmma, one commit group (after a wgmma.fence: its A registers were
-    // just written).
-    auto issue = [&](int j, bool fence) {
-      if (fence) cute::warpgroup_arrive();
+      cute::warpgroup_arrive();
 #pragma unroll
       for (int kb = 0; kb < 4; ++kb)
         wgmma<T, kT>(acc[j], a[set][j][kb], sm90::desc_advance(x_desc, kb * 32), !(first && kb == 0),
                      std::make_index_sequence<kT / 2>{});
       cute::warpgroup_commit_batch();
-    };
-    if constexpr (kPingPong) {
-#pragma unroll
-      for (int j = 0; j < kSub; ++j) upconvert(j);
-      // One wgmma.fence for all row blocks, before the turn: ptxas completes every A register
-      // ahead of it (without it, part of the upconversion is scheduled between the wgmmas).
-      cute::warpgroup_arrive();
-      sm90::bar_sync(kTurnBar + wg, kConsumers);  // the other warpgroup has issued this K tile
-#pragma unroll
-      for (int j = 0; j < kSub; ++j) issue(j, false);
-      sm90::bar_arrive(kTurnBar + (wg ^ 1), kConsumers);
-    } else {
-#pragma unroll
-      for (int j = 0; j < kSub; ++j) {
-        upconvert(j);
-        issue(j, true);
-        if constexpr (kSetPerBlock) {
-          // <= kSub - 1 groups pending: block j + 1's registers (last read kSub groups ago)
-          // are free, and after block 0 the previous K tile's last group is done.
-          cute::warpgroup_wait<kSub - 1>();
-          if (j == 0 && in_flight >= 0) release(in_flight);
-        }
+      if constexpr (kSetPerBlock) {
+        // <= kSub - 1 groups pending: block j + 1's registers (last read kSub groups ago)
+        // are free, and after block 0 the previous K tile's last group is done.
+        cute::warpgroup_wait<kSub - 1>();
+        if (j == 0 && in_flight >= 0) release(in_flight);
       }
     }
     if constexpr (!kSetPerBlock) {
@@ -373,10 +342,6 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
     in_flight = s;
     if (++s == p.stages) s = 0, parity ^= 1;
   };
-
-  // Ping-pong: warpgroup 0 takes the first turn; its last turn's hand-over is consumed at the end.
-  if constexpr (kPingPong)
-    if (wg == 1) sm90::bar_arrive(kTurnBar, kConsumers);
 
   T* y = static_cast<T*>(p.y);
   // Accumulator value i: column (token) 8 (i / 4) + 2 (lane % 4) + i % 2, row row + 8 ((i / 2) % 2).
@@ -436,17 +401,13 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
     store_y(r, mt);
     fixup_release(lock);
   }
-  if constexpr (kPingPong)
-    if (wg == 0) sm90::bar_sync(kTurnBar, kConsumers);
 }
 
 // The compiled shapes (tokens, rows), one per mid-M schedule of machete.h, in its order.
 struct Shape {
   int t, rows;
-  bool pingpong;
 };
-constexpr Shape kShapes[] = {{64, 128, false}, {64, 256, false}, {128, 128, false}, {128, 256, false},
-                             {32, 256, false},  {64, 256, true},  {32, 256, true}};
+constexpr Shape kShapes[] = {{64, 128}, {64, 256}, {128, 128}, {128, 256}, {32, 256}};
 static_assert([] {
   if (sizeof(kShapes) / sizeof(Shape) != kNumSchedules - kFirstMidM) return false;
   for (int i = kFirstMidM; i < kNumSchedules; ++i) {
@@ -459,7 +420,7 @@ static_assert([] {
 template <typename T, bool kZeros, size_t... I>
 const void* kernel_at(int i, std::index_sequence<I...>) {
   static const void* const kFns[] = {reinterpret_cast<const void*>(
-      &mid_m_kernel<T, kShapes[I].t, kShapes[I].rows, kZeros, kShapes[I].pingpong>)...};
+      &mid_m_kernel<T, kShapes[I].t, kShapes[I].rows, kZeros>)...};
   return kFns[i];
 }
 
