@@ -7,6 +7,10 @@ static __shared__ variables (and, on sm_90, the 1 KB the driver reserves), so an
 variable whose size is not a multiple of 128 shifts every stage. A 16-byte flag did exactly
 that to Marlin until 2026-12-03 and cost every copy 2x its L2 sectors (docs/profile_h200.md,
 "The 16-byte offset"). cuobjdump's SHARED column is that static size, reserved part included.
+
+The wgmma probe's ALU-only variants (dq rounds, no wgmma) must keep their upconversion: PTX has
+no volatile, so ptxas deletes work whose results reach nothing, and a run of 2026-12-04 timed
+an empty kernel so (0.3 ns per k-block).
 """
 from __future__ import annotations
 
@@ -75,3 +79,28 @@ def test_our_kernels_dynamic_shared_memory_starts_128_byte_aligned(lib):
     assert not bad, (f"{len(bad)} kernels of {sos[0].name} have static shared memory that is not a multiple of "
                      f"128 bytes, so their dynamic shared memory starts off a 128-byte line: "
                      f"{dict(list(bad.items())[:3])}; fix: move the __shared__ variable into the dynamic region")
+
+
+def _machete_lib_and_tool() -> tuple[Path, str]:
+    sos = sorted(PKG.glob("_machete_C*.so"))
+    if not sos:
+        pytest.skip("_machete_C is not built here (pip install --no-build-isolation -e . builds it)")
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump on PATH, in $CUDA_HOME/bin or in triton's package")
+    return sos[0], tool
+
+
+@pytest.mark.parametrize("n,rounds", [(64, 1), (64, 2), (128, 1), (128, 2)])
+def test_wgmma_probe_alu_only_variant_keeps_its_upconversion(n, rounds):
+    so, tool = _machete_lib_and_tool()
+    usage = subprocess.run([tool, "-res-usage", str(so)], check=True, capture_output=True, text=True).stdout
+    # probe_kernel<N, rs = true, in_flight = 2, dq = rounds, mma = false>
+    names = [f for f in static_shared_bytes(usage) if f"probe_kernelILi{n}ELb1ELi2ELi{rounds}ELb0E" in f]
+    assert names, f"the probe's ALU-only kernel (N={n}, {rounds} rounds) is not in {so.name}"
+    sass = subprocess.run([tool, "-sass", "-fun", names[0], str(so)], check=True, capture_output=True,
+                          text=True).stdout
+    hadd2 = len(re.findall(r"\bHADD2\b", sass))
+    # 16 A registers per k-block, one HADD2 each per round (the loop holds two k-blocks).
+    assert hadd2 >= 16 * rounds, (f"{names[0]} has {hadd2} HADD2: ptxas dropped the upconversion whose "
+                                  f"results reach no output; fix: fold the registers into the sink")

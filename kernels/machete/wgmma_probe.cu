@@ -18,7 +18,10 @@
 // set (two sets, alternating, as in machete_mid_m.cu: the previous k-block's wgmmas are
 // still in flight on the other set) with the mid-M kernel's own
 // instructions per 16 registers: 4 LDS, 12 shifts and 16 x (LOP3, HADD2, HMUL2), repeated
-// dq times; mma = false drops the wgmmas (the ALU work alone, timed the same way).
+// dq times; mma = false drops the wgmmas (the ALU work alone, timed the same way). Both dq
+// variants XOR each k-block's 16 registers into one word that can reach `sink` (8 three-input
+// LOP3 more per k-block): without a consumer ptxas deletes the whole ALU loop of mma = false
+// (PTX has no volatile; the run of 2026-12-04 timed an empty kernel so).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -114,6 +117,7 @@ __global__ void __launch_bounds__(256, 1) probe_kernel(int iters, uint32_t scale
     for (int kb = 0; kb < 4; ++kb)
 #pragma unroll
       for (int r = 0; r < 4; ++r) a[set][kb][r] = 0x3C003C00u;
+  uint32_t fold = 0;  // dq: every upconverted register, so that none is dead code
   float d[N / 2];
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) d[i] = 0.f;
@@ -123,11 +127,8 @@ __global__ void __launch_bounds__(256, 1) probe_kernel(int iters, uint32_t scale
     constexpr int set = decltype(set_c)::value;
     if constexpr (kDq > 0) {
       upconvert<kDq>(a[set], w_base + (it & 7) * 512, scale);
-      if constexpr (!kMma)
 #pragma unroll
-        for (int kb = 0; kb < 4; ++kb)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) asm volatile("" ::"r"(a[set][kb][r]));  // keep the work
+      for (int kb = 0; kb < 4; ++kb) fold ^= a[set][kb][0] ^ a[set][kb][1] ^ a[set][kb][2] ^ a[set][kb][3];
     }
     if constexpr (kMma) {
       cute::warpgroup_arrive();
@@ -147,7 +148,8 @@ __global__ void __launch_bounds__(256, 1) probe_kernel(int iters, uint32_t scale
   float s = 0.f;
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) s += d[i];
-  if (s != 0.f) sink[blockIdx.x] = s;  // never true (zeros): keeps the MMAs alive
+  // Never true (zero operands give s = 0 and fold = 0), unknown to the compiler: keeps the work alive.
+  if (s != 0.f || fold == 0xFFFFFFFFu) sink[blockIdx.x] = s + static_cast<float>(fold);
 }
 
 template <int N, bool kRS, int kInFlight, int kDq = 0, bool kMma = true>
