@@ -22,23 +22,28 @@ def test_rate_is_flop_over_time_and_table_compares_to_cublas():
 
 def test_overlap_table_from_alu_mma_and_both_times():
     """measure_dq asks the probe for the upconversion alone, the wgmmas alone and both, per
-    (N, rounds); both / sum is 1 when a fake GPU adds them and max / sum when it overlaps them."""
+    (N, rounds, A source, groups in flight), each with that row's A source and depth; both / sum
+    is 1 when a fake GPU adds them and max / sum when it overlaps them."""
     iters = 1000
     calls = []
 
     def probe(n, rs, warpgroups, in_flight, it, dq=0, mma=True):  # ns per k-block: ALU 100 per round, wgmma 300
         calls.append((n, rs, warpgroups, in_flight, dq, mma))
-        alu, tensor = 100.0 * dq, (300.0 if mma else 0.0)
-        per_kblock = alu + tensor if n == 64 else max(alu, tensor)  # N=64 adds up, N=128 overlaps
-        return per_kblock * it * 1e-6
+        alu, tensor = 100.0 * dq, (300.0 if mma else 0.0) + (10.0 if not rs else 0.0) + 5.0 * (in_flight - 2)
+        adds = n == 64 and rs and in_flight == 2  # the fake GPU overlaps everywhere else
+        return (alu + tensor if adds else max(alu, tensor)) * it * 1e-6
 
     rows = wgmma.measure_dq(iters, probe)
-    assert len(rows) == len(wgmma.DQ_CONFIGS) == 4
-    assert all(c[1:4] == (True, 2, 2) for c in calls) and (64, True, 2, 2, 2, False) in calls
-    by = {(r["n"], r["rounds"]): r for r in rows}
-    assert by[64, 2]["alu_ns"] == pytest.approx(200) and by[64, 2]["mma_ns"] == pytest.approx(300)
-    assert by[64, 2]["both_over_sum"] == pytest.approx(1.0)
-    assert by[128, 1]["both_over_sum"] == pytest.approx(by[128, 1]["max_over_sum"]) == pytest.approx(0.75)
+    assert len(rows) == len(wgmma.DQ_CONFIGS) == 12
+    assert {c[1:4] for c in calls} == {(True, 2, 2), (False, 2, 2), (True, 2, 3)}
+    assert (64, True, 2, 2, 2, False) in calls and (64, False, 2, 2, 0, True) in calls and (128, True, 2, 3, 1, True) in calls
+    by = {(r["n"], r["rounds"], r["a"], r["in_flight"]): r for r in rows}
+    assert by[64, 2, "rs", 2]["alu_ns"] == pytest.approx(200) and by[64, 2, "rs", 2]["mma_ns"] == pytest.approx(300)
+    assert by[64, 2, "rs", 2]["both_over_sum"] == pytest.approx(1.0)
+    assert by[64, 1, "ss", 2]["mma_ns"] == pytest.approx(310)  # the wgmma-alone time of that row's variant
+    assert by[64, 1, "rs", 3]["mma_ns"] == pytest.approx(305)
+    assert by[128, 1, "rs", 2]["both_over_sum"] == pytest.approx(by[128, 1, "rs", 2]["max_over_sum"]) == pytest.approx(0.75)
     md = wgmma.markdown({"gpu": "FakeGPU", "sms": 132, "iters": iters, "cublas_fp16_tflops": 800.0, "rows": [],
                          "dq_rows": rows})
-    assert "| 64 | 2 | 200.0 | 300.0 | 500.0 | 1.00 | 0.60 |" in md
+    assert "| 64 | 2 | rs | 2 | 200.0 | 300.0 | 500.0 | 1.00 | 0.60 |" in md
+    assert "| 64 | 1 | ss | 2 | 100.0 | 310.0 | 310.0 | 0.76 | 0.76 |" in md

@@ -91,16 +91,17 @@ def _machete_lib_and_tool() -> tuple[Path, str]:
     return sos[0], tool
 
 
+@pytest.mark.parametrize("rs,depth", [(1, 2), (0, 2), (1, 3)])
 @pytest.mark.parametrize("n,rounds", [(64, 1), (64, 2), (128, 1), (128, 2)])
-def test_wgmma_probe_alu_only_variant_keeps_its_upconversion(n, rounds):
+def test_wgmma_probe_alu_only_variant_keeps_its_upconversion(n, rounds, rs, depth):
     so, tool = _machete_lib_and_tool()
     usage = subprocess.run([tool, "-res-usage", str(so)], check=True, capture_output=True, text=True).stdout
-    # probe_kernel<N, rs = true, in_flight = 2, dq = rounds, mma = false>
-    names = [f for f in static_shared_bytes(usage) if f"probe_kernelILi{n}ELb1ELi2ELi{rounds}ELb0E" in f]
-    assert names, f"the probe's ALU-only kernel (N={n}, {rounds} rounds) is not in {so.name}"
+    # probe_kernel<N, rs, in_flight = depth, dq = rounds, mma = false>
+    names = [f for f in static_shared_bytes(usage) if f"probe_kernelILi{n}ELb{rs}ELi{depth}ELi{rounds}ELb0E" in f]
+    assert names, f"the probe's ALU-only kernel (N={n}, {rounds} rounds, rs={rs}, {depth} in flight) is not in {so.name}"
     sass = subprocess.run([tool, "-sass", "-fun", names[0], str(so)], check=True, capture_output=True,
                           text=True).stdout
     hadd2 = len(re.findall(r"\bHADD2\b", sass))
-    # 16 A registers per k-block, one HADD2 each per round (the loop holds two k-blocks).
+    # 16 A registers per k-block, one HADD2 each per round (the loop holds 2 or 3 k-blocks).
     assert hadd2 >= 16 * rounds, (f"{names[0]} has {hadd2} HADD2: ptxas dropped the upconversion whose "
                                   f"results reach no output; fix: fold the registers into the sink")

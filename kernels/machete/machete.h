@@ -112,9 +112,9 @@ cudaError_t prepack(const uint8_t* codes, int k, int n, bool to_signed, uint32_t
 
 // wgmma issue-rate probe (wgmma_probe.cu): one CTA per SM, `warpgroups` (1..2) consumer
 // warpgroups each running `iters` k-blocks of 4 wgmma m64n<n>k16 (n = 64/128/256), A from
-// registers (rs) or shared memory, `in_flight` (1..2) commit groups outstanding; dq (0..2,
-// rs with 2 in flight, n = 64/128) rounds of the mid-M upconversion of the next k-block's A
-// registers before each k-block's wgmmas, mma = false for that work alone; iters even,
+// registers (rs) or shared memory, `in_flight` (1..3) commit groups outstanding; dq (0..2,
+// n = 64/128, rs or ss with 2 in flight, rs with 3) rounds of the mid-M upconversion of the
+// next k-block's A registers before each k-block's wgmmas, mma = false for that work alone; iters even,
 // >= 16. *ms is the timed launch. sink: >= sms floats of device memory (never written in
 // practice).
 cudaError_t wgmma_probe(int n, bool rs, int warpgroups, int in_flight, int dq, bool mma, int iters, int sms,

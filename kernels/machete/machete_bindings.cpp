@@ -299,12 +299,14 @@ std::string machete_heuristic(int64_t m, int64_t n, int64_t k, int64_t sms) {
 double wgmma_probe(int64_t n, bool rs, int64_t warpgroups, int64_t in_flight, int64_t iters, int64_t dq, bool mma) {
   const char* op = "vmp::wgmma_probe";
   VMP_CHECK((n == 64 || n == 128 || n == 256) && (warpgroups == 1 || warpgroups == 2) &&
-                (in_flight == 1 || in_flight == 2) && iters >= 16 && iters % 2 == 0 && iters <= (int64_t(1) << 24),
-            op, ": n must be 64/128/256, warpgroups and in_flight 1 or 2, iters even in [16, 2^24]; got n=", n,
+                in_flight >= 1 && in_flight <= 3 && iters >= 16 && iters % 2 == 0 && iters <= (int64_t(1) << 24),
+            op, ": n must be 64/128/256, warpgroups 1 or 2, in_flight 1..3, iters even in [16, 2^24]; got n=", n,
             " warpgroups=", warpgroups, " in_flight=", in_flight, " iters=", iters);
-  VMP_CHECK(dq >= 0 && dq <= 2 && (dq == 0 || (rs && in_flight == 2 && n <= 128)) && (mma || dq > 0), op,
-            ": dq (0..2 upconversion rounds) needs rs, in_flight=2 and n 64/128, and mma=false needs dq > 0; got dq=",
-            dq, " rs=", rs ? "true" : "false", " in_flight=", in_flight, " n=", n, " mma=", mma ? "true" : "false");
+  const bool dq_ok = dq == 0 || (n <= 128 && (in_flight == 2 || (rs && in_flight == 3)));
+  VMP_CHECK(dq >= 0 && dq <= 2 && dq_ok && (mma || dq > 0), op,
+            ": dq (0..2 upconversion rounds) needs n 64/128 and in_flight 2 (rs or ss) or 3 (rs), and mma=false "
+            "needs dq > 0; got dq=", dq, " rs=", rs ? "true" : "false", " in_flight=", in_flight, " n=", n,
+            " mma=", mma ? "true" : "false");
   int device = 0;
   check_launch(cudaGetDevice(&device), op);
   int major = 0, minor = 0;

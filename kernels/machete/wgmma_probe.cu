@@ -14,11 +14,14 @@
 // are constant (zeros from shared memory, ones in the A registers), since only the rate
 // is measured. The host times the kernel with CUDA events; FLOP = 2 * 64 * N * 64 per
 // k-block and warpgroup.
-// dq > 0 (RS, 2 groups in flight): before its wgmmas, each k-block upconverts its A register
-// set (two sets, alternating, as in machete_mid_m.cu: the previous k-block's wgmmas are
-// still in flight on the other set) with the mid-M kernel's own
-// instructions per 16 registers: 4 LDS, 12 shifts and 16 x (LOP3, HADD2, HMUL2), repeated
-// dq times; mma = false drops the wgmmas (the ALU work alone, timed the same way). Both dq
+// dq > 0 (2 or 3 groups in flight, as many A register sets, used in turn): before its
+// wgmmas, each k-block upconverts its A register set with the mid-M kernel's own
+// instructions per 16 registers: 4 LDS, 12 shifts and 16 x (LOP3, HADD2, HMUL2), repeated dq
+// times. With 2 in flight that is machete_mid_m.cu's order: k-block i + 1 converts while
+// group i runs; with 3, while groups i - 1 and i run. RS feeds the converted registers to the
+// wgmmas; SS converts them all the same but the wgmmas read A from shared memory (does the
+// register operand keep the ALU work from overlapping?). mma = false drops the wgmmas (the
+// ALU work alone, timed the same way). Both dq
 // variants XOR each k-block's 16 registers into one word that can reach `sink` (8 three-input
 // LOP3 more per k-block): without a consumer ptxas deletes the whole ALU loop of mma = false
 // (PTX has no volatile; the run of 2026-12-04 timed an empty kernel so).
@@ -96,8 +99,9 @@ __device__ __forceinline__ void upconvert(uint32_t (&a)[4][4], uint32_t w_addr, 
 
 template <int N, bool kRS, int kInFlight, int kDq, bool kMma>
 __global__ void __launch_bounds__(256, 1) probe_kernel(int iters, uint32_t scale, float* sink) {
-  static_assert(kDq == 0 || (kRS && kInFlight == 2), "dq rounds model the two-register-set RS mainloop");
+  static_assert(kDq == 0 || kInFlight >= 2, "dq converts the next k-block while one runs");
   static_assert(kMma || kDq > 0, "nothing to time");
+  constexpr int kSets = kDq > 0 ? kInFlight : 2;  // A register sets (constant without dq)
   extern __shared__ __align__(1024) unsigned char smem[];
   const int wg = threadIdx.x / 128;
   for (int i = threadIdx.x * 16; i < 2 * kABytes + N * 128 + kWBytes; i += blockDim.x * 16)
@@ -110,9 +114,9 @@ __global__ void __launch_bounds__(256, 1) probe_kernel(int iters, uint32_t scale
   const uint64_t da = smem_desc(base + wg * kABytes, 128, 1024);
   const uint64_t db = smem_desc(base + 2 * kABytes, 128, 1024);
   const uint32_t w_base = base + 2 * kABytes + N * 128 + (threadIdx.x % 32) * 4;
-  uint32_t a[2][4][4];
+  uint32_t a[kSets][4][4];
 #pragma unroll
-  for (int set = 0; set < 2; ++set)
+  for (int set = 0; set < kSets; ++set)
 #pragma unroll
     for (int kb = 0; kb < 4; ++kb)
 #pragma unroll
@@ -121,8 +125,9 @@ __global__ void __launch_bounds__(256, 1) probe_kernel(int iters, uint32_t scale
   float d[N / 2];
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) d[i] = 0.f;
-  // k-block `it` uses set `set`; with dq it first fills that set (its last reader, k-block
-  // it - 2, is done: wait_group 1 at the end of it - 1), while k-block it - 1's wgmmas run.
+  // k-block `it` uses set it % kSets; with dq it first fills that set (its last reader,
+  // k-block it - kSets, is done: wait_group kInFlight - 1 at the end of it - 1), while the
+  // wgmmas of the kInFlight - 1 k-blocks before it run.
   auto k_block = [&](auto set_c, int it) {
     constexpr int set = decltype(set_c)::value;
     if constexpr (kDq > 0) {
@@ -140,9 +145,15 @@ __global__ void __launch_bounds__(256, 1) probe_kernel(int iters, uint32_t scale
       cute::warpgroup_wait<kInFlight - 1>();
     }
   };
-  for (int it = 0; it < iters; it += 2) {
+  int it = 0;
+  for (; it + kSets <= iters; it += kSets) {
     k_block(std::integral_constant<int, 0>{}, it);
     k_block(std::integral_constant<int, 1>{}, it + 1);
+    if constexpr (kSets == 3) k_block(std::integral_constant<int, 2>{}, it + 2);
+  }
+  if constexpr (kSets == 3) {  // iters % 3 k-blocks left, in set order
+    if (it < iters) k_block(std::integral_constant<int, 0>{}, it);
+    if (it + 1 < iters) k_block(std::integral_constant<int, 1>{}, it + 1);
   }
   cute::warpgroup_wait<0>();
   float s = 0.f;
@@ -180,20 +191,32 @@ cudaError_t launch_depth(int in_flight, int warpgroups, int iters, int sms, floa
   switch (in_flight) {
     case 1: return launch<N, kRS, 1>(warpgroups, iters, sms, sink, s, ms);
     case 2: return launch<N, kRS, 2>(warpgroups, iters, sms, sink, s, ms);
+    case 3: return launch<N, kRS, 3>(warpgroups, iters, sms, sink, s, ms);
     default: return cudaErrorInvalidValue;
   }
 }
 
-// The dq variants: RS, 2 groups in flight, N = 64 or 128.
-template <int N>
-cudaError_t launch_dq(int dq, bool mma, int warpgroups, int iters, int sms, float* sink, cudaStream_t s, float* ms) {
+// The dq variants of one (N, A source, groups in flight): 1 or 2 rounds, with or without wgmma.
+template <int N, bool kRS, int kInFlight>
+cudaError_t launch_dq_rounds(int dq, bool mma, int warpgroups, int iters, int sms, float* sink, cudaStream_t s,
+                             float* ms) {
   switch (dq * 2 + (mma ? 1 : 0)) {
-    case 2: return launch<N, true, 2, 1, false>(warpgroups, iters, sms, sink, s, ms);
-    case 3: return launch<N, true, 2, 1, true>(warpgroups, iters, sms, sink, s, ms);
-    case 4: return launch<N, true, 2, 2, false>(warpgroups, iters, sms, sink, s, ms);
-    case 5: return launch<N, true, 2, 2, true>(warpgroups, iters, sms, sink, s, ms);
+    case 2: return launch<N, kRS, kInFlight, 1, false>(warpgroups, iters, sms, sink, s, ms);
+    case 3: return launch<N, kRS, kInFlight, 1, true>(warpgroups, iters, sms, sink, s, ms);
+    case 4: return launch<N, kRS, kInFlight, 2, false>(warpgroups, iters, sms, sink, s, ms);
+    case 5: return launch<N, kRS, kInFlight, 2, true>(warpgroups, iters, sms, sink, s, ms);
     default: return cudaErrorInvalidValue;
   }
+}
+
+// The dq variants: N = 64 or 128; RS with 2 or 3 groups in flight, SS with 2.
+template <int N>
+cudaError_t launch_dq(bool rs, int in_flight, int dq, bool mma, int warpgroups, int iters, int sms, float* sink,
+                      cudaStream_t s, float* ms) {
+  if (rs && in_flight == 2) return launch_dq_rounds<N, true, 2>(dq, mma, warpgroups, iters, sms, sink, s, ms);
+  if (rs && in_flight == 3) return launch_dq_rounds<N, true, 3>(dq, mma, warpgroups, iters, sms, sink, s, ms);
+  if (!rs && in_flight == 2) return launch_dq_rounds<N, false, 2>(dq, mma, warpgroups, iters, sms, sink, s, ms);
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace
@@ -202,9 +225,8 @@ cudaError_t wgmma_probe(int n, bool rs, int warpgroups, int in_flight, int dq, b
                         float* sink, cudaStream_t stream, float* ms) {
   if (warpgroups < 1 || warpgroups > 2 || iters < 16 || iters % 2) return cudaErrorInvalidValue;
   if (dq != 0) {
-    if (!rs || in_flight != 2) return cudaErrorInvalidValue;
-    if (n == 64) return launch_dq<64>(dq, mma, warpgroups, iters, sms, sink, stream, ms);
-    if (n == 128) return launch_dq<128>(dq, mma, warpgroups, iters, sms, sink, stream, ms);
+    if (n == 64) return launch_dq<64>(rs, in_flight, dq, mma, warpgroups, iters, sms, sink, stream, ms);
+    if (n == 128) return launch_dq<128>(rs, in_flight, dq, mma, warpgroups, iters, sms, sink, stream, ms);
     return cudaErrorInvalidValue;
   }
   if (!mma) return cudaErrorInvalidValue;

@@ -18,16 +18,24 @@ def test_time_grows_with_iterations(n, rs):
     assert 2.5 < long / short < 5.0  # 4x the k-blocks, minus a fixed launch cost
 
 
+@pytest.mark.parametrize("rs,depth", [(True, 2), (False, 2), (True, 3)])
 @pytest.mark.parametrize("n", [64, 128])
-def test_upconversion_rounds_take_time(n):
-    """The ALU-only variant runs and two rounds cost more than one; with the wgmmas the
-    k-blocks take at least as long as the wgmmas alone."""
-    one = min(torch.ops.vmp.wgmma_probe(n, True, 2, 2, 4000, 1, False) for _ in range(3))
-    two = min(torch.ops.vmp.wgmma_probe(n, True, 2, 2, 4000, 2, False) for _ in range(3))
-    mma = min(torch.ops.vmp.wgmma_probe(n, True, 2, 2, 4000) for _ in range(3))
-    both = min(torch.ops.vmp.wgmma_probe(n, True, 2, 2, 4000, 1, True) for _ in range(3))
-    assert 0 < one < two
+def test_upconversion_rounds_take_time(n, rs, depth):
+    """The ALU-only variant runs (its work survived ptxas) and two rounds cost more than one;
+    with the wgmmas the k-blocks take at least as long as the wgmmas alone."""
+    one = min(torch.ops.vmp.wgmma_probe(n, rs, 2, depth, 4000, 1, False) for _ in range(3))
+    two = min(torch.ops.vmp.wgmma_probe(n, rs, 2, depth, 4000, 2, False) for _ in range(3))
+    mma = min(torch.ops.vmp.wgmma_probe(n, rs, 2, depth, 4000) for _ in range(3))
+    both = min(torch.ops.vmp.wgmma_probe(n, rs, 2, depth, 4000, 1, True) for _ in range(3))
+    assert 0.1 * mma < one < two  # one round is ~75 instructions per k-block and warp: far from free
     assert both >= 0.95 * mma
+
+
+def test_three_groups_in_flight_with_an_odd_count_of_k_blocks():
+    """Three register sets run iters % 3 != 0 k-blocks too (a tail in set order): time grows with iters."""
+    short = min(torch.ops.vmp.wgmma_probe(64, True, 2, 3, 3002, 1, True) for _ in range(3))
+    long = min(torch.ops.vmp.wgmma_probe(64, True, 2, 3, 12004, 1, True) for _ in range(3))
+    assert 2.5 < long / short < 5.0
 
 
 def test_bad_arguments_are_named():
@@ -35,7 +43,9 @@ def test_bad_arguments_are_named():
         torch.ops.vmp.wgmma_probe(96, True, 1, 1, 100)
     with pytest.raises(RuntimeError, match="warpgroups=3"):
         torch.ops.vmp.wgmma_probe(64, True, 3, 1, 100)
-    with pytest.raises(RuntimeError, match="dq=1 rs=false"):
-        torch.ops.vmp.wgmma_probe(64, False, 2, 2, 100, 1, True)
+    with pytest.raises(RuntimeError, match="dq=1 rs=false in_flight=3"):
+        torch.ops.vmp.wgmma_probe(64, False, 2, 3, 100, 1, True)
+    with pytest.raises(RuntimeError, match="dq=1 rs=true in_flight=1"):
+        torch.ops.vmp.wgmma_probe(64, True, 2, 1, 100, 1, True)
     with pytest.raises(RuntimeError, match="iters even"):
         torch.ops.vmp.wgmma_probe(64, True, 2, 2, 101)

@@ -11,10 +11,13 @@ peak, or must the weight go on N (up to 256, through shared memory)? The kernel 
 kernels/machete/wgmma_probe.cu; its operands are constant, only the rate is measured.
 
 A second table asks whether the consumers' ALU work overlaps the wgmmas in flight: two
-warpgroups, A from registers, two groups in flight, and before each k-block's wgmmas the
-upconversion of its A register set with the mid-M kernel's own instructions (1 or 2 rounds),
-timed alone (no wgmma), with the wgmmas, and the wgmmas alone. "both / sum" near 1 means
-the two add up (no overlap), near "max / sum" that they overlap fully.
+warpgroups, and before each k-block's wgmmas the upconversion of its A register set with the
+mid-M kernel's own instructions (1 or 2 rounds), timed alone (no wgmma), with the wgmmas, and
+the wgmmas alone. "both / sum" near 1 means the two add up (no overlap), near "max / sum" that
+they overlap fully. Three variants: A from registers with 2 groups in flight (the mid-M
+kernel's order), the same work with the wgmmas reading A from shared memory (does the register
+operand block the overlap?), and A from registers with 3 groups in flight (a conversion gets
+two groups' time instead of one).
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from typing import Optional
 import torch
 
 CONFIGS = list(itertools.product((64, 128, 256), (True, False), (1, 2), (1, 2)))  # n, rs, warpgroups, in_flight
-DQ_CONFIGS = list(itertools.product((64, 128), (1, 2)))  # n, upconversion rounds (2 warpgroups, rs, 2 in flight)
+# n, upconversion rounds, (A from registers?, groups in flight); 2 warpgroups
+DQ_CONFIGS = list(itertools.product((64, 128), (1, 2), ((True, 2), (False, 2), (True, 3))))
 
 
 def flop(n: int, warpgroups: int, iters: int, sms: int) -> float:
@@ -60,14 +64,15 @@ def measure(iters: int, sms: int, probe) -> list[dict]:
 
 
 def measure_dq(iters: int, probe) -> list[dict]:
-    """Per (N, rounds): ns per k-block (all SMs in parallel, best of 3) of the upconversion
+    """Per DQ_CONFIGS row: ns per k-block (all SMs in parallel, best of 3) of the upconversion
     alone, the wgmmas alone and both. probe(n, rs, warpgroups, in_flight, iters, dq, mma) -> ms."""
-    def ns(n, dq, mma):
-        return min(probe(n, True, 2, 2, iters, dq, mma) for _ in range(3)) * 1e6 / iters
+    def ns(n, rs, depth, dq, mma):
+        return min(probe(n, rs, 2, depth, iters, dq, mma) for _ in range(3)) * 1e6 / iters
     rows = []
-    for n, dq in DQ_CONFIGS:
-        alu, mma, both = ns(n, dq, False), ns(n, 0, True), ns(n, dq, True)
-        rows.append({"n": n, "rounds": dq, "alu_ns": alu, "mma_ns": mma, "both_ns": both,
+    for n, dq, (rs, depth) in DQ_CONFIGS:
+        alu, mma, both = ns(n, rs, depth, dq, False), ns(n, rs, depth, 0, True), ns(n, rs, depth, dq, True)
+        rows.append({"n": n, "rounds": dq, "a": "rs" if rs else "ss", "in_flight": depth,
+                     "alu_ns": alu, "mma_ns": mma, "both_ns": both,
                      "both_over_sum": both / (alu + mma), "max_over_sum": max(alu, mma) / (alu + mma)})
     return rows
 
@@ -82,12 +87,12 @@ def markdown(result: dict) -> str:
                      f"{r['tflops'] / peak:.2f} |")
     if result.get("dq_rows"):
         lines += ["", "Upconversion (the mid-M kernel's per-register LOP3, HADD2, HMUL2, per k-block of 4 wgmma) "
-                  "against the wgmmas in flight; 2 warpgroups, A from registers, 2 groups in flight; ns per k-block:",
-                  "", "| N | rounds | upconversion alone | wgmma alone | both | both / sum | max / sum |",
-                  "|---|---|---|---|---|---|---|"]
+                  "against the wgmmas in flight; 2 warpgroups; ns per k-block:",
+                  "", "| N | rounds | A from | groups in flight | upconversion alone | wgmma alone | both | both / sum "
+                  "| max / sum |", "|---|---|---|---|---|---|---|---|---|"]
         for r in result["dq_rows"]:
-            lines.append(f"| {r['n']} | {r['rounds']} | {r['alu_ns']:.1f} | {r['mma_ns']:.1f} | {r['both_ns']:.1f} | "
-                         f"{r['both_over_sum']:.2f} | {r['max_over_sum']:.2f} |")
+            lines.append(f"| {r['n']} | {r['rounds']} | {r['a']} | {r['in_flight']} | {r['alu_ns']:.1f} | "
+                         f"{r['mma_ns']:.1f} | {r['both_ns']:.1f} | {r['both_over_sum']:.2f} | {r['max_over_sum']:.2f} |")
     return "\n".join(lines)
 
 
