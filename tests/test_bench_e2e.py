@@ -96,7 +96,8 @@ def _args(**kw):
                                 json=None, no_serve=False,
                                 no_offline=False,
                                 serve_prompts=4, throughput_requests=8, tpot_input=16, tpot_tokens=4, reps=1,
-                                max_model_len=2048, gpu_memory_utilization=0.9, port=8099, dummy=True)
+                                max_model_len=2048, gpu_memory_utilization=0.9, port=8099, dummy=True,
+                                warm_restart=False, start_only=False)
     for k, v in kw.items():
         setattr(ns, k, v)
     return ns
@@ -190,6 +191,71 @@ def test_each_side_starts_cold_on_compile_caches_of_its_own_after_one_priming_pr
     assert len(set(dirs)) == 9  # 3 sides x 3 caches, none shared
     assert all(f"/caches/{side}/" in d for side, side_env in envs.items() for d in side_env.values())
     assert [e["TRITON_CACHE_DIR"] for e in server_envs] == [envs[s]["TRITON_CACHE_DIR"] for s in ("machete", "builtin", "humming")]
+
+
+def test_warm_restart_starts_each_side_again_on_its_own_filled_caches(tmp_path, monkeypatch, capsys):
+    """--warm-restart: after a side's offline worker, a second worker process with --start-only,
+    the same caches and its own output file; its start lands under the side's warm_restart and
+    in the table, beside the cold start."""
+    calls = []
+
+    def worker(cmd, env, runs):
+        side, warm = cmd[cmd.index("--worker") + 1], "--start-only" in cmd
+        calls.append((side, warm, env["TRITON_CACHE_DIR"], cmd[cmd.index("--worker-out") + 1]))
+        start = {"engine_start_s": 30.0 if warm else 100.0, "load_s": 1.0, "startup": {"compile_s": 2.0 if warm else 40.0}}
+        return {"side": side, **start} if warm else {"side": side, "tpot_ms": {"1": 20.0}, **start}
+
+    _fake_processes(monkeypatch, worker, lambda runs: {"gpu": "FakeGPU", "model": "m"})
+    result = e2e.run(_args(sides="machete,builtin", no_serve=True, warm_restart=True))
+    assert [(c[0], c[1]) for c in calls] == [("machete", False), ("machete", True), ("builtin", False), ("builtin", True)]
+    assert calls[0][2] == calls[1][2] != calls[2][2] == calls[3][2]  # same caches per side, none shared
+    assert calls[0][3] != calls[1][3]  # the warm start's record does not overwrite the offline one
+    ours = result["sides"]["machete"]
+    assert ours["engine_start_s"] == 100.0 and ours["tpot_ms"] == {"1": 20.0}
+    assert ours["warm_restart"] == {"engine_start_s": 30.0, "load_s": 1.0, "startup": {"compile_s": 2.0}}
+    md = e2e.markdown(result)
+    assert "| engine start, warm restart (s) | 30.0 | 30.0 |" in md
+    assert "| warm restart, torch.compile in all | 2.0 | 2.0 |" in md
+    assert "warm restart" not in e2e.markdown({**result, "sides": {k: {kk: vv for kk, vv in v.items() if kk != "warm_restart"}
+                                                                  for k, v in result["sides"].items()}})
+
+
+def test_start_only_worker_returns_after_the_start(monkeypatch):
+    """The worker behind a warm restart builds the engine, records the start and returns
+    before any generation."""
+    import sys
+    import types
+    generated = []
+
+    class FakeLLM:
+        def __init__(self, model, **kw):
+            cache = types.SimpleNamespace(num_gpu_blocks=10, block_size=16)
+            comp = types.SimpleNamespace(compilation_time=1.0, cudagraph_capture_sizes=[1, 2])
+            self.llm_engine = types.SimpleNamespace(vllm_config=types.SimpleNamespace(cache_config=cache,
+                                                                                     compilation_config=comp))
+
+        def apply_model(self, fn):
+            return [{"linear_layers": 1}]
+
+        def generate(self, *a, **kw):
+            generated.append(a)
+            return []
+
+    fake_vllm = types.ModuleType("vllm")
+    fake_vllm.LLM, fake_vllm.SamplingParams = FakeLLM, object
+    fake_inputs = types.ModuleType("vllm.inputs")
+    fake_inputs.TokensPrompt = dict
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", fake_inputs)
+    monkeypatch.setattr(e2e, "_patch_load_model", lambda record: None)
+    monkeypatch.setattr(e2e.startup, "install", lambda sink: None)
+    monkeypatch.setattr(e2e.startup, "finish", lambda record, *a: record.setdefault("startup", {"compile_s": 1.0}))
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # run_worker sets it: restored after the test
+    import torch
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda *a: 2**30)
+    record = e2e.run_worker("machete", "model-dir", _args(start_only=True))
+    assert record["engine_start_s"] >= 0 and record["kv_cache_tokens"] == 160 and record["startup"] == {"compile_s": 1.0}
+    assert not generated and "ttft_ms" not in record and "tpot_ms" not in record
 
 
 def test_one_side_at_a_time_merges_into_the_results_file(tmp_path, monkeypatch):

@@ -17,6 +17,8 @@ reads, bytecode writes) in its engine start:
     engine start split into phases (`startup.py`), KV-cache size, TTFT of a 1024-token
     prompt at batch 1, TPOT at batch 1/16/64/256 ((t[1+T tokens] - t[1 token]) / T), and
     throughput of 256 requests of 1024 in / 256 out;
+  * with `--warm-restart`, one more process per side that only starts the engine, on the
+    caches the offline run filled: the warm restart's engine start and its phases;
   * serving: `vllm serve` on loopback and `vllm bench serve` (random data) at request
     rates 1, 2, 4, 8 and inf: median TTFT, median TPOT, output tok/s.
 Results: JSON (`--json`, merged per side so sides can run in separate invocations), a
@@ -24,7 +26,7 @@ markdown table on stdout, PNG plots (`--plot-dir`).
 
   python -m vllm_machete_plugin.bench e2e [--layers 4] [--shape 405b] [--tensor-parallel-size 4] \
       [--sides machete,builtin,humming] \
-      [--json FILE] [--plot-dir DIR] [--no-serve | --no-offline]
+      [--json FILE] [--plot-dir DIR] [--no-serve | --no-offline] [--warm-restart]
   python -m vllm_machete_plugin.bench e2e --report FILE [--plot-dir DIR]
 """
 from __future__ import annotations
@@ -46,6 +48,7 @@ from .serving import SIDES
 
 TPOT_BATCHES = (1, 16, 64, 256)
 BREAKDOWN_BATCHES = (1, 64)  # decode steps whose kernel time is broken down (decode_b<B>_kernel_us)
+WARM = "warm_restart"  # a side's record of its second start on its own filled caches (--warm-restart)
 TOP_KERNELS = 12             # kernels named per breakdown (decode_b<B>_top_kernels_us)
 RATES = ("1", "2", "4", "8", "inf")
 SERVE_INPUT_LEN, SERVE_OUTPUT_LEN = 1024, 128  # tokens per request in the serving sweep
@@ -214,6 +217,8 @@ def run_worker(side: str, model: str, args) -> dict:
     record["kv_cache_tokens"] = int(cache.num_gpu_blocks * cache.block_size)
     record["gpu_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
     print(f"[e2e] {side}: {record}", flush=True)
+    if args.start_only:  # a warm restart: only the start is measured
+        return record
 
     vocab = llm.llm_engine.model_config.get_vocab_size()
     gen = torch.Generator().manual_seed(0)
@@ -303,9 +308,13 @@ def markdown(result: dict) -> str:
                              ("KV cache (tokens)", ("kv_cache_tokens",), "{:,}"),
                              ("engine start (s)", ("engine_start_s",), "{:.1f}"),
                              *startup.report_rows(),
+                             ("engine start, warm restart (s)", (WARM, "engine_start_s"), "{:.1f}"),
+                             ("load time, warm restart (s)", (WARM, "load_s"), "{:.1f}"),
+                             *[(f"warm restart, {label[len('start: '):]}", (WARM, *keys), fmt)
+                               for label, keys, fmt in startup.report_rows()],
                              ("TTFT 1024 tok, batch 1 (ms)", ("ttft_ms",), "{:.1f}")]:
-        if label.startswith("start: ") and all(get(s, *keys) is None for s in sides):
-            continue  # results from before the startup phases were recorded
+        if (label.startswith(("start: ", "warm restart")) or WARM in keys) and all(get(s, *keys) is None for s in sides):
+            continue  # results from before the startup phases were recorded, or without a warm restart
         rows.append((label, [_fmt(fmt, get(s, *keys)) for s in sides]))
     for b in BREAKDOWN_BATCHES:
         key = f"decode_b{b}_kernel_us"
@@ -410,6 +419,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--port", type=int, default=8021)
+    ap.add_argument("--warm-restart", action="store_true",
+                    help="after a side's offline run, start its engine once more on the compile caches that run "
+                         "filled, and record that start by phase (issue 18's warm restart)")
+    ap.add_argument("--start-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -463,6 +476,15 @@ def run(args) -> dict:
                 raise SystemExit(f"[e2e] offline run of {side} failed (exit {r.returncode})")
             record = {**json.loads(out.read_text()), **{k: kept[k] for k in ("serve", "serve_date") if k in kept},
                       "offline_date": result.get("date"), "vmp_env": plugin_env()}
+            if args.warm_restart:  # the same caches, now filled by the run above
+                warm_out = workdir / f"warm-{side}.json"
+                warm_cmd = [*cmd, "--start-only"]
+                warm_cmd[warm_cmd.index("--worker-out") + 1] = str(warm_out)
+                r = subprocess.run(warm_cmd, env=env)
+                if r.returncode != 0:
+                    raise SystemExit(f"[e2e] warm restart of {side} failed (exit {r.returncode})")
+                warm = json.loads(warm_out.read_text())
+                record[WARM] = {k: warm[k] for k in ("engine_start_s", "load_s", "startup") if k in warm}
         if not args.no_serve:
             record["serve"] = run_serving(side, model, args, workdir, caches)
             record["serve_date"] = result.get("date")
