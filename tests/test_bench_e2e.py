@@ -67,9 +67,35 @@ def test_report_table_and_plots(tmp_path, capsys):
     assert "| TPOT batch 1 (ms) | 20.00 | 21.20 |" in out
     assert "| TPOT batch 64 (ms) | 30.00 | - |" in out
     assert "| serve rate inf: output tok/s | 500 | 500 |" in out
+    assert "Ours against the targets" in out and "| TPOT batch 1 | 20.00 | builtin 21.20 | 0.94 | <= 0.75 | missed |" in out
     assert "MarlinLinearKernel" in out and "| quantized linears | 8/8 | 8/8 |" in out
     for name in ("e2e-tpot-vs-batch.png", "e2e-throughput-vs-rate.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
+
+
+def test_verdicts_take_the_better_peer_and_the_direction_of_each_metric():
+    """TPOT / TTFT / starts: lower is better, throughput higher; the peer is the better of the
+    sides a target names (engine start and load against the built-in side only)."""
+    sides = {
+        "machete": {"tpot_ms": {"1": 13.6, "64": 23.3}, "ttft_ms": 199.0, "throughput": {"output_tok_s": 727.0},
+                    "engine_start_s": 108.6, "load_s": 3.3, "warm_restart": {"engine_start_s": 90.0}},
+        "builtin": {"tpot_ms": {"1": 19.6, "64": 27.1}, "ttft_ms": 201.2, "throughput": {"output_tok_s": 718.0},
+                    "engine_start_s": 114.9, "load_s": 3.1, "warm_restart": {"engine_start_s": 80.0}},
+        "humming": {"tpot_ms": {"1": 15.1, "64": 24.3}, "ttft_ms": 216.4, "throughput": {"output_tok_s": 747.0},
+                    "engine_start_s": 50.0, "load_s": 2.3},
+    }
+    table = e2e.verdicts({"sides": sides})
+    assert "| TPOT batch 1 | 13.60 | builtin 19.60 | 0.69 | <= 0.75 | met |" in table  # not Humming's 15.1
+    assert "| TPOT batch 64 | 23.30 | humming 24.30 | 0.96 | <= 0.90 | missed |" in table
+    assert "| TTFT 1024 tokens | 199.00 | builtin 201.20 | 0.99 | <= 0.95 | missed |" in table
+    assert "| offline output tok/s | 727.00 | humming 747.00 | 0.97 | >= 1.10 | missed |" in table
+    assert "| engine start, cold | 108.60 | builtin 114.90 | 0.95 | <= 1.10 | met |" in table  # not Humming's 50
+    assert "| engine start, warm restart | 90.00 | builtin 80.00 | 1.12 | <= 1.10 | missed |" in table
+    assert "| weight load | 3.30 | builtin 3.10 | 1.06 | <= 1.30 | met |" in table
+    del sides["builtin"]
+    table = e2e.verdicts({"sides": sides})
+    assert "TPOT batch 1" not in table and "engine start" not in table and "| TPOT batch 64 |" in table
+    assert e2e.verdicts({"sides": {"machete": sides["machete"]}}) == ""
 
 
 def test_unknown_side_is_refused(tmp_path):

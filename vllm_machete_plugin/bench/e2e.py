@@ -334,6 +334,45 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+# Issue 16 / 18 targets: (label, key path, ours / peer at most (or, for a rate, at least), peers).
+# A time is better lower, a rate higher; the peer is the better of the sides named that ran.
+TARGETS = [
+    ("TPOT batch 1", ("tpot_ms", "1"), 0.75, ("builtin",)),
+    ("TPOT batch 64", ("tpot_ms", "64"), 0.90, ("builtin", "humming")),
+    ("TTFT 1024 tokens", ("ttft_ms",), 0.95, ("builtin", "humming")),
+    ("offline output tok/s", ("throughput", "output_tok_s"), 1.10, ("builtin", "humming")),
+    ("engine start, cold", ("engine_start_s",), 1.10, ("builtin",)),
+    ("engine start, warm restart", (WARM, "engine_start_s"), 1.10, ("builtin",)),
+    ("weight load", ("load_s",), 1.30, ("builtin",)),
+]
+
+
+def verdicts(result: dict) -> str:
+    """Ours against the targets: per row the better peer, the ratio and met / missed; rows
+    whose data is missing on our side or every peer's are left out."""
+    sides = result["sides"]
+
+    def get(side, keys):
+        v = sides.get(side)
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        return v
+
+    rate = {"offline output tok/s"}
+    lines = ["| target | ours | better peer | ours / peer | target | verdict |", "|---|---|---|---|---|---|"]
+    for label, keys, bound, peers in TARGETS:
+        ours = get("machete", keys)
+        vals = {p: get(p, keys) for p in peers if get(p, keys) is not None}
+        if ours is None or not vals:
+            continue
+        peer = (max if label in rate else min)(vals, key=vals.get)
+        ratio = ours / vals[peer]
+        met = ratio >= bound if label in rate else ratio <= bound
+        lines.append(f"| {label} | {ours:.2f} | {peer} {vals[peer]:.2f} | {ratio:.2f} | "
+                     f"{'>=' if label in rate else '<='} {bound:.2f} | {'met' if met else 'missed'} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def _fmt(fmt: str, v) -> str:
     return "-" if v is None else fmt.format(v)
 
@@ -437,6 +476,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         result = run(args)
     print(markdown(result))
+    table = verdicts(result)
+    if table:
+        print("\nOurs against the targets of issues 16 and 18:\n\n" + table)
     if args.plot_dir:
         for p in plot(result, Path(args.plot_dir)):
             print(f"[e2e] wrote {p}")
