@@ -1,5 +1,5 @@
 // Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w", "256x32w" for 17..32
-// tokens, and "128x64w3"): Y[M, N] = X[M, K] . dequant(W)[K, N] on wgmma, our own mainloop on the SAME
+// tokens, and the variants "128x64w3", "256x64wr"): Y[M, N] = X[M, K] . dequant(W)[K, N] on wgmma, our own mainloop on the SAME
 // prepacked weight as the other schedules (machete_layout.cuh). The transposed problem
 // Y^T = W^T X^T runs as wgmma m64nTk16 with the upconverted weight as the register A operand
 // (the prepack hands each lane its A fragment of a k16 step as one 32-bit word) and T = 32,
@@ -30,7 +30,11 @@
 // variant tests a wider window in the real kernel, against 128x64w. Same wgmmas in the same
 // order per accumulator: Y is bit-identical to 128x64w's. On 256x64w three sets (2 row blocks
 // x 3 x 16 registers) make ptxas serialize the wgmmas (C7512); 256x128w has room for one set
-// per row block only (its two row blocks' groups overlap instead).
+// per row block only (its two row blocks' groups overlap instead). "256x64wr" widens the
+// window of 256x64w without registers: each row block waits, just before its conversion, only
+// for the group that last read its set (wait_group 3), instead of the whole K tile waiting for
+// the previous one (wait_group 2), so three groups stay queued during every conversion instead
+// of two and three; same wgmmas, same order, Y bit-identical to 256x64w's.
 //
 // Work split: a unit is (row tile, K tile); units run tile-major, token tile outermost, and
 // CTA b takes the contiguous stripe [b*stripe, (b+1)*stripe). A tile whose K range is split
@@ -189,7 +193,7 @@ __device__ __forceinline__ void fence_acc(float (&d)[N / 2]) {
 
 // kRows = 64 kSub kConsumerWGs: each consumer warpgroup takes kSub m64 row blocks of the tile;
 // kSets A register sets per row block (above).
-template <typename T, int kT, int kRows, bool kZeros, int kSets>
+template <typename T, int kT, int kRows, bool kZeros, int kSets, bool kRowWait>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __grid_constant__ Params p) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   constexpr int kSub = kRows / (64 * kConsumerWGs), kConsumers = 128 * kConsumerWGs;
@@ -286,11 +290,12 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
   // blocks' commit groups overlap instead (wait_group 1 after each).
   constexpr bool kSetPerBlock = kSets == 1;
   static_assert(kSetPerBlock == (kT == 128 && kSub == 2) && kSets <= 3, "A register sets per row block");
+  static_assert(!kRowWait || (kSets == 2 && kSub == 2), "per-row-block waits: 2 sets, 2 row blocks");
   uint32_t a[kSets][kSub][4][4];
   int s = 0;
   uint32_t parity = 0;
   // Stages read by the K tiles whose wgmmas may still run, oldest first (-1: none).
-  constexpr int kHeld = kSetPerBlock ? 1 : kSets - 1;
+  constexpr int kHeld = kSetPerBlock ? 1 : kRowWait ? kSets : kSets - 1;
   int held[kHeld];
 #pragma unroll
   for (int h = 0; h < kHeld; ++h) held[h] = -1;
@@ -309,6 +314,12 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
     const uint64_t x_desc = sm90::desc_k_sw128(st);  // the stage's X tile, k16 step kb at + 32 kb bytes
 #pragma unroll
     for (int j = 0; j < kSub; ++j) {
+      if constexpr (kRowWait) {
+        // The group that last read this row block's set (K tile - 2) is done; after the last
+        // row block's wait, every group of that K tile is: release its stage.
+        cute::warpgroup_wait<kSets * kSub - 1>();
+        if (j == kSub - 1 && held[0] >= 0) release(held[0]);
+      }
       const uint32_t s_lo = ptx::lds16(gs + 128 * j), s_hi = ptx::lds16(gs + 128 * j + 16);
       const uint32_t s2[2] = {s_lo | s_lo << 16, s_hi | s_hi << 16};
       uint32_t z2[2] = {0, 0};
@@ -351,7 +362,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
         if (j == 0 && held[0] >= 0) release(held[0]);
       }
     }
-    if constexpr (!kSetPerBlock) {
+    if constexpr (!kSetPerBlock && !kRowWait) {
       // The groups of the K tile kSets - 1 back are done: release its stage (its register
       // set is the next K tile's).
       cute::warpgroup_wait<kSub * (kSets - 1)>();
@@ -436,12 +447,14 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
   }
 }
 
-// The compiled shapes (tokens, rows, A register sets), one per mid-M schedule of machete.h,
-// in its order.
+// The compiled shapes (tokens, rows, A register sets, per-row-block waits), one per mid-M
+// schedule of machete.h, in its order.
 struct Shape {
   int t, rows, sets;
+  bool row_wait;
 };
-constexpr Shape kShapes[] = {{64, 128, 2}, {64, 256, 2}, {128, 128, 2}, {128, 256, 1}, {32, 256, 2}, {64, 128, 3}};
+constexpr Shape kShapes[] = {{64, 128, 2, false}, {64, 256, 2, false}, {128, 128, 2, false}, {128, 256, 1, false},
+                             {32, 256, 2, false},  {64, 128, 3, false}, {64, 256, 2, true}};
 static_assert([] {
   if (sizeof(kShapes) / sizeof(Shape) != kNumSchedules - kFirstMidM) return false;
   for (int i = kFirstMidM; i < kNumSchedules; ++i) {
@@ -454,7 +467,7 @@ static_assert([] {
 template <typename T, bool kZeros, size_t... I>
 const void* kernel_at(int i, std::index_sequence<I...>) {
   static const void* const kFns[] = {reinterpret_cast<const void*>(
-      &mid_m_kernel<T, kShapes[I].t, kShapes[I].rows, kZeros, kShapes[I].sets>)...};
+      &mid_m_kernel<T, kShapes[I].t, kShapes[I].rows, kZeros, kShapes[I].sets, kShapes[I].row_wait>)...};
   return kFns[i];
 }
 
