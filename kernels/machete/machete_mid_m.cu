@@ -1,9 +1,10 @@
 // Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w", "256x32w" for 17..32
-// tokens, and the variants "128x64w3", "256x64wr"): Y[M, N] = X[M, K] . dequant(W)[K, N] on wgmma, our own mainloop on the SAME
-// prepacked weight as the other schedules (machete_layout.cuh). The transposed problem
-// Y^T = W^T X^T runs as wgmma m64nTk16 with the upconverted weight as the register A operand
-// (the prepack hands each lane its A fragment of a k16 step as one 32-bit word) and T = 32,
-// 64 or 128 tokens on wgmma's N side, read by descriptor from a 128-byte-swizzled shared tile.
+// tokens, and the variants "128x64w3", "256x64wr"): Y[M, N] = X[M, K] . dequant(W)[K, N] on
+// wgmma, our own mainloop on the SAME prepacked weight as the other schedules
+// (machete_layout.cuh). The transposed problem Y^T = W^T X^T runs as wgmma m64nTk16 with the
+// upconverted weight as the register A operand (the prepack hands each lane its A fragment of
+// a k16 step as one 32-bit word) and T = 32, 64 or 128 tokens on wgmma's N side, read by
+// descriptor from a 128-byte-swizzled shared tile.
 //
 // Why: at 64..128 tokens CUTLASS's mixed-input collective keeps the tensor pipe 31-72%
 // busy (docs/profile_h200.md); its chain shared load -> convert -> wgmma waits once per
@@ -24,7 +25,7 @@
 //
 // A register sets: each consumer converts K tile t + 1 into its own set while the wgmmas of
 // the K tiles before it run. Two sets (the default) leave it the time of K tile t's groups
-// (wait_group after each K tile: t - 1 done); "256x64w3" has three, so the conversion gets
+// (wait_group after each K tile: t - 1 done); "128x64w3" has three, so the conversion gets
 // the time of K tiles t - 1 and t. Why it exists: the wgmma probe shows the conversion adding
 // to the wgmma time at 64 tokens instead of hiding (docs/profile_h200.md, session 21); this
 // variant tests a wider window in the real kernel, against 128x64w. Same wgmmas in the same
