@@ -1,5 +1,5 @@
 // Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w", "256x32w" for 17..32
-// tokens, and the variants "128x64w3", "256x64wr"): Y[M, N] = X[M, K] . dequant(W)[K, N] on
+// tokens, and the variants "128x64w3", "256x64wr", "256x32wr"): Y[M, N] = X[M, K] . dequant(W)[K, N] on
 // wgmma, our own mainloop on the SAME prepacked weight as the other schedules
 // (machete_layout.cuh). The transposed problem Y^T = W^T X^T runs as wgmma m64nTk16 with the
 // upconverted weight as the register A operand (the prepack hands each lane its A fragment of
@@ -35,7 +35,8 @@
 // window of 256x64w without registers: each row block waits, just before its conversion, only
 // for the group that last read its set (wait_group 3), instead of the whole K tile waiting for
 // the previous one (wait_group 2), so three groups stay queued during every conversion instead
-// of two and three; same wgmmas, same order, Y bit-identical to 256x64w's.
+// of two and three; same wgmmas, same order, Y bit-identical to 256x64w's ("256x32wr": the
+// same on 256x32w, whose 32-token groups are shorter still).
 //
 // Work split: a unit is (row tile, K tile); units run tile-major, token tile outermost, and
 // CTA b takes the contiguous stripe [b*stripe, (b+1)*stripe). A tile whose K range is split
@@ -455,7 +456,7 @@ struct Shape {
   bool row_wait;
 };
 constexpr Shape kShapes[] = {{64, 128, 2, false}, {64, 256, 2, false}, {128, 128, 2, false}, {128, 256, 1, false},
-                             {32, 256, 2, false},  {64, 128, 3, false}, {64, 256, 2, true}};
+                             {32, 256, 2, false},  {64, 128, 3, false}, {64, 256, 2, true},   {32, 256, 2, true}};
 static_assert([] {
   if (sizeof(kShapes) / sizeof(Shape) != kNumSchedules - kFirstMidM) return false;
   for (int i = kFirstMidM; i < kNumSchedules; ++i) {

@@ -49,12 +49,13 @@ M_SIZES = [1, 7, 16, 24, 33, 64, 128, 257, 1024]
 WGMMA_TILES = ["128x16", "128x32", "128x64", "128x128", "256x128", "256x32", "128x256", "128x128c2"]
 # N alignment: tile N x CTAs per cluster along N (128x256 and 128x128c2 are 2-CTA clusters)
 ALIGN_N = {"256x128": 256, "256x32": 256, "128x256": 256, "128x128c2": 256, "256x64w": 256, "256x128w": 256,
-           "256x32w": 256, "256x64wr": 256}
+           "256x32w": 256, "256x64wr": 256, "256x32wr": 256}
 SMALL_M_TILES = {"64x8": 8, "64x16": 16}  # mma.sync kernel on the same weight: tile -> max tokens
 # our own wgmma mainloop, same weight, any M; 256x32w: 32 tokens per tile; 128x64w3 (three A
-# register sets) and 256x64wr (per-row-block waits): their base tiles' wgmmas in the same order
-MID_M_TILES = ["128x64w", "256x64w", "128x128w", "256x128w", "256x32w", "128x64w3", "256x64wr"]
-SAME_MATH = {"128x64w3": "128x64w", "256x64wr": "256x64w"}
+# register sets), 256x64wr and 256x32wr (per-row-block waits): their base tiles' wgmmas in the
+# same order
+MID_M_TILES = ["128x64w", "256x64w", "128x128w", "256x128w", "256x32w", "128x64w3", "256x64wr", "256x32wr"]
+SAME_MATH = {"128x64w3": "128x64w", "256x64wr": "256x64w", "256x32wr": "256x32w"}
 SCHEDULES = (WGMMA_TILES + list(SMALL_M_TILES) + MID_M_TILES if not _why_skip else [])
 
 
