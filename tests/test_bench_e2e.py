@@ -213,6 +213,7 @@ def test_each_side_starts_cold_on_compile_caches_of_its_own_after_one_priming_pr
     monkeypatch.setattr(e2e, "prime", lambda: order.append("prime") or 2.5)
     result = e2e.run(_args(sides="machete,builtin,humming"))
     assert order == ["prime", "machete", "builtin", "humming"] and result["prime_s"] == 2.5
+    assert all(r["prime_s"] == 2.5 for r in result["sides"].values())  # kept per side across invocations
     dirs = [d for side_env in envs.values() for d in side_env.values()]
     assert len(set(dirs)) == 9  # 3 sides x 3 caches, none shared
     assert all(f"/caches/{side}/" in d for side, side_env in envs.items() for d in side_env.values())

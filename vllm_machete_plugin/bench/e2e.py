@@ -530,6 +530,7 @@ def run(args) -> dict:
         if not args.no_serve:
             record["serve"] = run_serving(side, model, args, workdir, caches)
             record["serve_date"] = result.get("date")
+        record["prime_s"] = result["prime_s"]  # this invocation's priming (sides may run in several)
         result["sides"][side] = record
         if args.json:  # after every side, so a later failure loses nothing
             Path(args.json).write_text(json.dumps(result, indent=1))
