@@ -64,37 +64,33 @@ def test_parser_reads_functions_and_shared_sizes():
     assert static_shared_bytes(text) == {"_ZN3vmp6marlin11gemm_kernelEv": [1040], "other": [0]}
 
 
-@pytest.mark.parametrize("lib", ["_C", "_machete_C"])
-def test_our_kernels_dynamic_shared_memory_starts_128_byte_aligned(lib):
+def _lib_and_tool(lib: str) -> tuple[Path, str]:
+    """The built extension `lib` and a cuobjdump; skips the test when either is missing."""
     sos = sorted(PKG.glob(f"{lib}*.so"))
     if not sos:
         pytest.skip(f"{lib} is not built here (pip install --no-build-isolation -e . builds it)")
     tool = _cuobjdump()
     if tool is None:
         pytest.skip("no cuobjdump on PATH, in $CUDA_HOME/bin or in triton's package")
-    text = subprocess.run([tool, "-res-usage", str(sos[0])], check=True, capture_output=True, text=True).stdout
+    return sos[0], tool
+
+
+@pytest.mark.parametrize("lib", ["_C", "_machete_C"])
+def test_our_kernels_dynamic_shared_memory_starts_128_byte_aligned(lib):
+    so, tool = _lib_and_tool(lib)
+    text = subprocess.run([tool, "-res-usage", str(so)], check=True, capture_output=True, text=True).stdout
     sizes = {n: s for n, s in static_shared_bytes(text).items() if OUR_KERNELS.search(n)}
-    assert sizes, f"no gemm_kernel / small_m_kernel found in {sos[0].name}"
+    assert sizes, f"no gemm_kernel / small_m_kernel found in {so.name}"
     bad = {n: s for n, s in sizes.items() if any(b % 128 for b in s)}
-    assert not bad, (f"{len(bad)} kernels of {sos[0].name} have static shared memory that is not a multiple of "
+    assert not bad, (f"{len(bad)} kernels of {so.name} have static shared memory that is not a multiple of "
                      f"128 bytes, so their dynamic shared memory starts off a 128-byte line: "
                      f"{dict(list(bad.items())[:3])}; fix: move the __shared__ variable into the dynamic region")
-
-
-def _machete_lib_and_tool() -> tuple[Path, str]:
-    sos = sorted(PKG.glob("_machete_C*.so"))
-    if not sos:
-        pytest.skip("_machete_C is not built here (pip install --no-build-isolation -e . builds it)")
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("no cuobjdump on PATH, in $CUDA_HOME/bin or in triton's package")
-    return sos[0], tool
 
 
 @pytest.mark.parametrize("rs,depth", [(1, 2), (0, 2), (1, 3)])
 @pytest.mark.parametrize("n,rounds", [(64, 1), (64, 2), (128, 1), (128, 2)])
 def test_wgmma_probe_alu_only_variant_keeps_its_upconversion(n, rounds, rs, depth):
-    so, tool = _machete_lib_and_tool()
+    so, tool = _lib_and_tool("_machete_C")
     usage = subprocess.run([tool, "-res-usage", str(so)], check=True, capture_output=True, text=True).stdout
     # probe_kernel<N, rs, in_flight = depth, dq = rounds, mma = false>
     names = [f for f in static_shared_bytes(usage) if f"probe_kernelILi{n}ELb{rs}ELi{depth}ELi{rounds}ELb0E" in f]

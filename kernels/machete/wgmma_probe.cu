@@ -21,10 +21,10 @@
 // group i runs; with 3, while groups i - 1 and i run. RS feeds the converted registers to the
 // wgmmas; SS converts them all the same but the wgmmas read A from shared memory (does the
 // register operand keep the ALU work from overlapping?). mma = false drops the wgmmas (the
-// ALU work alone, timed the same way). Both dq
-// variants XOR each k-block's 16 registers into one word that can reach `sink` (8 three-input
-// LOP3 more per k-block): without a consumer ptxas deletes the whole ALU loop of mma = false
-// (PTX has no volatile; the run of 2026-12-04 timed an empty kernel so).
+// ALU work alone, timed the same way). Both dq variants XOR each k-block's 16 registers into
+// one word that can reach `sink` (8 three-input LOP3 more per k-block): without a consumer
+// ptxas deletes the whole ALU loop of mma = false (PTX has no volatile; the run of 2026-12-04
+// timed an empty kernel so).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 

@@ -292,10 +292,7 @@ def markdown(result: dict) -> str:
     rows: list[tuple[str, list]] = []
 
     def get(side, *keys):
-        v = result["sides"][side]
-        for k in keys:
-            v = v.get(k) if isinstance(v, dict) else None
-        return v
+        return _at(result["sides"][side], keys)
 
     rows.append(("kernels (decoder linears)", [json.dumps(get(s, "kernels")) for s in sides]))
     rows.append(("quantized linears", [f"{get(s, 'quantized_linear_layers')}/{get(s, 'linear_layers')}" for s in sides]))
@@ -313,7 +310,7 @@ def markdown(result: dict) -> str:
                              *[(f"warm restart, {label[len('start: '):]}", (WARM, *keys), fmt)
                                for label, keys, fmt in startup.report_rows()],
                              ("TTFT 1024 tok, batch 1 (ms)", ("ttft_ms",), "{:.1f}")]:
-        if (label.startswith(("start: ", "warm restart")) or WARM in keys) and all(get(s, *keys) is None for s in sides):
+        if (label.startswith("start: ") or WARM in keys) and all(get(s, *keys) is None for s in sides):
             continue  # results from before the startup phases were recorded, or without a warm restart
         rows.append((label, [_fmt(fmt, get(s, *keys)) for s in sides]))
     for b in BREAKDOWN_BATCHES:
@@ -350,19 +347,14 @@ TARGETS = [
 def verdicts(result: dict) -> str:
     """Ours against the targets: per row the better peer, the ratio and met / missed; rows
     whose data is missing on our side or every peer's are left out."""
-    sides = result["sides"]
-
     def get(side, keys):
-        v = sides.get(side)
-        for k in keys:
-            v = v.get(k) if isinstance(v, dict) else None
-        return v
+        return _at(result["sides"].get(side), keys)
 
     rate = {"offline output tok/s"}
     lines = ["| target | ours | better peer | ours / peer | target | verdict |", "|---|---|---|---|---|---|"]
     for label, keys, bound, peers in TARGETS:
         ours = get("machete", keys)
-        vals = {p: get(p, keys) for p in peers if get(p, keys) is not None}
+        vals = {p: v for p in peers if (v := get(p, keys)) is not None}
         if ours is None or not vals:
             continue
         peer = (max if label in rate else min)(vals, key=vals.get)
@@ -371,6 +363,13 @@ def verdicts(result: dict) -> str:
         lines.append(f"| {label} | {ours:.2f} | {peer} {vals[peer]:.2f} | {ratio:.2f} | "
                      f"{'>=' if label in rate else '<='} {bound:.2f} | {'met' if met else 'missed'} |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _at(record, keys):
+    """record[k0][k1]..., or None where a level is missing."""
+    for k in keys:
+        record = record.get(k) if isinstance(record, dict) else None
+    return record
 
 
 def _fmt(fmt: str, v) -> str:

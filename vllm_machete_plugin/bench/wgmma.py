@@ -22,6 +22,7 @@ two groups' time instead of one).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 from pathlib import Path
@@ -66,6 +67,7 @@ def measure(iters: int, sms: int, probe) -> list[dict]:
 def measure_dq(iters: int, probe) -> list[dict]:
     """Per DQ_CONFIGS row: ns per k-block (all SMs in parallel, best of 3) of the upconversion
     alone, the wgmmas alone and both. probe(n, rs, warpgroups, in_flight, iters, dq, mma) -> ms."""
+    @functools.cache  # the wgmmas alone serve the rows of both round counts
     def ns(n, rs, depth, dq, mma):
         return min(probe(n, rs, 2, depth, iters, dq, mma) for _ in range(3)) * 1e6 / iters
     rows = []
