@@ -46,18 +46,17 @@ struct MMArgs {
 // "128x16_split4". Then the two small-M kernels (machete_small_m.cu: mma.sync on the
 // same prepacked weight, M <= 8 / M <= 16, their own stripe-balanced K split, no suffix),
 // and the mid-M kernels (machete_mid_m.cu: our own wgmma mainloop on the same weight,
-// 32 / 64 / 128 tokens per tile, any M, their own stripe-balanced K split, no suffix; "w3" and
-// "wr": variants of 128x64w / 256x64w / 256x32w with a wider conversion window, same results).
+// 32 / 64 / 128 tokens per tile, any M, their own stripe-balanced K split, no suffix).
 constexpr int kNumCutlassTiles = 8;
 constexpr int kFirstMidM = 10;
-constexpr int kNumSchedules = 18;
+constexpr int kNumSchedules = 15;
 constexpr const char* kScheduleNames[kNumSchedules] = {
     "128x16", "128x32",  "128x64",  "128x128",  "256x128",  "256x32", "128x256", "128x128c2",
-    "64x8",   "64x16",   "128x64w", "256x64w",  "128x128w", "256x128w", "256x32w", "128x64w3", "256x64wr", "256x32wr"};
+    "64x8",   "64x16",   "128x64w", "256x64w",  "128x128w", "256x128w", "256x32w"};
 // Per schedule: tile N (output features), tokens per tile, CTAs per cluster along N.
-constexpr int kTileN[kNumSchedules] = {128, 128, 128, 128, 256, 256, 128, 128, 64, 64, 128, 256, 128, 256, 256, 128, 256, 256};
-constexpr int kTileTokens[kNumSchedules] = {16, 32, 64, 128, 128, 32, 256, 128, 8, 16, 64, 64, 128, 128, 32, 64, 64, 32};
-constexpr int kClusterN[kNumSchedules] = {1, 1, 1, 1, 1, 1, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+constexpr int kTileN[kNumSchedules] = {128, 128, 128, 128, 256, 256, 128, 128, 64, 64, 128, 256, 128, 256, 256};
+constexpr int kTileTokens[kNumSchedules] = {16, 32, 64, 128, 128, 32, 256, 128, 8, 16, 64, 64, 128, 128, 32};
+constexpr int kClusterN[kNumSchedules] = {1, 1, 1, 1, 1, 1, 2, 2, 1, 1, 1, 1, 1, 1, 1};
 constexpr int align_n(int tile) { return kTileN[tile] * kClusterN[tile]; }  // N must be a multiple
 constexpr bool is_small_m(int tile) { return tile >= kNumCutlassTiles && tile < kFirstMidM; }
 constexpr bool is_mid_m(int tile) { return tile >= kFirstMidM; }

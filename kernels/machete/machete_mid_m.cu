@@ -1,10 +1,9 @@
-// Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w", "256x32w" for 17..32
-// tokens, and the variants "128x64w3", "256x64wr", "256x32wr"): Y[M, N] = X[M, K] . dequant(W)[K, N] on
-// wgmma, our own mainloop on the SAME prepacked weight as the other schedules
-// (machete_layout.cuh). The transposed problem Y^T = W^T X^T runs as wgmma m64nTk16 with the
-// upconverted weight as the register A operand (the prepack hands each lane its A fragment of
-// a k16 step as one 32-bit word) and T = 32, 64 or 128 tokens on wgmma's N side, read by
-// descriptor from a 128-byte-swizzled shared tile.
+// Mid-M Machete kernels ("128x64w", "256x64w", "128x128w", "256x128w", and "256x32w" for
+// 17..32 tokens): Y[M, N] = X[M, K] . dequant(W)[K, N] on wgmma, our own mainloop on the SAME
+// prepacked weight as the other schedules (machete_layout.cuh). The transposed problem
+// Y^T = W^T X^T runs as wgmma m64nTk16 with the upconverted weight as the register A operand
+// (the prepack hands each lane its A fragment of a k16 step as one 32-bit word) and T = 32,
+// 64 or 128 tokens on wgmma's N side, read by descriptor from a 128-byte-swizzled shared tile.
 //
 // Why: at 64..128 tokens CUTLASS's mixed-input collective keeps the tensor pipe 31-72%
 // busy (docs/profile_h200.md); its chain shared load -> convert -> wgmma waits once per
@@ -22,21 +21,6 @@
 // the tile's weight atoms (4 or 8 KB, contiguous in the prepacked layout: one bulk copy),
 // and the group row of its scales (and zeros). full[s] completes when the stage's bytes
 // have landed; empty[s] when both warpgroups' wgmmas that read it have completed.
-//
-// A register sets: each consumer converts K tile t + 1 into its own set while the wgmmas of
-// the K tiles before it run. Two sets (the default) leave it the time of K tile t's groups
-// (wait_group after each K tile: t - 1 done); "128x64w3" has three, so the conversion gets
-// the time of K tiles t - 1 and t. Why it exists: the wgmma probe shows the conversion adding
-// to the wgmma time at 64 tokens instead of hiding (docs/profile_h200.md, session 21); this
-// variant tests a wider window in the real kernel, against 128x64w. Same wgmmas in the same
-// order per accumulator: Y is bit-identical to 128x64w's. On 256x64w three sets (2 row blocks
-// x 3 x 16 registers) make ptxas serialize the wgmmas (C7512); 256x128w has room for one set
-// per row block only (its two row blocks' groups overlap instead). "256x64wr" widens the
-// window of 256x64w without registers: each row block waits, just before its conversion, only
-// for the group that last read its set (wait_group 3), instead of the whole K tile waiting for
-// the previous one (wait_group 2), so three groups stay queued during every conversion instead
-// of two and three; same wgmmas, same order, Y bit-identical to 256x64w's ("256x32wr": the
-// same on 256x32w, whose 32-token groups are shorter still).
 //
 // Work split: a unit is (row tile, K tile); units run tile-major, token tile outermost, and
 // CTA b takes the contiguous stripe [b*stripe, (b+1)*stripe). A tile whose K range is split
@@ -193,9 +177,8 @@ __device__ __forceinline__ void fence_acc(float (&d)[N / 2]) {
   for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(d[i]);
 }
 
-// kRows = 64 kSub kConsumerWGs: each consumer warpgroup takes kSub m64 row blocks of the tile;
-// kSets A register sets per row block (above).
-template <typename T, int kT, int kRows, bool kZeros, int kSets, bool kRowWait>
+// kRows = 64 kSub kConsumerWGs: each consumer warpgroup takes kSub m64 row blocks of the tile.
+template <typename T, int kT, int kRows, bool kZeros>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __grid_constant__ Params p) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   constexpr int kSub = kRows / (64 * kConsumerWGs), kConsumers = 128 * kConsumerWGs;
@@ -287,20 +270,14 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
   for (int j = 0; j < kSub; ++j)
 #pragma unroll
     for (int i = 0; i < kT / 2; ++i) acc[j][i] = 0.f;
-  // A register sets: kSets per row block (one per K tile in flight), or, where the registers
-  // leave no room for two, one per row block: in 256x128w (2 x 64 accumulators) the two row
+  // A register sets: two per row block (one per K tile in flight), or, where the registers
+  // leave no room for that, one per row block: in 256x128w (2 x 64 accumulators) the two row
   // blocks' commit groups overlap instead (wait_group 1 after each).
-  constexpr bool kSetPerBlock = kSets == 1;
-  static_assert(kSetPerBlock == (kT == 128 && kSub == 2) && kSets <= 3, "A register sets per row block");
-  static_assert(!kRowWait || (kSets == 2 && kSub == 2), "per-row-block waits: 2 sets, 2 row blocks");
-  uint32_t a[kSets][kSub][4][4];
+  constexpr bool kSetPerBlock = kT == 128 && kSub == 2;
+  uint32_t a[kSetPerBlock ? 1 : 2][kSub][4][4];
   int s = 0;
   uint32_t parity = 0;
-  // Stages read by the K tiles whose wgmmas may still run, oldest first (-1: none).
-  constexpr int kHeld = kSetPerBlock ? 1 : kRowWait ? kSets : kSets - 1;
-  int held[kHeld];
-#pragma unroll
-  for (int h = 0; h < kHeld; ++h) held[h] = -1;
+  int in_flight = -1;  // stage read by the K tile whose wgmmas may still run
   // The warpgroup's release of stage st to the producer.
   auto release = [&](int st) {
     if (leader) sm90::mbar_arrive(empty(st));
@@ -316,12 +293,6 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
     const uint64_t x_desc = sm90::desc_k_sw128(st);  // the stage's X tile, k16 step kb at + 32 kb bytes
 #pragma unroll
     for (int j = 0; j < kSub; ++j) {
-      if constexpr (kRowWait) {
-        // The group that last read this row block's set (K tile - 2) is done; after the last
-        // row block's wait, every group of that K tile is: release its stage.
-        cute::warpgroup_wait<kSets * kSub - 1>();
-        if (j == kSub - 1 && held[0] >= 0) release(held[0]);
-      }
       const uint32_t s_lo = ptx::lds16(gs + 128 * j), s_hi = ptx::lds16(gs + 128 * j + 16);
       const uint32_t s2[2] = {s_lo | s_lo << 16, s_hi | s_hi << 16};
       uint32_t z2[2] = {0, 0};
@@ -361,18 +332,14 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
         // <= kSub - 1 groups pending: block j + 1's registers (last read kSub groups ago)
         // are free, and after block 0 the previous K tile's last group is done.
         cute::warpgroup_wait<kSub - 1>();
-        if (j == 0 && held[0] >= 0) release(held[0]);
+        if (j == 0 && in_flight >= 0) release(in_flight);
       }
     }
-    if constexpr (!kSetPerBlock && !kRowWait) {
-      // The groups of the K tile kSets - 1 back are done: release its stage (its register
-      // set is the next K tile's).
-      cute::warpgroup_wait<kSub * (kSets - 1)>();
-      if (held[0] >= 0) release(held[0]);
+    if constexpr (!kSetPerBlock) {
+      cute::warpgroup_wait<kSub>();  // the previous K tile's groups are done: release its stage
+      if (in_flight >= 0) release(in_flight);
     }
-#pragma unroll
-    for (int h = 0; h + 1 < kHeld; ++h) held[h] = held[h + 1];
-    held[kHeld - 1] = s;
+    in_flight = s;
     if (++s == p.stages) s = 0, parity ^= 1;
   };
 
@@ -405,29 +372,16 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
     int v = u;
     k_tile(std::integral_constant<int, 0>{}, true);
     ++v;
-    if constexpr (kSets == 3) {  // sets 0, 1, 2, 0, ...
-      for (; v + 2 < seg_end; v += 3) {
-        k_tile(std::integral_constant<int, 1>{}, false);
-        k_tile(std::integral_constant<int, 2>{}, false);
-        k_tile(std::integral_constant<int, 0>{}, false);
-      }
-      if (v < seg_end) k_tile(std::integral_constant<int, 1>{}, false), ++v;
-      if (v < seg_end) k_tile(std::integral_constant<int, 2>{}, false);
-    } else {
-      for (; v + 1 < seg_end; v += 2) {
-        k_tile(std::integral_constant<int, 1>{}, false);
-        k_tile(std::integral_constant<int, 0>{}, false);
-      }
-      if (v < seg_end) k_tile(std::integral_constant<int, 1>{}, false);
+    for (; v + 1 < seg_end; v += 2) {
+      k_tile(std::integral_constant<int, 1>{}, false);
+      k_tile(std::integral_constant<int, 0>{}, false);
     }
+    if (v < seg_end) k_tile(std::integral_constant<int, 1>{}, false);
     cute::warpgroup_wait<0>();
 #pragma unroll
     for (int j = 0; j < kSub; ++j) fence_acc<kT>(acc[j]);
-#pragma unroll
-    for (int h = 0; h < kHeld; ++h) {  // the last entry is the segment's last K tile: always set
-      if (h == kHeld - 1 || held[h] >= 0) release(held[h]);
-      held[h] = -1;
-    }
+    release(in_flight);
+    in_flight = -1;
     if constexpr (kHi16<T>)  // rows row + 8 (accumulator values i with (i / 2) % 2 == 1) carry 16x
 #pragma unroll
       for (int j = 0; j < kSub; ++j)
@@ -449,14 +403,11 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) mid_m_kernel(const __gri
   }
 }
 
-// The compiled shapes (tokens, rows, A register sets, per-row-block waits), one per mid-M
-// schedule of machete.h, in its order.
+// The compiled shapes (tokens, rows), one per mid-M schedule of machete.h, in its order.
 struct Shape {
-  int t, rows, sets;
-  bool row_wait;
+  int t, rows;
 };
-constexpr Shape kShapes[] = {{64, 128, 2, false}, {64, 256, 2, false}, {128, 128, 2, false}, {128, 256, 1, false},
-                             {32, 256, 2, false},  {64, 128, 3, false}, {64, 256, 2, true},   {32, 256, 2, true}};
+constexpr Shape kShapes[] = {{64, 128}, {64, 256}, {128, 128}, {128, 256}, {32, 256}};
 static_assert([] {
   if (sizeof(kShapes) / sizeof(Shape) != kNumSchedules - kFirstMidM) return false;
   for (int i = kFirstMidM; i < kNumSchedules; ++i) {
@@ -469,7 +420,7 @@ static_assert([] {
 template <typename T, bool kZeros, size_t... I>
 const void* kernel_at(int i, std::index_sequence<I...>) {
   static const void* const kFns[] = {reinterpret_cast<const void*>(
-      &mid_m_kernel<T, kShapes[I].t, kShapes[I].rows, kZeros, kShapes[I].sets, kShapes[I].row_wait>)...};
+      &mid_m_kernel<T, kShapes[I].t, kShapes[I].rows, kZeros>)...};
   return kFns[i];
 }
 
