@@ -27,16 +27,22 @@ def test_overlap_table_from_alu_mma_and_both_times():
     iters = 1000
     calls = []
 
-    def probe(n, rs, warpgroups, in_flight, it, dq=0, mma=True):  # ns per k-block: ALU 100 per round, wgmma 300
-        calls.append((n, rs, warpgroups, in_flight, dq, mma))
-        alu, tensor = 100.0 * dq, (300.0 if mma else 0.0) + (10.0 if not rs else 0.0) + 5.0 * (in_flight - 2)
-        adds = n == 64 and rs and in_flight == 2  # the fake GPU overlaps everywhere else
+    def probe(n, rs, warpgroups, in_flight, it, dq=0, mma=True, split=0):  # ns per k-block: ALU 100 per round,
+        calls.append((n, rs, warpgroups, in_flight, dq, mma, split))         # wgmma 300
+        alu, tensor = 100.0 * dq, (300.0 + (10.0 if not rs else 0.0) + 5.0 * (in_flight - 2)) if mma else 0.0
+        alu += 20.0 * dq if split == 1 else 0.0  # the stores of the transform warpgroups
+        adds = n == 64 and (rs or split == 1) and in_flight == 2  # the fake GPU overlaps everywhere else
         return (alu + tensor if adds else max(alu, tensor)) * it * 1e-6
 
     rows = wgmma.measure_dq(iters, probe)
-    assert len(rows) == len(wgmma.DQ_CONFIGS) == 12
-    assert {c[1:4] for c in calls} == {(True, 2, 2), (False, 2, 2), (True, 2, 3)}
-    assert (64, True, 2, 2, 2, False) in calls and (64, False, 2, 2, 0, True) in calls and (128, True, 2, 3, 1, True) in calls
+    assert len(rows) == len(wgmma.DQ_CONFIGS) == 20
+    assert {c[1:4] for c in calls} == {(True, 2, 2), (False, 2, 2), (True, 2, 3), (False, 4, 2)}
+    # split rows: 4 warpgroups with the transform work, the wgmmas alone from the plain 2-warpgroup SS kernel
+    assert {c for c in calls if c[2] == 4} == {(n, False, 4, 2, dq, mma, split) for n in (64, 128) for dq in (1, 2)
+                                               for mma in (False, True) for split in (1, 2)}
+    assert all(c[6] == 0 for c in calls if c[2] == 2)
+    assert (64, True, 2, 2, 2, False, 0) in calls and (64, False, 2, 2, 0, True, 0) in calls
+    assert (128, True, 2, 3, 1, True, 0) in calls
     by = {(r["n"], r["rounds"], r["a"], r["in_flight"]): r for r in rows}
     assert by[64, 2, "rs", 2]["alu_ns"] == pytest.approx(200) and by[64, 2, "rs", 2]["mma_ns"] == pytest.approx(300)
     assert by[64, 2, "rs", 2]["both_over_sum"] == pytest.approx(1.0)
@@ -47,3 +53,6 @@ def test_overlap_table_from_alu_mma_and_both_times():
                          "dq_rows": rows})
     assert "| 64 | 2 | rs | 2 | 200.0 | 300.0 | 500.0 | 1.00 | 0.60 |" in md
     assert "| 64 | 1 | ss | 2 | 100.0 | 310.0 | 310.0 | 0.76 | 0.76 |" in md
+    assert by[64, 1, "ss + transform WGs, stores", 2]["split"] == 1
+    assert "| 64 | 1 | ss + transform WGs, stores | 2 | 120.0 | 310.0 | 430.0 | 1.00 | 0.72 |" in md
+    assert "| 64 | 2 | ss + transform WGs, no stores | 2 | 200.0 | 310.0 | 310.0 | 0.61 | 0.61 |" in md

@@ -92,12 +92,31 @@ def test_our_kernels_dynamic_shared_memory_starts_128_byte_aligned(lib):
 def test_wgmma_probe_alu_only_variant_keeps_its_upconversion(n, rounds, rs, depth):
     so, tool = _lib_and_tool("_machete_C")
     usage = subprocess.run([tool, "-res-usage", str(so)], check=True, capture_output=True, text=True).stdout
-    # probe_kernel<N, rs, in_flight = depth, dq = rounds, mma = false>
-    names = [f for f in static_shared_bytes(usage) if f"probe_kernelILi{n}ELb{rs}ELi{depth}ELi{rounds}ELb0E" in f]
-    assert names, f"the probe's ALU-only kernel (N={n}, {rounds} rounds, rs={rs}, {depth} in flight) is not in {so.name}"
+    # probe_kernel<N, rs, in_flight = depth, dq = rounds, mma = false, split = 0>
+    names = [f for f in static_shared_bytes(usage) if f"probe_kernelILi{n}ELb{rs}ELi{depth}ELi{rounds}ELb0ELi0EE" in f]
+    assert names, (f"the probe's ALU-only kernel (N={n}, {rounds} rounds, rs={rs}, {depth} in flight) is not in "
+                   f"{so.name}")
     sass = subprocess.run([tool, "-sass", "-fun", names[0], str(so)], check=True, capture_output=True,
                           text=True).stdout
     hadd2 = len(re.findall(r"\bHADD2\b", sass))
     # 16 A registers per k-block, one HADD2 each per round (the loop holds 2 or 3 k-blocks).
     assert hadd2 >= 16 * rounds, (f"{names[0]} has {hadd2} HADD2: ptxas dropped the upconversion whose "
                                   f"results reach no output; fix: fold the registers into the sink")
+
+
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("mma", [0, 1])
+@pytest.mark.parametrize("n,rounds", [(64, 1), (64, 2), (128, 1), (128, 2)])
+def test_wgmma_probe_split_variant_keeps_its_transform_work(n, rounds, mma, split):
+    """The transform warpgroups' upconversion survives ptxas (its HADD2), split = 1 stores each k-block
+    (4 STS.128 per k-block, besides the one of the shared-memory fill) and split = 2 stores nothing."""
+    so, tool = _lib_and_tool("_machete_C")
+    usage = subprocess.run([tool, "-res-usage", str(so)], check=True, capture_output=True, text=True).stdout
+    # probe_kernel<N, rs = false, in_flight = 2, dq = rounds, mma, split>
+    names = [f for f in static_shared_bytes(usage) if f"probe_kernelILi{n}ELb0ELi2ELi{rounds}ELb{mma}ELi{split}EE" in f]
+    assert names, f"the probe's split kernel (N={n}, {rounds} rounds, mma={mma}, split={split}) is not in {so.name}"
+    sass = subprocess.run([tool, "-sass", "-fun", names[0], str(so)], check=True, capture_output=True,
+                          text=True).stdout
+    hadd2, sts = len(re.findall(r"\bHADD2\b", sass)), len(re.findall(r"\bSTS\.128\b", sass))
+    assert hadd2 >= 16 * rounds, f"{names[0]} has {hadd2} HADD2: ptxas dropped the transform warpgroups' work"
+    assert (sts >= 5) if split == 1 else (sts == 1), f"{names[0]} has {sts} STS.128 (split={split})"

@@ -114,11 +114,13 @@ cudaError_t prepack(const uint8_t* codes, int k, int n, bool to_signed, uint32_t
 // warpgroups each running `iters` k-blocks of 4 wgmma m64n<n>k16 (n = 64/128/256), A from
 // registers (rs) or shared memory, `in_flight` (1..3) commit groups outstanding; dq (0..2,
 // n = 64/128, rs or ss with 2 in flight, rs with 3) rounds of the mid-M upconversion of the
-// next k-block's A registers before each k-block's wgmmas, mma = false for that work alone; iters even,
+// next k-block's A registers before each k-block's wgmmas, mma = false for that work alone; split
+// (ss, dq > 0, 2 in flight, warpgroups = 4): the rounds run in warpgroups 2-3 instead, beside 2
+// wgmma-only warpgroups, storing to shared memory (1) or folding into a register (2); iters even,
 // >= 16. *ms is the timed launch. sink: >= sms floats of device memory (never written in
 // practice).
 cudaError_t wgmma_probe(int n, bool rs, int warpgroups, int in_flight, int dq, bool mma, int iters, int sms,
-                        float* sink, cudaStream_t stream, float* ms);
+                        float* sink, cudaStream_t stream, float* ms, int split);
 
 // Schedule chosen when the caller names none; see docs/machete_heuristic.md.
 Schedule choose_schedule(int m, int n, int k, int sm_count);

@@ -296,12 +296,18 @@ std::string machete_heuristic(int64_t m, int64_t n, int64_t k, int64_t sms) {
 }
 
 // Milliseconds of one probe launch on the current device (wgmma_probe.cu; not a GEMM).
-double wgmma_probe(int64_t n, bool rs, int64_t warpgroups, int64_t in_flight, int64_t iters, int64_t dq, bool mma) {
+double wgmma_probe(int64_t n, bool rs, int64_t warpgroups, int64_t in_flight, int64_t iters, int64_t dq, bool mma,
+                   int64_t split) {
   const char* op = "vmp::wgmma_probe";
-  VMP_CHECK((n == 64 || n == 128 || n == 256) && (warpgroups == 1 || warpgroups == 2) &&
+  VMP_CHECK(split >= 0 && split <= 2 && (!split || (warpgroups == 4 && dq > 0 && in_flight == 2 && !rs)), op,
+            ": split (1: transform warpgroups store to shared memory, 2: they fold into a register) runs 2 wgmma "
+            "warpgroups (A from shared memory) beside 2 transform warpgroups: it needs warpgroups=4, dq 1..2, "
+            "in_flight=2 and rs=false; got split=", split, " warpgroups=", warpgroups, " dq=", dq,
+            " in_flight=", in_flight, " rs=", rs ? "true" : "false");
+  VMP_CHECK((n == 64 || n == 128 || n == 256) && (warpgroups == 1 || warpgroups == 2 || split) &&
                 in_flight >= 1 && in_flight <= 3 && iters >= 16 && iters % 2 == 0 && iters <= (int64_t(1) << 24),
-            op, ": n must be 64/128/256, warpgroups 1 or 2, in_flight 1..3, iters even in [16, 2^24]; got n=", n,
-            " warpgroups=", warpgroups, " in_flight=", in_flight, " iters=", iters);
+            op, ": n must be 64/128/256, warpgroups 1 or 2 (4 with split), in_flight 1..3, iters even in [16, 2^24]; ",
+            "got n=", n, " warpgroups=", warpgroups, " in_flight=", in_flight, " iters=", iters);
   const bool dq_ok = dq == 0 || (n <= 128 && (in_flight == 2 || (rs && in_flight == 3)));
   VMP_CHECK(dq >= 0 && dq <= 2 && dq_ok && (mma || dq > 0), op,
             ": dq (0..2 upconversion rounds) needs n 64/128 and in_flight 2 (rs or ss) or 3 (rs), and mma=false "
@@ -317,7 +323,7 @@ double wgmma_probe(int64_t n, bool rs, int64_t warpgroups, int64_t in_flight, in
   at::Tensor sink = at::empty({sms}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA, device));
   float ms = 0.f;
   check_launch(mc::wgmma_probe(int(n), rs, int(warpgroups), int(in_flight), int(dq), mma, int(iters), sms,
-                               sink.data_ptr<float>(), at::cuda::getCurrentCUDAStream(device), &ms),
+                               sink.data_ptr<float>(), at::cuda::getCurrentCUDAStream(device), &ms, int(split)),
                op);
   return ms;
 }
@@ -333,7 +339,8 @@ TORCH_LIBRARY_FRAGMENT(vmp, m) {
   m.def("machete_small_m_locks() -> int", &vmp::machete_small_m_locks);
   m.def("machete_schedules() -> str[]", &vmp::machete_schedules);
   m.def("machete_heuristic(int m, int n, int k, int sm_count=0) -> str", &vmp::machete_heuristic);
-  m.def("wgmma_probe(int n, bool rs, int warpgroups, int in_flight, int iters, int dq=0, bool mma=True) -> float",
+  m.def("wgmma_probe(int n, bool rs, int warpgroups, int in_flight, int iters, int dq=0, bool mma=True, "
+        "int split=0) -> float",
         &vmp::wgmma_probe);
 }
 

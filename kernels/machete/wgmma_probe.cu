@@ -25,6 +25,14 @@
 // one word that can reach `sink` (8 three-input LOP3 more per k-block): without a consumer
 // ptxas deletes the whole ALU loop of mma = false (PTX has no volatile; the run of 2026-12-04
 // timed an empty kernel so).
+// split (SS, 2 in flight, dq > 0, warpgroups = 4): is the overlap limit per warp or per SM?
+// Warpgroups 0-1 run the wgmma-only loop, A from shared memory as a kernel with transform warps
+// would (no upconversion; mma = false: they exit at once), warpgroups 2-3 the same upconversion
+// of `iters` k-blocks each. split = 1: as transform warps would, each k-block's 16 registers
+// are stored to shared memory (4 st.shared.v4 per thread, a ring of two 8 KB buffers per
+// warpgroup, 512 contiguous bytes per warp store); split = 2: folded into the sink word
+// instead (the ALU work alone, no shared-memory traffic). No barrier joins the two kinds
+// (constant operands; only the rates are measured).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -72,6 +80,7 @@ __device__ __forceinline__ void wgmma_k16(float (&d)[N / 2], const uint32_t (&a)
 
 constexpr int kABytes = 64 * 64 * 2;  // one warpgroup's A tile: 64 rows x 64 k, fp16
 constexpr int kWBytes = 8 * 4 * 128;   // packed words read by the dq rounds: 8 k-blocks x 4 LDS x 32 lanes
+constexpr int kTBytes = 2 * 2 * 128 * 64;  // split: 2 transform warpgroups x 2 buffers x 128 threads x 16 registers
 
 // One k-block's A registers from packed words, as machete_mid_m.cu's fp16 u4b8 dequant: per
 // register (LOP3 to 1024 + q, HADD2 to q - 8, HMUL2 by the scale); `rounds` times over.
@@ -97,18 +106,54 @@ __device__ __forceinline__ void upconvert(uint32_t (&a)[4][4], uint32_t w_addr, 
   }
 }
 
-template <int N, bool kRS, int kInFlight, int kDq, bool kMma>
-__global__ void __launch_bounds__(256, 1) probe_kernel(int iters, uint32_t scale, float* sink) {
+// split: one transform warpgroup's loop (see the file comment); out_base: this thread's 16 bytes
+// in its warpgroup's ring.
+template <int kDq, bool kStore>
+__device__ __forceinline__ void transform_loop(int iters, uint32_t w_base, uint32_t out_base, uint32_t scale,
+                                               float* sink) {
+  uint32_t a[4][4];
+  uint32_t fold = 0;
+  for (int it = 0; it < iters; ++it) {
+    upconvert<kDq>(a, w_base + (it & 7) * 512, scale);
+    const uint32_t out = out_base + (it & 1) * (128 * 64);
+#pragma unroll
+    for (int kb = 0; kb < 4; ++kb) {  // store kb of the warpgroup: 128 threads x 16 bytes, contiguous
+      if constexpr (kStore)
+        asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(out + kb * 128 * 16), "r"(a[kb][0]),
+                     "r"(a[kb][1]), "r"(a[kb][2]), "r"(a[kb][3])
+                     : "memory");
+      else
+        fold ^= a[kb][0] ^ a[kb][1] ^ a[kb][2] ^ a[kb][3];
+    }
+  }
+  if (fold == 0xFFFFFFFFu) sink[blockIdx.x] = static_cast<float>(fold);  // never (zero words): keeps the work
+}
+
+constexpr int smem_bytes(int n, bool split) { return 2 * kABytes + n * 128 + kWBytes + (split ? kTBytes : 0); }
+
+template <int N, bool kRS, int kInFlight, int kDq, bool kMma, int kSplit>
+__global__ void __launch_bounds__(kSplit ? 512 : 256, 1) probe_kernel(int iters, uint32_t scale, float* sink) {
   static_assert(kDq == 0 || kInFlight >= 2, "dq converts the next k-block while one runs");
   static_assert(kMma || kDq > 0, "nothing to time");
-  constexpr int kSets = kDq > 0 ? kInFlight : 2;  // A register sets (constant without dq)
+  static_assert(!kSplit || (kDq > 0 && kInFlight == 2 && !kRS), "split: SS wgmmas beside dq rounds");
+  constexpr int kConvert = kSplit ? 0 : kDq;      // rounds done by the wgmma warpgroups themselves
+  constexpr int kSets = kConvert > 0 ? kInFlight : 2;  // A register sets (constant without dq)
   extern __shared__ __align__(1024) unsigned char smem[];
   const int wg = threadIdx.x / 128;
-  for (int i = threadIdx.x * 16; i < 2 * kABytes + N * 128 + kWBytes; i += blockDim.x * 16)
+  for (int i = threadIdx.x * 16; i < smem_bytes(N, kSplit); i += blockDim.x * 16)
     *reinterpret_cast<uint4*>(smem + i) = make_uint4(0, 0, 0, 0);
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   __syncthreads();
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  if constexpr (kSplit) {
+    if (wg >= 2) {
+      const uint32_t ring = base + smem_bytes(N, false) + (wg - 2) * (2 * 128 * 64);  // this warpgroup's
+      transform_loop<kDq, kSplit == 1>(iters, base + 2 * kABytes + N * 128 + (threadIdx.x % 32) * 4,
+                                       ring + (threadIdx.x % 128) * 16, scale, sink);
+      return;
+    }
+    if constexpr (!kMma) return;
+  }
   // K-major 8x8 core matrices: 128 bytes apart along K (lead), 8 rows x 16 bytes apart
   // along M/N (stride = 64 k x 2 bytes x 8 rows / 8 = 1024 bytes for a 64-deep tile).
   const uint64_t da = smem_desc(base + wg * kABytes, 128, 1024);
@@ -129,9 +174,9 @@ __global__ void __launch_bounds__(256, 1) probe_kernel(int iters, uint32_t scale
   // k-block it - kSets, is done: wait_group kInFlight - 1 at the end of it - 1), while the
   // wgmmas of the kInFlight - 1 k-blocks before it run.
   auto k_block = [&](auto set_c, int it) {
-    constexpr int set = decltype(set_c)::value;
-    if constexpr (kDq > 0) {
-      upconvert<kDq>(a[set], w_base + (it & 7) * 512, scale);
+    [[maybe_unused]] constexpr int set = decltype(set_c)::value;
+    if constexpr (kConvert > 0) {
+      upconvert<kConvert>(a[set], w_base + (it & 7) * 512, scale);
 #pragma unroll
       for (int kb = 0; kb < 4; ++kb) fold ^= a[set][kb][0] ^ a[set][kb][1] ^ a[set][kb][2] ^ a[set][kb][3];
     }
@@ -163,10 +208,10 @@ __global__ void __launch_bounds__(256, 1) probe_kernel(int iters, uint32_t scale
   if (s != 0.f || fold == 0xFFFFFFFFu) sink[blockIdx.x] = s + static_cast<float>(fold);
 }
 
-template <int N, bool kRS, int kInFlight, int kDq = 0, bool kMma = true>
+template <int N, bool kRS, int kInFlight, int kDq = 0, bool kMma = true, int kSplit = 0>
 cudaError_t launch(int warpgroups, int iters, int sms, float* sink, cudaStream_t stream, float* ms) {
-  auto* fn = probe_kernel<N, kRS, kInFlight, kDq, kMma>;
-  const int smem = 2 * kABytes + N * 128 + kWBytes;
+  auto* fn = probe_kernel<N, kRS, kInFlight, kDq, kMma, kSplit>;
+  const int smem = smem_bytes(N, kSplit);
   const uint32_t one = 0x3C003C00u;  // the scale: 1.0 in both halves (a kernel argument: not folded)
   cudaError_t err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   cudaEvent_t e[2] = {nullptr, nullptr};
@@ -196,23 +241,28 @@ cudaError_t launch_depth(int in_flight, int warpgroups, int iters, int sms, floa
   }
 }
 
-// The dq variants of one (N, A source, groups in flight): 1 or 2 rounds, with or without wgmma.
-template <int N, bool kRS, int kInFlight>
+// The dq variants of one (N, A source, groups in flight, split): 1 or 2 rounds, with or without wgmma.
+template <int N, bool kRS, int kInFlight, int kSplit = 0>
 cudaError_t launch_dq_rounds(int dq, bool mma, int warpgroups, int iters, int sms, float* sink, cudaStream_t s,
                              float* ms) {
   switch (dq * 2 + (mma ? 1 : 0)) {
-    case 2: return launch<N, kRS, kInFlight, 1, false>(warpgroups, iters, sms, sink, s, ms);
-    case 3: return launch<N, kRS, kInFlight, 1, true>(warpgroups, iters, sms, sink, s, ms);
-    case 4: return launch<N, kRS, kInFlight, 2, false>(warpgroups, iters, sms, sink, s, ms);
-    case 5: return launch<N, kRS, kInFlight, 2, true>(warpgroups, iters, sms, sink, s, ms);
+    case 2: return launch<N, kRS, kInFlight, 1, false, kSplit>(warpgroups, iters, sms, sink, s, ms);
+    case 3: return launch<N, kRS, kInFlight, 1, true, kSplit>(warpgroups, iters, sms, sink, s, ms);
+    case 4: return launch<N, kRS, kInFlight, 2, false, kSplit>(warpgroups, iters, sms, sink, s, ms);
+    case 5: return launch<N, kRS, kInFlight, 2, true, kSplit>(warpgroups, iters, sms, sink, s, ms);
     default: return cudaErrorInvalidValue;
   }
 }
 
-// The dq variants: N = 64 or 128; RS with 2 or 3 groups in flight, SS with 2.
+// The dq variants: N = 64 or 128; RS with 2 or 3 groups in flight, SS with 2; split: SS, 2 in flight.
 template <int N>
-cudaError_t launch_dq(bool rs, int in_flight, int dq, bool mma, int warpgroups, int iters, int sms, float* sink,
-                      cudaStream_t s, float* ms) {
+cudaError_t launch_dq(bool rs, int in_flight, int dq, bool mma, int split, int warpgroups, int iters, int sms,
+                      float* sink, cudaStream_t s, float* ms) {
+  if (split) {
+    if (warpgroups != 4 || in_flight != 2 || rs || split > 2) return cudaErrorInvalidValue;
+    return split == 1 ? launch_dq_rounds<N, false, 2, 1>(dq, mma, warpgroups, iters, sms, sink, s, ms)
+                      : launch_dq_rounds<N, false, 2, 2>(dq, mma, warpgroups, iters, sms, sink, s, ms);
+  }
   if (rs && in_flight == 2) return launch_dq_rounds<N, true, 2>(dq, mma, warpgroups, iters, sms, sink, s, ms);
   if (rs && in_flight == 3) return launch_dq_rounds<N, true, 3>(dq, mma, warpgroups, iters, sms, sink, s, ms);
   if (!rs && in_flight == 2) return launch_dq_rounds<N, false, 2>(dq, mma, warpgroups, iters, sms, sink, s, ms);
@@ -222,14 +272,14 @@ cudaError_t launch_dq(bool rs, int in_flight, int dq, bool mma, int warpgroups, 
 }  // namespace
 
 cudaError_t wgmma_probe(int n, bool rs, int warpgroups, int in_flight, int dq, bool mma, int iters, int sms,
-                        float* sink, cudaStream_t stream, float* ms) {
-  if (warpgroups < 1 || warpgroups > 2 || iters < 16 || iters % 2) return cudaErrorInvalidValue;
+                        float* sink, cudaStream_t stream, float* ms, int split) {
+  if (warpgroups < 1 || warpgroups > (split ? 4 : 2) || iters < 16 || iters % 2) return cudaErrorInvalidValue;
   if (dq != 0) {
-    if (n == 64) return launch_dq<64>(rs, in_flight, dq, mma, warpgroups, iters, sms, sink, stream, ms);
-    if (n == 128) return launch_dq<128>(rs, in_flight, dq, mma, warpgroups, iters, sms, sink, stream, ms);
+    if (n == 64) return launch_dq<64>(rs, in_flight, dq, mma, split, warpgroups, iters, sms, sink, stream, ms);
+    if (n == 128) return launch_dq<128>(rs, in_flight, dq, mma, split, warpgroups, iters, sms, sink, stream, ms);
     return cudaErrorInvalidValue;
   }
-  if (!mma) return cudaErrorInvalidValue;
+  if (!mma || split) return cudaErrorInvalidValue;
   switch (n * 2 + (rs ? 1 : 0)) {
     case 128: return launch_depth<64, false>(in_flight, warpgroups, iters, sms, sink, stream, ms);
     case 129: return launch_depth<64, true>(in_flight, warpgroups, iters, sms, sink, stream, ms);

@@ -38,6 +38,21 @@ def test_three_groups_in_flight_with_an_odd_count_of_k_blocks():
     assert 2.5 < long / short < 5.0
 
 
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("n", [64, 128])
+def test_split_transform_warpgroups_take_time(n, split):
+    """Upconversion in 2 transform warpgroups beside 2 wgmma warpgroups: alone it runs (two rounds
+    cost more than one), and with the wgmmas it takes at least as long as the wgmmas alone."""
+    one = min(torch.ops.vmp.wgmma_probe(n, False, 4, 2, 4000, 1, False, split) for _ in range(3))
+    two = min(torch.ops.vmp.wgmma_probe(n, False, 4, 2, 4000, 2, False, split) for _ in range(3))
+    mma = min(torch.ops.vmp.wgmma_probe(n, False, 2, 2, 4000) for _ in range(3))
+    both = min(torch.ops.vmp.wgmma_probe(n, False, 4, 2, 4000, 1, True, split) for _ in range(3))
+    assert 0.1 * mma < one < two
+    assert both >= 0.95 * mma
+    short = min(torch.ops.vmp.wgmma_probe(n, False, 4, 2, 2000, 1, True, split) for _ in range(3))
+    assert 1.3 < both / short < 2.5  # twice the k-blocks, minus a fixed launch cost
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(RuntimeError, match="n must be 64/128/256"):
         torch.ops.vmp.wgmma_probe(96, True, 1, 1, 100)
@@ -49,3 +64,13 @@ def test_bad_arguments_are_named():
         torch.ops.vmp.wgmma_probe(64, True, 2, 1, 100, 1, True)
     with pytest.raises(RuntimeError, match="iters even"):
         torch.ops.vmp.wgmma_probe(64, True, 2, 2, 101)
+    with pytest.raises(RuntimeError, match="split=1 warpgroups=2"):
+        torch.ops.vmp.wgmma_probe(64, False, 2, 2, 100, 1, True, 1)
+    with pytest.raises(RuntimeError, match="split=2 warpgroups=4 dq=0"):
+        torch.ops.vmp.wgmma_probe(64, False, 4, 2, 100, 0, True, 2)
+    with pytest.raises(RuntimeError, match="rs=true"):
+        torch.ops.vmp.wgmma_probe(64, True, 4, 2, 100, 1, True, 1)
+    with pytest.raises(RuntimeError, match="split=3"):
+        torch.ops.vmp.wgmma_probe(64, False, 4, 2, 100, 1, True, 3)
+    with pytest.raises(RuntimeError, match="warpgroups=4"):  # 4 warpgroups only with split
+        torch.ops.vmp.wgmma_probe(64, False, 4, 2, 100, 1, True)

@@ -17,7 +17,10 @@ the wgmmas alone. "both / sum" near 1 means the two add up (no overlap), near "m
 they overlap fully. Three variants: A from registers with 2 groups in flight (the mid-M
 kernel's order), the same work with the wgmmas reading A from shared memory (does the register
 operand block the overlap?), and A from registers with 3 groups in flight (a conversion gets
-two groups' time instead of one).
+two groups' time instead of one). Two more move the upconversion into 2 separate "transform"
+warpgroups beside the 2 wgmma warpgroups (A from shared memory): storing each k-block to shared
+memory as a kernel with transform warps would, or only folding it into a register. Is the
+overlap limit per warp (then separate warps hide the work) or per SM (then they do not)?
 """
 from __future__ import annotations
 
@@ -31,8 +34,11 @@ from typing import Optional
 import torch
 
 CONFIGS = list(itertools.product((64, 128, 256), (True, False), (1, 2), (1, 2)))  # n, rs, warpgroups, in_flight
-# n, upconversion rounds, (A from registers?, groups in flight); 2 warpgroups
-DQ_CONFIGS = list(itertools.product((64, 128), (1, 2), ((True, 2), (False, 2), (True, 3))))
+# n, upconversion rounds, (A from registers?, groups in flight, split); 2 wgmma warpgroups, and with
+# split 2 transform warpgroups that store to shared memory (1) or fold into a register (2)
+DQ_CONFIGS = list(itertools.product((64, 128), (1, 2), ((True, 2, 0), (False, 2, 0), (True, 3, 0), (False, 2, 1),
+                                                       (False, 2, 2))))
+SPLIT_LABEL = {0: "", 1: " + transform WGs, stores", 2: " + transform WGs, no stores"}
 
 
 def flop(n: int, warpgroups: int, iters: int, sms: int) -> float:
@@ -66,15 +72,18 @@ def measure(iters: int, sms: int, probe) -> list[dict]:
 
 def measure_dq(iters: int, probe) -> list[dict]:
     """Per DQ_CONFIGS row: ns per k-block (all SMs in parallel, best of 3) of the upconversion
-    alone, the wgmmas alone and both. probe(n, rs, warpgroups, in_flight, iters, dq, mma) -> ms."""
-    @functools.cache  # the wgmmas alone serve the rows of both round counts
-    def ns(n, rs, depth, dq, mma):
-        return min(probe(n, rs, 2, depth, iters, dq, mma) for _ in range(3)) * 1e6 / iters
+    alone, the wgmmas alone (2 warpgroups, the row's A source and depth) and both.
+    probe(n, rs, warpgroups, in_flight, iters, dq, mma, split) -> ms."""
+    @functools.cache  # the wgmmas alone serve the rows of both round counts and every split
+    def ns(n, rs, depth, dq, mma, split=0):
+        wgs = 4 if split else 2
+        return min(probe(n, rs, wgs, depth, iters, dq, mma, split) for _ in range(3)) * 1e6 / iters
     rows = []
-    for n, dq, (rs, depth) in DQ_CONFIGS:
-        alu, mma, both = ns(n, rs, depth, dq, False), ns(n, rs, depth, 0, True), ns(n, rs, depth, dq, True)
-        rows.append({"n": n, "rounds": dq, "a": "rs" if rs else "ss", "in_flight": depth,
-                     "alu_ns": alu, "mma_ns": mma, "both_ns": both,
+    for n, dq, (rs, depth, split) in DQ_CONFIGS:
+        alu, mma = ns(n, rs, depth, dq, False, split), ns(n, rs, depth, 0, True)
+        both = ns(n, rs, depth, dq, True, split)
+        rows.append({"n": n, "rounds": dq, "a": ("rs" if rs else "ss") + SPLIT_LABEL[split], "split": split,
+                     "in_flight": depth, "alu_ns": alu, "mma_ns": mma, "both_ns": both,
                      "both_over_sum": both / (alu + mma), "max_over_sum": max(alu, mma) / (alu + mma)})
     return rows
 
@@ -89,7 +98,8 @@ def markdown(result: dict) -> str:
                      f"{r['tflops'] / peak:.2f} |")
     if result.get("dq_rows"):
         lines += ["", "Upconversion (the mid-M kernel's per-register LOP3, HADD2, HMUL2, per k-block of 4 wgmma) "
-                  "against the wgmmas in flight; 2 warpgroups; ns per k-block:",
+                  "against the wgmmas in flight; 2 wgmma warpgroups (and 2 transform warpgroups where named); "
+                  "ns per k-block:",
                   "", "| N | rounds | A from | groups in flight | upconversion alone | wgmma alone | both | both / sum "
                   "| max / sum |", "|---|---|---|---|---|---|---|---|---|"]
         for r in result["dq_rows"]:
