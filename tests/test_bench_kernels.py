@@ -63,11 +63,15 @@ def test_interleaved_times_replay_each_graph_twice_in_rotated_order(monkeypatch)
               "b": (FakeGraph("b", [9.0, 1.0, 9.0, 1.0, 9.0, 3.0]), 10)}
     mhz = iter([1900.0, 1500.0, 1700.0, 1600.0, 1800.0, 1400.0])  # sampled after each timed replay
     monkeypatch.setattr(bench, "sm_clock_mhz", lambda: next(mhz))
+    watts = iter([690.0, 520.0, 700.0, 560.0, 650.0, 540.0])  # likewise
+    monkeypatch.setattr(bench, "gpu_power_w", lambda: next(watts))
     clocks: dict = {}
-    t = bench.interleaved_times_us(graphs, rounds=3, clocks=clocks)
+    power: dict = {}
+    t = bench.interleaved_times_us(graphs, rounds=3, clocks=clocks, power=power)
     assert log == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
     assert t == {"a": 4.0 * 1e3 / 20, "b": 1.0 * 1e3 / 10}
     assert clocks == {"a": 1800.0, "b": 1500.0}  # a: 1900, 1600, 1800; b: 1500, 1700, 1400
+    assert power == {"a": 650.0, "b": 540.0}  # a: 690, 560, 650; b: 520, 700, 540
     log.clear()  # default: one round per column
     bench.interleaved_times_us({c: (FakeGraph(c, [1.0] * 4), 1) for c in "xy"})
     assert log == ["x", "x", "y", "y", "y", "y", "x", "x"]

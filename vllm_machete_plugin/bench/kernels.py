@@ -99,18 +99,29 @@ def sm_clock_mhz() -> Optional[float]:
         return None
 
 
+def gpu_power_w() -> Optional[float]:
+    """The GPU's power draw in W (NVML's reading, itself averaged over a short window), or None."""
+    try:
+        return torch.cuda.power_draw() / 1000.0
+    except Exception:
+        return None
+
+
 def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], rounds: int = 0,
-                         clocks: Optional[dict[str, float]] = None) -> dict[str, float]:
+                         clocks: Optional[dict[str, float]] = None,
+                         power: Optional[dict[str, float]] = None) -> dict[str, float]:
     """Median per-call time of each graph over `rounds` rounds (default: one per column).
     Each round replays every graph in turn (round_orders), once untimed and then once
     timed: drift during a shape's timing falls on all columns alike, and the kernel run
     just before a timed replay is the same graph (clocks under a power cap follow the
     power the previous kernel drew). `clocks`, if given, receives each column's median SM
     clock (MHz) sampled right after its timed replays: under the power cap a kernel that
-    issues more instructions runs at a lower clock."""
+    issues more instructions runs at a lower clock. `power`, likewise, the median power draw (W)
+    sampled there."""
     cols = list(graphs)
     times: dict[str, list[float]] = {col: [] for col in cols}
     mhz: dict[str, list[float]] = {col: [] for col in cols}
+    watts: dict[str, list[float]] = {col: [] for col in cols}
     for order in round_orders(cols, rounds or len(cols)):
         for col in order:
             graph, calls = graphs[col]
@@ -123,8 +134,12 @@ def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], ro
             times[col].append(start.elapsed_time(end) * 1e3 / calls)
             if clocks is not None and (f := sm_clock_mhz()) is not None:
                 mhz[col].append(f)
+            if power is not None and (w := gpu_power_w()) is not None:
+                watts[col].append(w)
     if clocks is not None:
         clocks.update({col: statistics.median(f) for col, f in mhz.items() if f})
+    if power is not None:
+        power.update({col: statistics.median(w) for col, w in watts.items() if w})
     return {col: statistics.median(t) for col, t in times.items()}
 
 
@@ -321,18 +336,22 @@ def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optio
         else:
             graphs = {col: capture_graph([lambda fn=fn: fn(x) for fn in fns]) for col, fns in active.items()}
         clocks: dict[str, float] = {}
-        times = interleaved_times_us(graphs, clocks=clocks)
+        power: dict[str, float] = {}
+        times = interleaved_times_us(graphs, clocks=clocks, power=power)
         if in_model:
             row["prelude_us"] = times.pop("prelude_us")
             clocks.pop("prelude_us", None)
+            power.pop("prelude_us", None)
             times = minus_prelude(times, row["prelude_us"])
         row.update(times)
         row["sm_mhz"] = {col.removesuffix("_us"): f for col, f in clocks.items()}
+        row["power_w"] = {col.removesuffix("_us"): w for col, w in power.items()}
         del graphs
         rows.append(row)
         print(f"[bench] {name} M={m}: " + ", ".join(
             f"{c}={v:.1f}" for c, v in row.items() if c.endswith("_us") and v is not None)
-            + " | SM MHz " + ", ".join(f"{c}={f:.0f}" for c, f in row["sm_mhz"].items()), flush=True)
+            + " | SM MHz " + ", ".join(f"{c}={f:.0f}" for c, f in row["sm_mhz"].items())
+            + " | W " + ", ".join(f"{c}={w:.0f}" for c, w in row["power_w"].items()), flush=True)
     return rows
 
 
