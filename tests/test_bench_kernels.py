@@ -65,9 +65,9 @@ def test_interleaved_times_replay_each_graph_twice_in_rotated_order(monkeypatch)
     monkeypatch.setattr(bench, "sm_clock_mhz", lambda: next(mhz))
     watts = iter([690.0, 520.0, 700.0, 560.0, 650.0, 540.0])  # likewise
     monkeypatch.setattr(bench, "gpu_power_w", lambda: next(watts))
-    clocks: dict = {}
-    power: dict = {}
-    t = bench.interleaved_times_us(graphs, rounds=3, clocks=clocks, power=power)
+    samples: dict = {}
+    t = bench.interleaved_times_us(graphs, rounds=3, samples=samples)
+    clocks, power = samples["sm_mhz"], samples["power_w"]
     assert log == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
     assert t == {"a": 4.0 * 1e3 / 20, "b": 1.0 * 1e3 / 10}
     assert clocks == {"a": 1800.0, "b": 1500.0}  # a: 1900, 1600, 1800; b: 1500, 1700, 1400

@@ -107,21 +107,26 @@ def gpu_power_w() -> Optional[float]:
         return None
 
 
+SAMPLE_KEYS = ("sm_mhz", "power_w")  # the row keys of gpu_samples()' readings
+
+
+def gpu_samples() -> dict[str, Optional[float]]:
+    """What interleaved_times_us samples after each timed replay, by the row key it lands under."""
+    return dict(zip(SAMPLE_KEYS, (sm_clock_mhz(), gpu_power_w())))
+
+
 def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], rounds: int = 0,
-                         clocks: Optional[dict[str, float]] = None,
-                         power: Optional[dict[str, float]] = None) -> dict[str, float]:
+                         samples: Optional[dict[str, dict[str, float]]] = None) -> dict[str, float]:
     """Median per-call time of each graph over `rounds` rounds (default: one per column).
     Each round replays every graph in turn (round_orders), once untimed and then once
     timed: drift during a shape's timing falls on all columns alike, and the kernel run
     just before a timed replay is the same graph (clocks under a power cap follow the
-    power the previous kernel drew). `clocks`, if given, receives each column's median SM
-    clock (MHz) sampled right after its timed replays: under the power cap a kernel that
-    issues more instructions runs at a lower clock. `power`, likewise, the median power draw (W)
-    sampled there."""
+    power the previous kernel drew). `samples`, if given, receives per gpu_samples() key each
+    column's median reading taken right after its timed replays (SM clock in MHz, power draw in
+    W): under the power cap a kernel that issues more instructions runs at a lower clock."""
     cols = list(graphs)
     times: dict[str, list[float]] = {col: [] for col in cols}
-    mhz: dict[str, list[float]] = {col: [] for col in cols}
-    watts: dict[str, list[float]] = {col: [] for col in cols}
+    readings: dict[str, dict[str, list[float]]] = {}
     for order in round_orders(cols, rounds or len(cols)):
         for col in order:
             graph, calls = graphs[col]
@@ -132,14 +137,13 @@ def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], ro
             end.record()
             end.synchronize()
             times[col].append(start.elapsed_time(end) * 1e3 / calls)
-            if clocks is not None and (f := sm_clock_mhz()) is not None:
-                mhz[col].append(f)
-            if power is not None and (w := gpu_power_w()) is not None:
-                watts[col].append(w)
-    if clocks is not None:
-        clocks.update({col: statistics.median(f) for col, f in mhz.items() if f})
-    if power is not None:
-        power.update({col: statistics.median(w) for col, w in watts.items() if w})
+            if samples is not None:
+                for key, value in gpu_samples().items():
+                    if value is not None:
+                        readings.setdefault(key, {}).setdefault(col, []).append(value)
+    if samples is not None:
+        samples.update({key: {col: statistics.median(v) for col, v in per_col.items()}
+                        for key, per_col in readings.items()})
     return {col: statistics.median(t) for col, t in times.items()}
 
 
@@ -335,17 +339,15 @@ def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optio
             graphs["prelude_us"] = capture_graph([lambda: x.copy_(x_src)])
         else:
             graphs = {col: capture_graph([lambda fn=fn: fn(x) for fn in fns]) for col, fns in active.items()}
-        clocks: dict[str, float] = {}
-        power: dict[str, float] = {}
-        times = interleaved_times_us(graphs, clocks=clocks, power=power)
+        samples: dict[str, dict[str, float]] = {}
+        times = interleaved_times_us(graphs, samples=samples)
         if in_model:
             row["prelude_us"] = times.pop("prelude_us")
-            clocks.pop("prelude_us", None)
-            power.pop("prelude_us", None)
             times = minus_prelude(times, row["prelude_us"])
         row.update(times)
-        row["sm_mhz"] = {col.removesuffix("_us"): f for col, f in clocks.items()}
-        row["power_w"] = {col.removesuffix("_us"): w for col, w in power.items()}
+        for key in SAMPLE_KEYS:  # per column of ours and the peers; the prelude's readings dropped
+            row[key] = {col.removesuffix("_us"): v for col, v in samples.get(key, {}).items()
+                        if col != "prelude_us"}
         del graphs
         rows.append(row)
         print(f"[bench] {name} M={m}: " + ", ".join(
