@@ -87,20 +87,27 @@ def test_our_kernels_dynamic_shared_memory_starts_128_byte_aligned(lib):
                      f"{dict(list(bad.items())[:3])}; fix: move the __shared__ variable into the dynamic region")
 
 
+def _probe_sass(mangled: str, what: str) -> tuple[str, str]:
+    """The SASS of the one wgmma probe kernel whose mangled name holds `mangled` (its template
+    arguments), and that name; fails naming `what` when the built _machete_C lacks it."""
+    so, tool = _lib_and_tool("_machete_C")
+    usage = subprocess.run([tool, "-res-usage", str(so)], check=True, capture_output=True, text=True).stdout
+    names = [f for f in static_shared_bytes(usage) if f"probe_kernel{mangled}" in f]
+    assert names, f"the probe's {what} is not in {so.name}"
+    sass = subprocess.run([tool, "-sass", "-fun", names[0], str(so)], check=True, capture_output=True,
+                          text=True).stdout
+    return names[0], sass
+
+
 @pytest.mark.parametrize("rs,depth", [(1, 2), (0, 2), (1, 3)])
 @pytest.mark.parametrize("n,rounds", [(64, 1), (64, 2), (128, 1), (128, 2)])
 def test_wgmma_probe_alu_only_variant_keeps_its_upconversion(n, rounds, rs, depth):
-    so, tool = _lib_and_tool("_machete_C")
-    usage = subprocess.run([tool, "-res-usage", str(so)], check=True, capture_output=True, text=True).stdout
     # probe_kernel<N, rs, in_flight = depth, dq = rounds, mma = false, split = 0>
-    names = [f for f in static_shared_bytes(usage) if f"probe_kernelILi{n}ELb{rs}ELi{depth}ELi{rounds}ELb0ELi0EE" in f]
-    assert names, (f"the probe's ALU-only kernel (N={n}, {rounds} rounds, rs={rs}, {depth} in flight) is not in "
-                   f"{so.name}")
-    sass = subprocess.run([tool, "-sass", "-fun", names[0], str(so)], check=True, capture_output=True,
-                          text=True).stdout
+    name, sass = _probe_sass(f"ILi{n}ELb{rs}ELi{depth}ELi{rounds}ELb0ELi0EE",
+                             f"ALU-only kernel (N={n}, {rounds} rounds, rs={rs}, {depth} in flight)")
     hadd2 = len(re.findall(r"\bHADD2\b", sass))
     # 16 A registers per k-block, one HADD2 each per round (the loop holds 2 or 3 k-blocks).
-    assert hadd2 >= 16 * rounds, (f"{names[0]} has {hadd2} HADD2: ptxas dropped the upconversion whose "
+    assert hadd2 >= 16 * rounds, (f"{name} has {hadd2} HADD2: ptxas dropped the upconversion whose "
                                   f"results reach no output; fix: fold the registers into the sink")
 
 
@@ -110,13 +117,9 @@ def test_wgmma_probe_alu_only_variant_keeps_its_upconversion(n, rounds, rs, dept
 def test_wgmma_probe_split_variant_keeps_its_transform_work(n, rounds, mma, split):
     """The transform warpgroups' upconversion survives ptxas (its HADD2), split = 1 stores each k-block
     (4 STS.128 per k-block, besides the one of the shared-memory fill) and split = 2 stores nothing."""
-    so, tool = _lib_and_tool("_machete_C")
-    usage = subprocess.run([tool, "-res-usage", str(so)], check=True, capture_output=True, text=True).stdout
     # probe_kernel<N, rs = false, in_flight = 2, dq = rounds, mma, split>
-    names = [f for f in static_shared_bytes(usage) if f"probe_kernelILi{n}ELb0ELi2ELi{rounds}ELb{mma}ELi{split}EE" in f]
-    assert names, f"the probe's split kernel (N={n}, {rounds} rounds, mma={mma}, split={split}) is not in {so.name}"
-    sass = subprocess.run([tool, "-sass", "-fun", names[0], str(so)], check=True, capture_output=True,
-                          text=True).stdout
+    name, sass = _probe_sass(f"ILi{n}ELb0ELi2ELi{rounds}ELb{mma}ELi{split}EE",
+                             f"split kernel (N={n}, {rounds} rounds, mma={mma}, split={split})")
     hadd2, sts = len(re.findall(r"\bHADD2\b", sass)), len(re.findall(r"\bSTS\.128\b", sass))
-    assert hadd2 >= 16 * rounds, f"{names[0]} has {hadd2} HADD2: ptxas dropped the transform warpgroups' work"
-    assert (sts >= 5) if split == 1 else (sts == 1), f"{names[0]} has {sts} STS.128 (split={split})"
+    assert hadd2 >= 16 * rounds, f"{name} has {hadd2} HADD2: ptxas dropped the transform warpgroups' work"
+    assert (sts >= 5) if split == 1 else (sts == 1), f"{name} has {sts} STS.128 (split={split})"
