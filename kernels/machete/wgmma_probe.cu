@@ -80,7 +80,8 @@ __device__ __forceinline__ void wgmma_k16(float (&d)[N / 2], const uint32_t (&a)
 
 constexpr int kABytes = 64 * 64 * 2;  // one warpgroup's A tile: 64 rows x 64 k, fp16
 constexpr int kWBytes = 8 * 4 * 128;   // packed words read by the dq rounds: 8 k-blocks x 4 LDS x 32 lanes
-constexpr int kTBytes = 2 * 2 * 128 * 64;  // split: 2 transform warpgroups x 2 buffers x 128 threads x 16 registers
+constexpr int kTBuf = 128 * 64;          // split: one k-block of a transform warpgroup, 128 threads x 16 registers
+constexpr int kTBytes = 2 * 2 * kTBuf;   // split: 2 transform warpgroups x a ring of 2 k-blocks
 
 // One k-block's A registers from packed words, as machete_mid_m.cu's fp16 u4b8 dequant: per
 // register (LOP3 to 1024 + q, HADD2 to q - 8, HMUL2 by the scale); `rounds` times over.
@@ -115,7 +116,7 @@ __device__ __forceinline__ void transform_loop(int iters, uint32_t w_base, uint3
   uint32_t fold = 0;
   for (int it = 0; it < iters; ++it) {
     upconvert<kDq>(a, w_base + (it & 7) * 512, scale);
-    const uint32_t out = out_base + (it & 1) * (128 * 64);
+    const uint32_t out = out_base + (it & 1) * kTBuf;
 #pragma unroll
     for (int kb = 0; kb < 4; ++kb) {  // store kb of the warpgroup: 128 threads x 16 bytes, contiguous
       if constexpr (kStore)
@@ -147,7 +148,7 @@ __global__ void __launch_bounds__(kSplit ? 512 : 256, 1) probe_kernel(int iters,
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   if constexpr (kSplit) {
     if (wg >= 2) {
-      const uint32_t ring = base + smem_bytes(N, false) + (wg - 2) * (2 * 128 * 64);  // this warpgroup's
+      const uint32_t ring = base + smem_bytes(N, false) + (wg - 2) * 2 * kTBuf;  // this warpgroup's
       transform_loop<kDq, kSplit == 1>(iters, base + 2 * kABytes + N * 128 + (threadIdx.x % 32) * 4,
                                        ring + (threadIdx.x % 128) * 16, scale, sink);
       return;
