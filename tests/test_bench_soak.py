@@ -47,7 +47,7 @@ class FakeVllm:
     after their first token without a finish_reason."""
 
     def __init__(self, broken=False):
-        self.broken, self.tokens, self.requests = broken, 0, 0
+        self.broken, self.tokens, self.requests, self.bodies = broken, 0, 0, []
         app = web.Application()
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/metrics", self.metrics)
@@ -56,6 +56,7 @@ class FakeVllm:
     async def completions(self, request):
         body = await request.json()
         self.requests += 1
+        self.bodies.append(body)
         if len(body["prompt"]) > MAX_LEN:
             return web.json_response({"error": {"message": f"This model's maximum context length is {MAX_LEN} "
                                                            f"tokens. However, you requested {len(body['prompt'])}"}},
@@ -132,6 +133,16 @@ def test_load_counts_every_outcome_per_interval(servers, monkeypatch):
     assert all(r["memory_mib"] == 1002.0 and r["output_tok_s"] > 0 for r in rows)
     assert soak.intervals({"samples": bad.samples, "counts": bad.counts})[0]["memory_mib"] == 5000.0
     assert sum(r["output_tok_s"] * 1.0 for r in rows) == pytest.approx(fakes[0].tokens, rel=0.35)
+
+
+def test_every_side_gets_the_same_requests(servers):
+    """One client per side: both servers see the same prompts, lengths and n, in the same order."""
+    fakes, ports = servers
+    sides = [soak.Side(name, f"http://127.0.0.1:{p}", "m") for name, p in zip(("machete", "builtin"), ports)]
+    asyncio.run(soak.run_load(sides, seconds=1.0, concurrency=1, vocab=1000, max_model_len=MAX_LEN, sample_s=1.0))
+    seq = [[(tuple(b["prompt"]), b["max_tokens"], b["n"]) for b in f.bodies] for f in fakes]
+    n = min(len(s) for s in seq)
+    assert n >= 2 and seq[0][:n] == seq[1][:n]
 
 
 def _side(mem, tok, failed=0):

@@ -202,7 +202,9 @@ async def run_load(sides: list[Side], seconds: float, concurrency: int, vocab: i
                       f"{side.counts[i - 1] if i - 1 < len(side.counts) else {}}", flush=True)
                 on_sample(side)
 
-        tasks = [client(s, random.Random(f"{seed}/{s.name}/{c}")) for s in sides for c in range(concurrency)]
+        # Client c of every side draws the same request sequence (seeded without the side's name), so
+        # the sides are compared on one load. Runs before 2026-12-04 seeded per side.
+        tasks = [client(s, random.Random(f"{seed}/{c}")) for s in sides for c in range(concurrency)]
         await asyncio.gather(*tasks, *(sampler(s) for s in sides))
     for s in sides:  # intervals in which nothing finished
         s.counts += [dict.fromkeys(OUTCOMES, 0) for _ in range(last + 1 - len(s.counts))]
