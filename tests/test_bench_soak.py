@@ -180,6 +180,31 @@ def test_report_checks_the_targets_and_plots(tmp_path):
     assert path.exists() and path.stat().st_size > 10_000
 
 
+def test_the_ramp_is_shown_and_not_judged(tmp_path):
+    # Both sides' H200 soaks: ~400 output tok/s in the first minute (every client's prefill), ~600 after.
+    side = _side([40000] * 4, [400, 600, 630, 615])
+    assert not soak.verdict(side)["throughput_flat"]  # as before --ramp-minutes: the ramp is judged
+    v = soak.verdict(side, ramp=1)
+    assert v["throughput_drift"] == pytest.approx(615 / 600 - 1) and v["throughput_flat"]
+    assert v["throughput_drift_after_ramp"] is None and v["totals"]["ok"] == 40  # counts keep the ramp
+    assert not soak.verdict(_side([40000] * 4, [400, 600, 630, 500]), ramp=1)["throughput_flat"]
+    result = {"model": "m", "gpu": "G", "sides": {"machete": side},
+              "settings": {"minutes": 3, "ramp_minutes": 1.0, "sample_s": 60.0, "concurrency": 64}}
+    md = soak.markdown(result)
+    assert "3 min after a ramp of 1.0 min" in md and "| 60 (ramp) |" in md and "| 120 |" in md
+    assert "output tok/s, last interval vs first after the ramp, within 5% | met (+2.5%) |" in md
+    assert "the first holds the ramp-up" not in md
+    assert soak.ramp_intervals({"sample_s": 30.0, "ramp_minutes": 1.0}) == 2
+    assert soak.ramp_intervals({"minutes": 10}) == 0  # results from before the ramp
+    assert soak.plot(result, tmp_path).exists()
+
+
+def test_a_ramp_off_the_sample_grid_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        soak.main(["--ramp-minutes", "0.5", "--sample-s", "60", "--minutes", "0"])
+    assert "must be a non-negative multiple of --sample-s" in capsys.readouterr().err
+
+
 def _fake_server(events, flags_seen):
     class FakeServer:
         def __init__(self, side, model, flags, port, log_path, env=None):
@@ -282,7 +307,8 @@ def test_solo_loads_each_side_alone_after_its_restarts(tmp_path, monkeypatch):
     assert steps == [("up", "machete", "cold"), ("down", "machete"), ("up", "builtin", "cold"), ("down", "builtin"),
                      ("up", "machete", "warm"), ("load", ["machete"]), ("down", "machete"),
                      ("up", "builtin", "warm"), ("load", ["builtin"]), ("down", "builtin")]
-    assert all(e[2] == 1 and e[3] == 60.0 for e in events if e[0] == "load")  # alone on the GPU
+    assert all(e[2] == 1 and e[3] == 120.0 for e in events if e[0] == "load")  # alone, a ramp minute + 1
+    assert result["settings"]["ramp_minutes"] == 1.0
     assert flags[0][flags[0].index("--gpu-memory-utilization") + 1] == "0.9"
     assert result["settings"]["solo"] is True
     assert all(len(result["sides"][s]["samples"]) == 2 for s in ("machete", "builtin"))
