@@ -9,7 +9,7 @@ import pytest
 import torch
 
 pytest.importorskip("vllm")
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.engine, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline_generate.py"
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 pytest.importorskip("vllm")
-pytestmark = [pytest.mark.gpu,
+pytestmark = [pytest.mark.gpu, pytest.mark.engine,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"),
               pytest.mark.skipif(shutil.which("vllm") is None or shutil.which("curl") is None,
                                  reason="needs the vllm CLI and curl on PATH")]

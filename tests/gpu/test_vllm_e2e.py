@@ -13,7 +13,7 @@ pytest.importorskip("vllm")
 from vllm_machete_plugin.testing import build_tiny_checkpoint  # noqa: E402
 from vllm_machete_plugin.testing.compare import agreeing_prompts, divergence_report, first_divergence  # noqa: E402
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.engine]
 
 # Both paths compute fp32-accumulated products of the same dequantized weights, in a
 # different order, and round the logits to fp16/bf16; where the top two logits are within
