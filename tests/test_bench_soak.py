@@ -336,3 +336,25 @@ def test_sides_are_checked_by_name():
         soak.serving.check_sides(["machete", "marlin"])
     assert soak.serving.plugin_entry_point_listed()  # this checkout is installed (README: pip install -e .)
     assert soak.serving.check_sides(["machete", "humming"]) == ["machete", "humming"]
+
+
+def test_the_trend_separates_a_drift_from_the_spread_of_the_load():
+    flat = soak.trend([746, 713, 631, 703, 719, 751, 656, 609, 748, 624])  # our H200 soak, 2026-12-04
+    assert flat["mean"] == pytest.approx(690.0) and 0.07 < flat["sd"] < 0.08
+    assert abs(flat["slope"]) < 1.5 * flat["slope_se"]  # no drift told apart from the spread
+    falling = soak.trend([700 * (1 - 0.02 * t) for t in range(10)])  # -2% of the start per interval
+    assert falling["slope"] == pytest.approx(-0.02 * 700 / falling["mean"]) and falling["slope_se"] < 1e-9
+    assert soak.trend([1.0, 2.0]) is None and soak.trend([1.0, None, 2.0, 3.0]) is None
+
+
+def test_prompt_tokens_per_interval_are_reported_where_sampled():
+    side = _side([40000] * 3, [600, 610, 620])
+    for i, s in enumerate(side["samples"]):
+        s["prompt_tokens"] = 3000.0 * 60 * i
+    rows = soak.intervals(side)
+    assert [r["prompt_tok_s"] for r in rows] == pytest.approx([3000.0] * 3)
+    assert soak.intervals(_side([40000] * 3, [600] * 3))[0]["prompt_tok_s"] is None  # runs before 2026-12-04
+    md = soak.markdown({"model": "m", "gpu": "G", "sides": {"machete": side},
+                        "settings": {"minutes": 3, "concurrency": 64}})
+    assert "| 60 | 40000 | 600 | 3000 | - |" in md
+    assert "mean, sd, least-squares trend per interval) | 610, sd 1.6%, trend +1.6% ± 0.0% |" in md

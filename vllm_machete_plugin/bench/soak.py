@@ -24,12 +24,14 @@
    Anything else is a failure: another status, an error in the stream, a stream that ends
    early. Requests still in flight at the end are cut and counted apart.
 3. Every `--sample-s` seconds per side: GPU memory of the server's processes (nvidia-smi;
-   the whole GPU's where the processes are not visible), output tokens per second (the
-   server's vllm:generation_tokens_total), KV-cache use, preemptions, and the requests
+   the whole GPU's where the processes are not visible), output and prompt tokens per second
+   (the server's vllm:generation_tokens_total, vllm:prompt_tokens_total), KV-cache use, preemptions, and the requests
    finished in that interval by outcome. The ramp's intervals (all clients start at once, so
    the first minute holds their prefills: 401-404 output tok/s against 585-746 later, on our
    side and the built-in one alike, H200) are reported, marked, and left out of the targets,
-   which compare the first and the last interval after the ramp.
+   which compare the first and the last interval after the ramp. Beside them the report gives
+   the judged intervals' output tok/s spread and least-squares trend (trend()): the random
+   load alone moves single minutes by ~8% (sd, H200, 2026-12-04), more than the 5% target.
 Results: JSON, markdown (starts, then the soak per interval with the targets of issue 18),
 a PNG of memory and throughput over time.
 """
@@ -52,7 +54,8 @@ from .e2e import _fmt
 KINDS = (("abort", 0.05), ("overlength", 0.02), ("multi", 0.05))  # the rest: normal
 PROMPT_LEN, OUTPUT_LEN, ABORT_AFTER, MULTI_N = (64, 4096), (16, 1024), (1, 32), (2, 4)
 OUTCOMES = ("ok", "aborted", "rejected", "failed", "cut")
-METRICS = {"gen_tokens": "vllm:generation_tokens_total", "preemptions": "vllm:num_preemptions_total",
+METRICS = {"gen_tokens": "vllm:generation_tokens_total", "prompt_tokens": "vllm:prompt_tokens_total",
+           "preemptions": "vllm:num_preemptions_total",
            "kv_usage": "vllm:kv_cache_usage_perc", "running": "vllm:num_requests_running",
            "waiting": "vllm:num_requests_waiting"}
 # Targets of issue 18 (checked in the report).
@@ -220,10 +223,13 @@ def intervals(side: dict) -> list[dict]:
     for i in range(1, len(samples)):
         a, b = samples[i - 1], samples[i]
         dt = b["t"] - a["t"]
-        tok_s = (b["gen_tokens"] - a["gen_tokens"]) / dt if "gen_tokens" in a and "gen_tokens" in b and dt > 0 else None
+
+        def rate(key):
+            return (b[key] - a[key]) / dt if key in a and key in b and dt > 0 else None
         own = b.get("server_mib") is not None
         out.append({"interval": i, "end_s": b["t"], "memory_mib": b.get("server_mib" if own else "gpu_mib"),
-                    "memory_source": "server processes" if own else "whole GPU", "output_tok_s": tok_s,
+                    "memory_source": "server processes" if own else "whole GPU", "output_tok_s": rate("gen_tokens"),
+                    "prompt_tok_s": rate("prompt_tokens"),
                     "kv_usage": b.get("kv_usage"), "preemptions": b.get("preemptions"),
                     **(counts[i - 1] if i - 1 < len(counts) else {})})
     return out
@@ -251,6 +257,7 @@ def verdict(side: dict, ramp: int = 0) -> dict:
     # without a ramp the first interval holds the ramp-up: also against the second
     after_ramp = drift("output_tok_s", rows[1]) if ramp == 0 and len(rows) > 2 else None
     return {"totals": totals, "memory_drift": mem, "throughput_drift": tok, "throughput_drift_after_ramp": after_ramp,
+            "throughput_trend": trend([r.get("output_tok_s") for r in judged]),
             "no_failures": totals["failed"] == 0 and all(s.get("alive", True) for s in side["samples"]),
             "memory_flat": mem is not None and abs(mem) <= MEMORY_DRIFT,
             "throughput_flat": tok is not None and abs(tok) <= THROUGHPUT_DRIFT,
@@ -258,6 +265,22 @@ def verdict(side: dict, ramp: int = 0) -> dict:
 
 
 # ---- report -------------------------------------------------------------------------------
+
+def trend(values: list) -> Optional[dict]:
+    """The spread of a per-interval series and its least-squares line, relative to its mean: sd, slope per
+    interval and the slope's standard error (None with fewer than 3 values). A diagnostic beside the
+    first-vs-last target: a load of random requests moves single intervals by more than a slow drift does."""
+    y = [v for v in values if v is not None]
+    n = len(y)
+    if n < 3 or len(y) != len(values):
+        return None
+    mean, tm = sum(y) / n, (n - 1) / 2
+    sxx = sum((t - tm) ** 2 for t in range(n))
+    slope = sum((t - tm) * (v - mean) for t, v in enumerate(y)) / sxx
+    resid = sum((v - mean - slope * (t - tm)) ** 2 for t, v in enumerate(y))
+    return {"mean": mean, "sd": (sum((v - mean) ** 2 for v in y) / (n - 1)) ** 0.5 / mean,
+            "slope": slope / mean, "slope_se": (resid / (n - 2) / sxx) ** 0.5 / mean}
+
 
 def markdown(result: dict) -> str:
     sides = list(result["sides"])
@@ -295,15 +318,16 @@ def markdown(result: dict) -> str:
                   f"{' after a ramp of ' + str(result['settings']['ramp_minutes']) + ' min' if ramp else ''}, "
                   f"{result['settings'].get('concurrency')} "
                   f"clients per server, {'one side at a time, alone on the GPU' if solo else 'all sides at once'}", ""]
-        head = "| end (s) | " + " | ".join(f"{s} GPU MiB | {s} out tok/s | {s} KV % | {s} ok/abort/400/fail/cut"
-                                          for s in soaked) + " |"
-        lines += [head, "|---|" + "---|---|---|---|" * len(soaked)]
+        head = "| end (s) | " + " | ".join(f"{s} GPU MiB | {s} out tok/s | {s} prompt tok/s | {s} KV % | "
+                                          f"{s} ok/abort/400/fail/cut" for s in soaked) + " |"
+        lines += [head, "|---|" + "---|---|---|---|---|" * len(soaked)]
         per = {s: intervals(result["sides"][s]) for s in soaked}
         for i in range(max(len(v) for v in per.values())):
             cells = []
             for s in soaked:
                 r = per[s][i] if i < len(per[s]) else {}
                 cells += [_fmt("{:.0f}", r.get("memory_mib")), _fmt("{:.0f}", r.get("output_tok_s")),
+                          _fmt("{:.0f}", r.get("prompt_tok_s")),
                           _fmt("{:.0f}", None if r.get("kv_usage") is None else 100 * r["kv_usage"]),
                           "/".join(str(r.get(o, "-")) for o in OUTCOMES)]
             end = next((per[s][i]["end_s"] for s in soaked if i < len(per[s])), 0.0)
@@ -319,6 +343,10 @@ def markdown(result: dict) -> str:
             for s in soaked) + " |")
         lines.append(f"| output tok/s, last interval vs first{after}, within {THROUGHPUT_DRIFT:.0%} | " + " | ".join(
             f"{'met' if v[s]['throughput_flat'] else 'MISSED'} ({_pct(v[s]['throughput_drift'])})" for s in soaked) + " |")
+        lines.append(f"| (output tok/s over the intervals{after}: mean, sd, least-squares trend per interval) | " + " | ".join(
+            "-" if not (t := v[s]["throughput_trend"]) else
+            f"{t['mean']:.0f}, sd {100 * t['sd']:.1f}%, trend {100 * t['slope']:+.1f}% ± {100 * t['slope_se']:.1f}%"
+            for s in soaked) + " |")
         if not ramp:
             lines.append("| (output tok/s, last interval vs the second: the first holds the ramp-up) | " + " | ".join(
                 _pct(v[s]["throughput_drift_after_ramp"]) for s in soaked) + " |")
