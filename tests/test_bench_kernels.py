@@ -63,15 +63,14 @@ def test_interleaved_times_replay_each_graph_twice_in_rotated_order(monkeypatch)
               "b": (FakeGraph("b", [9.0, 1.0, 9.0, 1.0, 9.0, 3.0]), 10)}
     mhz = iter([1900.0, 1500.0, 1700.0, 1600.0, 1800.0, 1400.0])  # sampled after each timed replay
     monkeypatch.setattr(bench, "sm_clock_mhz", lambda: next(mhz))
-    watts = iter([690.0, 520.0, 700.0, 560.0, 650.0, 540.0])  # likewise
-    monkeypatch.setattr(bench, "gpu_power_w", lambda: next(watts))
+    monkeypatch.setattr(bench, "gpu_power_w", lambda: 1 / 0)  # a millisecond replay cannot tell its own power
     samples: dict = {}
     t = bench.interleaved_times_us(graphs, rounds=3, samples=samples)
-    clocks, power = samples["sm_mhz"], samples["power_w"]
+    clocks = samples["sm_mhz"]
+    assert set(samples) == {"sm_mhz"}
     assert log == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
     assert t == {"a": 4.0 * 1e3 / 20, "b": 1.0 * 1e3 / 10}
     assert clocks == {"a": 1800.0, "b": 1500.0}  # a: 1900, 1600, 1800; b: 1500, 1700, 1400
-    assert power == {"a": 650.0, "b": 540.0}  # a: 690, 560, 650; b: 520, 700, 540
     log.clear()  # default: one round per column
     bench.interleaved_times_us({c: (FakeGraph(c, [1.0] * 4), 1) for c in "xy"})
     assert log == ["x", "x", "y", "y", "y", "y", "x", "x"]
@@ -166,3 +165,52 @@ def test_in_model_calls_write_x_before_each_gemm_and_subtract_the_copy():
     assert [name for name, _ in seen] == ["w1", "w0"] and all(torch.equal(t, x_src) for _, t in seen)
     assert bench.minus_prelude({"machete_us": 30.0, "vllm_humming_us": 33.5}, 2.5) == {
         "machete_us": 27.5, "vllm_humming_us": 31.0}
+
+
+def test_sustained_runs_each_column_alone_then_reads_its_power(monkeypatch):
+    """Each column's graph replays back to back for the given seconds (fake clocks: host time
+    advances 0.125 s per replay, GPU time by the graph's cost), then NVML is read once: µs per
+    call over the whole run, and the energy per call from that column's own power."""
+    host, gpu, log = [0.0], [0.0], []
+
+    class FakeGraph:
+        def __init__(self, name, ms):
+            self.name, self.ms = name, ms
+
+        def replay(self):
+            log.append(self.name)
+            host[0] += 0.125
+            gpu[0] += self.ms
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self):
+            self.t = gpu[0]
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return end.t - self.t
+
+    monkeypatch.setattr(bench.torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(bench.torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(bench.time, "monotonic", lambda: host[0])
+    reads = {"a": (1500.0, 690.0), "b": (1800.0, 600.0)}  # what NVML says after each column's run
+    monkeypatch.setattr(bench, "sm_clock_mhz", lambda: reads[log[-1]][0])
+    monkeypatch.setattr(bench, "gpu_power_w", lambda: reads[log[-1]][1])
+    out = bench.sustained({"a": (FakeGraph("a", 2.0), 20), "b": (FakeGraph("b", 1.0), 10)}, 1.0)
+    assert log == ["a"] * 8 + ["b"] * 8  # one column at a time, 1 s each
+    assert out["a"] == {"us": 2.0 * 1e3 / 20, "sm_mhz": 1500.0, "power_w": 690.0, "uJ": 690.0 * 100.0}
+    assert out["b"]["us"] == 100.0 and out["b"]["uJ"] == 600.0 * 100.0  # same µs, less energy
+    table = bench.sustained_markdown([{"layer": "o", "M": 256, "sustained": out}, {"layer": "o", "M": 1}])
+    assert "| o | 256 | 100.0 / 1500 / 690 / 69000 | 100.0 / 1800 / 600 / 60000 |" in table
+    assert "| o | 1 |" not in table and bench.sustained_markdown([{"layer": "o", "M": 1}]) == ""
+
+
+def test_a_sustain_shorter_than_the_power_window_is_refused():
+    import pytest
+    with pytest.raises(SystemExit, match="at least 1 s"):
+        bench.main(["--sustain", "0.2"])

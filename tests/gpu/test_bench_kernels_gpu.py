@@ -51,3 +51,12 @@ def test_short_run_writes_the_rows(tmp_path):
             assert r["vllm_marlin_us"] is None and r["vllm_machete_us"] is None
         else:
             assert r["vllm_marlin_us"] > 0, r["M"]
+
+
+def test_sustained_reads_a_longer_run_as_its_own():
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
+    graphs = {"one": bench.capture_graph([lambda: a @ a]), "three": bench.capture_graph([lambda: (a @ a, a @ a, a @ a)])}
+    out = bench.sustained(graphs, 1.0)
+    assert 2.4 < out["three"]["us"] / out["one"]["us"] < 3.6, out
+    for v in out.values():  # NVML may be missing in a container: then no power, never a wrong one
+        assert v["power_w"] is None or (v["power_w"] > 0 and v["uJ"] == pytest.approx(v["power_w"] * v["us"]))

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import statistics
+import time
 from typing import Callable, Optional
 
 import torch
@@ -100,19 +101,45 @@ def sm_clock_mhz() -> Optional[float]:
 
 
 def gpu_power_w() -> Optional[float]:
-    """The GPU's power draw in W (NVML's reading, itself averaged over a short window), or None."""
+    """The GPU's power draw in W, or None. NVML's reading is an average over about the last
+    second: it tells one kernel's draw only after that kernel ran alone that long (sustained())."""
     try:
         return torch.cuda.power_draw() / 1000.0
     except Exception:
         return None
 
 
-SAMPLE_KEYS = ("sm_mhz", "power_w")  # the row keys of gpu_samples()' readings
+SAMPLE_KEYS = ("sm_mhz",)  # the row keys of gpu_samples()' readings
 
 
 def gpu_samples() -> dict[str, Optional[float]]:
-    """What interleaved_times_us samples after each timed replay, by the row key it lands under."""
-    return dict(zip(SAMPLE_KEYS, (sm_clock_mhz(), gpu_power_w())))
+    """What interleaved_times_us samples after each timed replay, by the row key it lands under.
+    No power here: a timed replay lasts milliseconds, NVML's power a second (every column of a
+    row read the same watts on an H200, 2026-12-04)."""
+    return dict(zip(SAMPLE_KEYS, (sm_clock_mhz(),)))
+
+
+def sustained(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], seconds: float) -> dict[str, dict[str, float]]:
+    """Each graph alone for `seconds` (>= 1: NVML's power window), replayed back to back, then
+    its per-call µs over that run, the SM clock and power read at its end, and the energy per
+    call (W x µs = µJ): under a power cap the kernel drawing more per call gets the lower clock."""
+    out = {}
+    for col, (graph, calls) in graphs.items():
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        replays, t0 = 0, time.monotonic()
+        start.record()
+        while time.monotonic() - t0 < seconds:
+            graph.replay()
+            replays += 1
+            if replays % 4 == 0:
+                torch.cuda.synchronize()  # keep the host within a few replays of the GPU
+        end.record()
+        end.synchronize()
+        us = start.elapsed_time(end) * 1e3 / (replays * calls)
+        watts = gpu_power_w()
+        out[col] = {"us": us, "sm_mhz": sm_clock_mhz(), "power_w": watts,
+                    "uJ": None if watts is None else watts * us}
+    return out
 
 
 def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], rounds: int = 0,
@@ -122,8 +149,8 @@ def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], ro
     timed: drift during a shape's timing falls on all columns alike, and the kernel run
     just before a timed replay is the same graph (clocks under a power cap follow the
     power the previous kernel drew). `samples`, if given, receives per gpu_samples() key each
-    column's median reading taken right after its timed replays (SM clock in MHz, power draw in
-    W): under the power cap a kernel that issues more instructions runs at a lower clock."""
+    column's median reading taken right after its timed replays (SM clock in MHz; NVML updates
+    it coarsely, so columns of one row often read the same)."""
     cols = list(graphs)
     times: dict[str, list[float]] = {col: [] for col in cols}
     readings: dict[str, dict[str, list[float]]] = {}
@@ -306,7 +333,7 @@ def runnable_at(impls: dict[str, list[Callable]], x: torch.Tensor, where: str) -
 
 def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optional[VllmKernels],
                 ours: list, check: bool, peers: Optional[list[str]] = None, pdl_ab: bool = False,
-                schedules: tuple[str, ...] = (), in_model: bool = False) -> list[dict]:
+                schedules: tuple[str, ...] = (), in_model: bool = False, sustain: float = 0.0) -> list[dict]:
     w4_bytes = n * k // 2 + (k // GROUP) * n * 2
     weights = [random_weight(n, k) for _ in range(copies_for(w4_bytes))]
     impls = implementations(n, k, weights, vk, our_cols(ours, pdl_ab) + [schedule_col(s) for s in schedules]
@@ -348,13 +375,38 @@ def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optio
         for key in SAMPLE_KEYS:  # per column of ours and the peers; the prelude's readings dropped
             row[key] = {col.removesuffix("_us"): v for col, v in samples.get(key, {}).items()
                         if col != "prelude_us"}
+        if sustain > 0:  # with --in-model a sustained call includes its prelude copy
+            row["sustained"] = {col.removesuffix("_us"): v for col, v in
+                                sustained({c: g for c, g in graphs.items() if c != "prelude_us"}, sustain).items()}
         del graphs
         rows.append(row)
         print(f"[bench] {name} M={m}: " + ", ".join(
             f"{c}={v:.1f}" for c, v in row.items() if c.endswith("_us") and v is not None)
             + " | SM MHz " + ", ".join(f"{c}={f:.0f}" for c, f in row["sm_mhz"].items())
-            + " | W " + ", ".join(f"{c}={w:.0f}" for c, w in row["power_w"].items()), flush=True)
+            + "".join(f" | sustained {c}: {v['us']:.1f} us, {_num(v['sm_mhz'])} MHz, {_num(v['power_w'])} W, "
+                      f"{_num(v['uJ'])} uJ" for c, v in row.get("sustained", {}).items()), flush=True)
     return rows
+
+
+def _num(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+def sustained_markdown(rows: list[dict]) -> str:
+    """The --sustain readings: per (layer, M) and column, µs per call, SM MHz, W and µJ per call."""
+    sel = [r for r in rows if r.get("sustained")]
+    if not sel:
+        return ""
+    cols = list(dict.fromkeys(c for r in sel for c in r["sustained"]))
+    lines = ["| layer | M | " + " | ".join(f"{c}: µs / MHz / W / µJ" for c in cols) + " |",
+             "|" + "---|" * (2 + len(cols))]
+    for r in sel:
+        cells = []
+        for c in cols:
+            v = r["sustained"].get(c)
+            cells.append("-" if v is None else f"{v['us']:.1f} / {_num(v['sm_mhz'])} / {_num(v['power_w'])} / {_num(v['uJ'])}")
+        lines.append(f"| {r['layer']} | {r['M']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown(rows: list[dict], cols: list[str]) -> str:
@@ -444,7 +496,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                          "(vmp::machete_schedules(); e.g. 128x64w,128x128w)")
     ap.add_argument("--in-model", action="store_true",
                     help="precede every call with a kernel that writes its X, as in the model (see above)")
+    ap.add_argument("--sustain", type=float, default=0.0, metavar="SECONDS",
+                    help="after each shape's timing, run every column alone for SECONDS (>= 1) and record its "
+                         "µs, SM clock, power and energy per call (NVML's power is a ~1 s average)")
     args = ap.parse_args(argv)
+    if 0 < args.sustain < 1:
+        raise SystemExit("--sustain must be 0 (off) or at least 1 s: NVML's power reading averages about a second")
     if not torch.cuda.is_available():
         raise SystemExit("the kernel benchmark needs a CUDA GPU")
     from ..ops import require_kernels
@@ -472,11 +529,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name in [s for s in args.layers.split(",") if s]:
         n, k = LAYERS[name]
         rows += bench_layer(name, n, k, m_values, bandwidth, vk, ours, not args.no_check, peers, args.pdl_ab,
-                            schedules, args.in_model)
+                            schedules, args.in_model, args.sustain)
         torch.cuda.empty_cache()
 
     cols = ["floor_us", "fp16_us"] + VLLM_COLS + our_cols(ours, args.pdl_ab) + [schedule_col(s) for s in schedules]
     print(markdown(rows, cols))
+    if args.sustain:
+        print(sustained_markdown(rows))
     if args.json:
         meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "vllm": vllm_version,
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
