@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "marlin_stripes.h"
+
 namespace vmp {
 namespace marlin {
 
@@ -28,9 +30,8 @@ struct GemmPlan {
   DType dtype;
   int m_blocks;         // 16-row blocks per M chunk (1..4)
   bool swap;            // M <= 8 on one 16-row block: transposed MMAs (8 tokens as the B operand)
-  int chunks;           // M chunks of 16*m_blocks rows
-  int units_per_block;  // k-tiles per block stripe
-  int grid;             // blocks launched (all co-resident: at most multiprocessors x resident blocks)
+  StripeMap stripes;    // M chunks of 16*m_blocks rows, the slice order, each block's units;
+                        // stripes.grid() blocks are launched, all co-resident
   int stages;           // cp.async pipeline depth (one the kernel is compiled for)
   int smem_bytes;
   size_t reduce_floats;  // fp32 scratch for the cross-block reduction (no initialisation needed)
@@ -43,6 +44,7 @@ struct PlanHints {
   int max_stages = 0;     // cp.async pipeline depth cap (3..8); the deepest compiled depth within it is used
   int max_m_blocks = 0;   // 16-row blocks per M chunk cap (1..4)
   int swap_small_m = -1;  // 0: no transposed MMAs at M <= 8 (default: on)
+  int chunk_major = -1;   // 1: chunk-major stripes (marlin_stripes.h) when M has 2..slots chunks (default: n-major)
 };
 
 // Fails (cudaErrorInvalidValue) when the device lacks the shared memory for any config.
@@ -58,7 +60,7 @@ struct GemmArgs {
   const void* zeros;   // same shape as scales (zero points as values), or nullptr: zero point 8
   void* out;           // [m, n] row-major
   float* reduce;       // plan.reduce_floats floats, no initialisation needed
-  int* locks;          // >= plan.grid ints (slice counters), zero before the call and after it
+  int* locks;          // >= plan.stripes.grid() ints (slice counters), zero before the call and after it
   int m, n, n_pad, k_pad;
   int group_size;      // 32, 64 or 128 dividing k_pad, or -1 for one group (channelwise)
 };

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "../check.h"
 #include "../registration.h"
@@ -37,7 +38,7 @@ void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* o
               "; fix: keep all inputs on one GPU");
 }
 
-// VMP_MARLIN_PLAN="blocks=1,stages=6,mb=2,swap=0" (any subset): caps on the launch plan,
+// VMP_MARLIN_PLAN="blocks=1,stages=6,mb=2,swap=0,order=1" (any subset): caps on the launch plan,
 // read once per process; for benchmarking plans, never needed for correctness. The depth
 // used is the deepest compiled one (marlin_gemm.cu, stages_compiled) within the cap.
 const mk::PlanHints& plan_hints() {
@@ -54,10 +55,14 @@ const mk::PlanHints& plan_hints() {
                   : key == "stages" ? &h.max_stages
                   : key == "mb"     ? &h.max_m_blocks
                   : key == "swap"   ? &h.swap_small_m
+                  : key == "order"  ? &h.chunk_major
                                     : nullptr;
-      VMP_CHECK(slot != nullptr && (value > 0 || (value == 0 && key == "swap")) && (key != "stages" || value >= 3),
+      const bool flag = key == "swap" || key == "order";
+      VMP_CHECK(slot != nullptr && (value > 0 || (value == 0 && flag)) && (key != "stages" || value >= 3) &&
+                    (!flag || value <= 1),
                 "VMP_MARLIN_PLAN: cannot parse '", item,
-                "'; fix: a comma-separated subset of blocks=1|2, stages=3..8, mb=1..4, swap=0|1");
+                "'; fix: a comma-separated subset of blocks=1|2, stages=3..8, mb=1..4, swap=0|1, order=0|1 "
+                "(1: chunk-major stripes)");
       *slot = value;
     }
     return h;
@@ -166,8 +171,8 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   check_launch(mk::plan_gemm(static_cast<int>(m), static_cast<int>(n_pad), static_cast<int>(k_pad), dtype,
                              x.get_device(), plan_hints(), &plan),
                op);
-  VMP_CHECK(workspace.numel() >= plan.grid, op, ": workspace has ", workspace.numel(), " ints, this call needs ",
-              plan.grid, "; fix: allocate torch.zeros(4 * multiprocessor count, dtype=torch.int32) once per layer");
+  VMP_CHECK(workspace.numel() >= plan.stripes.grid(), op, ": workspace has ", workspace.numel(),
+              " ints, this call needs ", plan.stripes.grid(), "; fix: allocate torch.zeros(4 * multiprocessor count, dtype=torch.int32) once per layer");
   at::Tensor reduce = at::empty({static_cast<int64_t>(plan.reduce_floats)}, x.options().dtype(at::kFloat));
 
   mk::GemmArgs args;
@@ -188,10 +193,29 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return out;
 }
 
+// Host only, for tests without a GPU: the stripes the planner would give `slots` resident
+// blocks, flattened as every block's [begin, end) units, then every slice's first and last
+// block (slices in the map's own numbering). marlin_stripes.h defines them.
+std::vector<int64_t> marlin_stripe_map(int64_t chunks, int64_t n_tiles, int64_t k_tiles, int64_t slots,
+                                       bool chunk_major) {
+  VMP_CHECK(chunks >= 1 && n_tiles >= 1 && k_tiles >= 1 && slots >= 1 && chunks * n_tiles * k_tiles <= (1 << 24) &&
+                (!chunk_major || chunks <= slots),
+            "vmp::marlin_stripe_map: needs chunks, n_tiles, k_tiles, slots >= 1, at most 2^24 units and, "
+            "chunk-major, chunks <= slots; got ", chunks, ", ", n_tiles, ", ", k_tiles, ", ", slots);
+  const mk::StripeMap s = mk::StripeMap::make(static_cast<int>(chunks), static_cast<int>(n_tiles),
+                                              static_cast<int>(k_tiles), static_cast<int>(slots), chunk_major);
+  std::vector<int64_t> out;
+  for (int b = 0; b < s.grid(); ++b) out.insert(out.end(), {s.begin(b), s.end(b)});
+  for (int slice = 0; slice < chunks * n_tiles; ++slice) out.insert(out.end(), {s.first_block(slice), s.last_block(slice)});
+  return out;
+}
+
 }  // namespace
 
 void register_marlin_ops(torch::Library& m) {
   m.def("marlin_repack(Tensor codes, SymInt k_pad, SymInt n_pad) -> Tensor");
+  m.def("marlin_stripe_map(int chunks, int n_tiles, int k_tiles, int slots, bool chunk_major) -> int[]",
+        &marlin_stripe_map);
   m.def("marlin_permute_groups(Tensor src, SymInt g_pad, SymInt n_pad) -> Tensor");
   m.def(
       "marlin_gemm(Tensor x, Tensor w, Tensor scales, Tensor? zeros, Tensor workspace, SymInt size_n, "

@@ -4,10 +4,11 @@
 // each) x 2 warps along K (64 rows, 4 k16 steps of every k-tile each, fragments
 // double-buffered in registers); the 2 partial tiles are summed in shared memory at
 // the end of each slice. M is cut into chunks of 16*MB
-// rows (MB = 1..4); M <= 8 runs the transposed MMAs of kSwap (8 tokens per MMA). The work units are (n-tile, M chunk, k-tile) triples, numbered
-// with k-tile fastest; a "slice" is all k-tiles of one (n-tile, chunk) pair. Every
-// block takes one contiguous stripe of units_per_block units, so all SMs stay busy
-// whatever the tile count. A slice that spans several blocks is reduced in fp32
+// rows (MB = 1..4); M <= 8 runs the transposed MMAs of kSwap (8 tokens per MMA). The work
+// units are (n-tile, M chunk, k-tile) triples, k-tile fastest; a "slice" is all k-tiles of
+// one (n-tile, chunk) pair. Every block takes one contiguous stripe of units (the order and
+// the stripes: marlin_stripes.h), so all SMs stay busy whatever the tile count. A slice
+// that spans several blocks is reduced in fp32
 // through global scratch: every contributor stores its partial tile and increments
 // the slice's counter; the last to arrive sums the partials in block order (so the
 // result is deterministic), writes the output and resets the counter to zero.
@@ -24,6 +25,7 @@
 
 #include "marlin.h"
 #include "marlin_layout.cuh"
+#include "marlin_stripes.h"
 #include "../device_limits.h"
 #include "../launch.h"
 #include "../ptx.cuh"
@@ -191,7 +193,7 @@ struct KernelParams {
   int* locks;
   int m, n, n_pad, k_pad;
   int group_shift;
-  int chunks, units_per_block;
+  StripeMap map;
 };
 
 // kZeros = false: symmetric u4b8 only (zero point 8 folded into immediates, fewer
@@ -210,10 +212,8 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wn = warp % kWarpsN, wk = warp / kWarpsN;
-  const int n_tiles = p.n_pad / kTileN, k_tiles = p.k_pad / kTileK;
-  const int total = p.chunks * n_tiles * k_tiles;
-  const int u_begin = blockIdx.x * p.units_per_block;
-  const int u_end = min(total, u_begin + p.units_per_block);
+  const int k_tiles = p.map.k_tiles;
+  const int u_begin = p.map.begin(blockIdx.x), u_end = p.map.end(blockIdx.x);
   if (u_begin >= u_end) return;
 
   constexpr int stage_sz = stage_bytes(MB);
@@ -233,7 +233,12 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   };
   auto pos_of = [&](int u) {
     const int slice = u / k_tiles;
-    return Pos{u - slice * k_tiles, slice % p.chunks, slice / p.chunks};
+    return Pos{u - slice * k_tiles, p.map.chunk_of(slice), p.map.n_tile_of(slice)};
+  };
+  auto next_slice = [&](Pos q) {
+    q.kt = 0;
+    p.map.next(q.c, q.nt);
+    return q;
   };
 
   // ---- global -> shared copies ----
@@ -307,12 +312,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
       ld.w += 4 * p.n_pad;
       ld.g += g_step;
     } else {
-      Pos q{0, ld.q.c + 1, ld.q.nt};
-      if (q.c == p.chunks) {
-        q.c = 0;
-        ++q.nt;
-      }
-      seek(q);
+      seek(next_slice(ld.q));
     }
   };
 
@@ -530,17 +530,18 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
       // 2. A slice split over blocks first_block..last_block: each writes its partial to
       //    its own fp32 slot and bumps the slice counter; the last to arrive sums the slots
       //    in block order (deterministic), writes the output and resets the counter.
-      const int slice = cp.nt * p.chunks + cp.c;
-      const int first_block = slice * k_tiles / p.units_per_block;
-      const int last_block = (slice * k_tiles + k_tiles - 1) / p.units_per_block;
+      const int slice = p.map.slice_of(cp.c, cp.nt);
+      const int first_block = p.map.first_block(slice), last_block = p.map.last_block(slice);
       const bool split = first_block != last_block;
       const int row0 = cp.c * MB * 16;
       const int rows = min(MB * 16, p.m - row0);
       const int items = rows * (kTileN / 4);  // float4 items of the valid rows
-      // Slot of block b for this slice: 0 if it is b's first slice, else 1 (its last).
+      // Slot of block b for this slice: 0 if it is b's first slice, else 1 (its last). Only
+      // first_block can have begun in an earlier slice: the others' stripes start inside it.
+      const bool first_began_earlier = p.map.begin(first_block) < slice * k_tiles;
       auto slot = [&](int b) {
-        const int b_first_slice = b * p.units_per_block / k_tiles;
-        return p.reduce + (static_cast<size_t>(b) * 2 + (slice == b_first_slice ? 0 : 1)) * (MB * 16 * kTileN);
+        const bool last = b == first_block && first_began_earlier;
+        return p.reduce + (static_cast<size_t>(b) * 2 + (last ? 1 : 0)) * (MB * 16 * kTileN);
       };
       bool reduce_here = true;
       if (split) {
@@ -602,11 +603,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
       }
       zero_acc();
     }
-    cp.kt = 0;  // the next slice starts at its first k-tile
-    if (++cp.c == p.chunks) {
-      cp.c = 0;
-      ++cp.nt;
-    }
+    cp = next_slice(cp);
   }
 }
 
@@ -692,18 +689,17 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
   if (err != cudaSuccess) return err;
   if (resident < 1) return cudaErrorInvalidConfiguration;
   resident = std::min(resident, blocks);
-  const long long total = static_cast<long long>(chunks) * (n_pad / kTileN) * (k_pad / kTileK);
-  if (total > INT_MAX) return cudaErrorInvalidValue;
-  const int units = ceil_div(total, static_cast<long long>(sms) * resident);
+  const int n_tiles = n_pad / kTileN, k_tiles = k_pad / kTileK;
+  if (static_cast<long long>(chunks) * n_tiles * k_tiles > INT_MAX) return cudaErrorInvalidValue;
+  const int slots = sms * resident;
+  const bool chunk_major = hints.chunk_major == 1 && chunks > 1 && chunks <= slots;
   plan->dtype = dtype;
   plan->m_blocks = mb;
   plan->swap = swap;
-  plan->chunks = chunks;
-  plan->units_per_block = units;
-  plan->grid = ceil_div(total, units);
+  plan->stripes = StripeMap::make(chunks, n_tiles, k_tiles, slots, chunk_major);
   plan->stages = stages;
   plan->smem_bytes = smem;
-  plan->reduce_floats = static_cast<size_t>(plan->grid) * 2 * mb * 16 * kTileN;  // 2 slots per block
+  plan->reduce_floats = static_cast<size_t>(plan->stripes.grid()) * 2 * mb * 16 * kTileN;  // 2 slots per block
   return cudaSuccess;
 }
 
@@ -738,10 +734,9 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
   p.n_pad = a.n_pad;
   p.k_pad = a.k_pad;
   p.group_shift = shift;
-  p.chunks = plan.chunks;
-  p.units_per_block = plan.units_per_block;
+  p.map = plan.stripes;
   void* kargs[] = {&p};
-  return launch_kernel(fn, dim3(plan.grid), dim3(kThreads), kargs, static_cast<size_t>(plan.smem_bytes), stream,
+  return launch_kernel(fn, dim3(plan.stripes.grid()), dim3(kThreads), kargs, static_cast<size_t>(plan.smem_bytes), stream,
                        kernel_has_pdl(fn));
 }
 

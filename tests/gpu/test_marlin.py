@@ -116,21 +116,43 @@ def test_identity_rows_probe_small_m_is_bit_exact(dtype, zero_points, m):
     assert torch.equal(run_marlin(w, x), dequantize(w, dtype)[rows])
 
 
+def _under_plan(plan: str, code: str) -> subprocess.CompletedProcess:
+    """Runs `code` (after `from test_marlin import *`) in a fresh process under
+    VMP_MARLIN_PLAN=plan, which the extension reads once per process."""
+    prelude = f"import torch, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); " \
+              "from test_marlin import *; "
+    return subprocess.run([sys.executable, "-c", prelude + code], env={**os.environ, "VMP_MARLIN_PLAN": plan},
+                          capture_output=True, text=True, timeout=300)
+
+
+def _assert_ok(r: subprocess.CompletedProcess) -> None:
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def _assert_refused(r: subprocess.CompletedProcess, item: str, form: str) -> None:
+    assert r.returncode != 0 and f"cannot parse '{item}'" in r.stderr and form in r.stderr, r.stderr[-2000:]
+
+
 def test_plan_knobs_keep_results_and_bad_knobs_are_named():
     """VMP_MARLIN_PLAN only changes the launch plan: one block per SM, 8 stages, no
     transposed MMAs and 32-row M chunks give the reference result; a bad knob is refused
     with the accepted forms."""
-    code = (f"import torch, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-            "from test_marlin import *; "
-            "w = make_weight(1024, 768, 128, False, torch.float16); "
+    code = ("w = make_weight(1024, 768, 128, False, torch.float16); "
             "[assert_close_to_reference(run_marlin(w, x), x, w, reference_mm(x, w)) "
             "for x in (torch.randn(m, 1024, device=DEV).half() for m in (1, 5, 16, 64))]; print('ok')")
-    env = {**os.environ, "VMP_MARLIN_PLAN": "blocks=1,stages=8,swap=0,mb=2"}
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-2000:]
-    env["VMP_MARLIN_PLAN"] = "blocks=1,turbo=2"
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "cannot parse 'turbo=2'" in r.stderr and "swap=0|1" in r.stderr, r.stderr[-2000:]
+    _assert_ok(_under_plan("blocks=1,stages=8,swap=0,mb=2", code))
+    _assert_refused(_under_plan("blocks=1,turbo=2", code), "turbo=2", "swap=0|1")
+
+
+def test_chunk_major_stripes_keep_results():
+    """VMP_MARLIN_PLAN=order=1 (chunk-major stripes, marlin_stripes.h) at 2..16 M chunks, with
+    split slices, zero points, g = 32 and bf16: the reference result, as with the default order."""
+    code = ("cases = [(torch.float16, False, 128), (torch.float16, True, 32), (torch.bfloat16, True, 128)]; "
+            "ws = [(make_weight(2048, 1536, g, z, dt), dt) for dt, z, g in cases]; "
+            "[assert_close_to_reference(run_marlin(w, x), x, w, reference_mm(x, w)) for w, dt in ws "
+            "for x in (torch.randn(m, 2048, device=DEV).to(dt) for m in (65, 128, 200, 257, 1024))]; print('ok')")
+    _assert_ok(_under_plan("order=1", code))
+    _assert_refused(_under_plan("order=2", code), "order=2", "order=0|1")
 
 
 # ---- against the reference ------------------------------------------------------------
