@@ -23,6 +23,14 @@ enum Decomposition : int {
   kSplitK = 3,        // `splits` equal K slices per tile, reduced in the workspace
 };
 
+// Order of the output tiles over CUTLASS's persistent CTAs (its tile scheduler's raster
+// order, on our transposed problem: CUTLASS's M = output features, N = tokens).
+enum Raster : int {
+  kRasterAuto = 0,      // CUTLASS's heuristic: along tokens unless token tiles outnumber feature tiles
+  kRasterFeatures = 1,  // consecutive CTAs take consecutive feature tiles of one token tile (AlongM)
+  kRasterTokens = 2,    // consecutive CTAs take consecutive token tiles of one feature tile (AlongN)
+};
+
 struct MMArgs {
   const void* x = nullptr;       // [M, K] act dtype, row stride ldx (elements), 16-byte aligned
   int64_t ldx = 0;
@@ -34,6 +42,8 @@ struct MMArgs {
   int group_size = 0;            // rows per group; == k for channelwise
   int decomposition = kAuto;
   int splits = 1;                // kSplitK only
+  int raster = kRasterAuto;      // CUTLASS tiles only
+  int swizzle = 1;               // CUTLASS tiles only: CTAs grouped 1, 2, 4 or 8 along the other dimension
   int device = 0, sm_count = 0;
 };
 

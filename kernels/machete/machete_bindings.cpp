@@ -14,6 +14,8 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "../check.h"
@@ -109,6 +111,27 @@ const std::map<int, int>& substitutions() {
     return out;
   }();
   return subst;
+}
+
+// VMP_MACHETE_RASTER="features[,S]" | "tokens[,S]" | "auto": the order of the output tiles over
+// the CTAs of the CUTLASS tiles (machete.h, Raster) and its swizzle S in 1, 2, 4, 8 (default
+// "auto", 1: CUTLASS's heuristic), to time other orders without a rebuild (A/B runs: the
+// order moves DRAM traffic, benchmarks/l2_model.py). Read once per process.
+std::pair<int, int> raster_override() {
+  static const std::pair<int, int> raster = [] {
+    const char* env = std::getenv("VMP_MACHETE_RASTER");
+    const std::string spec = env ? env : "auto";
+    const size_t comma = spec.find(',');
+    const std::string order = spec.substr(0, comma);
+    const int swizzle = comma == std::string::npos ? 1 : std::atoi(spec.c_str() + comma + 1);
+    const int r = order == "features" ? mc::kRasterFeatures : order == "tokens" ? mc::kRasterTokens
+                  : order == "auto"   ? mc::kRasterAuto
+                                      : -1;
+    VMP_CHECK(r >= 0 && (swizzle == 1 || swizzle == 2 || swizzle == 4 || swizzle == 8),
+              "VMP_MACHETE_RASTER=", spec, ": cannot parse; fix: features[,S], tokens[,S] or auto, S in 1, 2, 4, 8");
+    return std::make_pair(r, swizzle);
+  }();
+  return raster;
 }
 
 // The built-in heuristic's schedule, after VMP_MACHETE_SUBST.
@@ -250,6 +273,7 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   a.sm_count = sms;
   a.decomposition = sched.decomposition;
   a.splits = sched.splits;
+  std::tie(a.raster, a.swizzle) = raster_override();
   const mc::ActType act = x.scalar_type() == at::kHalf ? mc::kF16 : mc::kBF16;
   if (mc::is_small_m(sched.tile)) {
     run_own<mc::SmallMPlan, &mc::plan_small_m, &mc::run_small_m>(sched, act, a, x, locks);

@@ -76,6 +76,11 @@ struct Gemm {
                                         : a.decomposition == kSplitK     ? Mode::SplitK
                                                                          : Mode::Heuristic;
     args.scheduler.splits = a.decomposition == kSplitK ? a.splits : 1;
+    using Raster = typename Kernel::TileScheduler::RasterOrderOptions;
+    args.scheduler.raster_order = a.raster == kRasterFeatures ? Raster::AlongM
+                                  : a.raster == kRasterTokens ? Raster::AlongN
+                                                              : Raster::Heuristic;
+    args.scheduler.max_swizzle_size = a.swizzle;
     return args;
   }
 
