@@ -714,6 +714,11 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
     shift = __builtin_ctz(static_cast<unsigned>(a.group_size));
   }
   if (plan.swap && (plan.m_blocks != 1 || a.m > 8)) return cudaErrorInvalidValue;
+  // The plan must be this call's: its stripes cover exactly these tiles and chunks.
+  const StripeMap& map = plan.stripes;
+  if (map.n_tiles != a.n_pad / kTileN || map.k_tiles != a.k_pad / kTileK ||
+      static_cast<long long>(map.chunks) * 16 * plan.m_blocks < a.m)
+    return cudaErrorInvalidValue;
   const void* fn = kernel_for(a.dtype, plan.m_blocks, plan.stages, a.zeros != nullptr, plan.swap);
   if (a.dtype != plan.dtype || fn == nullptr) return cudaErrorInvalidValue;
   int device = 0;
