@@ -103,29 +103,25 @@ def test_without_pdl_sets_the_switch_only_while_it_launches(monkeypatch):
     assert our_cols([B], pdl_ab=True) == ["marlin_us", "marlin_nopdl_us"]
 
 
+def _fake_backend(name: str, prepared: list, apply):
+    """A serving backend that implements everything, records what it prepares and applies with `apply`."""
+    return type(f"Fake_{name}", (), {
+        "name": name,
+        "can_implement": staticmethod(lambda spec, cap: (True, "")),
+        "prepare": staticmethod(lambda spec, w: prepared.append(w) or {"copy": w}),
+        "apply": staticmethod(apply)})
+
+
 def test_forced_schedule_columns_share_one_prepared_weight_per_copy(monkeypatch):
     """--schedules: each schedule becomes a column machete@<schedule>_us that runs
     vmp::machete_mm forced to it on the Machete backend's prepared copies (prepared once per
     copy, also when the plain machete_us column is not asked for)."""
     prepared, calls = [], []
 
-    class FakeMachete:
-        name = "machete"
+    def apply(spec, p, x):
+        raise AssertionError("the plain column was not asked for")
 
-        @staticmethod
-        def can_implement(spec, cap):
-            return True, ""
-
-        @staticmethod
-        def prepare(spec, w):
-            prepared.append(w)
-            return {"copy": w}
-
-        @staticmethod
-        def apply(spec, p, x):
-            raise AssertionError("the plain column was not asked for")
-
-    monkeypatch.setattr(bench, "SERVING_BACKENDS", [FakeMachete])
+    monkeypatch.setattr(bench, "SERVING_BACKENDS", [_fake_backend("machete", prepared, apply)])
     monkeypatch.setattr(bench, "device_capability", lambda: 90)
     monkeypatch.setattr(bench, "forced_mm", lambda x, p, s: calls.append((x, p["copy"], s)) or s)
     cols = [bench.schedule_col(s) for s in ("128x64w", "256x64w")]
@@ -133,6 +129,25 @@ def test_forced_schedule_columns_share_one_prepared_weight_per_copy(monkeypatch)
     assert sorted(impls) == ["machete@128x64w_us", "machete@256x64w_us"] and prepared == ["w0", "w1"]
     assert [fn("x") for fn in impls["machete@256x64w_us"]] == ["256x64w", "256x64w"]
     assert calls == [("x", "w0", "256x64w"), ("x", "w1", "256x64w")]
+
+
+def test_marlin_plan_columns_call_apply_with_their_plan(monkeypatch):
+    """--marlin-plans order=1: a column marlin@order=1 whose calls pass the plan to
+    MarlinBackend.apply on each weight copy, prepared once, without the plain column."""
+    calls, prepared = [], []
+
+    def apply(spec, p, x, plan=None):
+        calls.append((x, p["copy"], plan))
+        return plan
+
+    monkeypatch.setattr(bench, "SERVING_BACKENDS", [_fake_backend("marlin", prepared, apply)])
+    monkeypatch.setattr(bench, "device_capability", lambda: 80)
+    impls = bench.implementations(256, 512, ["w0", "w1"], None, [bench.plan_col("order=1")])
+    assert list(impls) == ["marlin@order=1_us"] and prepared == ["w0", "w1"]
+    assert [fn("x") for fn in impls["marlin@order=1_us"]] == ["order=1", "order=1"]
+    assert calls == [("x", "w0", "order=1"), ("x", "w1", "order=1")]
+    refused = {"marlin@order=7_us": [lambda x: (_ for _ in ()).throw(RuntimeError("cannot parse 'order=7'"))]}
+    assert bench.runnable_at(refused, 16, "o M=16") == {}
 
 
 def test_a_forced_tile_that_cannot_take_m_is_left_out_of_that_row_only(capsys):

@@ -70,12 +70,16 @@ def test_bad_arguments_are_refused():
         torch.ops.vmp.machete_heuristic(1, 8192, 8192, 10**9)
 
 
-def _heuristic_with_subst(subst: str, m: int, shape: tuple[int, int]) -> subprocess.CompletedProcess:
-    """The heuristic's pick in a fresh process with VMP_MACHETE_SUBST set (read once per process)."""
+def _heuristic_with_env(env: dict[str, str], m: int, shape: tuple[int, int]) -> subprocess.CompletedProcess:
+    """The heuristic's pick in a fresh process with these VMP_* knobs set (read once per process)."""
     code = ("import torch; from vllm_machete_plugin import ops; ops.require_kernels('test'); "
             f"print(torch.ops.vmp.machete_heuristic({m}, {shape[0]}, {shape[1]}, {H100_SMS}))")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "VMP_MACHETE_SUBST": subst})
+                          env={**os.environ, **env})
+
+
+def _heuristic_with_subst(subst: str, m: int, shape: tuple[int, int]) -> subprocess.CompletedProcess:
+    return _heuristic_with_env({"VMP_MACHETE_SUBST": subst}, m, shape)
 
 
 def test_subst_replaces_the_pick_for_ab_runs():
@@ -99,3 +103,17 @@ def test_subst_replaces_the_pick_for_ab_runs():
 def test_subst_refuses_a_malformed_setting(subst, message):
     out = _heuristic_with_subst(subst, 64, GATE_UP)
     assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
+
+
+def test_raster_knob_orders_the_cutlass_picks_only():
+    """VMP_MACHETE_RASTER=f4 gives the heuristic's CUTLASS picks the raster suffix (+f4: along
+    features, swizzle 4); our own kernels' picks and a tile substituted by one of them keep none."""
+    for m, shape, pick in [(16384, GATE_UP, "128x256+f4"), (4096, QKV, "128x256+f4"),
+                           (96, O, "128x128c2_sk+f4"), (64, GATE_UP, "256x64w"), (1, QKV, "64x8")]:
+        out = _heuristic_with_env({"VMP_MACHETE_RASTER": "f4"}, m, shape)
+        assert out.returncode == 0 and out.stdout.split()[-1] == pick, (m, shape, out.stderr[-2000:])
+    out = _heuristic_with_env({"VMP_MACHETE_RASTER": "t2", "VMP_MACHETE_SUBST": "128x256=256x128w"}, 512, DOWN)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "256x128w", out.stderr[-2000:]
+    for bad in ("f3", "features,4", "x4"):
+        out = _heuristic_with_env({"VMP_MACHETE_RASTER": bad}, 16384, GATE_UP)
+        assert out.returncode != 0 and f"VMP_MACHETE_RASTER={bad}: cannot parse" in out.stderr, out.stderr[-2000:]

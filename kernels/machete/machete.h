@@ -53,7 +53,8 @@ struct MMArgs {
 // 128x128c2 run as a 2x1x1 cluster along N, the pair sharing each activation tile by TMA
 // multicast, so they need N % 256 == 0; the others 1x1x1) and take a runtime
 // decomposition suffix: "" (kAuto), "_dp", "_sk" or "_split<S>" (S in 2..16), e.g.
-// "128x16_split4". Then the two small-M kernels (machete_small_m.cu: mma.sync on the
+// "128x16_split4", then optionally a raster suffix "+f<S>" / "+t<S>" (Raster: along
+// features / tokens, swizzle S in 1, 2, 4, 8), e.g. "128x256_sk+f4". Then the two small-M kernels (machete_small_m.cu: mma.sync on the
 // same prepacked weight, M <= 8 / M <= 16, their own stripe-balanced K split, no suffix),
 // and the mid-M kernels (machete_mid_m.cu: our own wgmma mainloop on the same weight,
 // 32 / 64 / 128 tokens per tile, any M, their own stripe-balanced K split, no suffix).
@@ -76,6 +77,8 @@ struct Schedule {
   int tile = 0;  // index into kScheduleNames
   int decomposition = kAuto;
   int splits = 1;
+  int raster = kRasterAuto;  // CUTLASS tiles only
+  int swizzle = 1;
 };
 
 // The CUTLASS tiles of one type configuration (activation dtype, zero points or not).

@@ -50,13 +50,27 @@ std::string tile_list() {
   return all;
 }
 
-// "<tile>[_dp|_sk|_split<S>]" -> Schedule (grammar in machete.h).
-mc::Schedule parse_schedule(const std::string& name) {
+// "f<S>" / "t<S>" (S in 1, 2, 4, 8) -> (Raster, swizzle); (-1, 0) if it is neither.
+std::pair<int, int> parse_raster(const std::string& r) {
+  const int order = r.size() != 2 ? -1 : r[0] == 'f' ? mc::kRasterFeatures : r[0] == 't' ? mc::kRasterTokens : -1;
+  const int swizzle = r.size() == 2 ? r[1] - '0' : 0;
+  const bool ok = order >= 0 && (swizzle == 1 || swizzle == 2 || swizzle == 4 || swizzle == 8);
+  return ok ? std::make_pair(order, swizzle) : std::make_pair(-1, 0);
+}
+
+// "<tile>[_dp|_sk|_split<S>][+f<S>|+t<S>]" -> Schedule (grammar in machete.h).
+mc::Schedule parse_schedule(const std::string& full) {
+  const size_t plus = full.find('+');
+  const std::string name = full.substr(0, plus);
   const size_t cut = name.find('_');
   const std::string tile = name.substr(0, cut), suffix = cut == std::string::npos ? "" : name.substr(cut + 1);
   mc::Schedule s;
   s.tile = mc::tile_index(tile.c_str());
   bool ok = s.tile < mc::kNumSchedules;
+  if (plus != std::string::npos) {  // a raster order: CUTLASS tiles only
+    std::tie(s.raster, s.swizzle) = parse_raster(full.substr(plus + 1));
+    ok = ok && s.raster >= 0 && !mc::is_small_m(s.tile) && !mc::is_mid_m(s.tile);
+  }
   if (ok && (mc::is_small_m(s.tile) || mc::is_mid_m(s.tile))) {
     ok = suffix.empty();  // our own kernels balance K themselves: no decomposition suffix
   } else if (suffix == "dp") {
@@ -71,8 +85,9 @@ mc::Schedule parse_schedule(const std::string& name) {
   } else {
     ok = ok && suffix.empty();
   }
-  VMP_CHECK(ok, "vmp::machete_mm: unknown schedule '", name, "'; a schedule is a tile from [", tile_list(),
-              "] (vmp::machete_schedules()), the CUTLASS tiles (the first eight) optionally with _dp, _sk or _split<2..16>; or "
+  VMP_CHECK(ok, "vmp::machete_mm: unknown schedule '", full, "'; a schedule is a tile from [", tile_list(),
+              "] (vmp::machete_schedules()), the CUTLASS tiles (the first eight) optionally with _dp, _sk or _split<2..16> "
+              "and then +f<S> or +t<S> (raster order along features / tokens, swizzle S in 1, 2, 4, 8); or "
               "pass None for the built-in heuristic");
   return s;
 }
@@ -82,6 +97,7 @@ std::string schedule_name(const mc::Schedule& s) {
   if (s.decomposition == mc::kDataParallel) name += "_dp";
   if (s.decomposition == mc::kStreamK) name += "_sk";
   if (s.decomposition == mc::kSplitK) name += "_split" + std::to_string(s.splits);
+  if (s.raster != mc::kRasterAuto) name += (s.raster == mc::kRasterFeatures ? "+f" : "+t") + std::to_string(s.swizzle);
   return name;
 }
 
@@ -113,28 +129,23 @@ const std::map<int, int>& substitutions() {
   return subst;
 }
 
-// VMP_MACHETE_RASTER="features[,S]" | "tokens[,S]" | "auto": the order of the output tiles over
-// the CTAs of the CUTLASS tiles (machete.h, Raster) and its swizzle S in 1, 2, 4, 8 (default
-// "auto", 1: CUTLASS's heuristic), to time other orders without a rebuild (A/B runs: the
-// order moves DRAM traffic, benchmarks/l2_model.py). Read once per process.
+// VMP_MACHETE_RASTER="f<S>" | "t<S>" | "auto": the raster order (machete.h, Raster) of the
+// CUTLASS tiles the heuristic picks (default "auto": CUTLASS's own), to time other orders end
+// to end without a rebuild (A/B runs: the order moves DRAM traffic, benchmarks/l2_model.py);
+// a forced schedule states its own ("+f4"). Read once per process.
 std::pair<int, int> raster_override() {
   static const std::pair<int, int> raster = [] {
     const char* env = std::getenv("VMP_MACHETE_RASTER");
     const std::string spec = env ? env : "auto";
-    const size_t comma = spec.find(',');
-    const std::string order = spec.substr(0, comma);
-    const int swizzle = comma == std::string::npos ? 1 : std::atoi(spec.c_str() + comma + 1);
-    const int r = order == "features" ? mc::kRasterFeatures : order == "tokens" ? mc::kRasterTokens
-                  : order == "auto"   ? mc::kRasterAuto
-                                      : -1;
-    VMP_CHECK(r >= 0 && (swizzle == 1 || swizzle == 2 || swizzle == 4 || swizzle == 8),
-              "VMP_MACHETE_RASTER=", spec, ": cannot parse; fix: features[,S], tokens[,S] or auto, S in 1, 2, 4, 8");
-    return std::make_pair(r, swizzle);
+    const std::pair<int, int> r = spec == "auto" ? std::make_pair(int(mc::kRasterAuto), 1) : parse_raster(spec);
+    VMP_CHECK(r.first >= 0, "VMP_MACHETE_RASTER=", spec,
+              ": cannot parse; fix: f<S> (along features), t<S> (along tokens) or auto, S in 1, 2, 4, 8");
+    return r;
   }();
   return raster;
 }
 
-// The built-in heuristic's schedule, after VMP_MACHETE_SUBST.
+// The built-in heuristic's schedule, after VMP_MACHETE_SUBST and VMP_MACHETE_RASTER.
 mc::Schedule heuristic(int m, int n, int k, int sms) {
   mc::Schedule s = mc::choose_schedule(m, n, k, sms);
   const auto it = substitutions().find(s.tile);
@@ -143,6 +154,7 @@ mc::Schedule heuristic(int m, int n, int k, int sms) {
     s.tile = it->second;
     if (mc::is_small_m(s.tile) || mc::is_mid_m(s.tile)) s.decomposition = mc::kAuto, s.splits = 1;
   }
+  if (s.tile < mc::kNumCutlassTiles) std::tie(s.raster, s.swizzle) = raster_override();
   return s;
 }
 
@@ -273,7 +285,8 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   a.sm_count = sms;
   a.decomposition = sched.decomposition;
   a.splits = sched.splits;
-  std::tie(a.raster, a.swizzle) = raster_override();
+  a.raster = sched.raster;
+  a.swizzle = sched.swizzle;
   const mc::ActType act = x.scalar_type() == at::kHalf ? mc::kF16 : mc::kBF16;
   if (mc::is_small_m(sched.tile)) {
     run_own<mc::SmallMPlan, &mc::plan_small_m, &mc::run_small_m>(sched, act, a, x, locks);

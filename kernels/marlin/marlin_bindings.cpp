@@ -38,35 +38,37 @@ void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* o
               "; fix: keep all inputs on one GPU");
 }
 
-// VMP_MARLIN_PLAN="blocks=1,stages=6,mb=2,swap=0,order=1" (any subset): caps on the launch plan,
-// read once per process; for benchmarking plans, never needed for correctness. The depth
-// used is the deepest compiled one (marlin_gemm.cu, stages_compiled) within the cap.
+// "blocks=1,stages=6,mb=2,swap=0,order=1" (any subset) -> caps on the launch plan, for
+// benchmarking plans, never needed for correctness; `what` names the setting in errors. The
+// depth used is the deepest compiled one (marlin_gemm.cu, stages_compiled) within the cap.
+mk::PlanHints parse_plan(const char* spec, const char* what) {
+  mk::PlanHints h;
+  for (std::string item; spec != nullptr && *spec != '\0'; spec += *spec == ',') {
+    item.clear();
+    while (*spec != '\0' && *spec != ',') item += *spec++;
+    const size_t eq = item.find('=');
+    const std::string key = item.substr(0, eq);
+    const int value = eq == std::string::npos ? -1 : std::atoi(item.c_str() + eq + 1);
+    int* slot = key == "blocks"   ? &h.blocks_per_sm
+                : key == "stages" ? &h.max_stages
+                : key == "mb"     ? &h.max_m_blocks
+                : key == "swap"   ? &h.swap_small_m
+                : key == "order"  ? &h.chunk_major
+                                  : nullptr;
+    const bool flag = key == "swap" || key == "order";
+    VMP_CHECK(slot != nullptr && (value > 0 || (value == 0 && flag)) && (key != "stages" || value >= 3) &&
+                  (!flag || value <= 1),
+              what, ": cannot parse '", item,
+              "'; fix: a comma-separated subset of blocks=1|2, stages=3..8, mb=1..4, swap=0|1, order=0|1 "
+              "(1: chunk-major stripes)");
+    *slot = value;
+  }
+  return h;
+}
+
+// VMP_MARLIN_PLAN (parse_plan's form), read once per process; a call's own `plan` replaces it.
 const mk::PlanHints& plan_hints() {
-  static const mk::PlanHints hints = [] {
-    mk::PlanHints h;
-    const char* env = std::getenv("VMP_MARLIN_PLAN");
-    for (std::string item; env != nullptr && *env != '\0'; env += *env == ',') {
-      item.clear();
-      while (*env != '\0' && *env != ',') item += *env++;
-      const size_t eq = item.find('=');
-      const std::string key = item.substr(0, eq);
-      const int value = eq == std::string::npos ? -1 : std::atoi(item.c_str() + eq + 1);
-      int* slot = key == "blocks"   ? &h.blocks_per_sm
-                  : key == "stages" ? &h.max_stages
-                  : key == "mb"     ? &h.max_m_blocks
-                  : key == "swap"   ? &h.swap_small_m
-                  : key == "order"  ? &h.chunk_major
-                                    : nullptr;
-      const bool flag = key == "swap" || key == "order";
-      VMP_CHECK(slot != nullptr && (value > 0 || (value == 0 && flag)) && (key != "stages" || value >= 3) &&
-                    (!flag || value <= 1),
-                "VMP_MARLIN_PLAN: cannot parse '", item,
-                "'; fix: a comma-separated subset of blocks=1|2, stages=3..8, mb=1..4, swap=0|1, order=0|1 "
-                "(1: chunk-major stripes)");
-      *slot = value;
-    }
-    return h;
-  }();
+  static const mk::PlanHints hints = parse_plan(std::getenv("VMP_MARLIN_PLAN"), "VMP_MARLIN_PLAN");
   return hints;
 }
 
@@ -114,7 +116,7 @@ at::Tensor marlin_permute_groups(const at::Tensor& src, int64_t g_pad, int64_t n
 
 at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales,
                        const std::optional<at::Tensor>& zeros, const at::Tensor& workspace, int64_t size_n,
-                       int64_t group_size) {
+                       int64_t group_size, const std::optional<std::string>& plan_spec) {
   const char* op = "vmp::marlin_gemm";
   check_cuda_2d(x, op, "x");
   VMP_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
@@ -167,9 +169,10 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   VMP_CHECK(m <= kMaxDim, op, ": M=", m, " is too large");
 
   const mk::DType dtype = x.scalar_type() == at::kHalf ? mk::DType::kFloat16 : mk::DType::kBFloat16;
+  const mk::PlanHints hints = plan_spec ? parse_plan(plan_spec->c_str(), "vmp::marlin_gemm plan") : plan_hints();
   mk::GemmPlan plan;
   check_launch(mk::plan_gemm(static_cast<int>(m), static_cast<int>(n_pad), static_cast<int>(k_pad), dtype,
-                             x.get_device(), plan_hints(), &plan),
+                             x.get_device(), hints, &plan),
                op);
   VMP_CHECK(workspace.numel() >= plan.stripes.grid(), op, ": workspace has ", workspace.numel(),
               " ints, this call needs ", plan.stripes.grid(), "; fix: allocate torch.zeros(4 * multiprocessor count, dtype=torch.int32) once per layer");
@@ -219,7 +222,7 @@ void register_marlin_ops(torch::Library& m) {
   m.def("marlin_permute_groups(Tensor src, SymInt g_pad, SymInt n_pad) -> Tensor");
   m.def(
       "marlin_gemm(Tensor x, Tensor w, Tensor scales, Tensor? zeros, Tensor workspace, SymInt size_n, "
-      "int group_size) -> Tensor");
+      "int group_size, str? plan=None) -> Tensor");
   m.impl("marlin_repack", torch::dispatch(c10::DispatchKey::CUDA, TORCH_FN(marlin_repack)));
   m.impl("marlin_permute_groups", torch::dispatch(c10::DispatchKey::CUDA, TORCH_FN(marlin_permute_groups)));
   m.impl("marlin_gemm", torch::dispatch(c10::DispatchKey::CUDA, TORCH_FN(marlin_gemm)));

@@ -44,13 +44,13 @@ def poisoned_cache(m: int, n: int, dtype: torch.dtype) -> None:
     del t
 
 
-def run_marlin(w: CanonicalW4, x: torch.Tensor, act_order: bool = False) -> torch.Tensor:
+def run_marlin(w: CanonicalW4, x: torch.Tensor, act_order: bool = False, plan: str | None = None) -> torch.Tensor:
     spec = spec_for(w, x.dtype, act_order)
     ok, why = MarlinBackend.can_implement(spec, 80)
     assert ok, why
     weights = MarlinBackend.prepare(spec, w)
     poisoned_cache(x.shape[0], w.n, x.dtype)
-    out = MarlinBackend.apply(spec, weights, x)
+    out = MarlinBackend.apply(spec, weights, x, plan)
     assert int(weights["workspace"].abs().sum()) == 0, "locks must be back at zero after every call"
     return out
 
@@ -144,13 +144,26 @@ def test_plan_knobs_keep_results_and_bad_knobs_are_named():
     _assert_refused(_under_plan("blocks=1,turbo=2", code), "turbo=2", "swap=0|1")
 
 
-def test_chunk_major_stripes_keep_results():
-    """VMP_MARLIN_PLAN=order=1 (chunk-major stripes, marlin_stripes.h) at 2..16 M chunks, with
-    split slices, zero points, g = 32 and bf16: the reference result, as with the default order."""
-    code = ("cases = [(torch.float16, False, 128), (torch.float16, True, 32), (torch.bfloat16, True, 128)]; "
-            "ws = [(make_weight(2048, 1536, g, z, dt), dt) for dt, z, g in cases]; "
-            "[assert_close_to_reference(run_marlin(w, x), x, w, reference_mm(x, w)) for w, dt in ws "
-            "for x in (torch.randn(m, 2048, device=DEV).to(dt) for m in (65, 128, 200, 257, 1024))]; print('ok')")
+@pytest.mark.parametrize("dtype,zero_points,group", [(torch.float16, False, 128), (torch.float16, True, 32),
+                                                    (torch.bfloat16, True, 128)])
+def test_chunk_major_stripes_keep_results(dtype, zero_points, group):
+    """Chunk-major stripes (plan order=1, marlin_stripes.h) at 2..16 M chunks, with split
+    slices: the reference result, as with the default order."""
+    w = make_weight(2048, 1536, group, zero_points, dtype)
+    for m in (65, 128, 200, 257, 1024):
+        x = torch.randn(m, w.k, device=DEV).to(dtype)
+        assert_close_to_reference(run_marlin(w, x, plan="order=1"), x, w, reference_mm(x, w))
+
+
+def test_a_call_plan_replaces_the_environment_and_is_checked():
+    """A call's plan (bench kernels --marlin-plans) is parsed like VMP_MARLIN_PLAN, whose own
+    order=1 is honoured and whose bad values are refused in a fresh process."""
+    w = make_weight(1024, 768, 128, False, torch.float16)
+    x = torch.randn(64, 1024, device=DEV).half()
+    with pytest.raises(RuntimeError, match="vmp::marlin_gemm plan: cannot parse 'order=2'"):
+        run_marlin(w, x, plan="order=2")
+    code = ("w = make_weight(1024, 768, 128, False, torch.float16); x = torch.randn(256, 1024, device=DEV).half(); "
+            "assert_close_to_reference(run_marlin(w, x), x, w, reference_mm(x, w)); print('ok')")
     _assert_ok(_under_plan("order=1", code))
     _assert_refused(_under_plan("order=2", code), "order=2", "order=0|1")
 

@@ -12,6 +12,8 @@ channelwise. Activations are zero-padded to K_pad in `apply` when K % 128 != 0.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -80,14 +82,16 @@ class MarlinBackend(Backend):
         return out
 
     @classmethod
-    def apply(cls, spec: LayerSpec, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def apply(cls, spec: LayerSpec, weights: dict[str, torch.Tensor], x: torch.Tensor,
+              plan: Optional[str] = None) -> torch.Tensor:
+        """`plan`: launch-plan caps in VMP_MARLIN_PLAN's form for this call only (benchmarks)."""
         require_kernels("MarlinBackend.apply")
         k_pad = weights["qweight"].shape[0] * 16
         if x.shape[-1] != k_pad:
             x = F.pad(x, (0, k_pad - x.shape[-1]))
         return torch.ops.vmp.marlin_gemm(x.contiguous(), weights["qweight"], weights["scales"],
                                          weights.get("zeros"), weights["workspace"], spec.n,
-                                         _kernel_group_size(spec))
+                                         _kernel_group_size(spec), plan)
 
 
 @fake_impl("marlin_repack")
@@ -101,5 +105,5 @@ def _marlin_permute_groups_fake(src: torch.Tensor, g_pad, n_pad) -> torch.Tensor
 
 
 @fake_impl("marlin_gemm")
-def _marlin_gemm_fake(x, w, scales, zeros, workspace, size_n, group_size) -> torch.Tensor:
+def _marlin_gemm_fake(x, w, scales, zeros, workspace, size_n, group_size, plan=None) -> torch.Tensor:
     return x.new_empty((x.shape[0], size_n))

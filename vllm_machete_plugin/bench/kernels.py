@@ -21,6 +21,7 @@ import datetime
 import json
 import math
 import os
+import re
 import statistics
 import time
 from typing import Callable, Optional
@@ -278,6 +279,11 @@ def schedule_col(schedule: str) -> str:
     return f"machete@{schedule}_us"
 
 
+def plan_col(plan: str) -> str:
+    """Column of our Marlin under one launch plan (--marlin-plans, VMP_MARLIN_PLAN's form)."""
+    return f"marlin@{plan}_us"
+
+
 def forced_mm(x: torch.Tensor, prepared: dict, schedule: str) -> torch.Tensor:
     """vmp::machete_mm on a MacheteBackend-prepared u4b8 g128 weight, forced to one schedule."""
     return torch.ops.vmp.machete_mm(x, prepared["w"], prepared["scales"], None, GROUP, schedule, prepared["locks"])
@@ -286,14 +292,16 @@ def forced_mm(x: torch.Tensor, prepared: dict, schedule: str) -> torch.Tensor:
 def implementations(n: int, k: int, weights: list[CanonicalW4], vk: Optional[VllmKernels],
                     cols: list[str]) -> dict[str, list[Callable]]:
     """Column name -> one callable x -> y per weight copy, for the wanted columns this
-    host can run: ours ("<backend>_us", and "machete@<schedule>_us": vmp::machete_mm
-    forced to that schedule) and vLLM's ("vllm_marlin_us", "vllm_machete_us",
+    host can run: ours ("<backend>_us", "machete@<schedule>_us": vmp::machete_mm
+    forced to that schedule, "marlin@<plan>_us": vmp::marlin_gemm under that plan) and vLLM's ("vllm_marlin_us", "vllm_machete_us",
     "vllm_humming_us"), all on the same u4b8 g128 fp16 weights."""
     spec = LayerSpec(k=k, n=n, group_size=GROUP, has_zeros=False, act_dtype=torch.float16)
     impls: dict[str, list[Callable]] = {}
     forced = [c.removeprefix("machete@").removesuffix("_us") for c in cols if c.startswith("machete@")]
+    plans = [c.removeprefix("marlin@").removesuffix("_us") for c in cols if c.startswith("marlin@")]
     for b in SERVING_BACKENDS:
-        if (f"{b.name}_us" in cols or (forced and b.name == "machete")) and b.can_implement(spec, device_capability())[0]:
+        extra = (forced and b.name == "machete") or (plans and b.name == "marlin")
+        if (f"{b.name}_us" in cols or extra) and b.can_implement(spec, device_capability())[0]:
             prepared = [b.prepare(spec, w) for w in weights]
             if f"{b.name}_us" in cols:
                 impls[f"{b.name}_us"] = [lambda x, b=b, p=p: b.apply(spec, p, x) for p in prepared]
@@ -301,6 +309,8 @@ def implementations(n: int, k: int, weights: list[CanonicalW4], vk: Optional[Vll
                 impls[f"{b.name}_nopdl_us"] = [without_pdl(fn) for fn in impls[f"{b.name}_us"]]
             for s in forced if b.name == "machete" else []:
                 impls[schedule_col(s)] = [lambda x, p=p, s=s: forced_mm(x, p, s) for p in prepared]
+            for pl in plans if b.name == "marlin" else []:
+                impls[plan_col(pl)] = [lambda x, b=b, p=p, pl=pl: b.apply(spec, p, x, pl) for p in prepared]
     if vk is not None:
         for col, make, ok in (("vllm_marlin_us", vk.marlin, True), ("vllm_machete_us", vk.machete, vk.has_machete),
                               ("vllm_humming_us", vk.humming, vk.has_humming)):
@@ -319,10 +329,10 @@ def our_cols(ours: list, pdl_ab: bool = False) -> list[str]:
 
 def runnable_at(impls: dict[str, list[Callable]], x: torch.Tensor, where: str) -> dict[str, list[Callable]]:
     """The columns that can run x. A forced schedule whose tile cannot take this M (the small-M
-    tiles above their token limit) is refused by the op; its column is left empty for this row,
+    tiles above their token limit), or a Marlin plan the op refuses, is left empty for this row,
     with the op's message printed, instead of ending the run."""
     active = dict(impls)
-    for col in [c for c in impls if c.startswith("machete@")]:
+    for col in [c for c in impls if "@" in c]:
         try:
             impls[col][0](x)
         except RuntimeError as e:
@@ -333,10 +343,11 @@ def runnable_at(impls: dict[str, list[Callable]], x: torch.Tensor, where: str) -
 
 def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optional[VllmKernels],
                 ours: list, check: bool, peers: Optional[list[str]] = None, pdl_ab: bool = False,
-                schedules: tuple[str, ...] = (), in_model: bool = False, sustain: float = 0.0) -> list[dict]:
+                forced: tuple[str, ...] = (), in_model: bool = False, sustain: float = 0.0) -> list[dict]:
+    """One layer shape at every M. `forced`: extra columns of ours (schedule_col, plan_col)."""
     w4_bytes = n * k // 2 + (k // GROUP) * n * 2
     weights = [random_weight(n, k) for _ in range(copies_for(w4_bytes))]
-    impls = implementations(n, k, weights, vk, our_cols(ours, pdl_ab) + [schedule_col(s) for s in schedules]
+    impls = implementations(n, k, weights, vk, our_cols(ours, pdl_ab) + list(forced)
                             + (VLLM_COLS if peers is None else peers))
     if "vllm_humming_us" in impls:  # JIT-compile Humming's kernels for every M before any timing
         for m in m_values:
@@ -493,7 +504,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="also time our kernels launched without programmatic dependent launch (<backend>_nopdl)")
     ap.add_argument("--schedules", default="",
                     help="comma-separated Machete schedules to time as extra columns machete@<schedule> "
-                         "(vmp::machete_schedules(); e.g. 128x64w,128x128w)")
+                         "(vmp::machete_schedules(), with the suffixes of machete.h; e.g. 128x64w,128x256+f4)")
+    ap.add_argument("--marlin-plans", action="append", default=[], metavar="PLAN",
+                    help="time our Marlin under this launch plan too, as column marlin@PLAN (VMP_MARLIN_PLAN's "
+                         "form, e.g. order=1); repeatable")
     ap.add_argument("--in-model", action="store_true",
                     help="precede every call with a kernel that writes its X, as in the model (see above)")
     ap.add_argument("--sustain", type=float, default=0.0, metavar="SECONDS",
@@ -522,17 +536,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     schedules = tuple(s for s in args.schedules.split(",") if s)
     if schedules and not any(b.name == "machete" for b in ours):
         raise SystemExit("--schedules needs our Machete backend (a Hopper GPU and _machete_C)")
-    unknown = set(schedules) - set(torch.ops.vmp.machete_schedules()) if schedules else set()
+    # the tile part is checked here; decomposition and raster suffixes by the op's own parser
+    unknown = {s for s in schedules if re.split(r"[_+]", s)[0] not in torch.ops.vmp.machete_schedules()}
     if unknown:
-        raise SystemExit(f"unknown --schedules {sorted(unknown)}; choose from {torch.ops.vmp.machete_schedules()}")
+        raise SystemExit(f"unknown --schedules {sorted(unknown)}; choose from {torch.ops.vmp.machete_schedules()} "
+                         "(CUTLASS tiles optionally with _dp, _sk, _split<S>, then +f<S> / +t<S>)")
+    if args.marlin_plans and not any(b.name == "marlin" for b in ours):
+        raise SystemExit("--marlin-plans needs our Marlin backend (_C built for this GPU)")
+    forced = tuple(schedule_col(s) for s in schedules) + tuple(plan_col(p) for p in args.marlin_plans)
     rows = []
     for name in [s for s in args.layers.split(",") if s]:
         n, k = LAYERS[name]
         rows += bench_layer(name, n, k, m_values, bandwidth, vk, ours, not args.no_check, peers, args.pdl_ab,
-                            schedules, args.in_model, args.sustain)
+                            forced, args.in_model, args.sustain)
         torch.cuda.empty_cache()
 
-    cols = ["floor_us", "fp16_us"] + VLLM_COLS + our_cols(ours, args.pdl_ab) + [schedule_col(s) for s in schedules]
+    cols = ["floor_us", "fp16_us"] + VLLM_COLS + our_cols(ours, args.pdl_ab) + list(forced)
     print(markdown(rows, cols))
     if args.sustain:
         print(sustained_markdown(rows))
@@ -543,7 +562,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "weights": "u4b8 (symmetric)", "in_model": args.in_model, "rows": rows}
         with open(args.json, "w") as f:
             json.dump(meta, f, indent=1)
-    for col in [f"{b.name}_us" for b in ours] + [schedule_col(s) for s in schedules]:
+    for col in [f"{b.name}_us" for b in ours] + list(forced):
         print(f"[bench] {col} / best of vLLM per M: " + ", ".join(
             f"{m}: {r:.2f} ({best.removesuffix('_us')})" for m, r, best in ratio_to_best_vllm(rows, col)))
     if args.plot:
