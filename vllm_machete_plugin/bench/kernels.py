@@ -110,16 +110,6 @@ def gpu_power_w() -> Optional[float]:
         return None
 
 
-SAMPLE_KEYS = ("sm_mhz",)  # the row keys of gpu_samples()' readings
-
-
-def gpu_samples() -> dict[str, Optional[float]]:
-    """What interleaved_times_us samples after each timed replay, by the row key it lands under.
-    No power here: a timed replay lasts milliseconds, NVML's power a second (every column of a
-    row read the same watts on an H200, 2026-12-04)."""
-    return dict(zip(SAMPLE_KEYS, (sm_clock_mhz(),)))
-
-
 def sustained(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], seconds: float) -> dict[str, dict[str, float]]:
     """Each graph alone for `seconds` (>= 1: NVML's power window), replayed back to back, then
     its per-call µs over that run, the SM clock and power read at its end, and the energy per
@@ -144,17 +134,19 @@ def sustained(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], seconds: floa
 
 
 def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], rounds: int = 0,
-                         samples: Optional[dict[str, dict[str, float]]] = None) -> dict[str, float]:
+                         clocks: Optional[dict[str, float]] = None) -> dict[str, float]:
     """Median per-call time of each graph over `rounds` rounds (default: one per column).
     Each round replays every graph in turn (round_orders), once untimed and then once
     timed: drift during a shape's timing falls on all columns alike, and the kernel run
     just before a timed replay is the same graph (clocks under a power cap follow the
-    power the previous kernel drew). `samples`, if given, receives per gpu_samples() key each
-    column's median reading taken right after its timed replays (SM clock in MHz; NVML updates
-    it coarsely, so columns of one row often read the same)."""
+    power the previous kernel drew). `clocks`, if given, receives each column's median SM
+    clock (MHz) read right after its timed replays; NVML updates it coarsely, so columns of one
+    row often read the same. No power here: a timed replay lasts milliseconds, NVML's power
+    reading a second (every column of a row read the same watts on an H200, 2026-12-04);
+    sustained() measures it."""
     cols = list(graphs)
     times: dict[str, list[float]] = {col: [] for col in cols}
-    readings: dict[str, dict[str, list[float]]] = {}
+    mhz: dict[str, list[float]] = {col: [] for col in cols}
     for order in round_orders(cols, rounds or len(cols)):
         for col in order:
             graph, calls = graphs[col]
@@ -165,13 +157,10 @@ def interleaved_times_us(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], ro
             end.record()
             end.synchronize()
             times[col].append(start.elapsed_time(end) * 1e3 / calls)
-            if samples is not None:
-                for key, value in gpu_samples().items():
-                    if value is not None:
-                        readings.setdefault(key, {}).setdefault(col, []).append(value)
-    if samples is not None:
-        samples.update({key: {col: statistics.median(v) for col, v in per_col.items()}
-                        for key, per_col in readings.items()})
+            if clocks is not None and (f := sm_clock_mhz()) is not None:
+                mhz[col].append(f)
+    if clocks is not None:
+        clocks.update({col: statistics.median(f) for col, f in mhz.items() if f})
     return {col: statistics.median(t) for col, t in times.items()}
 
 
@@ -292,9 +281,10 @@ def forced_mm(x: torch.Tensor, prepared: dict, schedule: str) -> torch.Tensor:
 def implementations(n: int, k: int, weights: list[CanonicalW4], vk: Optional[VllmKernels],
                     cols: list[str]) -> dict[str, list[Callable]]:
     """Column name -> one callable x -> y per weight copy, for the wanted columns this
-    host can run: ours ("<backend>_us", "machete@<schedule>_us": vmp::machete_mm
-    forced to that schedule, "marlin@<plan>_us": vmp::marlin_gemm under that plan) and vLLM's ("vllm_marlin_us", "vllm_machete_us",
-    "vllm_humming_us"), all on the same u4b8 g128 fp16 weights."""
+    host can run: ours ("<backend>_us", "machete@<schedule>_us": vmp::machete_mm forced to
+    that schedule, "marlin@<plan>_us": vmp::marlin_gemm under that plan) and vLLM's
+    ("vllm_marlin_us", "vllm_machete_us", "vllm_humming_us"), all on the same u4b8 g128 fp16
+    weights."""
     spec = LayerSpec(k=k, n=n, group_size=GROUP, has_zeros=False, act_dtype=torch.float16)
     impls: dict[str, list[Callable]] = {}
     forced = [c.removeprefix("machete@").removesuffix("_us") for c in cols if c.startswith("machete@")]
@@ -377,15 +367,13 @@ def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optio
             graphs["prelude_us"] = capture_graph([lambda: x.copy_(x_src)])
         else:
             graphs = {col: capture_graph([lambda fn=fn: fn(x) for fn in fns]) for col, fns in active.items()}
-        samples: dict[str, dict[str, float]] = {}
-        times = interleaved_times_us(graphs, samples=samples)
+        clocks: dict[str, float] = {}
+        times = interleaved_times_us(graphs, clocks=clocks)
         if in_model:
             row["prelude_us"] = times.pop("prelude_us")
             times = minus_prelude(times, row["prelude_us"])
         row.update(times)
-        for key in SAMPLE_KEYS:  # per column of ours and the peers; the prelude's readings dropped
-            row[key] = {col.removesuffix("_us"): v for col, v in samples.get(key, {}).items()
-                        if col != "prelude_us"}
+        row["sm_mhz"] = {col.removesuffix("_us"): f for col, f in clocks.items() if col != "prelude_us"}
         if sustain > 0:  # with --in-model a sustained call includes its prelude copy
             row["sustained"] = {col.removesuffix("_us"): v for col, v in
                                 sustained({c: g for c, g in graphs.items() if c != "prelude_us"}, sustain).items()}

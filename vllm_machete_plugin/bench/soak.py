@@ -25,8 +25,8 @@
    early. Requests still in flight at the end are cut and counted apart.
 3. Every `--sample-s` seconds per side: GPU memory of the server's processes (nvidia-smi;
    the whole GPU's where the processes are not visible), output and prompt tokens per second
-   (the server's vllm:generation_tokens_total, vllm:prompt_tokens_total), KV-cache use, preemptions, and the requests
-   finished in that interval by outcome. The ramp's intervals (all clients start at once, so
+   (the server's vllm:generation_tokens_total, vllm:prompt_tokens_total), KV-cache use,
+   preemptions, and the requests finished in that interval by outcome. The ramp's intervals (all clients start at once, so
    the first minute holds their prefills: 401-404 output tok/s against 585-746 later, on our
    side and the built-in one alike, H200) are reported, marked, and left out of the targets,
    which compare the first and the last interval after the ramp. Beside them the report gives
