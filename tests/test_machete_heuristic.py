@@ -36,9 +36,11 @@ TABLE = {
     (129, GATE_UP): "128x256", (256, DOWN): "128x256", (256, GATE_UP): "128x256",  # > 128 Mi: CUTLASS 2x1
     (256, QKV): "128x128", (256, O): "128x128", (129, (57344, 1024)): "128x128",   # <= 128 Mi
     (257, GATE_UP): "256x128w", (512, GATE_UP): "256x128w",                  # N >= 32768 up to 512 tokens
-    (513, GATE_UP): "128x256", (257, DOWN): "128x256", (512, DOWN): "128x256", (1024, GATE_UP): "128x256",
-    (1024, O): "128x256", (257, O): "128x256", (4096, QKV): "128x256", (1024, TP_SLICE): "256x128",
-    (1024, (1152, 8192)): "128x128", (512, (8192, 4096)): "256x128",        # under 64 Mi
+    (257, DOWN): "128x256", (512, DOWN): "128x256", (257, O): "128x256", (512, (8192, 4096)): "256x128",
+    # above 512 tokens the CUTLASS tiles raster along features, swizzle 4
+    (513, GATE_UP): "128x256+f4", (1024, GATE_UP): "128x256+f4", (1024, O): "128x256+f4",
+    (4096, QKV): "128x256+f4", (16384, DOWN): "128x256+f4", (1024, TP_SLICE): "256x128+f4",
+    (1024, (1152, 8192)): "128x128+f4",                                      # under 64 Mi
 }
 
 
@@ -58,9 +60,9 @@ def test_stream_k_only_below_one_wave():
 
 def test_every_pick_is_a_listed_schedule():
     names = set(torch.ops.vmp.machete_schedules())
-    for m in (1, 7, 16, 17, 33, 64, 65, 128, 129, 257, 4096):
+    for m in (1, 7, 16, 17, 33, 64, 65, 128, 129, 257, 513, 4096):
         for n, k in (QKV, O, GATE_UP, DOWN, TP_SLICE, (384, 4096)):
-            assert torch.ops.vmp.machete_heuristic(m, n, k, H100_SMS).split("_")[0] in names
+            assert torch.ops.vmp.machete_heuristic(m, n, k, H100_SMS).split("+")[0].split("_")[0] in names
 
 
 def test_bad_arguments_are_refused():
@@ -107,11 +109,17 @@ def test_subst_refuses_a_malformed_setting(subst, message):
 
 def test_raster_knob_orders_the_cutlass_picks_only():
     """VMP_MACHETE_RASTER=f4 gives the heuristic's CUTLASS picks the raster suffix (+f4: along
-    features, swizzle 4); our own kernels' picks and a tile substituted by one of them keep none."""
+    features, swizzle 4), =auto takes the heuristic's own +f4 away (CUTLASS's order); our own
+    kernels' picks and a tile substituted by one of them keep none."""
     for m, shape, pick in [(16384, GATE_UP, "128x256+f4"), (4096, QKV, "128x256+f4"),
                            (96, O, "128x128c2_sk+f4"), (64, GATE_UP, "256x64w"), (1, QKV, "64x8")]:
         out = _heuristic_with_env({"VMP_MACHETE_RASTER": "f4"}, m, shape)
         assert out.returncode == 0 and out.stdout.split()[-1] == pick, (m, shape, out.stderr[-2000:])
+    for m, shape, pick in [(16384, GATE_UP, "128x256"), (1024, TP_SLICE, "256x128"), (96, O, "128x128c2_sk")]:
+        out = _heuristic_with_env({"VMP_MACHETE_RASTER": "auto"}, m, shape)
+        assert out.returncode == 0 and out.stdout.split()[-1] == pick, (m, shape, out.stderr[-2000:])
+    out = _heuristic_with_env({"VMP_MACHETE_RASTER": "t2"}, 4096, QKV)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "128x256+t2", out.stderr[-2000:]
     out = _heuristic_with_env({"VMP_MACHETE_RASTER": "t2", "VMP_MACHETE_SUBST": "128x256=256x128w"}, 512, DOWN)
     assert out.returncode == 0 and out.stdout.split()[-1] == "256x128w", out.stderr[-2000:]
     for bad in ("f3", "features,4", "x4"):

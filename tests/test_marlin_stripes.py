@@ -17,11 +17,14 @@ SHAPES = [(4, 224, 64), (2, 224, 64), (16, 32, 224), (8, 40, 64), (5, 32, 32), (
           (1, 32, 64), (64, 40, 64), (132, 2, 3), (7, 1, 1)]
 
 
-def stripe_map(chunks, n_tiles, k_tiles, slots, chunk_major):
-    flat = torch.ops.vmp.marlin_stripe_map(chunks, n_tiles, k_tiles, slots, chunk_major)
+def stripe_map(chunks, n_tiles, k_tiles, slots, chunk_major, with_order=False):
+    """chunk_major: True / False force an order (plan order=1 / 0), None takes the default."""
+    order = -1 if chunk_major is None else int(chunk_major)
+    flat = torch.ops.vmp.marlin_stripe_map(chunks, n_tiles, k_tiles, slots, order)
     n_slices = chunks * n_tiles
-    blocks, slices = flat[:len(flat) - 2 * n_slices], flat[len(flat) - 2 * n_slices:]
-    return list(zip(blocks[::2], blocks[1::2])), list(zip(slices[::2], slices[1::2]))
+    blocks, slices = flat[1:len(flat) - 2 * n_slices], flat[len(flat) - 2 * n_slices:]
+    out = list(zip(blocks[::2], blocks[1::2])), list(zip(slices[::2], slices[1::2]))
+    return (*out, bool(flat[0])) if with_order else out
 
 
 @pytest.mark.parametrize("chunk_major", [False, True])
@@ -64,8 +67,28 @@ def test_chunk_major_walks_every_chunk_in_step(chunks, slots, idle):
             [(b, e) for b, e in blocks[:groups]]
 
 
+@pytest.mark.parametrize("chunks,slots,want", [
+    (1, 132, False), (2, 132, True), (8, 132, True), (16, 132, True), (64, 132, True),
+    (100, 132, False),  # 32 of 132 slots would idle
+    (200, 132, False),  # more chunks than slots
+    (9, 132, True),     # 6 idle <= 132 / 16
+    (20, 132, False),   # 12 idle > 132 / 16
+    (8, 108, True),     # A100: 4 idle <= 108 / 16
+])
+def test_default_order_is_chunk_major_where_few_slots_idle(chunks, slots, want):
+    """The planner's default (order -1, StripeMap::chunk_major_for): chunk-major for 2..slots
+    chunks when at most slots / 16 slots idle, n-major otherwise; order=0 / 1 force an order
+    (1 only where chunk-major can be)."""
+    blocks, _, chunk_major = stripe_map(chunks, 40, 64, slots, None, with_order=True)
+    assert chunk_major == want
+    forced = stripe_map(chunks, 40, 64, slots, want, with_order=True)
+    assert forced[2] == want and forced[0] == blocks
+    assert stripe_map(chunks, 40, 64, slots, False, with_order=True)[2] is False
+    assert stripe_map(chunks, 40, 64, slots, True, with_order=True)[2] is (2 <= chunks <= slots)
+
+
 def test_bad_arguments_are_named():
-    with pytest.raises(RuntimeError, match="chunks <= slots"):
-        torch.ops.vmp.marlin_stripe_map(200, 4, 4, 132, True)
+    with pytest.raises(RuntimeError, match="order -1, 0 or 1"):
+        torch.ops.vmp.marlin_stripe_map(4, 4, 4, 132, 2)
     with pytest.raises(RuntimeError, match="marlin_stripe_map"):
-        torch.ops.vmp.marlin_stripe_map(0, 4, 4, 132, False)
+        torch.ops.vmp.marlin_stripe_map(0, 4, 4, 132, 0)

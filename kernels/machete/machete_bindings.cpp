@@ -130,13 +130,15 @@ const std::map<int, int>& substitutions() {
 }
 
 // VMP_MACHETE_RASTER="f<S>" | "t<S>" | "auto": the raster order (machete.h, Raster) of the
-// CUTLASS tiles the heuristic picks (default "auto": CUTLASS's own), to time other orders end
-// to end without a rebuild (A/B runs: the order moves DRAM traffic, benchmarks/l2_model.py);
-// a forced schedule states its own ("+f4"). Read once per process.
-std::pair<int, int> raster_override() {
-  static const std::pair<int, int> raster = [] {
+// CUTLASS tiles the heuristic picks, in place of its own (machete_heuristic.cpp); "auto" is
+// CUTLASS's. For A/B runs end to end without a rebuild (the order moves DRAM traffic,
+// benchmarks/l2_model.py); a forced schedule states its own ("+f4"). Read once per process;
+// nullopt when unset.
+std::optional<std::pair<int, int>> raster_override() {
+  static const std::optional<std::pair<int, int>> raster = []() -> std::optional<std::pair<int, int>> {
     const char* env = std::getenv("VMP_MACHETE_RASTER");
-    const std::string spec = env ? env : "auto";
+    if (env == nullptr) return std::nullopt;
+    const std::string spec = env;
     const std::pair<int, int> r = spec == "auto" ? std::make_pair(int(mc::kRasterAuto), 1) : parse_raster(spec);
     VMP_CHECK(r.first >= 0, "VMP_MACHETE_RASTER=", spec,
               ": cannot parse; fix: f<S> (along features), t<S> (along tokens) or auto, S in 1, 2, 4, 8");
@@ -154,7 +156,8 @@ mc::Schedule heuristic(int m, int n, int k, int sms) {
     s.tile = it->second;
     if (mc::is_small_m(s.tile) || mc::is_mid_m(s.tile)) s.decomposition = mc::kAuto, s.splits = 1;
   }
-  if (s.tile < mc::kNumCutlassTiles) std::tie(s.raster, s.swizzle) = raster_override();
+  if (s.tile >= mc::kNumCutlassTiles) s.raster = mc::kRasterAuto, s.swizzle = 1;
+  else if (const auto r = raster_override()) std::tie(s.raster, s.swizzle) = *r;
   return s;
 }
 

@@ -88,6 +88,15 @@ Schedule choose_schedule(int m, int n, int k, int sm_count) {
   const int tile_m = kTileTokens[s.tile];
   const int64_t tiles = int64_t(n / kTileN[s.tile]) * ((m + tile_m - 1) / tile_m);
   if (m <= 128 && tiles < sm_count) s.decomposition = kStreamK;
+  if (m > 512) {
+    // Raster along features, swizzle 4 (+f4): H200, in-model, one run with the peers
+    // (raster-h200-2026-12-04): at 16384 tokens qkv 3939 us against CUTLASS's own order's
+    // 4377, o 3213 against 3471, gate_up 22333 against 24415 (Humming 4164 / 3365 / 24826),
+    // as the L2 model predicts (benchmarks/l2_model.py: DRAM reads ~10x fewer); 4096 tokens
+    // -1..-3%, 1024 tokens within 1% but gate_up -3%.
+    s.raster = kRasterFeatures;
+    s.swizzle = 4;
+  }
   return s;
 }
 

@@ -40,11 +40,11 @@ struct GemmPlan {
 // Caps on the plan's free choices (0: the default). Set from VMP_MARLIN_PLAN by the
 // binding, to benchmark other plans; any value gives the same result, only its speed.
 struct PlanHints {
-  int blocks_per_sm = 0;  // resident blocks per SM: 1, or 2 (honoured for 16-row M tiles only)
+  int blocks_per_sm = 0;  // resident blocks per SM: 1, or 2 (16-row M tiles only; default: 2 above 80 Mi weights)
   int max_stages = 0;     // cp.async pipeline depth cap (3..8); the deepest compiled depth within it is used
   int max_m_blocks = 0;   // 16-row blocks per M chunk cap (1..4)
   int swap_small_m = -1;  // 0: no transposed MMAs at M <= 8 (default: on)
-  int chunk_major = -1;   // 1: chunk-major stripes (marlin_stripes.h) when M has 2..slots chunks (default: n-major)
+  int chunk_major = -1;   // stripe order, StripeMap::chunk_major_for: 0 n-major, 1 chunk-major (default: its rule)
 };
 
 // Fails (cudaErrorInvalidValue) when the device lacks the shared memory for any config.

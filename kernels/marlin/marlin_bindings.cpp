@@ -197,17 +197,21 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 }
 
 // Host only, for tests without a GPU: the stripes the planner would give `slots` resident
-// blocks, flattened as every block's [begin, end) units, then every slice's first and last
-// block (slices in the map's own numbering). marlin_stripes.h defines them.
+// blocks in `order` (-1: the planner's default rule, 0: n-major, 1: chunk-major where it can
+// be; StripeMap::chunk_major_for), flattened as whether the map is chunk-major, every
+// block's [begin, end) units, then every slice's first and last block (slices in the map's
+// own numbering). marlin_stripes.h defines them.
 std::vector<int64_t> marlin_stripe_map(int64_t chunks, int64_t n_tiles, int64_t k_tiles, int64_t slots,
-                                       bool chunk_major) {
+                                       int64_t order) {
   VMP_CHECK(chunks >= 1 && n_tiles >= 1 && k_tiles >= 1 && slots >= 1 && chunks * n_tiles * k_tiles <= (1 << 24) &&
-                (!chunk_major || chunks <= slots),
-            "vmp::marlin_stripe_map: needs chunks, n_tiles, k_tiles, slots >= 1, at most 2^24 units and, "
-            "chunk-major, chunks <= slots; got ", chunks, ", ", n_tiles, ", ", k_tiles, ", ", slots);
+                order >= -1 && order <= 1,
+            "vmp::marlin_stripe_map: needs chunks, n_tiles, k_tiles, slots >= 1, at most 2^24 units and "
+            "order -1, 0 or 1; got ", chunks, ", ", n_tiles, ", ", k_tiles, ", ", slots, ", ", order);
+  const bool chunk_major =
+      mk::StripeMap::chunk_major_for(static_cast<int>(chunks), static_cast<int>(slots), static_cast<int>(order));
   const mk::StripeMap s = mk::StripeMap::make(static_cast<int>(chunks), static_cast<int>(n_tiles),
                                               static_cast<int>(k_tiles), static_cast<int>(slots), chunk_major);
-  std::vector<int64_t> out;
+  std::vector<int64_t> out{chunk_major};
   for (int b = 0; b < s.grid(); ++b) out.insert(out.end(), {s.begin(b), s.end(b)});
   for (int slice = 0; slice < chunks * n_tiles; ++slice) out.insert(out.end(), {s.first_block(slice), s.last_block(slice)});
   return out;
@@ -217,7 +221,7 @@ std::vector<int64_t> marlin_stripe_map(int64_t chunks, int64_t n_tiles, int64_t 
 
 void register_marlin_ops(torch::Library& m) {
   m.def("marlin_repack(Tensor codes, SymInt k_pad, SymInt n_pad) -> Tensor");
-  m.def("marlin_stripe_map(int chunks, int n_tiles, int k_tiles, int slots, bool chunk_major) -> int[]",
+  m.def("marlin_stripe_map(int chunks, int n_tiles, int k_tiles, int slots, int order=-1) -> int[]",
         &marlin_stripe_map);
   m.def("marlin_permute_groups(Tensor src, SymInt g_pad, SymInt n_pad) -> Tensor");
   m.def(

@@ -654,8 +654,16 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
   // cannot hold 3 pipeline stages of the larger tile (sm_86/sm_89 have ~100 KB).
   const int max_mb = hints.max_m_blocks > 0 ? std::min(hints.max_m_blocks, kMaxMBlocks) : kMaxMBlocks;
   const int max_stages = hints.max_stages >= 2 ? std::min(hints.max_stages, kMaxStages) : kMaxStages;
+  // 16-row tiles run two blocks per SM only on layers above 80 Mi weights (gate_up, down);
+  // qkv and o_proj run one, with the deeper pipeline it leaves room for. H200, the 4
+  // Llama-70B layers (kernels-h200-2026-12-04-marlin-v4): o_proj 0.99 / 1.01 x vLLM's
+  // Marlin at 1 / 16 tokens against 1.05 / 1.12 with two, qkv 0.97 / 0.99 against 0.98 /
+  // 1.04; but down 0.91 / 0.92 with one against 0.88 / 0.89 with two (the plan sweep of
+  // 2026-12-03 in docs/profile_h200.md found the same split at 16 tokens).
+  const bool small_layer = static_cast<long long>(n_pad) * k_pad <= (80LL << 20);
   auto blocks_for = [&](int mb) {
-    return hints.blocks_per_sm > 0 ? std::min(hints.blocks_per_sm, blocks_per_sm(mb)) : blocks_per_sm(mb);
+    if (hints.blocks_per_sm > 0) return std::min(hints.blocks_per_sm, blocks_per_sm(mb));
+    return mb == 1 && small_layer ? 1 : blocks_per_sm(mb);
   };
   int chunks = ceil_div(m, max_mb * 16);
   int mb = ceil_div(m, 16LL * chunks);
@@ -692,7 +700,7 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
   const int n_tiles = n_pad / kTileN, k_tiles = k_pad / kTileK;
   if (static_cast<long long>(chunks) * n_tiles * k_tiles > INT_MAX) return cudaErrorInvalidValue;
   const int slots = sms * resident;
-  const bool chunk_major = hints.chunk_major == 1 && chunks > 1 && chunks <= slots;
+  const bool chunk_major = StripeMap::chunk_major_for(chunks, slots, hints.chunk_major);
   plan->dtype = dtype;
   plan->m_blocks = mb;
   plan->swap = swap;

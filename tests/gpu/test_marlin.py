@@ -144,15 +144,25 @@ def test_plan_knobs_keep_results_and_bad_knobs_are_named():
     _assert_refused(_under_plan("blocks=1,turbo=2", code), "turbo=2", "swap=0|1")
 
 
+# Launch plans that must give the reference result at the M values where they differ:
+# n-major / chunk-major stripes (the default from 2 chunks, marlin_stripes.h) at 2..16 M
+# chunks with split slices; one / two blocks per SM for 16-row tiles (one is the default up
+# to 80 Mi weights, so for every layer here), transposed MMAs (M <= 8) included.
+PLAN_PAIRS = {"stripe order": (("order=0", "order=1"), (65, 128, 200, 257, 1024)),
+              "blocks per SM": (("blocks=1", "blocks=2"), (1, 5, 8, 9, 16))}
+
+
+@pytest.mark.parametrize("pair", list(PLAN_PAIRS))
 @pytest.mark.parametrize("dtype,zero_points,group", [(torch.float16, False, 128), (torch.float16, True, 32),
                                                     (torch.bfloat16, True, 128)])
-def test_chunk_major_stripes_keep_results(dtype, zero_points, group):
-    """Chunk-major stripes (plan order=1, marlin_stripes.h) at 2..16 M chunks, with split
-    slices: the reference result, as with the default order."""
+def test_launch_plans_keep_results(pair, dtype, zero_points, group):
+    plans, ms = PLAN_PAIRS[pair]
     w = make_weight(2048, 1536, group, zero_points, dtype)
-    for m in (65, 128, 200, 257, 1024):
+    for m in ms:
         x = torch.randn(m, w.k, device=DEV).to(dtype)
-        assert_close_to_reference(run_marlin(w, x, plan="order=1"), x, w, reference_mm(x, w))
+        want = reference_mm(x, w)
+        for plan in plans:
+            assert_close_to_reference(run_marlin(w, x, plan=plan), x, w, want)
 
 
 def test_a_call_plan_replaces_the_environment_and_is_checked():
