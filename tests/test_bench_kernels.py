@@ -1,20 +1,41 @@
 """CPU tests of the kernel benchmark's bookkeeping (the timed part on a GPU: tests/gpu/test_bench_kernels_gpu.py)."""
 from __future__ import annotations
 
+import collections
 import os
+
+import pytest
 
 import torch
 
 from vllm_machete_plugin.bench import kernels as bench
 
 
-def test_round_orders_put_every_column_in_every_position():
-    cols = ["machete_us", "marlin_us", "vllm_marlin_us", "vllm_machete_us", "fp16_us"]
-    orders = bench.round_orders(cols, 2 * len(cols))
-    assert len(orders) == 10 and all(sorted(o) == sorted(cols) for o in orders)
-    for pos in range(len(cols)):
-        assert sorted(o[pos] for o in orders) == sorted(2 * cols), pos
-    assert orders[0] == cols and orders[1][0] == "marlin_us" and orders[5] == cols
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7])
+def test_round_orders_balance_positions_and_predecessors(n):
+    """A Williams design: over its rows (n, or 2n for odd n) every column takes every position
+    equally often and follows every other column equally often within a round."""
+    cols = [f"c{i}_us" for i in range(n)]
+    rows = n if n % 2 == 0 else 2 * n
+    orders = bench.round_orders(cols, rows)
+    assert all(sorted(o) == sorted(cols) for o in orders)
+    for pos in range(n):
+        assert sorted(o[pos] for o in orders) == sorted(rows // n * cols), pos
+    pairs = collections.Counter((a, b) for o in orders for a, b in zip(o, o[1:]))
+    assert set(pairs) == {(a, b) for a in cols for b in cols if a != b}
+    assert set(pairs.values()) <= {rows // n}
+    assert bench.round_orders(cols, 2 * rows) == orders + orders  # more rounds repeat the design
+
+
+def test_round_orders_vary_each_columns_predecessor_at_n_rounds():
+    """The default (one round per column) on 5 columns, as in a Marlin A/B: every column is
+    timed after at least two different columns (the plain rotation gave each one)."""
+    cols = ["fp16_us", "vllm_marlin_us", "marlin_us", "marlin@order=0_us", "marlin@blocks=1_us"]
+    before = collections.defaultdict(set)
+    for o in bench.round_orders(cols, len(cols)):
+        for a, b in zip(o, o[1:]):
+            before[b].add(a)
+    assert all(len(before[c]) >= 2 for c in cols), dict(before)
 
 
 def test_markdown_sums_the_layers_per_m():
@@ -224,6 +245,5 @@ def test_sustained_runs_each_column_alone_then_reads_its_power(monkeypatch):
 
 
 def test_a_sustain_shorter_than_the_power_window_is_refused():
-    import pytest
     with pytest.raises(SystemExit, match="at least 1 s"):
         bench.main(["--sustain", "0.2"])

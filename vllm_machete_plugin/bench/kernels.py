@@ -4,7 +4,8 @@ Llama-3.1-70B layer shapes, g=128, symmetric u4b8 weights, fp16 activations. Eve
 kernel runs on identical data; each measurement is the CUDA-graph replay time of a
 graph that calls the kernel over several weight copies, enough bytes to exceed 2x L2,
 so weights come from device memory as in serving; the graphs of one shape are replayed
-in interleaved rounds whose order rotates, each timed replay right after an untimed one
+in interleaved rounds ordered by a Williams design (every column in every position and
+after every other column alike), each timed replay right after an untimed one
 of the same graph (median per column), so neither drift nor the kernel run just before
 favours one column. With --in-model every call is preceded, as in the model, by a small
 kernel that writes its X (a copy: the RMSNorm / attention / SiLU before each decoder GEMM),
@@ -88,9 +89,19 @@ def capture_graph(calls: list[Callable[[], object]], min_calls: int = 20) -> tup
 
 
 def round_orders(cols: list[str], rounds: int) -> list[list[str]]:
-    """Replay order of each round: the columns rotated by one per round, so over
-    len(cols) rounds every column runs once in every position of a round."""
-    return [cols[r % len(cols):] + cols[:r % len(cols)] for r in range(rounds)]
+    """Replay order of each round: the rows of a Williams design, taken in turn. Its n rows
+    (n = len(cols); 2n when n is odd: the n rows and their mirrors) put every column once in
+    every position and after every other column once (twice, n odd), so no column is always
+    timed after the same one. (The plain rotation used before kept each column's predecessor
+    fixed, so under the power cap a column could carry that one kernel's clock: two columns
+    of the same launch read up to 4% apart in kernels-h200-2026-12-04-marlin-v4; whether this
+    was the cause is not measured.)"""
+    n = len(cols)
+    base = [0] + [(j + 1) // 2 if j % 2 else n - j // 2 for j in range(1, n)]  # 0, 1, n-1, 2, n-2, ...
+    rows = [[(b + r) % n for b in base] for r in range(n)]
+    if n % 2:
+        rows += [row[::-1] for row in rows]
+    return [[cols[i] for i in rows[r % len(rows)]] for r in range(rounds)]
 
 
 def sm_clock_mhz() -> Optional[float]:
