@@ -503,7 +503,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="also time our kernels launched without programmatic dependent launch (<backend>_nopdl)")
     ap.add_argument("--schedules", default="",
                     help="comma-separated Machete schedules to time as extra columns machete@<schedule> "
-                         "(vmp::machete_schedules(), with the suffixes of machete.h; e.g. 128x64w,128x256+t4; a tile without a raster suffix runs in CUTLASS's own order)")
+                         "(vmp::machete_schedules(), with the suffixes of machete.h; e.g. 128x64w,128x256+t4; "
+                         "a tile without a raster suffix runs in CUTLASS's own order)")
     ap.add_argument("--marlin-plans", action="append", default=[], metavar="PLAN",
                     help="time our Marlin under this launch plan too, as column marlin@PLAN (VMP_MARLIN_PLAN's "
                          "form, e.g. order=1); repeatable")
