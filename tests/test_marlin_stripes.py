@@ -76,7 +76,7 @@ def test_chunk_major_walks_every_chunk_in_step(chunks, slots, idle):
     (8, 108, True),     # A100: 4 idle <= 108 / 16
 ])
 def test_default_order_is_chunk_major_where_few_slots_idle(chunks, slots, want):
-    """The planner's default (order -1, StripeMap::chunk_major_for): chunk-major for 2..slots
+    """The planner's default (order -1, StripeMap::plan): chunk-major for 2..slots
     chunks when at most slots / 16 slots idle, n-major otherwise; order=0 / 1 force an order
     (1 only where chunk-major can be)."""
     blocks, _, chunk_major = stripe_map(chunks, 40, 64, slots, None, with_order=True)

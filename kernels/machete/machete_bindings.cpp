@@ -153,11 +153,11 @@ mc::Schedule heuristic(int m, int n, int k, int sms) {
   const auto it = substitutions().find(s.tile);
   if (it != substitutions().end() && n % mc::align_n(it->second) == 0 &&
       (!mc::is_small_m(it->second) || m <= mc::small_m_tokens(it->second))) {
+    // Our own kernels take none of a CUTLASS pick's decomposition or raster.
+    if (mc::is_small_m(it->second) || mc::is_mid_m(it->second)) s = mc::Schedule{};
     s.tile = it->second;
-    if (mc::is_small_m(s.tile) || mc::is_mid_m(s.tile)) s.decomposition = mc::kAuto, s.splits = 1;
   }
-  if (s.tile >= mc::kNumCutlassTiles) s.raster = mc::kRasterAuto, s.swizzle = 1;
-  else if (const auto r = raster_override()) std::tie(s.raster, s.swizzle) = *r;
+  if (const auto r = raster_override(); r && s.tile < mc::kNumCutlassTiles) std::tie(s.raster, s.swizzle) = *r;
   return s;
 }
 

@@ -44,7 +44,7 @@ struct PlanHints {
   int max_stages = 0;     // cp.async pipeline depth cap (3..8); the deepest compiled depth within it is used
   int max_m_blocks = 0;   // 16-row blocks per M chunk cap (1..4)
   int swap_small_m = -1;  // 0: no transposed MMAs at M <= 8 (default: on)
-  int chunk_major = -1;   // stripe order, StripeMap::chunk_major_for: 0 n-major, 1 chunk-major (default: its rule)
+  int chunk_major = -1;   // stripe order, StripeMap::plan: 0 n-major, 1 chunk-major (default: its rule)
 };
 
 // Fails (cudaErrorInvalidValue) when the device lacks the shared memory for any config.

@@ -198,7 +198,7 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 
 // Host only, for tests without a GPU: the stripes the planner would give `slots` resident
 // blocks in `order` (-1: the planner's default rule, 0: n-major, 1: chunk-major where it can
-// be; StripeMap::chunk_major_for), flattened as whether the map is chunk-major, every
+// be; StripeMap::plan), flattened as whether the map is chunk-major, every
 // block's [begin, end) units, then every slice's first and last block (slices in the map's
 // own numbering). marlin_stripes.h defines them.
 std::vector<int64_t> marlin_stripe_map(int64_t chunks, int64_t n_tiles, int64_t k_tiles, int64_t slots,
@@ -207,11 +207,9 @@ std::vector<int64_t> marlin_stripe_map(int64_t chunks, int64_t n_tiles, int64_t 
                 order >= -1 && order <= 1,
             "vmp::marlin_stripe_map: needs chunks, n_tiles, k_tiles, slots >= 1, at most 2^24 units and "
             "order -1, 0 or 1; got ", chunks, ", ", n_tiles, ", ", k_tiles, ", ", slots, ", ", order);
-  const bool chunk_major =
-      mk::StripeMap::chunk_major_for(static_cast<int>(chunks), static_cast<int>(slots), static_cast<int>(order));
-  const mk::StripeMap s = mk::StripeMap::make(static_cast<int>(chunks), static_cast<int>(n_tiles),
-                                              static_cast<int>(k_tiles), static_cast<int>(slots), chunk_major);
-  std::vector<int64_t> out{chunk_major};
+  const mk::StripeMap s = mk::StripeMap::plan(static_cast<int>(chunks), static_cast<int>(n_tiles),
+                                              static_cast<int>(k_tiles), static_cast<int>(slots), static_cast<int>(order));
+  std::vector<int64_t> out{s.chunk_major};
   for (int b = 0; b < s.grid(); ++b) out.insert(out.end(), {s.begin(b), s.end(b)});
   for (int slice = 0; slice < chunks * n_tiles; ++slice) out.insert(out.end(), {s.first_block(slice), s.last_block(slice)});
   return out;

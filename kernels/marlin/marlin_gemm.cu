@@ -699,12 +699,10 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
   resident = std::min(resident, blocks);
   const int n_tiles = n_pad / kTileN, k_tiles = k_pad / kTileK;
   if (static_cast<long long>(chunks) * n_tiles * k_tiles > INT_MAX) return cudaErrorInvalidValue;
-  const int slots = sms * resident;
-  const bool chunk_major = StripeMap::chunk_major_for(chunks, slots, hints.chunk_major);
   plan->dtype = dtype;
   plan->m_blocks = mb;
   plan->swap = swap;
-  plan->stripes = StripeMap::make(chunks, n_tiles, k_tiles, slots, chunk_major);
+  plan->stripes = StripeMap::plan(chunks, n_tiles, k_tiles, sms * resident, hints.chunk_major);
   plan->stages = stages;
   plan->smem_bytes = smem;
   plan->reduce_floats = static_cast<size_t>(plan->stripes.grid()) * 2 * mb * 16 * kTileN;  // 2 slots per block

@@ -47,15 +47,18 @@ struct StripeMap {
   VMP_HD int first_block(int slice) const { return block_of(slice * k_tiles); }
   VMP_HD int last_block(int slice) const { return block_of(slice * k_tiles + k_tiles - 1); }
 
-  // The default order: chunk-major when there are 2..slots chunks and at most slots / 16 of the
-  // slots would idle (H200, bench kernels --marlin-plans order=1, 2026-12-04: the 4 Llama-70B
-  // layers 0.98x vLLM's Marlin at 1024 tokens against n-major's 1.04x, 1.01 against 1.07 at
-  // 512, equal at 16..256; chunk-major runs gate_up at 1830 MHz under the 700 W cap against
-  // n-major's 1665, the DRAM reads the L2 model predicts fewer). order: -1 this rule, 0
-  // n-major, 1 chunk-major wherever it can be.
-  static VMP_HD bool chunk_major_for(int chunks, int slots, int order) {
-    if (order == 0 || chunks < 2 || chunks > slots) return false;
-    return order == 1 || slots % chunks * 16 <= slots;
+  // The stripes the planner gives `slots` resident blocks (slots >= 1) in `order`: -1 the
+  // default rule, 0 n-major, 1 chunk-major wherever it can be (2..slots chunks). The default
+  // is chunk-major when there are 2..slots chunks and at most slots / 16 of the slots would
+  // idle: H200, each column alone for 1.5 s (kernels-h200-2026-12-04-marlin-order), the 4
+  // Llama-70B layers 0.98 / 0.95 / 0.95 / 0.95x vLLM's Marlin at 128 / 256 / 512 / 1024
+  // tokens against n-major's 1.00 / 0.98 / 1.02 / 1.02, gate_up at 1024 tokens clocking
+  // 1830 MHz under the 700 W cap against n-major's 1665 (the L2 model's DRAM reads: 240
+  // against 3,600 MB).
+  static VMP_HD StripeMap plan(int chunks, int n_tiles, int k_tiles, int slots, int order) {
+    const bool fits = chunks >= 2 && chunks <= slots;
+    const bool chunk_major = order == 1 ? fits : order == -1 && fits && slots % chunks * 16 <= slots;
+    return make(chunks, n_tiles, k_tiles, slots, chunk_major);
   }
 
   // The stripes of at most `slots` blocks (slots >= 1; chunk-major needs chunks <= slots and
