@@ -244,6 +244,20 @@ def test_sustained_runs_each_column_alone_then_reads_its_power(monkeypatch):
     assert "| o | 1 |" not in table and bench.sustained_markdown([{"layer": "o", "M": 1}]) == ""
 
 
+def test_sustained_sums_and_ratio_to_the_best_peer():
+    def read(us, uj):
+        return {"us": us, "sm_mhz": 1800.0, "power_w": 690.0, "uJ": uj}
+    rows = [{"layer": "o", "M": 16, "sustained": {"marlin": read(10.0, 7.0), "vllm_marlin": read(12.0, 8.0)}},
+            {"layer": "down", "M": 16, "sustained": {"marlin": read(30.0, 20.0), "vllm_marlin": read(28.0, None)}},
+            {"layer": "o", "M": 64}]  # no sustained reading: left out
+    table = bench.sustained_markdown(rows)
+    assert "| sum | 16 | 40.0 / - / - / 27 | 40.0 / - / - / - |" in table and "| sum | 64 |" not in table
+    as_rows = bench.sustained_as_rows(rows)
+    assert as_rows == [{"layer": "o", "M": 16, "marlin_us": 10.0, "vllm_marlin_us": 12.0},
+                       {"layer": "down", "M": 16, "marlin_us": 30.0, "vllm_marlin_us": 28.0}]
+    assert bench.ratio_to_best_vllm(as_rows, "marlin_us") == [(16, 1.0, "vllm_marlin_us")]
+
+
 def test_a_sustain_shorter_than_the_power_window_is_refused():
     with pytest.raises(SystemExit, match="at least 1 s"):
         bench.main(["--sustain", "0.2"])

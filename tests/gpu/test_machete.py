@@ -56,9 +56,14 @@ MID_M_TILES = ["128x64w", "256x64w", "128x128w", "256x128w", "256x32w"]
 SCHEDULES = (WGMMA_TILES + list(SMALL_M_TILES) + MID_M_TILES if not _why_skip else [])
 
 
+def tile_of(schedule: str) -> str:
+    """The tile of a schedule name: TILE[_DECOMP][+RASTER] (machete_heuristic.md)."""
+    return schedule.split("+")[0].split("_")[0]
+
+
 def fits(schedule, m: int) -> bool:
     """Whether a schedule (None: the heuristic) takes an M-token call."""
-    return schedule is None or m <= SMALL_M_TILES.get(schedule.split("_")[0], m)
+    return schedule is None or m <= SMALL_M_TILES.get(tile_of(schedule), m)
 
 
 def error_scale(w: CanonicalW4) -> float:
@@ -342,7 +347,7 @@ def test_schedules_and_heuristic():
     for m in M_SIZES:
         for n, k in [(10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (1280, 8192)]:
             pick = torch.ops.vmp.machete_heuristic(m, n, k)
-            assert pick.split("_")[0] in names and n % ALIGN_N.get(pick.split("_")[0], 128) == 0, pick
+            assert tile_of(pick) in names and n % ALIGN_N.get(tile_of(pick), 128) == 0, pick
             assert fits(pick, m), (m, pick)
             if m <= 16:  # docs/machete_heuristic.md: the small-M kernel up to 16 tokens
                 assert pick == ("64x8" if m <= 8 else "64x16"), (m, n, k, pick)

@@ -416,7 +416,22 @@ def sustained_markdown(rows: list[dict]) -> str:
             v = r["sustained"].get(c)
             cells.append("-" if v is None else f"{v['us']:.1f} / {_num(v['sm_mhz'])} / {_num(v['power_w'])} / {_num(v['uJ'])}")
         lines.append(f"| {r['layer']} | {r['M']} | " + " | ".join(cells) + " |")
+    for m in sorted({r["M"] for r in sel}):  # per-M sums of µs and µJ over layers
+        at = [r for r in sel if r["M"] == m]
+        cells = []
+        for c in cols:
+            vs = [r["sustained"].get(c) for r in at]
+            cells.append("-" if None in vs else f"{sum(v['us'] for v in vs):.1f} / - / - / "
+                         + ("-" if any(v["uJ"] is None for v in vs) else f"{sum(v['uJ'] for v in vs):.0f}"))
+        lines.append(f"| sum | {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def sustained_as_rows(rows: list[dict]) -> list[dict]:
+    """The --sustain µs in the shape of the CUDA-graph rows ({layer, M, <col>_us}), for
+    ratio_to_best_vllm; rows without a sustained reading are left out."""
+    return [{"layer": r["layer"], "M": r["M"], **{f"{c}_us": v["us"] for c, v in r["sustained"].items()}}
+            for r in rows if r.get("sustained")]
 
 
 def markdown(rows: list[dict], cols: list[str]) -> str:
@@ -563,8 +578,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         with open(args.json, "w") as f:
             json.dump(meta, f, indent=1)
     for col in [f"{b.name}_us" for b in ours] + list(forced):
-        print(f"[bench] {col} / best of vLLM per M: " + ", ".join(
-            f"{m}: {r:.2f} ({best.removesuffix('_us')})" for m, r, best in ratio_to_best_vllm(rows, col)))
+        for how, table in [("", rows)] + ([(", sustained", sustained_as_rows(rows))] if args.sustain else []):
+            print(f"[bench] {col} / best of vLLM per M{how}: " + ", ".join(
+                f"{m}: {r:.2f} ({best.removesuffix('_us')})" for m, r, best in ratio_to_best_vllm(table, col)))
     if args.plot:
         plot(rows, cols, args.plot)
         plot_ratio(rows, args.plot.removesuffix(".png") + "-ratio.png", [f"{b.name}_us" for b in ours])
