@@ -17,17 +17,38 @@ MAX_LEN = 8192
 
 
 def test_request_mix():
-    rng = random.Random(0)
-    picks = [soak.pick_request(rng, 1000, MAX_LEN, "m") for _ in range(4000)]
-    kinds = {k: sum(p[0] == k for p in picks) / len(picks) for k in ("normal", "abort", "overlength", "multi")}
-    assert kinds["abort"] == pytest.approx(0.05, abs=0.015) and kinds["multi"] == pytest.approx(0.05, abs=0.015)
-    assert kinds["overlength"] == pytest.approx(0.02, abs=0.01) and kinds["normal"] > 0.85
+    deck = soak.RequestDeck(0)
+    picks = [deck.next(1000, MAX_LEN, "m") for _ in range(4 * soak.KIND_CYCLE)]
+    for cycle in range(4):  # every 100 requests hold each kind at its share exactly
+        kinds = [p[0] for p in picks[cycle * soak.KIND_CYCLE:(cycle + 1) * soak.KIND_CYCLE]]
+        assert {k: kinds.count(k) for k in ("abort", "overlength", "multi")} == {"abort": 5, "overlength": 2, "multi": 5}
     for kind, payload, abort_after in picks:
         n = len(payload["prompt"])
         assert (n > MAX_LEN) if kind == "overlength" else (64 <= n <= 4096)
         assert 16 <= payload["max_tokens"] <= 1024 and payload["stream"] and payload["ignore_eos"]
         assert (2 <= payload["n"] <= 4) if kind == "multi" else payload["n"] == 1
         assert all(3 <= t < 1000 for t in payload["prompt"]) and 1 <= abort_after <= 32
+    again = soak.RequestDeck(0)
+    assert [again.next(1000, MAX_LEN, "m") for _ in range(50)] == picks[:50]  # one seed, one sequence
+    assert [soak.RequestDeck(1).next(1000, MAX_LEN, "m") for _ in range(3)] != picks[:3]
+
+
+def test_lengths_are_stratified_per_block():
+    """Each block of LENGTH_BLOCK requests takes one output length from each slice of the range,
+    so windows of ~70 requests (about a minute's) vary far less in token volume than
+    independent draws would (~7% sd)."""
+    import statistics
+    deck, b = soak.RequestDeck(3), soak.LENGTH_BLOCK
+    outs = [deck.next(1000, MAX_LEN, "m")[1]["max_tokens"] for _ in range(200 * b)]
+    lo, hi = soak.OUTPUT_LEN
+    size = hi - lo + 1
+    for i in range(0, len(outs), b):  # the k-th smallest of a block lies in slice k
+        assert all(lo + k * size // b <= o < lo + (k + 1) * size // b for k, o in enumerate(sorted(outs[i:i + b])))
+    sums = [sum(outs[s:s + 70]) for s in range(0, len(outs) - 70, 7)]
+    assert statistics.pstdev(sums) / statistics.mean(sums) < 0.03
+    assert sorted(soak.stratified(random.Random(0), 1, 4, 4)) == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="into 4 slices"):
+        soak.stratified(random.Random(0), 5, 7, 4)
 
 
 def test_metrics_are_summed_over_label_sets():

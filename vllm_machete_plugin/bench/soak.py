@@ -15,8 +15,8 @@
    --solo each side is kept, loaded and stopped in turn, alone on the GPU (0.9 of its
    memory), so one side's prefill bursts cannot move the other's throughput. The load:
    `--concurrency` clients per server for `--ramp-minutes` + `--minutes`, each sending one
-   request after another (client c of every side the same sequence), streamed, random token
-   ids, ignore_eos:
+   request after another, taken from one RequestDeck per side (every side the same sequence
+   in the order the requests are sent), streamed, random token ids, ignore_eos:
      normal: a prompt of 64..4096 tokens, 16..1024 output tokens;
      abort (5%): the client closes the stream after 1..32 chunks;
      over-length (2%): a prompt longer than max_model_len, which must get HTTP 400;
@@ -30,8 +30,10 @@
    the first minute holds their prefills: 401-404 output tok/s against 585-746 later, on our
    side and the built-in one alike, H200) are reported, marked, and left out of the targets,
    which compare the first and the last interval after the ramp. Beside them the report gives
-   the judged intervals' output tok/s spread and least-squares trend (trend()): the random
-   load alone moves single minutes by ~8% (sd, H200, 2026-12-04), more than the 5% target.
+   the judged intervals' output tok/s spread and least-squares trend (trend()). With lengths
+   drawn independently per request, single minutes moved by ~8% (sd, H200, 2026-12-04), more
+   than the 5% target: ~70 requests finish per minute, so their token volume alone varies by
+   ~7%. The deck stratifies the lengths (RequestDeck), which cuts that to ~2%.
 Results: JSON, markdown (starts, then the soak per interval with the targets of issue 18),
 a PNG of memory and throughput over time.
 """
@@ -72,19 +74,49 @@ def _filled(env: dict[str, str]) -> bool:
 
 # ---- the load ------------------------------------------------------------------------------
 
-def pick_request(rng: random.Random, vocab: int, max_model_len: int, model: str) -> tuple[str, dict, int]:
-    """(kind, completions payload, abort-after chunks) of one request."""
-    r, kind = rng.random(), "normal"
-    for name, share in KINDS:
-        if r < share:
-            kind = name
-            break
-        r -= share
-    plen = rng.randint(max_model_len + 1, max_model_len + 512) if kind == "overlength" else rng.randint(*PROMPT_LEN)
-    out = rng.randint(*OUTPUT_LEN)
-    payload = {"model": model, "prompt": [rng.randrange(3, vocab) for _ in range(plen)], "max_tokens": out,
-               "ignore_eos": True, "temperature": 1.0, "stream": True, "n": rng.randint(*MULTI_N) if kind == "multi" else 1}
-    return kind, payload, rng.randint(*ABORT_AFTER)
+KIND_CYCLE, LENGTH_BLOCK = 100, 16  # kinds hold their shares exactly per 100 requests; lengths per 16
+
+
+def stratified(rng: random.Random, lo: int, hi: int, n: int) -> list[int]:
+    """n integers in [lo, hi], one from each of n slices of the range (slice i: lo + i*size//n up to
+    lo + (i+1)*size//n, exclusive), in random order."""
+    size = hi - lo + 1
+    if size < n:
+        raise ValueError(f"cannot cut [{lo}, {hi}] into {n} slices")
+    vals = [rng.randrange(lo + i * size // n, lo + (i + 1) * size // n) for i in range(n)]
+    rng.shuffle(vals)
+    return vals
+
+
+class RequestDeck:
+    """The soak's requests, in the order they are sent: (kind, completions payload, abort-after
+    chunks). Every LENGTH_BLOCK consecutive requests take one prompt length from each of
+    LENGTH_BLOCK equal slices of PROMPT_LEN and one output length from each slice of OUTPUT_LEN
+    (paired at random), and every KIND_CYCLE requests hold each kind of KINDS at its share, so
+    any minute's ~70 requests carry nearly the same token volume: with lengths drawn
+    independently, 70 requests' output tokens vary by ~7% (sd) from window to window, ~2% so.
+    Decks of one seed give the same sequence: one per side, so the sides see one load."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(f"deck/{seed}")
+        self.kinds: list[str] = []
+        self.lengths: list[tuple[int, int]] = []
+
+    def next(self, vocab: int, max_model_len: int, model: str) -> tuple[str, dict, int]:
+        rng = self.rng
+        if not self.kinds:
+            self.kinds = [name for name, share in KINDS for _ in range(round(share * KIND_CYCLE))]
+            self.kinds += ["normal"] * (KIND_CYCLE - len(self.kinds))
+            rng.shuffle(self.kinds)
+        if not self.lengths:
+            self.lengths = list(zip(stratified(rng, *PROMPT_LEN, LENGTH_BLOCK), stratified(rng, *OUTPUT_LEN, LENGTH_BLOCK)))
+        kind, (plen, out) = self.kinds.pop(), self.lengths.pop()
+        if kind == "overlength":
+            plen = rng.randint(max_model_len + 1, max_model_len + 512)
+        payload = {"model": model, "prompt": [rng.randrange(3, vocab) for _ in range(plen)], "max_tokens": out,
+                   "ignore_eos": True, "temperature": 1.0, "stream": True,
+                   "n": rng.randint(*MULTI_N) if kind == "multi" else 1}
+        return kind, payload, rng.randint(*ABORT_AFTER)
 
 
 async def one_request(session, url: str, kind: str, payload: dict, abort_after: int) -> tuple[str, str]:
@@ -188,9 +220,9 @@ async def run_load(sides: list[Side], seconds: float, concurrency: int, vocab: i
         deadline = t0 + seconds
         last = int(max(1, round(seconds / sample_s))) - 1
 
-        async def client(side: Side, rng: random.Random) -> None:
+        async def client(side: Side, deck: RequestDeck) -> None:
             while (left := deadline - time.monotonic()) > 0:
-                kind, payload, abort_after = pick_request(rng, vocab, max_model_len, side.model)
+                kind, payload, abort_after = deck.next(vocab, max_model_len, side.model)
                 try:
                     outcome, detail = await asyncio.wait_for(
                         one_request(session, side.url, kind, payload, abort_after), left)
@@ -209,9 +241,10 @@ async def run_load(sides: list[Side], seconds: float, concurrency: int, vocab: i
                       f"{side.counts[i - 1] if i - 1 < len(side.counts) else {}}", flush=True)
                 on_sample(side)
 
-        # Client c of every side draws the same request sequence (seeded without the side's name), so
-        # the sides are compared on one load. Runs before 2026-12-04 seeded per side.
-        tasks = [client(s, random.Random(f"{seed}/{c}")) for s in sides for c in range(concurrency)]
+        # One deck per side, one seed: every side is sent the same requests in the same order. Runs
+        # before 2026-12-04 seeded per side; up to session 25, per client with independent lengths.
+        decks = {s.name: RequestDeck(seed) for s in sides}
+        tasks = [client(s, decks[s.name]) for s in sides for c in range(concurrency)]
         await asyncio.gather(*tasks, *(sampler(s) for s in sides))
     for s in sides:  # intervals in which nothing finished
         s.counts += [dict.fromkeys(OUTCOMES, 0) for _ in range(last + 1 - len(s.counts))]
@@ -420,7 +453,8 @@ def run(args) -> dict:
               "settings": {"minutes": args.minutes, "ramp_minutes": args.ramp_minutes,
                            "concurrency": args.concurrency, "restarts": args.restarts,
                            "sample_s": args.sample_s, "prompt_len": PROMPT_LEN, "output_len": OUTPUT_LEN,
-                           "kinds": dict(KINDS), "max_model_len": args.max_model_len,
+                           "kinds": dict(KINDS), "lengths": f"stratified per {LENGTH_BLOCK} requests",
+                           "max_model_len": args.max_model_len,
                            "gpu_memory_utilization": args.gpu_memory_utilization, "solo": args.solo,
                            "tensor_parallel_size": args.tensor_parallel_size}}
 
