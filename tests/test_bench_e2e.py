@@ -73,6 +73,17 @@ def test_report_table_and_plots(tmp_path, capsys):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
 
 
+def test_clock_and_power_rows_where_sampled():
+    result = _result()
+    result["sides"]["machete"]["tpot_gpu"] = {"64": {"sm_mhz": 1712.4, "power_w": 690.2, "samples": 40}}
+    result["sides"]["machete"]["throughput"] = {"output_tok_s": 900.0,
+                                                "gpu": {"sm_mhz": 1500.0, "power_w": None, "samples": 9}}
+    table = e2e.markdown(result)
+    assert "| TPOT batch 64: SM MHz / board W | 1712 / 690 | - / - |" in table
+    assert "| offline throughput: SM MHz / board W | 1500 / - | - / - |" in table
+    assert "TPOT batch 1: SM MHz" not in table and "SM MHz" not in e2e.markdown(_result())
+
+
 def test_verdicts_take_the_better_peer_and_the_direction_of_each_metric():
     """TPOT / TTFT / starts: lower is better, throughput higher; the peer is the better of the
     sides a target names (engine start and load against the built-in side only)."""

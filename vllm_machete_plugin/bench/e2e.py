@@ -16,7 +16,8 @@ reads, bytecode writes) in its engine start:
   * offline (one process, vLLM in-process): load time and peak memory of the model load,
     engine start split into phases (`startup.py`), KV-cache size, TTFT of a 1024-token
     prompt at batch 1, TPOT at batch 1/16/64/256 ((t[1+T tokens] - t[1 token]) / T), and
-    throughput of 256 requests of 1024 in / 256 out;
+    throughput of 256 requests of 1024 in / 256 out; beside the TPOT and throughput runs, the
+    mean SM clock and board power while they ran (gpu_clock.ClockSampler);
   * with `--warm-restart`, one more process per side that only starts the engine, on the
     caches the offline run filled: the warm restart's engine start and its phases;
   * serving: `vllm serve` on loopback and `vllm bench serve` (random data) at request
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import serving, startup
+from .gpu_clock import ClockSampler
 from .serving import SIDES
 
 TPOT_BATCHES = (1, 16, 64, 256)
@@ -240,8 +242,10 @@ def run_worker(side: str, model: str, args) -> dict:
         p = prompts(b, args.tpot_input)
         _timed(llm, p, params(2))
         short = statistics.median(_timed(llm, p, params(1)) for _ in range(args.reps))
-        long = statistics.median(_timed(llm, p, params(1 + args.tpot_tokens)) for _ in range(args.reps))
+        with ClockSampler() as clock:  # the clock under the power cap, beside the time
+            long = statistics.median(_timed(llm, p, params(1 + args.tpot_tokens)) for _ in range(args.reps))
         record["tpot_ms"][str(b)] = 1e3 * (long - short) / args.tpot_tokens
+        record.setdefault("tpot_gpu", {})[str(b)] = clock.means()
         print(f"[e2e] {side}: TPOT batch {b} = {record['tpot_ms'][str(b)]:.2f} ms", flush=True)
     # Where a decode step goes: kernel time by category and the top kernels, prefill removed.
     for b in BREAKDOWN_BATCHES:
@@ -254,9 +258,10 @@ def run_worker(side: str, model: str, args) -> dict:
               f"{record[f'decode_b{b}_top_kernels_us']}", flush=True)
     # Offline throughput.
     n, inp, out = args.throughput_requests, 1024, 256
-    t = _timed(llm, prompts(n, inp), params(out))
+    with ClockSampler(interval=0.1) as clock:
+        t = _timed(llm, prompts(n, inp), params(out))
     record["throughput"] = {"requests": n, "input_len": inp, "output_len": out, "seconds": t,
-                            "output_tok_s": n * out / t, "total_tok_s": n * (inp + out) / t}
+                            "output_tok_s": n * out / t, "total_tok_s": n * (inp + out) / t, "gpu": clock.means()}
     print(f"[e2e] {side}: throughput {record['throughput']}", flush=True)
     return record
 
@@ -321,6 +326,12 @@ def markdown(result: dict) -> str:
         rows.append((f"TPOT batch {b} (ms)", [_fmt("{:.2f}", get(s, "tpot_ms", str(b))) for s in sides]))
     rows.append(("offline throughput, output tok/s", [_fmt("{:.0f}", get(s, "throughput", "output_tok_s")) for s in sides]))
     rows.append(("offline throughput, total tok/s", [_fmt("{:.0f}", get(s, "throughput", "total_tok_s")) for s in sides]))
+    # Mean SM clock and board power while timed (ClockSampler); absent from results before 2026-12-04.
+    for label, keys in [*[(f"TPOT batch {b}", ("tpot_gpu", str(b))) for b in TPOT_BATCHES],
+                        ("offline throughput", ("throughput", "gpu"))]:
+        if any(get(s, *keys) for s in sides):
+            rows.append((f"{label}: SM MHz / board W", [f"{_fmt('{:.0f}', get(s, *keys, 'sm_mhz'))} / "
+                                                         f"{_fmt('{:.0f}', get(s, *keys, 'power_w'))}" for s in sides]))
     for rate in RATES if any(r.get("serve") for r in result["sides"].values()) else ():
         for key, label, fmt in [("median_ttft_ms", "median TTFT (ms)", "{:.1f}"),
                                 ("median_tpot_ms", "median TPOT (ms)", "{:.2f}"),

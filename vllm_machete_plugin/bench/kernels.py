@@ -32,6 +32,7 @@ import torch
 from ..backends import SERVING_BACKENDS, device_capability
 from ..backends.base import LayerSpec
 from ..canonical import CanonicalW4, dequantize, pack_int4
+from .gpu_clock import gpu_power_w, sm_clock_mhz
 
 LAYERS = {  # name: (N, K), Llama-3.1-70B, TP=1
     "qkv": (10240, 8192),
@@ -102,23 +103,6 @@ def round_orders(cols: list[str], rounds: int) -> list[list[str]]:
     if n % 2:
         rows += [row[::-1] for row in rows]
     return [[cols[i] for i in rows[r % len(rows)]] for r in range(rounds)]
-
-
-def sm_clock_mhz() -> Optional[float]:
-    """The GPU's current SM clock (NVML), or None where NVML is unavailable."""
-    try:
-        return float(torch.cuda.clock_rate())
-    except Exception:
-        return None
-
-
-def gpu_power_w() -> Optional[float]:
-    """The GPU's power draw in W, or None. NVML's reading is an average over about the last
-    second: it tells one kernel's draw only after that kernel ran alone that long (sustained())."""
-    try:
-        return torch.cuda.power_draw() / 1000.0
-    except Exception:
-        return None
 
 
 def sustained(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], seconds: float) -> dict[str, dict[str, float]]:
