@@ -28,8 +28,8 @@ def gpu_power_w() -> Optional[float]:
 
 class ClockSampler:
     """`with ClockSampler() as s: <region>`: a thread reads the SM clock and the power every
-    `interval` s while the region runs (and once at its end; a wake-up per 50 ms holds the GIL
-    for a few µs, next to a decode step of milliseconds); s.means() is then
+    `interval` s while the region runs (and once at its end; by default one wake-up per 50 ms
+    that takes the GIL, in the engine's process); s.means() is then
     {"sm_mhz", "power_w", "samples"}, a mean None where no reading came. Power being NVML's
     ~1 s average, a region shorter than that reads partly what ran before it."""
 
