@@ -26,3 +26,13 @@ def test_the_readers_give_none_without_nvml(monkeypatch):
     monkeypatch.setattr(torch.cuda, "clock_rate", lambda *a, **k: 1 / 0)
     monkeypatch.setattr(torch.cuda, "power_draw", lambda *a, **k: 1 / 0)
     assert gpu_clock.sm_clock_mhz() is None and gpu_clock.gpu_power_w() is None
+
+
+def test_the_readers_ask_for_the_first_visible_gpu_by_index(monkeypatch):
+    """Index 0, not the current device: asking for that would create a CUDA context in a
+    process that has none (bench e2e's front end under tensor parallelism)."""
+    import torch
+    asked = []
+    monkeypatch.setattr(torch.cuda, "clock_rate", lambda *a, **k: asked.append(a) or 1755)
+    monkeypatch.setattr(torch.cuda, "power_draw", lambda *a, **k: asked.append(a) or 690500)
+    assert gpu_clock.sm_clock_mhz() == 1755.0 and gpu_clock.gpu_power_w() == 690.5 and asked == [(0,), (0,)]

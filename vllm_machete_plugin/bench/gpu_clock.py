@@ -1,4 +1,5 @@
-"""The GPU's SM clock and board power (NVML, through torch.cuda), read once or averaged over a
+"""The SM clock and board power of the first visible GPU (NVML, through torch.cuda; index 0
+given, so a process without a CUDA context does not make one), read once or averaged over a
 timed region. Under a power cap (H200: 700 W) the clock a kernel gets follows the power drawn
 before and during it, so timings are read beside these."""
 from __future__ import annotations
@@ -11,7 +12,7 @@ def sm_clock_mhz() -> Optional[float]:
     """The GPU's current SM clock (NVML), or None where NVML is unavailable."""
     try:
         import torch
-        return float(torch.cuda.clock_rate())
+        return float(torch.cuda.clock_rate(0))
     except Exception:
         return None
 
@@ -21,7 +22,7 @@ def gpu_power_w() -> Optional[float]:
     second: it tells one kernel's draw only after that kernel ran alone that long."""
     try:
         import torch
-        return torch.cuda.power_draw() / 1000.0
+        return torch.cuda.power_draw(0) / 1000.0
     except Exception:
         return None
 
