@@ -237,7 +237,7 @@ def run_worker(side: str, model: str, args) -> dict:
     _timed(llm, p, params(1))
     record["ttft_ms"] = 1e3 * statistics.median(_timed(llm, p, params(1)) for _ in range(args.reps))
     # TPOT: decode steps at a fixed batch, prefill cost removed by the 1-token run.
-    record["tpot_ms"] = {}
+    record["tpot_ms"], record["tpot_gpu"] = {}, {}
     for b in TPOT_BATCHES:
         p = prompts(b, args.tpot_input)
         _timed(llm, p, params(2))
@@ -245,7 +245,7 @@ def run_worker(side: str, model: str, args) -> dict:
         with ClockSampler() as clock:  # the clock under the power cap, beside the time
             long = statistics.median(_timed(llm, p, params(1 + args.tpot_tokens)) for _ in range(args.reps))
         record["tpot_ms"][str(b)] = 1e3 * (long - short) / args.tpot_tokens
-        record.setdefault("tpot_gpu", {})[str(b)] = clock.means()
+        record["tpot_gpu"][str(b)] = clock.means()
         print(f"[e2e] {side}: TPOT batch {b} = {record['tpot_ms'][str(b)]:.2f} ms", flush=True)
     # Where a decode step goes: kernel time by category and the top kernels, prefill removed.
     for b in BREAKDOWN_BATCHES:

@@ -244,7 +244,7 @@ async def run_load(sides: list[Side], seconds: float, concurrency: int, vocab: i
         # One deck per side, one seed: every side is sent the same requests in the same order. Runs
         # before 2026-12-04 seeded per side; up to session 25, per client with independent lengths.
         decks = {s.name: RequestDeck(seed) for s in sides}
-        tasks = [client(s, decks[s.name]) for s in sides for c in range(concurrency)]
+        tasks = [client(s, decks[s.name]) for s in sides for _ in range(concurrency)]
         await asyncio.gather(*tasks, *(sampler(s) for s in sides))
     for s in sides:  # intervals in which nothing finished
         s.counts += [dict.fromkeys(OUTCOMES, 0) for _ in range(last + 1 - len(s.counts))]
