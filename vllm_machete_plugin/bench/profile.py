@@ -16,7 +16,14 @@ The source page of such a report is tens of MB of CSV; on the machine that holds
   python -m vllm_machete_plugin.bench profile --hotspots source.csv [--top 25]
 
 prints, per kernel, the SASS lines with the most warp-stall samples and their largest
-other counters, as markdown.
+other counters, as markdown; and
+
+  ncu -i rep.ncu-rep --page raw --csv > raw.csv
+  python -m vllm_machete_plugin.bench profile --summary raw.csv
+
+prints one row per profiled call (named by its NVTX range): time, clock, grid, elapsed and
+SM-active cycles (mean and slowest SM: where they part, SMs idle or wait on the slowest
+block), instructions, pipe use, L2 / DRAM traffic and the main stall reasons.
 """
 from __future__ import annotations
 
@@ -93,6 +100,101 @@ def hotspots_markdown(blocks: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# (column, metric names tried in order, unit -> the column's unit). A metric absent from the
+# report (another ncu section set, another architecture) leaves its cell "-".
+_TIME = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
+_CLOCK = {"hz": 1e-9, "khz": 1e-6, "mhz": 1e-3, "ghz": 1.0}
+_BYTES = {"byte": 1e-6, "kbyte": 1e-3, "mbyte": 1.0, "gbyte": 1e3}
+_STALL = "smsp__average_warps_issue_stalled_{}_per_issue_active.ratio"
+SUMMARY_COLUMNS: list[tuple[str, tuple[str, ...], object]] = [
+    ("µs", ("gpu__time_duration.sum",), _TIME),
+    ("SM GHz", ("sm__cycles_elapsed.avg.per_second",), _CLOCK),
+    ("grid", ("launch__grid_size",), None),
+    ("elapsed cycles", ("sm__cycles_elapsed.max",), None),
+    ("SM-active mean", ("sm__cycles_active.avg",), None),
+    ("SM-active max", ("sm__cycles_active.max",), None),
+    ("inst (M)", ("smsp__inst_executed.sum",), 1e-6),
+    ("tensor % of active", ("sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active",
+                            "sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active"), None),
+    ("issue %", ("smsp__issue_active.avg.pct_of_peak_sustained_active",), None),
+    ("L2 sectors (M)", ("lts__t_sectors.sum",), 1e-6),
+    ("DRAM read MB", ("dram__bytes_read.sum",), _BYTES),
+    ("long sb", (_STALL.format("long_scoreboard"),), None),
+    ("wait", (_STALL.format("wait"),), None),
+    ("math", (_STALL.format("math_pipe_throttle"),), None),
+    ("barrier", (_STALL.format("barrier"),), None),
+    ("membar", (_STALL.format("membar"),), None),
+    ("short sb", (_STALL.format("short_scoreboard"),), None),
+]
+
+
+def _call_name(row: dict) -> str:
+    """The NVTX range of the call (`"<domain>:marlin/qkv/M64:none:..."` -> marlin/qkv/M64),
+    else the kernel's name up to its template arguments."""
+    for key, cell in row.items():
+        if "Push/Pop_Range" in key and cell:
+            parts = cell.split('"')[1].split(":") if '"' in cell else cell.split(":")
+            named = [p for p in parts[1:] if p and p != "none"]
+            if named:
+                return named[0]
+    return row.get("Kernel Name", "?").split("<")[0].replace("void ", "").strip()
+
+
+def raw_summary(lines: Iterable[str]) -> list[dict]:
+    """Rows of `ncu --page raw --csv` (a header row, a units row, one row per kernel call)
+    -> per call: its name and the SUMMARY_COLUMNS values (None where absent), plus
+    `active/elapsed` (mean SM-active over elapsed cycles: the share of SM time that held
+    a block) and `max/mean active` (the slowest SM against the mean)."""
+    rows = list(csv.reader(lines))
+    if len(rows) < 2 or "ID" not in rows[0]:
+        raise SystemExit("not an `ncu --page raw --csv` export: no header row with an ID column")
+    header, units = rows[0], rows[1]
+    out = []
+    for cells in rows[2:]:
+        if len(cells) != len(header):
+            continue
+        row = dict(zip(header, cells))
+        rec: dict = {"call": _call_name(row)}
+        for col, names, scale in SUMMARY_COLUMNS:
+            rec[col] = None
+            for name in names:
+                v = _number(row.get(name, "")) if name in row else None
+                if v is None:
+                    continue
+                if isinstance(scale, dict):
+                    unit = units[header.index(name)].strip().lower()
+                    if unit not in scale:
+                        raise SystemExit(f"{name}: unit {unit!r} not among {sorted(scale)}")
+                    v *= scale[unit]
+                elif scale is not None:
+                    v *= scale
+                rec[col] = v
+                break
+        el, mean, mx = rec["elapsed cycles"], rec["SM-active mean"], rec["SM-active max"]
+        rec["active/elapsed"] = mean / el if el and mean is not None else None
+        rec["max/mean active"] = mx / mean if mean and mx is not None else None
+        out.append(rec)
+    return out
+
+
+def summary_markdown(recs: list[dict]) -> str:
+    cols = [c for c, _, _ in SUMMARY_COLUMNS[:6]] + ["active/elapsed", "max/mean active"] + \
+        [c for c, _, _ in SUMMARY_COLUMNS[6:]]
+
+    def cell(v) -> str:
+        if v is None:
+            return "-"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if v == int(v) and abs(v) >= 10:
+            return f"{v:.0f}"
+        return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+
+    lines = ["| call | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += ["| " + r["call"] + " | " + " | ".join(cell(r[c]) for c in cols) + " |" for r in recs]
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vllm_machete_plugin.bench profile", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,7 +204,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--layers", default=",".join(LAYERS), help=f"comma-separated subset of {list(LAYERS)}")
     ap.add_argument("--hotspots", metavar="CSV", help="only summarize this `ncu --page source --csv` output")
     ap.add_argument("--top", type=int, default=25, help="SASS lines per kernel with --hotspots")
+    ap.add_argument("--summary", metavar="CSV", help="only tabulate this `ncu --page raw --csv` output, a row per call")
     args = ap.parse_args(argv)
+    if args.summary:
+        with open(args.summary, encoding="utf-8", errors="replace", newline="") as f:
+            print(summary_markdown(raw_summary(f)))
+        return 0
     if args.hotspots:
         with open(args.hotspots, encoding="utf-8", errors="replace") as f:
             print(hotspots_markdown(source_hotspots(f, args.top)))
