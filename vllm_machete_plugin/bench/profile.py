@@ -148,7 +148,8 @@ def raw_summary(lines: Iterable[str]) -> list[dict]:
     rows = list(csv.reader(lines))
     if len(rows) < 2 or "ID" not in rows[0]:
         raise SystemExit("not an `ncu --page raw --csv` export: no header row with an ID column")
-    header, units = rows[0], rows[1]
+    header = rows[0]
+    unit_of = dict(zip(header, rows[1]))
     out = []
     for cells in rows[2:]:
         if len(cells) != len(header):
@@ -158,11 +159,11 @@ def raw_summary(lines: Iterable[str]) -> list[dict]:
         for col, names, scale in SUMMARY_COLUMNS:
             rec[col] = None
             for name in names:
-                v = _number(row.get(name, "")) if name in row else None
+                v = _number(row.get(name, ""))
                 if v is None:
                     continue
                 if isinstance(scale, dict):
-                    unit = units[header.index(name)].strip().lower()
+                    unit = unit_of[name].strip().lower()
                     if unit not in scale:
                         raise SystemExit(f"{name}: unit {unit!r} not among {sorted(scale)}")
                     v *= scale[unit]
@@ -178,8 +179,9 @@ def raw_summary(lines: Iterable[str]) -> list[dict]:
 
 
 def summary_markdown(recs: list[dict]) -> str:
-    cols = [c for c, _, _ in SUMMARY_COLUMNS[:6]] + ["active/elapsed", "max/mean active"] + \
-        [c for c, _, _ in SUMMARY_COLUMNS[6:]]
+    cols = [c for c, _, _ in SUMMARY_COLUMNS]
+    after = cols.index("SM-active max") + 1  # the derived ratios sit beside the cycles they divide
+    cols[after:after] = ["active/elapsed", "max/mean active"]
 
     def cell(v) -> str:
         if v is None:
