@@ -105,7 +105,10 @@ def test_verdicts_take_the_better_peer_and_the_direction_of_each_metric():
     assert "| weight load | 3.30 | builtin 3.10 | 1.06 | <= 1.30 | met |" in table
     del sides["builtin"]
     table = e2e.verdicts({"sides": sides})
-    assert "TPOT batch 1" not in table and "engine start" not in table and "| TPOT batch 64 |" in table
+    assert "TPOT batch 1" not in table and "engine start" not in table
+    assert "| TPOT batch 64 | 23.30 | humming 24.30 | 0.96 | <= 0.90 | missed |" in table  # a miss stands
+    # 199 / 216.4 = 0.92 passes Humming alone; the built-in side (201.2 above) would fail it.
+    assert "| TTFT 1024 tokens | 199.00 | humming 216.40 | 0.92 | <= 0.95 | met vs humming (builtin not run) |" in table
     assert e2e.verdicts({"sides": {"machete": sides["machete"]}}) == ""
 
 

@@ -357,7 +357,9 @@ TARGETS = [
 
 def verdicts(result: dict) -> str:
     """Ours against the targets: per row the better peer, the ratio and met / missed; rows
-    whose data is missing on our side or every peer's are left out."""
+    whose data is missing on our side or every peer's are left out. Where some peer the target
+    names did not run, a miss stands (the absent peer could only raise the bar) but a pass is
+    only "met vs <peers that ran>", not met."""
     def get(side, keys):
         return _at(result["sides"].get(side), keys)
 
@@ -371,8 +373,10 @@ def verdicts(result: dict) -> str:
         peer = (max if label in rate else min)(vals, key=vals.get)
         ratio = ours / vals[peer]
         met = ratio >= bound if label in rate else ratio <= bound
+        absent = [p for p in peers if p not in vals]
+        verdict = "missed" if not met else f"met vs {', '.join(vals)} ({', '.join(absent)} not run)" if absent else "met"
         lines.append(f"| {label} | {ours:.2f} | {peer} {vals[peer]:.2f} | {ratio:.2f} | "
-                     f"{'>=' if label in rate else '<='} {bound:.2f} | {'met' if met else 'missed'} |")
+                     f"{'>=' if label in rate else '<='} {bound:.2f} | {verdict} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
