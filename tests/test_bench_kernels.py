@@ -240,7 +240,8 @@ def test_sustained_runs_each_column_alone_then_reads_its_power(monkeypatch):
     assert out["a"] == {"us": 2.0 * 1e3 / 20, "sm_mhz": 1500.0, "power_w": 690.0, "uJ": 690.0 * 100.0}
     assert out["b"]["us"] == 100.0 and out["b"]["uJ"] == 600.0 * 100.0  # same µs, less energy
     table = bench.sustained_markdown([{"layer": "o", "M": 256, "sustained": out}, {"layer": "o", "M": 1}])
-    assert "| o | 256 | 100.0 / 1500 / 690 / 69000 | 100.0 / 1800 / 600 / 60000 |" in table
+    # 100 µs at 1500 / 1800 MHz: 150k / 180k SM cycles per call
+    assert "| o | 256 | 100.0 / 1500 / 690 / 69000 / 150 | 100.0 / 1800 / 600 / 60000 / 180 |" in table
     assert "| o | 1 |" not in table and bench.sustained_markdown([{"layer": "o", "M": 1}]) == ""
 
 
@@ -251,7 +252,8 @@ def test_sustained_sums_and_ratio_to_the_best_peer():
             {"layer": "down", "M": 16, "sustained": {"marlin": read(30.0, 20.0), "vllm_marlin": read(28.0, None)}},
             {"layer": "o", "M": 64}]  # no sustained reading: left out
     table = bench.sustained_markdown(rows)
-    assert "| sum | 16 | 40.0 / - / - / 27 | 40.0 / - / - / - |" in table and "| sum | 64 |" not in table
+    # cycles: (10 + 30) µs x 1800 MHz = 72k on both; µJ summed only where every layer has it
+    assert "| sum | 16 | 40.0 / - / - / 27 / 72 | 40.0 / - / - / - / 72 |" in table and "| sum | 64 |" not in table
     as_rows = bench.sustained_as_rows(rows)
     assert as_rows == [{"layer": "o", "M": 16, "marlin_us": 10.0, "vllm_marlin_us": 12.0},
                        {"layer": "down", "M": 16, "marlin_us": 30.0, "vllm_marlin_us": 28.0}]

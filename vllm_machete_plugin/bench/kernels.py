@@ -108,7 +108,8 @@ def round_orders(cols: list[str], rounds: int) -> list[list[str]]:
 def sustained(graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], seconds: float) -> dict[str, dict[str, float]]:
     """Each graph alone for `seconds` (>= 1: NVML's power window), replayed back to back, then
     its per-call µs over that run, the SM clock and power read at its end, and the energy per
-    call (W x µs = µJ): under a power cap the kernel drawing more per call gets the lower clock."""
+    call (W x µs = µJ). At the power cap µJ is the cap times µs; what tells kernels apart there
+    is the clock at which each meets the cap, i.e. its power per MHz (activity per cycle)."""
     out = {}
     for col, (graph, calls) in graphs.items():
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -386,27 +387,39 @@ def _num(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
+def _kcycles(v: dict) -> Optional[float]:
+    """SM cycles per call, in thousands (µs x MHz / 1000): the time at a fixed clock."""
+    return None if v.get("sm_mhz") is None else v["us"] * v["sm_mhz"] / 1e3
+
+
 def sustained_markdown(rows: list[dict]) -> str:
-    """The --sustain readings: per (layer, M) and column, µs per call, SM MHz, W and µJ per call."""
+    """The --sustain readings: per (layer, M) and column, µs per call, SM MHz, W, µJ and
+    thousands of SM cycles per call; per M the sums of µs, µJ and cycles over the layers."""
     sel = [r for r in rows if r.get("sustained")]
     if not sel:
         return ""
     cols = list(dict.fromkeys(c for r in sel for c in r["sustained"]))
-    lines = ["| layer | M | " + " | ".join(f"{c}: µs / MHz / W / µJ" for c in cols) + " |",
+    lines = ["| layer | M | " + " | ".join(f"{c}: µs / MHz / W / µJ / k cycles" for c in cols) + " |",
              "|" + "---|" * (2 + len(cols))]
     for r in sel:
         cells = []
         for c in cols:
             v = r["sustained"].get(c)
-            cells.append("-" if v is None else f"{v['us']:.1f} / {_num(v['sm_mhz'])} / {_num(v['power_w'])} / {_num(v['uJ'])}")
+            cells.append("-" if v is None else f"{v['us']:.1f} / {_num(v['sm_mhz'])} / {_num(v['power_w'])} / "
+                         f"{_num(v['uJ'])} / {_num(_kcycles(v))}")
         lines.append(f"| {r['layer']} | {r['M']} | " + " | ".join(cells) + " |")
-    for m in sorted({r["M"] for r in sel}):  # per-M sums of µs and µJ over layers
+
+    def total(vs: list[dict], value) -> str:
+        parts = [value(v) for v in vs]
+        return "-" if None in parts else f"{sum(parts):.0f}"
+
+    for m in sorted({r["M"] for r in sel}):
         at = [r for r in sel if r["M"] == m]
         cells = []
         for c in cols:
             vs = [r["sustained"].get(c) for r in at]
             cells.append("-" if None in vs else f"{sum(v['us'] for v in vs):.1f} / - / - / "
-                         + ("-" if any(v["uJ"] is None for v in vs) else f"{sum(v['uJ'] for v in vs):.0f}"))
+                         f"{total(vs, lambda v: v['uJ'])} / {total(vs, _kcycles)}")
         lines.append(f"| sum | {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
