@@ -47,11 +47,12 @@ RANGE = "thread Domain:Push/Pop_Range:PL_Type:PL_Value:CLR_Type:Color:Msg_Type:M
 RAW_CSV = (
     f'"ID","{RANGE}","Kernel Name","gpu__time_duration.sum","sm__cycles_elapsed.avg.per_second",'
     '"launch__grid_size","sm__cycles_elapsed.max","sm__cycles_active.avg","sm__cycles_active.max",'
-    '"dram__bytes_read.sum","smsp__average_warps_issue_stalled_membar_per_issue_active.ratio"\n'
-    '"","","","usecond","Mhz","","cycle","cycle","cycle","Kbyte","inst"\n'
+    '"dram__bytes_read.sum","smsp__average_warps_issue_stalled_membar_per_issue_active.ratio",'
+    '"l1tex__data_pipe_lsu_wavefronts_mem_shared.sum"\n'
+    '"","","","usecond","Mhz","","cycle","cycle","cycle","Kbyte","inst",""\n'
     '"0","580  ""<default domain>:marlin/qkv/M64:none:none:none:none:none:none"" ","void vmp::gemm_kernel<__half, 4>(P)",'
-    '"47.5","1,800","128","80,000","60,000","75,000","44,500","0.2"\n'
-    '"1","","void Marlin<1, 2>(const int4 *)","42.5","1,790","132","76,000","61,000","","","0.01"\n'
+    '"47.5","1,800","128","80,000","60,000","75,000","44,500","0.2","2,500,000"\n'
+    '"1","","void Marlin<1, 2>(const int4 *)","42.5","1,790","132","76,000","61,000","","","0.01",""\n'
 )
 
 
@@ -62,6 +63,7 @@ def test_raw_summary_names_scales_and_derives():
     assert a["SM GHz"] == pytest.approx(1.8) and a["DRAM read MB"] == pytest.approx(44.5)
     assert a["active/elapsed"] == pytest.approx(0.75) and a["max/mean active"] == pytest.approx(1.25)
     assert b["SM-active max"] is None and b["max/mean active"] is None and b["inst (M)"] is None
+    assert a["shared wavefronts (M)"] == pytest.approx(2.5) and b["shared wavefronts (M)"] is None
     md = profile.summary_markdown([a, b])
     assert "| marlin/qkv/M64 | 47.5 | 1.8 | 128 | 80,000 | 60,000 | 75,000 | 0.75 | 1.25 |" in md
     assert md.splitlines()[3].startswith("| Marlin | 42.5 | 1.79 | 132 | 76,000 | 61,000 | - |")

@@ -118,6 +118,7 @@ SUMMARY_COLUMNS: list[tuple[str, tuple[str, ...], object]] = [
                             "sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active"), None),
     ("issue %", ("smsp__issue_active.avg.pct_of_peak_sustained_active",), None),
     ("L2 sectors (M)", ("lts__t_sectors.sum",), 1e-6),
+    ("shared wavefronts (M)", ("l1tex__data_pipe_lsu_wavefronts_mem_shared.sum",), 1e-6),  # LSU only, not wgmma/TMA
     ("DRAM read MB", ("dram__bytes_read.sum",), _BYTES),
     ("long sb", (_STALL.format("long_scoreboard"),), None),
     ("wait", (_STALL.format("wait"),), None),
