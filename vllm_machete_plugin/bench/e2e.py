@@ -373,8 +373,10 @@ def verdicts(result: dict) -> str:
         peer = (max if label in rate else min)(vals, key=vals.get)
         ratio = ours / vals[peer]
         met = ratio >= bound if label in rate else ratio <= bound
+        verdict = "met" if met else "missed"
         absent = [p for p in peers if p not in vals]
-        verdict = "missed" if not met else f"met vs {', '.join(vals)} ({', '.join(absent)} not run)" if absent else "met"
+        if met and absent:
+            verdict = f"met vs {', '.join(vals)} ({', '.join(absent)} not run)"
         lines.append(f"| {label} | {ours:.2f} | {peer} {vals[peer]:.2f} | {ratio:.2f} | "
                      f"{'>=' if label in rate else '<='} {bound:.2f} | {verdict} |")
     return "\n".join(lines) if len(lines) > 2 else ""

@@ -411,7 +411,7 @@ def sustained_markdown(rows: list[dict]) -> str:
 
     def total(vs: list[dict], value) -> str:
         parts = [value(v) for v in vs]
-        return "-" if None in parts else f"{sum(parts):.0f}"
+        return _num(None if None in parts else sum(parts))
 
     for m in sorted({r["M"] for r in sel}):
         at = [r for r in sel if r["M"] == m]
