@@ -6,6 +6,11 @@ NVTX range named "<column>/<layer>/M<m>", after an untimed warm-up of everything
   ncu --clock-control none --profile-from-start off --nvtx --set full -o rep \
       python -m vllm_machete_plugin.bench profile --columns machete,vllm_machete --m 64,128
 
+With the vllm_humming column, run the same command once without ncu first (Humming JIT-compiles
+into ~/.humming/cache; under ncu that compile ran past 4 minutes on an H200) and add
+`--target-processes application-only` (ncu otherwise attaches to Humming's nvrtc compile
+processes; on 2026-12-04 that ended in a segmentation fault of ncu).
+
 The columns are those of `bench kernels` (ours: marlin, machete, and machete@<schedule> for
 one forced Machete schedule; vLLM's: vllm_marlin, vllm_machete, vllm_humming), on the same data: u4b8 g128 fp16, one weight copy per
 layer (the L2 is flushed between calls by ncu's default cache control).
