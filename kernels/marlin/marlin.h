@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../device_limits.h"
 #include "marlin_stripes.h"
 
 namespace vmp {
@@ -33,6 +34,7 @@ struct GemmPlan {
   StripeMap stripes;    // M chunks of 16*m_blocks rows, the slice order, each block's units;
                         // stripes.grid() blocks are launched, all co-resident
   int stages;           // cp.async pipeline depth (one the kernel is compiled for)
+  bool drain;           // the reduction tile overlays the stages (marlin_gemm.cu, smem_bytes)
   int smem_bytes;
   size_t reduce_floats;  // fp32 scratch for the cross-block reduction (no initialisation needed)
 };
@@ -45,7 +47,19 @@ struct PlanHints {
   int max_m_blocks = 0;   // 16-row blocks per M chunk cap (1..4)
   int swap_small_m = -1;  // 0: no transposed MMAs at M <= 8 (default: on)
   int chunk_major = -1;   // stripe order, StripeMap::plan: 0 n-major, 1 chunk-major (default: its rule)
+  int smem_per_sm = 0;    // bytes of shared memory per SM to plan with, if below the device's: plans of
+                          // smaller GPUs on this one (102400: sm_86/89, 167936: sm_80)
 };
+
+// The tile the planner picks for M = m on a device with `lim`: host code only (no CUDA call),
+// so that tests without a GPU can check it for any GPU. False when no tile fits.
+struct TileChoice {
+  int m_blocks, chunks;  // M chunks of 16 m_blocks rows
+  int stages, blocks_per_sm;
+  bool drain;
+  int smem_bytes;
+};
+bool choose_tile(int m, int n_pad, int k_pad, DeviceLimits lim, const PlanHints& hints, TileChoice* out);
 
 // Fails (cudaErrorInvalidValue) when the device lacks the shared memory for any config.
 // k_pad % kTileK == 0 and n_pad % kTileN == 0 (marlin_layout.cuh).

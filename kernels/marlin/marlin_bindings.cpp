@@ -38,9 +38,11 @@ void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* o
               "; fix: keep all inputs on one GPU");
 }
 
-// "blocks=1,stages=6,mb=2,swap=0,order=1" (any subset) -> caps on the launch plan, for
+// "blocks=1,stages=6,mb=2,swap=0,order=1,smem=102400" (any subset) -> caps on the launch plan, for
 // benchmarking plans, never needed for correctness; `what` names the setting in errors. The
 // depth used is the deepest compiled one (marlin_gemm.cu, stages_compiled) within the cap.
+constexpr int kMinSmemPerSm = 102400;  // the least of any sm_80+ GPU (sm_86/89)
+
 mk::PlanHints parse_plan(const char* spec, const char* what) {
   mk::PlanHints h;
   for (std::string item; spec != nullptr && *spec != '\0'; spec += *spec == ',') {
@@ -54,13 +56,15 @@ mk::PlanHints parse_plan(const char* spec, const char* what) {
                 : key == "mb"     ? &h.max_m_blocks
                 : key == "swap"   ? &h.swap_small_m
                 : key == "order"  ? &h.chunk_major
+                : key == "smem"   ? &h.smem_per_sm
                                   : nullptr;
     const bool flag = key == "swap" || key == "order";
     VMP_CHECK(slot != nullptr && (value > 0 || (value == 0 && flag)) && (key != "stages" || value >= 3) &&
-                  (!flag || value <= 1),
+                  (key != "smem" || value >= kMinSmemPerSm) && (!flag || value <= 1),
               what, ": cannot parse '", item,
               "'; fix: a comma-separated subset of blocks=1|2, stages=3..8, mb=1..4, swap=0|1, order=0|1 "
-              "(1: chunk-major stripes)");
+              "(1: chunk-major stripes), smem=BYTES (shared memory per SM to plan with, >= ", kMinSmemPerSm,
+              ", the 100 KB of sm_86/89)");
     *slot = value;
   }
   return h;
@@ -215,12 +219,38 @@ std::vector<int64_t> marlin_stripe_map(int64_t chunks, int64_t n_tiles, int64_t 
   return out;
 }
 
+// Host only, for tests without a GPU: the tile choose_tile picks for M = m on a GPU with these
+// limits (cudaDeviceGetAttribute's SM count, shared memory per SM, per block opt-in and
+// reserved per block) under `plan` (parse_plan's form), as [m_blocks, chunks, stages,
+// blocks_per_sm, drain, smem_bytes]; [] when no tile fits.
+std::vector<int64_t> marlin_tile_plan(int64_t m, int64_t n_pad, int64_t k_pad, int64_t sms, int64_t smem_per_sm,
+                                      int64_t smem_optin, int64_t smem_reserved, const std::optional<std::string>& plan) {
+  VMP_CHECK(m >= 1 && m <= kMaxDim && n_pad >= kTileN && n_pad % kTileN == 0 && n_pad <= kMaxDim && k_pad >= kTileK &&
+                k_pad % kTileK == 0 && k_pad <= kMaxDim && sms >= 1 && smem_per_sm >= 1 && smem_optin >= 1 &&
+                smem_reserved >= 0 && smem_per_sm <= (1 << 24) && smem_optin <= smem_per_sm,
+            "vmp::marlin_tile_plan: needs 1 <= m, n_pad a multiple of ", kTileN, ", k_pad of ", kTileK,
+            ", positive limits with smem_optin <= smem_per_sm; got m=", m, ", n_pad=", n_pad, ", k_pad=", k_pad,
+            ", limits ", sms, ", ", smem_per_sm, ", ", smem_optin, ", ", smem_reserved);
+  DeviceLimits lim;
+  lim.sms = static_cast<int>(sms);
+  lim.smem_per_sm = static_cast<int>(smem_per_sm);
+  lim.smem_optin = static_cast<int>(smem_optin);
+  lim.smem_reserved = static_cast<int>(smem_reserved);
+  const mk::PlanHints hints = plan ? parse_plan(plan->c_str(), "vmp::marlin_tile_plan plan") : mk::PlanHints{};
+  mk::TileChoice t;
+  if (!mk::choose_tile(static_cast<int>(m), static_cast<int>(n_pad), static_cast<int>(k_pad), lim, hints, &t)) return {};
+  return {t.m_blocks, t.chunks, t.stages, t.blocks_per_sm, t.drain, t.smem_bytes};
+}
+
 }  // namespace
 
 void register_marlin_ops(torch::Library& m) {
   m.def("marlin_repack(Tensor codes, SymInt k_pad, SymInt n_pad) -> Tensor");
   m.def("marlin_stripe_map(int chunks, int n_tiles, int k_tiles, int slots, int order=-1) -> int[]",
         &marlin_stripe_map);
+  m.def("marlin_tile_plan(int m, int n_pad, int k_pad, int sms, int smem_per_sm, int smem_optin, int smem_reserved, "
+        "str? plan=None) -> int[]",
+        &marlin_tile_plan);
   m.def("marlin_permute_groups(Tensor src, SymInt g_pad, SymInt n_pad) -> Tensor");
   m.def(
       "marlin_gemm(Tensor x, Tensor w, Tensor scales, Tensor? zeros, Tensor workspace, SymInt size_n, "

@@ -65,16 +65,28 @@ __host__ __device__ constexpr int red_bytes(int mb) { return mb * 16 * kRedStrid
 // variable, so this region starts 128-byte aligned, as the activation swizzle and the
 // copies assume: with a 16-byte static flag in front of it (before 2026-12-03), every
 // cp.async cost 2x the L2 sectors and 3x the shared wavefronts.
+// kDrain: the reduction tile overlays the stages instead of following them. The pipeline
+// then loads no unit past the current slice, drains at the slice end and restarts after
+// it: the 32..64-row tiles fit in 164 KB (sm_80/87) or 100 KB (sm_86/89) so, where the
+// stages and the tile side by side do not.
 constexpr int kFlagBytes = 16;
-__host__ __device__ constexpr int smem_bytes(int mb, int stages) {
-  return stages * stage_bytes(mb) + red_bytes(mb) + kFlagBytes;
+__host__ __device__ constexpr int red_offset(int mb, int stages, bool drain) {
+  return drain ? 0 : stages * stage_bytes(mb);
+}
+__host__ __device__ constexpr int flag_offset(int mb, int stages, bool drain) {
+  return drain ? (stages * stage_bytes(mb) > red_bytes(mb) ? stages * stage_bytes(mb) : red_bytes(mb))
+               : stages * stage_bytes(mb) + red_bytes(mb);
+}
+__host__ __device__ constexpr int smem_bytes(int mb, int stages, bool drain) {
+  return flag_offset(mb, stages, drain) + kFlagBytes;
 }
 
 // Pipeline depths compiled per M tile (the stage count is a template parameter, so the
 // cp.async wait count is an immediate): the planner's choices on 100 KB (sm_86/89),
-// 164 KB (sm_80/87) and 228 KB (sm_90) of shared memory per SM. plan_gemm takes the
-// deepest compiled depth that fits; gemm() refuses any other.
-__host__ __device__ constexpr bool stages_compiled(int mb, int s) {
+// 164 KB (sm_80/87) and 228 KB (sm_90) of shared memory per SM, without kDrain and with
+// it. choose_tile takes the deepest compiled depth that fits; gemm() refuses any other.
+__host__ __device__ constexpr bool stages_compiled(int mb, int s, bool drain) {
+  if (drain) return (mb == 2 && s == 3) || (mb == 3 && s == 3) || (mb == 4 && s == 4);
   return mb == 1 ? (s == 3 || s == 4 || s == 6) : mb == 2 ? (s == 4 || s == 6) : mb == 3 ? (s == 3 || s == 5) : s == 4;
 }
 
@@ -202,10 +214,12 @@ struct KernelParams {
 // A operand (16 output features) and 8 tokens as B, so one m16n8k16 covers 16 columns
 // where the plain product spends two MMAs on 16 token rows of which at most 8 are real.
 // The dequantized registers are the same; only their roles and the output mapping change.
-// kStages: cp.async pipeline depth (stages_compiled(MB, kStages)).
-template <typename T, int MB, bool kZeros, bool kSwap, int kStages>
+// kStages: cp.async pipeline depth (stages_compiled(MB, kStages, kDrain)); kDrain: the
+// reduction tile overlays the stages (smem_bytes above).
+template <typename T, int MB, bool kZeros, bool kSwap, int kStages, bool kDrain>
 __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const KernelParams p) {
   static_assert(kStages >= 3 && kStages <= kMaxStages, "the refill of a stage needs 2 more in flight");
+  static_assert(!kDrain || blocks_per_sm(MB) == 1, "a drained pipeline is for one block per SM");
   using O = Ops<T>;
   using T2 = typename O::T2;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -218,8 +232,8 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
 
   constexpr int stage_sz = stage_bytes(MB);
   const uint32_t smem0 = smem_u32(smem);
-  float* red = reinterpret_cast<float*>(smem + kStages * stage_sz);
-  int& s_last = *reinterpret_cast<int*>(smem + kStages * stage_sz + red_bytes(MB));
+  float* red = reinterpret_cast<float*>(smem + red_offset(MB, kStages, kDrain));
+  int& s_last = *reinterpret_cast<int*>(smem + flag_offset(MB, kStages, kDrain));
   const T* x = static_cast<const T*>(p.x);
   const T* scales = static_cast<const T*>(p.scales);
   const T* zeros = static_cast<const T*>(p.zeros);
@@ -410,45 +424,58 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
     fill_mask = filling ? ld.copies & ~issued : 0u;
     fill_phase(0);
   };
-  // Launched with PDL (launch.h): the weight and group copies of the first kStages - 1
-  // stages go out before pdl_wait(), overlapping the previous kernel's tail; activations,
-  // the output, the reduction slots and the locks are touched only after it. Those copies
-  // join the first commit group.
+  // start(u0, u_stop, pdl): the prologue. Loads units u0.. of [u0, u_stop) into stages
+  // 0..kStages-1 (the last left open after phase 0, so that the first unit's steps run the
+  // same phases as every other) and the first unit's fragments. With pdl (the kernel's
+  // start; launched with PDL, launch.h) the weight and group copies of the first
+  // kStages - 1 stages go out before pdl_wait(), overlapping the previous kernel's tail;
+  // activations, the output, the reduction slots and the locks are touched only after it.
+  // Those copies join the first commit group. kDrain restarts the pipeline so after every
+  // slice end, when no copy is in flight.
   constexpr uint32_t kConstCopies = ((1u << kCopies) - 1) & ~((1u << MB) - 1);
-  seek(pos_of(u_begin));
+  auto start = [&](int u0, int u_stop, bool pdl) {
+    seek(pos_of(u0));
 #pragma unroll
-  for (int s = 0; s + 1 < kStages; ++s) {
-    if (s < u_end - u_begin) {
+    for (int s = 0; s + 1 < kStages; ++s) {
+      if (s < u_stop - u0) {
 #pragma unroll
-      for (int c = MB; c < kCopies; ++c) copy(smem0 + s * stage_sz, c, ld.copies);
-      loader_next();
+        for (int c = MB; c < kCopies; ++c) copy(smem0 + s * stage_sz, c, ld.copies);
+        loader_next();
+      }
     }
-  }
-  ptx::pdl_wait();
-  ptx::pdl_launch_dependents();
-  seek(pos_of(u_begin));
-#pragma unroll
-  for (int s = 0; s < kStages; ++s) {
-    open_fill(smem0 + s * stage_sz, s < u_end - u_begin, s + 1 < kStages ? kConstCopies : 0u);
-    if (s + 1 < kStages) {
-#pragma unroll
-      for (int f = 1; f < kFillPhases; ++f) fill_phase(f);
+    if (pdl) {
+      ptx::pdl_wait();
+      ptx::pdl_launch_dependents();
     }
-  }
-  // Unit u_begin's group is complete: kStages - 1 groups are committed when a fill is
-  // spread (stage kStages-1 still open), kStages otherwise.
-  cp_async_wait<(kFillPhases > 1 ? kStages - 2 : kStages - 1)>();
-  __syncthreads();
-  load_frags(smem0, 0, 0);
-  load_group(smem0 + g_rd0, 0, true);
+    seek(pos_of(u0));
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) {
+      open_fill(smem0 + s * stage_sz, s < u_stop - u0, s + 1 < kStages ? kConstCopies : 0u);
+      if (s + 1 < kStages) {
+#pragma unroll
+        for (int f = 1; f < kFillPhases; ++f) fill_phase(f);
+      }
+    }
+    // Unit u0's group is complete: kStages - 1 groups are committed when a fill is spread
+    // (stage kStages-1 still open), kStages otherwise.
+    cp_async_wait<(kFillPhases > 1 ? kStages - 2 : kStages - 1)>();
+    __syncthreads();
+    load_frags(smem0, 0, 0);
+    load_group(smem0 + g_rd0, 0, true);
+  };
+  // The end of the units the pipeline may load from unit u at position q on: the block's
+  // last, or with kDrain the last of u's slice.
+  auto load_stop = [&](int u, const Pos& q) { return kDrain ? min(u_end, u + k_tiles - q.kt) : u_end; };
 
   const uint32_t smem_end = smem0 + kStages * stage_sz;
   Pos cp = pos_of(u_begin);
   uint32_t st = smem0;  // stage being read
+  start(u_begin, load_stop(u_begin, cp), true);
   for (int u = u_begin; u < u_end;) {
     // The units of this block in the current slice run back to back; the slice end
     // (block reduction, cross-block reduction, output) follows them.
     const int slice_units = min(u_end - u, k_tiles - cp.kt);
+    const int u_stop = load_stop(u, cp);
     for (int i = 0; i < slice_units; ++i, ++u) {
 #pragma unroll
       for (int s = 0; s < kWarpSteps; ++s) {
@@ -463,7 +490,7 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
           // Next unit's stage complete and visible; every read of this stage issued.
           cp_async_wait<kStages - 2>();
           __syncthreads();
-          open_fill(st, u < u_end - kStages);  // the loader is at unit u + kStages
+          open_fill(st, u < u_stop - kStages);  // the loader is at unit u + kStages
           st = st + stage_sz == smem_end ? smem0 : st + stage_sz;
           // After the block's last unit these read a stage that holds no unit (in bounds,
           // unused): no branch.
@@ -493,6 +520,10 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
       }
     }
 
+    if constexpr (kDrain) {  // red overlays the stages: every warp's reads of them are done
+      cp_async_wait<0>();
+      __syncthreads();
+    }
     {
       // 1. Sum the kWarpsK partial tiles of this block in shared memory.
       for (int r = 0; r < kWarpsK; ++r) {
@@ -604,20 +635,33 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
       zero_acc();
     }
     cp = next_slice(cp);
+    if (kDrain && u < u_end) {  // every thread is past its reads of red
+      __syncthreads();
+      st = smem0;
+      start(u, load_stop(u, cp), false);
+    }
   }
 }
 
 // Every M-tile has a zero-point-free variant (u4b8: zero point 8 folded into immediates,
 // fewer registers and instructions) and one that handles both cases at run time; each is
 // compiled for the depths of stages_compiled only.
-template <typename T, int MB, bool kSwap, int kStages>
+template <typename T, int MB, bool kSwap, int kStages, bool kDrain = false>
 const void* kernel_for_stages(bool zeros) {
-  static_assert(stages_compiled(MB, kStages), "depth not in stages_compiled");
-  return zeros ? reinterpret_cast<const void*>(&gemm_kernel<T, MB, true, kSwap, kStages>)
-               : reinterpret_cast<const void*>(&gemm_kernel<T, MB, false, kSwap, kStages>);
+  static_assert(stages_compiled(MB, kStages, kDrain), "depth not in stages_compiled");
+  return zeros ? reinterpret_cast<const void*>(&gemm_kernel<T, MB, true, kSwap, kStages, kDrain>)
+               : reinterpret_cast<const void*>(&gemm_kernel<T, MB, false, kSwap, kStages, kDrain>);
 }
 template <typename T>
-const void* kernel_for_type(int mb, int stages, bool zeros, bool swap) {
+const void* kernel_for_type(int mb, int stages, bool drain, bool zeros, bool swap) {
+  if (drain) {
+    switch (mb * 16 + stages) {
+      case 32 + 3: return kernel_for_stages<T, 2, false, 3, true>(zeros);
+      case 48 + 3: return kernel_for_stages<T, 3, false, 3, true>(zeros);
+      case 64 + 4: return kernel_for_stages<T, 4, false, 4, true>(zeros);
+      default: return nullptr;  // not compiled
+    }
+  }
   switch (mb * 16 + stages) {
     case 16 + 3: return swap ? kernel_for_stages<T, 1, true, 3>(zeros) : kernel_for_stages<T, 1, false, 3>(zeros);
     case 16 + 4: return swap ? kernel_for_stages<T, 1, true, 4>(zeros) : kernel_for_stages<T, 1, false, 4>(zeros);
@@ -631,27 +675,28 @@ const void* kernel_for_type(int mb, int stages, bool zeros, bool swap) {
   }
 }
 
-// nullptr when (mb, stages) is not compiled (!stages_compiled) or swap is asked for mb > 1.
-const void* kernel_for(DType dtype, int mb, int stages, bool zeros, bool swap) {
+// nullptr when (mb, stages, drain) is not compiled (!stages_compiled) or swap is asked for mb > 1.
+const void* kernel_for(DType dtype, int mb, int stages, bool drain, bool zeros, bool swap) {
   if (swap && mb != 1) return nullptr;
-  return dtype == DType::kFloat16 ? kernel_for_type<half>(mb, stages, zeros, swap)
-                                  : kernel_for_type<__nv_bfloat16>(mb, stages, zeros, swap);
+  return dtype == DType::kFloat16 ? kernel_for_type<half>(mb, stages, drain, zeros, swap)
+                                  : kernel_for_type<__nv_bfloat16>(mb, stages, drain, zeros, swap);
 }
 
 int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
 }  // namespace
 
-cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, const PlanHints& hints,
-                      GemmPlan* plan) {
-  if (m <= 0 || n_pad <= 0 || k_pad <= 0 || n_pad % kTileN || k_pad % kTileK) return cudaErrorInvalidValue;
-  DeviceLimits lim;
-  cudaError_t err = device_limits(device, &lim);
-  if (err != cudaSuccess) return err;
-  const int sms = lim.sms;
-
-  // Fewest chunks of at most 64 rows, balanced; fewer rows per chunk when shared memory
-  // cannot hold 3 pipeline stages of the larger tile (sm_86/sm_89 have ~100 KB).
+bool choose_tile(int m, int n_pad, int k_pad, DeviceLimits lim, const PlanHints& hints, TileChoice* out) {
+  if (m <= 0 || n_pad <= 0 || k_pad <= 0) return false;
+  if (hints.smem_per_sm > 0) {  // plan as on a GPU with this much shared memory per SM
+    lim.smem_per_sm = std::min(lim.smem_per_sm, hints.smem_per_sm);
+    lim.smem_optin = std::min(lim.smem_optin, hints.smem_per_sm - lim.smem_reserved);
+  }
+  // Fewest chunks of at most 64 rows, balanced. Where shared memory cannot hold 3 stages of
+  // a tile with its reduction tile beside them, the reduction tile overlays the stages
+  // (drain); where even that does not fit, the chunks get fewer rows (more of them, again
+  // balanced). H200 (228 KB): 64 rows, no drain, at every M; A100 (164 KB): 64-row chunks
+  // drained; sm_86/89 (100 KB): 48-row ones drained, 32-row ones at 33..64 tokens.
   const int max_mb = hints.max_m_blocks > 0 ? std::min(hints.max_m_blocks, kMaxMBlocks) : kMaxMBlocks;
   const int max_stages = hints.max_stages >= 2 ? std::min(hints.max_stages, kMaxStages) : kMaxStages;
   // 16-row tiles run two blocks per SM only on layers above 80 Mi weights (gate_up, down);
@@ -667,45 +712,61 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
   };
   int chunks = ceil_div(m, max_mb * 16);
   int mb = ceil_div(m, 16LL * chunks);
-  int stages = 0, blocks = 1;
-  // Deepest compiled depth that fits and respects the cap; 0 if none.
-  auto stages_for = [&](int b) {
-    const int budget = lim.smem_budget(b);
-    int s = std::min(max_stages, (budget - smem_bytes(mb, 0)) / stage_bytes(mb));
-    while (s > 0 && !stages_compiled(mb, s)) --s;
+  // Deepest compiled depth within the cap that fits `blocks` blocks per SM; 0 if none.
+  auto stages_for = [&](int blocks, bool drain) {
+    int s = max_stages;
+    while (s > 0 && (!stages_compiled(mb, s, drain) || smem_bytes(mb, s, drain) > lim.smem_budget(blocks))) --s;
     return s;
   };
+  int stages = 0, blocks = 1;
+  bool drain = false;
   for (;;) {
     blocks = blocks_for(mb);
-    stages = stages_for(blocks);
+    stages = stages_for(blocks, false);
     // Too little shared memory for two blocks per SM (sm_86/sm_89): one block, deeper.
-    if (stages < 4 && blocks > 1) stages = stages_for(blocks = 1);
+    if (stages < 4 && blocks > 1) stages = stages_for(blocks = 1, false);
     if (stages >= 3 || mb == 1) break;
-    --mb;
-    chunks = ceil_div(m, 16LL * mb);
+    if ((stages = stages_for(blocks = 1, true)) >= 3) {
+      drain = true;
+      break;
+    }
+    chunks = ceil_div(m, 16LL * (mb - 1));
+    mb = ceil_div(m, 16LL * chunks);
   }
-  if (stages < 3) return cudaErrorInvalidValue;
-  const int smem = smem_bytes(mb, stages);
+  if (stages < 3) return false;
+  *out = TileChoice{mb, chunks, stages, blocks, drain, smem_bytes(mb, stages, drain)};
+  return true;
+}
+
+cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, const PlanHints& hints,
+                      GemmPlan* plan) {
+  if (m <= 0 || n_pad <= 0 || k_pad <= 0 || n_pad % kTileN || k_pad % kTileK) return cudaErrorInvalidValue;
+  DeviceLimits lim;
+  cudaError_t err = device_limits(device, &lim);
+  if (err != cudaSuccess) return err;
+  TileChoice t;
+  if (!choose_tile(m, n_pad, k_pad, lim, hints, &t)) return cudaErrorInvalidValue;
   // Every block must be resident at once: blocks wait on each other's locks.
-  const bool swap = mb == 1 && m <= 8 && hints.swap_small_m != 0;
-  const void* fn = kernel_for(dtype, mb, stages, true, swap);
-  err = allow_dynamic_smem(kernel_for(dtype, mb, stages, false, swap), device, smem);
-  if (err == cudaSuccess) err = allow_dynamic_smem(fn, device, smem);
+  const bool swap = t.m_blocks == 1 && m <= 8 && hints.swap_small_m != 0;
+  const void* fn = kernel_for(dtype, t.m_blocks, t.stages, t.drain, true, swap);
+  err = allow_dynamic_smem(kernel_for(dtype, t.m_blocks, t.stages, t.drain, false, swap), device, t.smem_bytes);
+  if (err == cudaSuccess) err = allow_dynamic_smem(fn, device, t.smem_bytes);
   if (err != cudaSuccess) return err;
   int resident = 0;
-  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, fn, kThreads, smem);
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, fn, kThreads, t.smem_bytes);
   if (err != cudaSuccess) return err;
   if (resident < 1) return cudaErrorInvalidConfiguration;
-  resident = std::min(resident, blocks);
+  resident = std::min(resident, t.blocks_per_sm);
   const int n_tiles = n_pad / kTileN, k_tiles = k_pad / kTileK;
-  if (static_cast<long long>(chunks) * n_tiles * k_tiles > INT_MAX) return cudaErrorInvalidValue;
+  if (static_cast<long long>(t.chunks) * n_tiles * k_tiles > INT_MAX) return cudaErrorInvalidValue;
   plan->dtype = dtype;
-  plan->m_blocks = mb;
+  plan->m_blocks = t.m_blocks;
   plan->swap = swap;
-  plan->stripes = StripeMap::plan(chunks, n_tiles, k_tiles, sms * resident, hints.chunk_major);
-  plan->stages = stages;
-  plan->smem_bytes = smem;
-  plan->reduce_floats = static_cast<size_t>(plan->stripes.grid()) * 2 * mb * 16 * kTileN;  // 2 slots per block
+  plan->stripes = StripeMap::plan(t.chunks, n_tiles, k_tiles, lim.sms * resident, hints.chunk_major);
+  plan->stages = t.stages;
+  plan->drain = t.drain;
+  plan->smem_bytes = t.smem_bytes;
+  plan->reduce_floats = static_cast<size_t>(plan->stripes.grid()) * 2 * t.m_blocks * 16 * kTileN;  // 2 slots per block
   return cudaSuccess;
 }
 
@@ -725,7 +786,7 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
   if (map.n_tiles != a.n_pad / kTileN || map.k_tiles != a.k_pad / kTileK ||
       static_cast<long long>(map.chunks) * 16 * plan.m_blocks < a.m)
     return cudaErrorInvalidValue;
-  const void* fn = kernel_for(a.dtype, plan.m_blocks, plan.stages, a.zeros != nullptr, plan.swap);
+  const void* fn = kernel_for(a.dtype, plan.m_blocks, plan.stages, plan.drain, a.zeros != nullptr, plan.swap);
   if (a.dtype != plan.dtype || fn == nullptr) return cudaErrorInvalidValue;
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);

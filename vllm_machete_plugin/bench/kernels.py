@@ -519,7 +519,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                          "a tile without a raster suffix runs in CUTLASS's own order)")
     ap.add_argument("--marlin-plans", action="append", default=[], metavar="PLAN",
                     help="time our Marlin under this launch plan too, as column marlin@PLAN (VMP_MARLIN_PLAN's "
-                         "form, e.g. order=1); repeatable")
+                         "form, e.g. order=1, or smem=102400 for the plan of a 100 KB GPU); repeatable")
     ap.add_argument("--in-model", action="store_true",
                     help="precede every call with a kernel that writes its X, as in the model (see above)")
     ap.add_argument("--sustain", type=float, default=0.0, metavar="SECONDS",

@@ -1,0 +1,92 @@
+"""The Marlin tile planner (choose_tile in kernels/marlin/marlin_gemm.cu), through the host-only
+op vmp::marlin_tile_plan: which M tile, pipeline depth and shared-memory layout a call gets on a
+GPU with given limits. Host code only: runs without a GPU wherever the Marlin extension was built
+(CI builds it), for the shared memory of every GPU class the kernel targets."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vllm_machete_plugin import ops
+
+pytestmark = pytest.mark.skipif(not (ops.kernels_available() and ops.has_op("marlin_tile_plan")),
+                                reason="the Marlin extension was not built (needs nvcc)")
+
+# cudaDeviceGetAttribute: SMs, shared memory per SM, per block opt-in, reserved per block.
+GPUS = {
+    "H200 (sm_90)": (132, 233472, 232448, 1024),
+    "A100 (sm_80)": (108, 167936, 166912, 1024),
+    "L40S (sm_89)": (142, 102400, 101376, 1024),
+    "A10 (sm_86)": (72, 102400, 101376, 1024),
+}
+# (N_pad, K_pad): Llama-3.1-70B qkv (below the 80 Mi-weight rule for two blocks) and gate_up.
+LAYERS = [(10240, 8192), (57344, 8192)]
+MS = [1, 8, 9, 16, 17, 32, 33, 48, 49, 64, 65, 100, 128, 200, 256, 1024, 4096]
+
+
+def plan(m, n_pad, k_pad, gpu, hints=None):
+    """[m_blocks, chunks, stages, blocks_per_sm, drain, smem_bytes] for GPUS[gpu]."""
+    got = torch.ops.vmp.marlin_tile_plan(m, n_pad, k_pad, *GPUS[gpu], hints)
+    assert len(got) == 6, f"no tile fits M={m} on {gpu}"
+    mb, chunks, stages, blocks, drain, smem = got
+    return dict(mb=mb, chunks=chunks, stages=stages, blocks=blocks, drain=bool(drain), smem=smem)
+
+
+@pytest.mark.parametrize("gpu", list(GPUS))
+@pytest.mark.parametrize("layer", LAYERS)
+def test_every_m_gets_a_balanced_tile_that_fits(gpu, layer):
+    """Every M gets a tile on every GPU class: chunks of <= 64 rows covering M with less than one
+    16-row block left over per chunk, at least 3 stages, within the per-block opt-in and the
+    per-SM shared memory of its blocks."""
+    _, per_sm, optin, reserved = GPUS[gpu]
+    for m in MS:
+        p = plan(m, *layer, gpu)
+        assert 1 <= p["mb"] <= 4 and p["stages"] >= 3 and p["blocks"] in (1, 2)
+        rows = 16 * p["mb"] * p["chunks"]
+        assert m <= rows < m + 16 * p["chunks"], (m, p)
+        assert p["smem"] <= optin and p["blocks"] * (p["smem"] + reserved) <= per_sm, (m, p)
+        assert not (p["drain"] and p["blocks"] != 1), (m, p)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_hopper_keeps_its_plans(layer):
+    """228 KB hold the 64-row tile beside its reduction tile: no drained pipeline on Hopper, and
+    the fewest chunks (one per 64 tokens)."""
+    for m in MS:
+        p = plan(m, *layer, "H200 (sm_90)")
+        assert not p["drain"], (m, p)
+        assert p["chunks"] == -(-m // 64), (m, p)
+
+
+@pytest.mark.parametrize("gpu,most_rows", [("A100 (sm_80)", 64), ("L40S (sm_89)", 48), ("A10 (sm_86)", 48)])
+def test_smaller_gpus_get_tiles_of_32_rows_and_more(gpu, most_rows):
+    """On 164 KB and 100 KB of shared memory the reduction tile overlays the stages where it
+    must, so from 17 tokens up a tile holds 32..most_rows rows (before: 16-row chunks on
+    sm_86/89 at every M, each re-reading and re-dequantizing the weight, and 48-row ones with a
+    third of their rows empty on the A100 at 49..64 tokens)."""
+    for layer in LAYERS:
+        for m in [m for m in MS if m > 16]:
+            p = plan(m, *layer, gpu)
+            assert 32 <= 16 * p["mb"] <= most_rows, (m, p)
+        assert plan(64, *layer, gpu)["drain"]
+        assert 16 * plan(1024, *layer, gpu)["mb"] == most_rows
+
+
+@pytest.mark.parametrize("gpu,cap", [("A100 (sm_80)", 167936), ("L40S (sm_89)", 102400)])
+def test_a_smem_cap_plans_as_the_smaller_gpu(gpu, cap):
+    """`smem=BYTES` (VMP_MARLIN_PLAN, a call's plan) gives an H200 the plan of a GPU with that
+    much shared memory per SM, so the GPU tests and benchmarks run those plans on the H200."""
+    for layer in LAYERS:
+        for m in MS:
+            assert plan(m, *layer, "H200 (sm_90)", f"smem={cap}") == plan(m, *layer, gpu), m
+
+
+def test_plan_caps_are_honoured_and_bad_ones_named():
+    p = plan(64, 10240, 8192, "L40S (sm_89)", "mb=1")
+    assert p["mb"] == 1 and p["chunks"] == 4 and not p["drain"]
+    p = plan(64, 10240, 8192, "H200 (sm_90)", "stages=3")  # no 64-row tile is built with 3 stages
+    assert p["stages"] == 3 and p["mb"] == 2 and p["chunks"] == 2
+    with pytest.raises(RuntimeError, match=r"cannot parse 'smem=65536'.*>= 102400"):
+        torch.ops.vmp.marlin_tile_plan(64, 10240, 8192, *GPUS["H200 (sm_90)"], "smem=65536")
+    with pytest.raises(RuntimeError, match="n_pad a multiple of 256"):
+        torch.ops.vmp.marlin_tile_plan(64, 1000, 8192, *GPUS["H200 (sm_90)"], None)
