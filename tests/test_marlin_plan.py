@@ -24,8 +24,10 @@ LAYERS = [(10240, 8192), (57344, 8192)]
 MS = [1, 8, 9, 16, 17, 32, 33, 48, 49, 64, 65, 100, 128, 200, 256, 1024, 4096]
 
 
-def plan(m, n_pad, k_pad, gpu, hints=None):
-    """[m_blocks, chunks, stages, blocks_per_sm, drain, smem_bytes] for GPUS[gpu]."""
+def plan(m, n_pad, k_pad, gpu, hints="drain=1"):
+    """[m_blocks, chunks, stages, blocks_per_sm, drain, smem_bytes] for GPUS[gpu]; the drained
+    kernels are allowed unless `hints` says otherwise (they are off by default until they have run
+    on a GPU: test_drain_is_off_by_default)."""
     got = torch.ops.vmp.marlin_tile_plan(m, n_pad, k_pad, *GPUS[gpu], hints)
     assert len(got) == 6, f"no tile fits M={m} on {gpu}"
     mb, chunks, stages, blocks, drain, smem = got
@@ -60,10 +62,10 @@ def test_hopper_keeps_its_plans(layer):
 
 @pytest.mark.parametrize("gpu,most_rows", [("A100 (sm_80)", 64), ("L40S (sm_89)", 48), ("A10 (sm_86)", 48)])
 def test_smaller_gpus_get_tiles_of_32_rows_and_more(gpu, most_rows):
-    """On 164 KB and 100 KB of shared memory the reduction tile overlays the stages where it
-    must, so from 17 tokens up a tile holds 32..most_rows rows (before: 16-row chunks on
-    sm_86/89 at every M, each re-reading and re-dequantizing the weight, and 48-row ones with a
-    third of their rows empty on the A100 at 49..64 tokens)."""
+    """With drain=1, on 164 KB and 100 KB of shared memory the reduction tile overlays the
+    stages where it must, so from 17 tokens up a tile holds 32..most_rows rows (without: 16-row
+    chunks on sm_86/89 at every M, each re-reading and re-dequantizing the weight, and 48-row
+    ones with a third of their rows empty on the A100 at 49..64 tokens)."""
     for layer in LAYERS:
         for m in [m for m in MS if m > 16]:
             p = plan(m, *layer, gpu)
@@ -78,13 +80,26 @@ def test_a_smem_cap_plans_as_the_smaller_gpu(gpu, cap):
     much shared memory per SM, so the GPU tests and benchmarks run those plans on the H200."""
     for layer in LAYERS:
         for m in MS:
-            assert plan(m, *layer, "H200 (sm_90)", f"smem={cap}") == plan(m, *layer, gpu), m
+            assert plan(m, *layer, "H200 (sm_90)", f"smem={cap},drain=1") == plan(m, *layer, gpu), m
+
+
+def test_drain_is_off_by_default():
+    """Until the drained kernels have run on a GPU the default plans are the earlier ones."""
+    for gpu in GPUS:
+        for m in MS:
+            assert not plan(m, 10240, 8192, gpu, None)["drain"], (gpu, m)
+    assert plan(64, 10240, 8192, "L40S (sm_89)", None)["mb"] == 1
+    assert plan(64, 10240, 8192, "L40S (sm_89)", "drain=0") == plan(64, 10240, 8192, "L40S (sm_89)", None)
+    # Where the 64-row tile does not fit, the chunks are rebalanced: two of 32 rows at 64 tokens on the
+    # A100, not two of 48 with a third of their rows empty.
+    assert plan(64, 10240, 8192, "A100 (sm_80)", None) == dict(mb=2, chunks=2, stages=4, blocks=1, drain=False,
+                                                            smem=4 * 28672 + 2 * 16 * 264 * 4 + 16)
 
 
 def test_plan_caps_are_honoured_and_bad_ones_named():
     p = plan(64, 10240, 8192, "L40S (sm_89)", "mb=1")
     assert p["mb"] == 1 and p["chunks"] == 4 and not p["drain"]
-    p = plan(64, 10240, 8192, "H200 (sm_90)", "stages=3")  # no 64-row tile is built with 3 stages
+    p = plan(64, 10240, 8192, "H200 (sm_90)", "stages=3,drain=1")  # no 64-row tile is built with 3 stages
     assert p["stages"] == 3 and p["mb"] == 2 and p["chunks"] == 2
     with pytest.raises(RuntimeError, match=r"cannot parse 'smem=65536'.*>= 102400"):
         torch.ops.vmp.marlin_tile_plan(64, 10240, 8192, *GPUS["H200 (sm_90)"], "smem=65536")

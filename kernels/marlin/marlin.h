@@ -49,7 +49,13 @@ struct PlanHints {
   int chunk_major = -1;   // stripe order, StripeMap::plan: 0 n-major, 1 chunk-major (default: its rule)
   int smem_per_sm = 0;    // bytes of shared memory per SM to plan with, if below the device's: plans of
                           // smaller GPUs on this one (102400: sm_86/89, 167936: sm_80)
+  int drain = -1;         // 1: tiles whose reduction tile overlays the stages where both do not fit
+                          // (marlin_gemm.cu, kDrain); 0: never (default: kDrainByDefault)
 };
+
+// The drained kernels are planned only on request until they have run on a GPU: built and
+// tested without one (session 29), they would otherwise serve sm_80/86/89 untried.
+constexpr bool kDrainByDefault = false;
 
 // The tile the planner picks for M = m on a device with `lim`: host code only (no CUDA call),
 // so that tests without a GPU can check it for any GPU. False when no tile fits.

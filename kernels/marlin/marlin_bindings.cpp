@@ -38,7 +38,7 @@ void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* o
               "; fix: keep all inputs on one GPU");
 }
 
-// "blocks=1,stages=6,mb=2,swap=0,order=1,smem=102400" (any subset) -> caps on the launch plan, for
+// "blocks=1,stages=6,mb=2,swap=0,order=1,smem=102400,drain=1" (any subset) -> caps on the launch plan, for
 // benchmarking plans, never needed for correctness; `what` names the setting in errors. The
 // depth used is the deepest compiled one (marlin_gemm.cu, stages_compiled) within the cap.
 constexpr int kMinSmemPerSm = 102400;  // the least of any sm_80+ GPU (sm_86/89)
@@ -57,14 +57,15 @@ mk::PlanHints parse_plan(const char* spec, const char* what) {
                 : key == "swap"   ? &h.swap_small_m
                 : key == "order"  ? &h.chunk_major
                 : key == "smem"   ? &h.smem_per_sm
+                : key == "drain"  ? &h.drain
                                   : nullptr;
-    const bool flag = key == "swap" || key == "order";
+    const bool flag = key == "swap" || key == "order" || key == "drain";
     VMP_CHECK(slot != nullptr && (value > 0 || (value == 0 && flag)) && (key != "stages" || value >= 3) &&
                   (key != "smem" || value >= kMinSmemPerSm) && (!flag || value <= 1),
               what, ": cannot parse '", item,
               "'; fix: a comma-separated subset of blocks=1|2, stages=3..8, mb=1..4, swap=0|1, order=0|1 "
               "(1: chunk-major stripes), smem=BYTES (shared memory per SM to plan with, >= ", kMinSmemPerSm,
-              ", the 100 KB of sm_86/89)");
+              ", the 100 KB of sm_86/89), drain=0|1 (1: tiles whose reduction tile overlays the stages)");
     *slot = value;
   }
   return h;

@@ -694,9 +694,10 @@ bool choose_tile(int m, int n_pad, int k_pad, DeviceLimits lim, const PlanHints&
   }
   // Fewest chunks of at most 64 rows, balanced. Where shared memory cannot hold 3 stages of
   // a tile with its reduction tile beside them, the reduction tile overlays the stages
-  // (drain); where even that does not fit, the chunks get fewer rows (more of them, again
-  // balanced). H200 (228 KB): 64 rows, no drain, at every M; A100 (164 KB): 64-row chunks
-  // drained; sm_86/89 (100 KB): 48-row ones drained, 32-row ones at 33..64 tokens.
+  // (drain, where allowed); where even that does not fit, the chunks get fewer rows (more of
+  // them, again balanced). H200 (228 KB): 64 rows, no drain, at every M; with drain, A100
+  // (164 KB): 64-row chunks drained, sm_86/89 (100 KB): 48-row ones, 32-row at 49..64 tokens;
+  // without, 48-row chunks and 16-row chunks.
   const int max_mb = hints.max_m_blocks > 0 ? std::min(hints.max_m_blocks, kMaxMBlocks) : kMaxMBlocks;
   const int max_stages = hints.max_stages >= 2 ? std::min(hints.max_stages, kMaxStages) : kMaxStages;
   // 16-row tiles run two blocks per SM only on layers above 80 Mi weights (gate_up, down);
@@ -720,13 +721,14 @@ bool choose_tile(int m, int n_pad, int k_pad, DeviceLimits lim, const PlanHints&
   };
   int stages = 0, blocks = 1;
   bool drain = false;
+  const bool may_drain = hints.drain >= 0 ? hints.drain == 1 : kDrainByDefault;
   for (;;) {
     blocks = blocks_for(mb);
     stages = stages_for(blocks, false);
     // Too little shared memory for two blocks per SM (sm_86/sm_89): one block, deeper.
     if (stages < 4 && blocks > 1) stages = stages_for(blocks = 1, false);
     if (stages >= 3 || mb == 1) break;
-    if ((stages = stages_for(blocks = 1, true)) >= 3) {
+    if (may_drain && (stages = stages_for(blocks = 1, true)) >= 3) {
       drain = true;
       break;
     }

@@ -148,12 +148,14 @@ def test_plan_knobs_keep_results_and_bad_knobs_are_named():
 # n-major / chunk-major stripes (the default from 2 chunks, marlin_stripes.h) at 2..16 M
 # chunks with split slices; one / two blocks per SM for 16-row tiles (one is the default up
 # to 80 Mi weights, so for every layer here), transposed MMAs (M <= 8) included.
-# The plans of 100 KB (sm_86/89) and 164 KB (sm_80) GPUs, whose 32..64-row tiles drain the
-# pipeline at every slice end (the reduction tile overlays the stages; tests/test_marlin_plan.py),
-# run here under a shared-memory cap: K = 2048 is 16 k-tiles, so every block meets slice ends.
+# The plans of 100 KB (sm_86/89) and 164 KB (sm_80) GPUs with drain=1, whose 32..64-row tiles
+# drain the pipeline at every slice end (the reduction tile overlays the stages;
+# tests/test_marlin_plan.py), and the default 100 KB plan (16-row tiles), run here under a
+# shared-memory cap: K = 2048 is 16 k-tiles, so every block meets slice ends.
 PLAN_PAIRS = {"stripe order": (("order=0", "order=1"), (65, 128, 200, 257, 1024)),
               "blocks per SM": (("blocks=1", "blocks=2"), (1, 5, 8, 9, 16)),
-              "smaller GPUs": (("smem=102400", "smem=167936"), (17, 33, 48, 64, 100, 128, 257))}
+              "smaller GPUs": (("smem=102400,drain=1", "smem=167936,drain=1", "smem=102400"),
+                               (17, 33, 48, 64, 100, 128, 257))}
 
 
 @pytest.mark.parametrize("pair", list(PLAN_PAIRS))
@@ -174,7 +176,7 @@ def test_smaller_gpu_plans_drain_here():
     props = torch.cuda.get_device_properties(DEV)
     per_sm, optin = props.shared_memory_per_multiprocessor, props.shared_memory_per_block_optin
     limits = (props.multi_processor_count, per_sm, optin, per_sm - optin)
-    for cap, m in (("smem=102400", 64), ("smem=102400", 128), ("smem=167936", 64)):
+    for cap, m in (("smem=102400,drain=1", 64), ("smem=102400,drain=1", 128), ("smem=167936,drain=1", 64)):
         assert torch.ops.vmp.marlin_tile_plan(m, 1536, 2048, *limits, cap)[4] == 1, (cap, m)
 
 
