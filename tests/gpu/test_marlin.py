@@ -148,10 +148,10 @@ def test_plan_knobs_keep_results_and_bad_knobs_are_named():
 # n-major / chunk-major stripes (the default from 2 chunks, marlin_stripes.h) at 2..16 M
 # chunks with split slices; one / two blocks per SM for 16-row tiles (one is the default up
 # to 80 Mi weights, so for every layer here), transposed MMAs (M <= 8) included.
-# The plans of 100 KB (sm_86/89) and 164 KB (sm_80) GPUs with drain=1, whose 32..64-row tiles
-# drain the pipeline at every slice end (the reduction tile overlays the stages;
-# tests/test_marlin_plan.py), and their default plans (16-row tiles; on 164 KB rebalanced chunks), run here under a
-# shared-memory cap: K = 2048 is 16 k-tiles, so every block meets slice ends.
+# The plans of 100 KB (sm_86/89) and 164 KB (sm_80) GPUs, run here under a shared-memory cap:
+# with drain=1 their 32..64-row tiles drain the pipeline at every slice end (the reduction tile
+# overlays the stages; tests/test_marlin_plan.py), K = 2048 is 16 k-tiles, so every block meets
+# slice ends; without, the defaults (16-row tiles on 100 KB, rebalanced chunks on 164 KB).
 PLAN_PAIRS = {"stripe order": (("order=0", "order=1"), (65, 128, 200, 257, 1024)),
               "blocks per SM": (("blocks=1", "blocks=2"), (1, 5, 8, 9, 16)),
               "smaller GPUs": (("smem=102400,drain=1", "smem=167936,drain=1", "smem=102400", "smem=167936"),
