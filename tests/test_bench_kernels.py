@@ -8,6 +8,7 @@ import pytest
 
 import torch
 
+from vllm_machete_plugin import ops
 from vllm_machete_plugin.bench import kernels as bench
 
 
@@ -263,3 +264,14 @@ def test_sustained_sums_and_ratio_to_the_best_peer():
 def test_a_sustain_shorter_than_the_power_window_is_refused():
     with pytest.raises(SystemExit, match="at least 1 s"):
         bench.main(["--sustain", "0.2"])
+
+
+@pytest.mark.skipif(not (ops.kernels_available() and ops.has_op("marlin_tile_plan")),
+                    reason="the Marlin extension was not built (needs nvcc)")
+def test_marlin_columns_name_the_tile_they_ran():
+    """marlin_tile reads the planner (host code): the H200's own tile, and the plans of a 100 KB
+    GPU with and without the drained kernels, for qkv at 64 tokens."""
+    h200 = (132, 233472, 232448, 1024)
+    assert bench.marlin_tile(64, 10240, 8192, None, h200) == "64x1 s4"
+    assert bench.marlin_tile(64, 10240, 8192, "smem=102400", h200) == "16x4 s3"
+    assert bench.marlin_tile(64, 10240, 8192, "smem=102400,drain=1", h200) == "32x2 s3 drained"

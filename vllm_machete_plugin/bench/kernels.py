@@ -32,6 +32,7 @@ import torch
 from ..backends import SERVING_BACKENDS, device_capability
 from ..backends.base import LayerSpec
 from ..canonical import CanonicalW4, dequantize, pack_int4
+from ..marlin_layout_ref import padded_kn
 from .gpu_clock import gpu_power_w, sm_clock_mhz
 
 LAYERS = {  # name: (N, K), Llama-3.1-70B, TP=1
@@ -269,6 +270,28 @@ def plan_col(plan: str) -> str:
     return f"marlin@{plan}_us"
 
 
+def smem_limits() -> tuple[int, int, int, int]:
+    """This GPU's (SMs, shared memory per SM, per-block opt-in, reserved per block), the limits
+    the Marlin planner reads."""
+    p = torch.cuda.get_device_properties(torch.cuda.current_device())
+    per_sm, optin = p.shared_memory_per_multiprocessor, p.shared_memory_per_block_optin
+    return p.multi_processor_count, per_sm, optin, per_sm - optin
+
+
+def marlin_tile(m: int, n: int, k: int, plan: Optional[str], limits: tuple[int, int, int, int]) -> Optional[str]:
+    """The tile vmp::marlin_gemm runs at M = m on an (N, K) layer under `plan` (VMP_MARLIN_PLAN's
+    form; None: no caps) on a GPU with `limits` (smem_limits()), as "<rows>x<chunks> s<stages>",
+    plus " drained" where the reduction tile overlays the stages; None without the op."""
+    if not hasattr(torch.ops.vmp, "marlin_tile_plan"):
+        return None
+    k_pad, n_pad = padded_kn(k, n)
+    t = torch.ops.vmp.marlin_tile_plan(m, n_pad, k_pad, *limits, plan)
+    if not t:
+        return None
+    mb, chunks, stages, _, drain, _ = t
+    return f"{16 * mb}x{chunks} s{stages}" + (" drained" if drain else "")
+
+
 def forced_mm(x: torch.Tensor, prepared: dict, schedule: str) -> torch.Tensor:
     """vmp::machete_mm on a MacheteBackend-prepared u4b8 g128 weight, forced to one schedule."""
     return torch.ops.vmp.machete_mm(x, prepared["w"], prepared["scales"], None, GROUP, schedule, prepared["locks"])
@@ -370,6 +393,11 @@ def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optio
             times = minus_prelude(times, row["prelude_us"])
         row.update(times)
         row["sm_mhz"] = {col.removesuffix("_us"): f for col, f in clocks.items() if col != "prelude_us"}
+        marlin_cols = [c.removesuffix("_us") for c in active if c == "marlin_us" or c.startswith("marlin@")]
+        if marlin_cols:  # which tile each Marlin column ran
+            limits = smem_limits()
+            row["marlin_tiles"] = {c: marlin_tile(m, n, k, c.partition("@")[2] or os.environ.get("VMP_MARLIN_PLAN"),
+                                                  limits) for c in marlin_cols}
         if sustain > 0:  # with --in-model a sustained call includes its prelude copy
             row["sustained"] = {col.removesuffix("_us"): v for col, v in
                                 sustained({c: g for c, g in graphs.items() if c != "prelude_us"}, sustain).items()}
@@ -378,6 +406,7 @@ def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optio
         print(f"[bench] {name} M={m}: " + ", ".join(
             f"{c}={v:.1f}" for c, v in row.items() if c.endswith("_us") and v is not None)
             + " | SM MHz " + ", ".join(f"{c}={f:.0f}" for c, f in row["sm_mhz"].items())
+            + "".join(f" | {c}: {t}" for c, t in row.get("marlin_tiles", {}).items())
             + "".join(f" | sustained {c}: {v['us']:.1f} us, {_num(v['sm_mhz'])} MHz, {_num(v['power_w'])} W, "
                       f"{_num(v['uJ'])} uJ" for c, v in row.get("sustained", {}).items()), flush=True)
     return rows
