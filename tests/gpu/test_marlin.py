@@ -25,6 +25,7 @@ from vllm_machete_plugin.act_order import sort_by_group
 from vllm_machete_plugin.backends.base import LayerSpec
 from vllm_machete_plugin.backends.marlin import MarlinBackend
 from vllm_machete_plugin.backends.reference import reference_mm
+from vllm_machete_plugin.bench.kernels import smem_limits
 from vllm_machete_plugin.canonical import CanonicalW4, dequantize
 from vllm_machete_plugin.marlin_layout_ref import padded_kn, permute_groups_ref, repack_ref
 from gpu_common import DEV, capture_graph, make_weight, spec_for  # noqa: E402
@@ -173,9 +174,7 @@ def test_launch_plans_keep_results(pair, dtype, zero_points, group):
 
 def test_smaller_gpu_plans_drain_here():
     """The "smaller GPUs" plans above really run the drained pipeline on this GPU."""
-    props = torch.cuda.get_device_properties(DEV)
-    per_sm, optin = props.shared_memory_per_multiprocessor, props.shared_memory_per_block_optin
-    limits = (props.multi_processor_count, per_sm, optin, per_sm - optin)
+    limits = smem_limits()
     for cap, m in (("smem=102400,drain=1", 64), ("smem=102400,drain=1", 128), ("smem=167936,drain=1", 64)):
         assert torch.ops.vmp.marlin_tile_plan(m, 1536, 2048, *limits, cap)[4] == 1, (cap, m)
 

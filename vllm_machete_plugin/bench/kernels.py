@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .. import ops
 from ..backends import SERVING_BACKENDS, device_capability
 from ..backends.base import LayerSpec
 from ..canonical import CanonicalW4, dequantize, pack_int4
@@ -282,7 +283,7 @@ def marlin_tile(m: int, n: int, k: int, plan: Optional[str], limits: tuple[int, 
     """The tile vmp::marlin_gemm runs at M = m on an (N, K) layer under `plan` (VMP_MARLIN_PLAN's
     form; None: no caps) on a GPU with `limits` (smem_limits()), as "<rows>x<chunks> s<stages>",
     plus " drained" where the reduction tile overlays the stages; None without the op."""
-    if not hasattr(torch.ops.vmp, "marlin_tile_plan"):
+    if not ops.has_op("marlin_tile_plan"):
         return None
     k_pad, n_pad = padded_kn(k, n)
     t = torch.ops.vmp.marlin_tile_plan(m, n_pad, k_pad, *limits, plan)
@@ -364,6 +365,9 @@ def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optio
     fp16 = [dequantize(w, torch.float16) for w in weights[:copies_for(n * k * 2)]]
     impls["fp16_us"] = [lambda x, wf=wf: torch.matmul(x, wf) for wf in fp16]
 
+    # Which tile each Marlin column runs, read from the planner with this GPU's limits.
+    marlin_cols = [c.removesuffix("_us") for c in impls if c == "marlin_us" or c.startswith("marlin@")]
+    limits = smem_limits() if marlin_cols else None
     rows = []
     for m in m_values:
         x = torch.randn(m, k, device="cuda").half()
@@ -393,11 +397,10 @@ def bench_layer(name: str, n: int, k: int, m_values, bandwidth: float, vk: Optio
             times = minus_prelude(times, row["prelude_us"])
         row.update(times)
         row["sm_mhz"] = {col.removesuffix("_us"): f for col, f in clocks.items() if col != "prelude_us"}
-        marlin_cols = [c.removesuffix("_us") for c in active if c == "marlin_us" or c.startswith("marlin@")]
-        if marlin_cols:  # which tile each Marlin column ran
-            limits = smem_limits()
+        ran = [c for c in marlin_cols if f"{c}_us" in active]
+        if ran:
             row["marlin_tiles"] = {c: marlin_tile(m, n, k, c.partition("@")[2] or os.environ.get("VMP_MARLIN_PLAN"),
-                                                  limits) for c in marlin_cols}
+                                                  limits) for c in ran}
         if sustain > 0:  # with --in-model a sustained call includes its prelude copy
             row["sustained"] = {col.removesuffix("_us"): v for col, v in
                                 sustained({c: g for c, g in graphs.items() if c != "prelude_us"}, sustain).items()}
