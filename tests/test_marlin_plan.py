@@ -4,10 +4,16 @@ GPU with given limits. Host code only: runs without a GPU wherever the Marlin ex
 (CI builds it), for the shared memory of every GPU class the kernel targets."""
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 
 from vllm_machete_plugin import ops
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu"))
+from gpu_common import DRAIN_K, DRAIN_MS, DRAIN_N, DRAIN_PLANS  # noqa: E402  (the GPU test's shapes)
 
 pytestmark = pytest.mark.skipif(not (ops.kernels_available() and ops.has_op("marlin_tile_plan")),
                                 reason="the Marlin extension was not built (needs nvcc)")
@@ -105,3 +111,27 @@ def test_plan_caps_are_honoured_and_bad_ones_named():
         torch.ops.vmp.marlin_tile_plan(64, 10240, 8192, *GPUS["H200 (sm_90)"], "smem=65536")
     with pytest.raises(RuntimeError, match="n_pad a multiple of 256"):
         torch.ops.vmp.marlin_tile_plan(64, 1000, 8192, *GPUS["H200 (sm_90)"], None)
+
+
+# (m_blocks, stages) of the drained kernels compiled in marlin_gemm.cu (stages_compiled(.., true)).
+DRAINED_KERNELS = {(2, 3), (3, 3), (4, 4)}
+
+
+def test_gpu_tests_reach_every_drained_path():
+    """tests/gpu/test_marlin.py::test_drained_pipelines_restart_and_refill runs, on an H200 under its
+    shared-memory caps, every drained kernel in blocks that cross a slice end (drain, reduce through
+    the overlaid tile, restart) and then refill the stages within the next slice: read from the
+    planner and the stripe map the kernel launches with (one block per SM)."""
+    reached = set()
+    for cap in DRAIN_PLANS:
+        for m in DRAIN_MS:
+            p = plan(m, DRAIN_N, DRAIN_K, "H200 (sm_90)", cap)
+            assert p["drain"] and p["blocks"] == 1, (cap, m, p)
+            kt, n_slices = DRAIN_K // 128, p["chunks"] * DRAIN_N // 256
+            flat = torch.ops.vmp.marlin_stripe_map(p["chunks"], DRAIN_N // 256, kt, GPUS["H200 (sm_90)"][0], -1)
+            stripes = flat[1:len(flat) - 2 * n_slices]
+            for b, e in zip(stripes[::2], stripes[1::2]):
+                parts = [(max(b, s * kt), min(e, (s + 1) * kt)) for s in range(b // kt, (e - 1) // kt + 1)]
+                if any(hi - lo > p["stages"] for lo, hi in parts[1:]):
+                    reached.add((p["mb"], p["stages"]))
+    assert reached == DRAINED_KERNELS

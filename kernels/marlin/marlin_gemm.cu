@@ -310,7 +310,8 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
   auto copy = [&](uint32_t stage_base, int c, uint32_t mask) {
     const uint32_t on = mask & (1u << c);
     if (c < MB) {
-      // Rows >= m are not loaded: they only feed accumulator rows >= m, never written out.
+      // Rows >= m are not loaded: they only feed accumulator rows >= m, never written out
+      // (with kDrain they hold the last slice's reduction floats, as harmless).
       cp_async16_if(stage_base + a_dst + c * 16 * kARowBytes,
                     ld.x + static_cast<size_t>(static_cast<unsigned>(p.k_pad)) * (16 * c), on);
     } else if (c < MB + kWCopies) {
@@ -783,6 +784,8 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
     shift = __builtin_ctz(static_cast<unsigned>(a.group_size));
   }
   if (plan.swap && (plan.m_blocks != 1 || a.m > 8)) return cudaErrorInvalidValue;
+  // The launch's shared memory must be what its kernel lays out (a hand-built plan included).
+  if (plan.smem_bytes != smem_bytes(plan.m_blocks, plan.stages, plan.drain)) return cudaErrorInvalidValue;
   // The plan must be this call's: its stripes cover exactly these tiles and chunks.
   const StripeMap& map = plan.stripes;
   if (map.n_tiles != a.n_pad / kTileN || map.k_tiles != a.k_pad / kTileK ||

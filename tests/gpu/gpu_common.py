@@ -49,3 +49,11 @@ def capture_graph(fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     with torch.cuda.graph(graph):
         out = fn()
     return graph, out
+
+
+# Marlin's drained pipelines (kDrain, marlin_gemm.cu) on an H200 capped to the shared memory of
+# sm_86/89 (100 KB) and sm_80 (164 KB): K = 1152 (9 k-tiles) and N = 8192 at these M give every
+# compiled drained kernel blocks that restart after a slice end and refill the stages in the
+# slice after it (tests/test_marlin_plan.py::test_gpu_tests_reach_every_drained_path).
+DRAIN_PLANS = ("smem=102400,drain=1", "smem=167936,drain=1")
+DRAIN_K, DRAIN_N, DRAIN_MS = 1152, 8192, (64, 128, 257)

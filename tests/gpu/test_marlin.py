@@ -28,7 +28,8 @@ from vllm_machete_plugin.backends.reference import reference_mm
 from vllm_machete_plugin.bench.kernels import smem_limits
 from vllm_machete_plugin.canonical import CanonicalW4, dequantize
 from vllm_machete_plugin.marlin_layout_ref import padded_kn, permute_groups_ref, repack_ref
-from gpu_common import DEV, capture_graph, make_weight, spec_for  # noqa: E402
+from gpu_common import (DEV, DRAIN_K, DRAIN_MS, DRAIN_N, DRAIN_PLANS, capture_graph, make_weight,  # noqa: E402
+                        spec_for)
 
 _why_skip = ("no CUDA GPU" if not torch.cuda.is_available()
              else "" if ops.kernels_available() else f"kernels not built: {ops._load()}")
@@ -151,8 +152,9 @@ def test_plan_knobs_keep_results_and_bad_knobs_are_named():
 # to 80 Mi weights, so for every layer here), transposed MMAs (M <= 8) included.
 # The plans of 100 KB (sm_86/89) and 164 KB (sm_80) GPUs, run here under a shared-memory cap:
 # with drain=1 their 32..64-row tiles drain the pipeline at every slice end (the reduction tile
-# overlays the stages; tests/test_marlin_plan.py), K = 2048 is 16 k-tiles, so every block meets
-# slice ends; without, the defaults (16-row tiles on 100 KB, rebalanced chunks on 164 KB).
+# overlays the stages; tests/test_marlin_plan.py), here on tiles with padding rows; without, the
+# defaults (16-row tiles on 100 KB, rebalanced chunks on 164 KB). Restarts and refills after a
+# slice end: test_drained_pipelines_restart_and_refill.
 PLAN_PAIRS = {"stripe order": (("order=0", "order=1"), (65, 128, 200, 257, 1024)),
               "blocks per SM": (("blocks=1", "blocks=2"), (1, 5, 8, 9, 16)),
               "smaller GPUs": (("smem=102400,drain=1", "smem=167936,drain=1", "smem=102400", "smem=167936"),
@@ -172,11 +174,27 @@ def test_launch_plans_keep_results(pair, dtype, zero_points, group):
             assert_close_to_reference(run_marlin(w, x, plan=plan), x, w, want)
 
 
+@pytest.mark.parametrize("dtype,zero_points,group", [(torch.float16, False, 128), (torch.float16, True, 32),
+                                                    (torch.bfloat16, False, 64)])
+def test_drained_pipelines_restart_and_refill(dtype, zero_points, group):
+    """Every drained kernel, where its blocks cross slice ends, restart the pipeline and refill
+    the stages after the restart (gpu_common.DRAIN_PLANS), gives the reference result."""
+    w = make_weight(DRAIN_K, DRAIN_N, group, zero_points, dtype)
+    for m in DRAIN_MS:
+        x = torch.randn(m, w.k, device=DEV).to(dtype)
+        want = reference_mm(x, w)
+        for plan in DRAIN_PLANS:
+            assert_close_to_reference(run_marlin(w, x, plan=plan), x, w, want)
+
+
 def test_smaller_gpu_plans_drain_here():
-    """The "smaller GPUs" plans above really run the drained pipeline on this GPU."""
+    """The drained plans above really run the drained pipeline on this GPU."""
     limits = smem_limits()
     for cap, m in (("smem=102400,drain=1", 64), ("smem=102400,drain=1", 128), ("smem=167936,drain=1", 64)):
         assert torch.ops.vmp.marlin_tile_plan(m, 1536, 2048, *limits, cap)[4] == 1, (cap, m)
+    for cap in DRAIN_PLANS:
+        for m in DRAIN_MS:
+            assert torch.ops.vmp.marlin_tile_plan(m, DRAIN_N, DRAIN_K, *limits, cap)[4] == 1, (cap, m)
 
 
 def test_a_call_plan_replaces_the_environment_and_is_checked():
