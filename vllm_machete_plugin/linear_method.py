@@ -2,6 +2,7 @@
 loading into the chosen backend's layout, and run the backend every forward."""
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -17,6 +18,9 @@ from .checkpoints.base import LayerScheme, Partition
 logger = init_logger(f"vllm.{__name__}")  # under "vllm" so vLLM's log handler shows it
 _PREFIX = "vmp_"  # prepared tensors are registered on the layer as vmp_<name>
 _announced: set[str] = set()  # backends already logged in this process
+# The layer this process prepared last, and the quantization config (one per model) it
+# belongs to: see _link_previous.
+_last_prepared: dict[str, weakref.ref] = {}
 
 
 @register_weight_loader_v2_supported_method
@@ -79,6 +83,28 @@ class MacheteLinearMethod(LinearMethodBase):
         layer.vmp_backend = backend
         layer.vmp_spec = spec
         layer.vmp_weight_names = tuple(prepared)
+        layer.vmp_prefix = self.prefix
+        self._link_previous(layer)
+
+    def _link_previous(self, layer: torch.nn.Module) -> None:
+        """Makes `layer` the next layer of the one this model prepared before it. vLLM prepares
+        the layers in module registration order, which in a decoder layer is the order they run
+        in (qkv, o, gate_up, down, then the next decoder layer's qkv), so a backend that
+        prefetches (Backend.prefetch_budget() > 0) can start reading this layer's weight while the
+        kernels between the two GEMMs run. A wrong guess costs only the prefetch: results never
+        depend on it. Stored outside the module tree (not a submodule, not a parameter)."""
+        prev = _last_prepared.get("layer", lambda: None)()
+        same_model = _last_prepared.get("config", lambda: None)() is self.config
+        if (prev is not None and same_model and prev.vmp_backend is layer.vmp_backend
+                and prev.vmp_params_dtype == layer.vmp_params_dtype):
+            object.__setattr__(prev, "vmp_next", layer)
+            budget = layer.vmp_backend.prefetch_budget()
+            if budget > 0 and "prefetch" not in _announced:
+                _announced.add("prefetch")
+                logger.info("vllm-machete-plugin: each layer prefetches up to %.3g MB of the next layer's weight "
+                            "into L2 (first: %s -> %s)", budget / 2**20, prev.vmp_prefix, self.prefix)
+        _last_prepared["layer"] = weakref.ref(layer)
+        _last_prepared["config"] = weakref.ref(self.config)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -88,7 +114,13 @@ class MacheteLinearMethod(LinearMethodBase):
         if perm is not None:
             x2 = x2.index_select(1, perm)
         weights = {n: getattr(layer, _PREFIX + n) for n in layer.vmp_weight_names}
-        y = layer.vmp_backend.apply(spec, weights, x2.contiguous())
+        backend = layer.vmp_backend
+        nxt = getattr(layer, "vmp_next", None) if backend.prefetch_budget() > 0 else None
+        if nxt is not None:
+            y = backend.apply(spec, weights, x2.contiguous(),
+                              next_weights={n: getattr(nxt, _PREFIX + n) for n in nxt.vmp_weight_names})
+        else:
+            y = backend.apply(spec, weights, x2.contiguous())
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], spec.n)

@@ -259,6 +259,53 @@ def test_strided_input_view(dtype):
     assert torch.equal(y, run_mm(x.contiguous(), prepared, 128))
 
 
+# ---- the L2 prefetch of the next layer's weight (small-M kernel; a hint) ---------------
+
+# Next layers: full octets; a partial octet with K % 128 == 64, g64 and zero points; channelwise.
+NEXT_LAYERS = [(1024, 1536, 128, False), (1088, 640, 64, True), (512, 1024, -1, False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prefetching_the_next_layer_keeps_every_bit(dtype):
+    """vmp::machete_mm's next= / prefetch_bytes= (the small-M kernel asks L2 for the heads of
+    the next layer's stripes as it finishes) change no output bit at 1..16 tokens for any next
+    layer and budget, eagerly and replayed in a CUDA graph; larger M (other kernels) ignore it.
+    Which bytes are prefetched is checked without a GPU (tests/test_small_m_prefetch.py)."""
+    k, n = 1024, 1536
+    w = make_weight(k, n, 128, False, dtype)
+    p = MacheteBackend.prepare(spec_for(w, dtype), w)
+    nexts = []
+    for kn, nn, g, z in NEXT_LAYERS:
+        wn = make_weight(kn, nn, g, z, dtype)
+        nexts.append(machete.next_tensors(MacheteBackend.prepare(spec_for(wn, dtype), wn)))
+
+    def mm(x, nxt, budget):
+        return torch.ops.vmp.machete_mm(x, p["w"], p["scales"], None, 128, None, p["locks"], *nxt, budget)
+
+    for m in (1, 8, 9, 16, 40):
+        x = torch.randn(m, k, device=DEV).to(dtype)
+        want = run_mm(x, p, 128)
+        assert_close(want, x, w)
+        for nxt in nexts:
+            for budget in (1 << 16, 16 << 20, 1 << 30):
+                assert torch.equal(mm(x, nxt, budget), want), (m, nxt[0].shape, budget)
+    x = torch.randn(16, k, device=DEV).to(dtype)
+    graph, out = capture_graph(lambda: mm(x, nexts[1], 16 << 20))
+    x.copy_(torch.randn(16, k, device=DEV).to(dtype))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, run_mm(x, p, 128))
+    w_next, s_next, _ = nexts[0]
+    with pytest.raises(RuntimeError, match=r"next_w and next_scales \(and next_zeros, if the next layer has zero "
+                                           r"points\) come together"):
+        mm(x, (w_next, None, None), 1 << 20)
+    with pytest.raises(RuntimeError, match=r"next_scales must be the next layer's contiguous 2-byte "
+                                           r"\[K/group_size, N\] tensor for its weight of K=1024, N=1536"):
+        mm(x, (w_next, s_next.float(), None), 1 << 20)
+    with pytest.raises(RuntimeError, match=r"prefetch_bytes must be >= 0"):
+        mm(x, nexts[0], -1)
+
+
 def test_bad_inputs_have_clear_errors():
     dtype = torch.float16
     k, n = 256, 256

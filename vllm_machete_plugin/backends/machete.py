@@ -13,7 +13,9 @@ VMP_MACHETE_SCHEDULE if set when this module was imported, else the C++ heuristi
 the small-M mma.sync kernel (kernels/machete/machete_small_m.cu) for M <= 16 (64x8 up to
 8 tokens, 64x16 up to 16), our own wgmma tiles (kernels/machete/machete_mid_m.cu) 256x32w /
 256x64w at 17..64 tokens and 256x128w at 65..128 (and 257..512 on gate_up-sized N) on large
-layers, the CUTLASS wgmma tiles elsewhere (docs/machete_heuristic.md).
+layers, the CUTLASS wgmma tiles elsewhere (docs/machete_heuristic.md). With VMP_L2_PREFETCH_MB
+and the next layer's prepared tensors (next_weights, linked by the linear method), the small-M
+kernel prefetches the head of that layer's weight stream into L2 as it finishes (a hint).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from . import add_backend
 from .base import Backend, LayerSpec
 
 ENV_SCHEDULE = "VMP_MACHETE_SCHEDULE"  # force one schedule name (see schedules())
+ENV_PREFETCH = "VMP_L2_PREFETCH_MB"    # L2 prefetch budget for the next layer's weight (small-M kernel)
 GROUP_SIZES = (64, 128)                # plus channelwise (group_size == K)
 ALIGN_N = 128
 ALIGN_K = 64
@@ -54,6 +57,27 @@ def forced_schedule() -> Optional[str]:
 # the `os` module among the traced sources of vLLM's compile-cache key (it cannot read
 # "<frozen os>", and a warm restart then missed the cache).
 FORCED_SCHEDULE = forced_schedule()
+
+
+def prefetch_bytes() -> int:
+    """VMP_L2_PREFETCH_MB as bytes: how much of the next layer's weight the small-M kernel
+    (M <= 16) asks L2 to fetch as it finishes, so that weight streams in while the kernels
+    between the two GEMMs (norm, attention, activation) leave DRAM idle. 0 (the default until
+    it is measured end to end) turns it off."""
+    raw = os.environ.get(ENV_PREFETCH, "").strip()
+    if not raw:
+        return 0
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not 0 <= mb <= 1024:
+        raise ValueError(f"{ENV_PREFETCH}={raw!r}: expected megabytes of L2 prefetch per call, 0 to 1024 "
+                         f"(0: off); fix: e.g. {ENV_PREFETCH}=16, or unset it")
+    return int(mb * 2**20)
+
+
+PREFETCH_BYTES = prefetch_bytes()  # read once, at import, like FORCED_SCHEDULE
 
 
 class MacheteBackend(Backend):
@@ -99,10 +123,27 @@ class MacheteBackend(Backend):
         return out
 
     @classmethod
-    def apply(cls, spec: LayerSpec, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def prefetch_budget(cls) -> int:
+        return PREFETCH_BYTES
+
+    @classmethod
+    def apply(cls, spec: LayerSpec, weights: dict[str, torch.Tensor], x: torch.Tensor,
+              next_weights: Optional[dict[str, torch.Tensor]] = None,
+              prefetch: Optional[int] = None) -> torch.Tensor:
+        """next_weights: the prepared tensors of the layer that runs next; `prefetch` bytes of
+        them (default PREFETCH_BYTES) are prefetched into L2 by the small-M kernel."""
         group = -1 if spec.group_size == spec.k else spec.group_size
+        budget = PREFETCH_BYTES if prefetch is None else prefetch
+        if next_weights is None or budget <= 0:
+            return torch.ops.vmp.machete_mm(x, weights["w"], weights["scales"], weights.get("zeros"), group,
+                                            FORCED_SCHEDULE, weights.get("locks"))
         return torch.ops.vmp.machete_mm(x, weights["w"], weights["scales"], weights.get("zeros"), group,
-                                        FORCED_SCHEDULE, weights.get("locks"))
+                                        FORCED_SCHEDULE, weights.get("locks"), *next_tensors(next_weights), budget)
+
+
+def next_tensors(weights: dict[str, torch.Tensor]) -> tuple:
+    """vmp::machete_mm's next_w, next_scales, next_zeros: a prepared layer's w, scales, zeros."""
+    return weights["w"], weights["scales"], weights.get("zeros")
 
 
 # fp16 mid-M kernels hold rows row + 8 of each fragment as 16x the weight (machete_mid_m.cu):
@@ -151,7 +192,9 @@ def _prepack_fake(codes: torch.Tensor, has_zeros: bool) -> torch.Tensor:
 @ops.fake_impl("machete_mm")
 def _mm_fake(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
              group_size: int, schedule: Optional[str] = None,
-             locks: Optional[torch.Tensor] = None) -> torch.Tensor:
+             locks: Optional[torch.Tensor] = None, next_w: Optional[torch.Tensor] = None,
+             next_scales: Optional[torch.Tensor] = None, next_zeros: Optional[torch.Tensor] = None,
+             prefetch_bytes: int = 0) -> torch.Tensor:
     check_weight_kind(w, zeros is not None)
     return x.new_empty((x.shape[0], w.shape[1]))
 
