@@ -122,17 +122,18 @@ def test_machete_apply_hands_the_next_layer_to_the_op_only_with_a_budget(monkeyp
 
 
 def test_prefetch_budget_is_read_in_megabytes_and_bad_values_are_named(monkeypatch):
-    from vllm_machete_plugin.backends import machete
-    monkeypatch.delenv(machete.ENV_PREFETCH, raising=False)
-    assert machete.prefetch_bytes() == 0
-    monkeypatch.setenv(machete.ENV_PREFETCH, "16")
-    assert machete.prefetch_bytes() == 16 << 20
-    monkeypatch.setenv(machete.ENV_PREFETCH, "0.5")
-    assert machete.prefetch_bytes() == 1 << 19
+    from vllm_machete_plugin.backends import machete, marlin, prefetch
+    assert machete.MacheteBackend.prefetch_budget() == marlin.MarlinBackend.prefetch_budget() == prefetch.PREFETCH_BYTES
+    monkeypatch.delenv(prefetch.ENV_PREFETCH, raising=False)
+    assert prefetch.prefetch_bytes() == 0
+    monkeypatch.setenv(prefetch.ENV_PREFETCH, "16")
+    assert prefetch.prefetch_bytes() == 16 << 20
+    monkeypatch.setenv(prefetch.ENV_PREFETCH, "0.5")
+    assert prefetch.prefetch_bytes() == 1 << 19
     for bad in ("-1", "lots", "4096"):
-        monkeypatch.setenv(machete.ENV_PREFETCH, bad)
+        monkeypatch.setenv(prefetch.ENV_PREFETCH, bad)
         with pytest.raises(ValueError, match=f"VMP_L2_PREFETCH_MB='{bad}': expected megabytes .* fix:"):
-            machete.prefetch_bytes()
+            prefetch.prefetch_bytes()
 
 
 def test_machete_weight_records_its_kind_and_the_fake_checks_it():

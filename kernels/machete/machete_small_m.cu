@@ -204,9 +204,8 @@ __host__ __device__ inline bool prefetch_item(const NextParams& q, int block, in
 }
 
 // This block's share of the prefetch; the lanes of one warp take the items in turn. Not
-// inlined: inlined, ptxas re-allocated the main loop (+21..39 instructions per unit in SASS);
-// called, the loop is the same to within 2 instructions and the call costs a 64-byte frame at
-// the kernel's end.
+// inlined: a call leaves the main loop's register allocation nearly as it is without one
+// (SASS: the loop within 2 instructions of the plain kernel's; inlined, 4-39 more).
 __device__ __noinline__ void prefetch_next(const NextParams& q, int lane) {
   PrefetchSpan it;
   for (int i = lane; prefetch_item(q, blockIdx.x, gridDim.x, i, &it); i += 32) {
@@ -220,7 +219,7 @@ __device__ __noinline__ void prefetch_next(const NextParams& q, int lane) {
 // kT token blocks of 8 (M <= 8 kT). Shared memory: [zero row][per warp: kStages stages of
 // p.stage_bytes]. Warp w of a block owns row group 8*rgo + w of every block unit (rgo, kb)
 // of the block's stripe, so the 8 warps read the same X chunk (copied through L1, .ca).
-template <typename T, int kT, bool kZeros>
+template <typename T, int kT, bool kZeros, bool kPrefetch>
 __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(const Params p, const NextParams next) {
   using O = Ops<T>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -483,18 +482,26 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(co
   cp_async_wait<0>();
   // The next layer's weight streams in behind this kernel's end and the kernels between the
   // two GEMMs.
-  if (warp == 0 && next.w != nullptr) prefetch_next(next, lane);
+  if constexpr (kPrefetch) {
+    if (warp == 0) prefetch_next(next, lane);
+  }
 }
 
-template <typename T, bool kZeros>
+// kPrefetch: a separate variant, so that the kernel without a prefetch is the code it was
+// before the prefetch existed (the same SASS).
+template <typename T, bool kZeros, bool kPrefetch>
 const void* kernel_for_type(int t) {
-  return t == 1 ? reinterpret_cast<const void*>(&small_m_kernel<T, 1, kZeros>)
-                : reinterpret_cast<const void*>(&small_m_kernel<T, 2, kZeros>);
+  return t == 1 ? reinterpret_cast<const void*>(&small_m_kernel<T, 1, kZeros, kPrefetch>)
+                : reinterpret_cast<const void*>(&small_m_kernel<T, 2, kZeros, kPrefetch>);
+}
+template <typename T>
+const void* kernel_for_type(bool zeros, bool prefetch, int t) {
+  if (zeros) return prefetch ? kernel_for_type<T, true, true>(t) : kernel_for_type<T, true, false>(t);
+  return prefetch ? kernel_for_type<T, false, true>(t) : kernel_for_type<T, false, false>(t);
 }
 
-const void* kernel_for(ActType act, bool zeros, int t) {
-  if (act == kF16) return zeros ? kernel_for_type<half, true>(t) : kernel_for_type<half, false>(t);
-  return zeros ? kernel_for_type<__nv_bfloat16, true>(t) : kernel_for_type<__nv_bfloat16, false>(t);
+const void* kernel_for(ActType act, bool zeros, bool prefetch, int t) {
+  return act == kF16 ? kernel_for_type<half>(zeros, prefetch, t) : kernel_for_type<__nv_bfloat16>(zeros, prefetch, t);
 }
 
 // The next layer's call runs this schedule at this M too (one batch goes through every
@@ -567,7 +574,8 @@ const char* plan_small_m(int schedule, const MMArgs& a, SmallMPlan* plan) {
 const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, float* partials, int* locks,
                         cudaStream_t stream) {
   const int t = plan.tokens / 8;
-  const void* fn = kernel_for(act, a.zeros != nullptr, t);
+  const NextParams next = next_params(a.next, plan);
+  const void* fn = kernel_for(act, a.zeros != nullptr, next.w != nullptr, t);
   if (allow_dynamic_smem(fn, a.device, plan.smem_bytes) != cudaSuccess)
     return "cudaFuncSetAttribute (dynamic shared memory) failed for the small-M kernel";
   Params p;
@@ -590,8 +598,8 @@ const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, fl
   p.units = plan.units;
   p.stripe = plan.stripe;
   p.stage_bytes = plan.stage_bytes;
-  NextParams next = next_params(a.next, plan);
-  void* args[] = {&p, &next};
+  NextParams next_arg = next;
+  void* args[] = {&p, &next_arg};
   if (launch_kernel(fn, dim3(plan.grid), dim3(kThreads), args, static_cast<size_t>(plan.smem_bytes), stream,
                     kernel_has_pdl(fn)) != cudaSuccess)
     return "small-M kernel launch failed";

@@ -119,9 +119,52 @@ at::Tensor marlin_permute_groups(const at::Tensor& src, int64_t g_pad, int64_t n
   return out;
 }
 
+// The next layer's weight for the kernel's L2 prefetch (mk::NextWeight): that layer's own
+// w, scales (and zeros) as this op takes them, or none.
+mk::NextWeight next_weight(const at::Tensor& x, const std::optional<at::Tensor>& next_w,
+                           const std::optional<at::Tensor>& next_scales, const std::optional<at::Tensor>& next_zeros,
+                           int64_t bytes) {
+  const char* op = "vmp::marlin_gemm";
+  mk::NextWeight nw;
+  VMP_CHECK(bytes >= 0, op, ": prefetch_bytes must be >= 0, got ", bytes);
+  VMP_CHECK(next_w.has_value() == next_scales.has_value() && (next_w || !next_zeros), op,
+            ": next_w and next_scales (and next_zeros, if the next layer has zero points) come together: the next "
+            "layer's own w, scales and zeros; got ", next_w ? "" : "no ", "next_w, ", next_scales ? "" : "no ",
+            "next_scales, ", next_zeros ? "" : "no ", "next_zeros");
+  if (!next_w) return nw;
+  const at::Tensor& w = *next_w;
+  const at::Tensor& s = *next_scales;
+  VMP_CHECK(w.dim() == 2 && w.scalar_type() == at::kInt && w.is_contiguous() && w.device() == x.device() &&
+                w.size(0) % (kTileK / 16) == 0 && w.size(0) > 0 && w.size(1) % (2 * kTileN) == 0 && w.size(1) > 0,
+            op, ": next_w must be the next layer's int32 [K_pad/16, 2*N_pad] weight from vmp::marlin_repack on ",
+            x.device(), ", got ", w.scalar_type(), " ", w.sizes(), " on ", w.device());
+  const int64_t k_pad = w.size(0) * 16, n_pad = w.size(1) / 2;
+  for (const std::optional<at::Tensor>* t : {&next_scales, &next_zeros}) {
+    if (!*t) continue;
+    const at::Tensor& g = **t;
+    VMP_CHECK(g.dim() == 2 && g.size(1) == n_pad && g.size(0) >= 1 && k_pad % g.size(0) == 0 &&
+                  g.sizes() == s.sizes() && g.is_contiguous() && g.element_size() == 2 && g.device() == x.device(),
+              op, ": ", t == &next_scales ? "next_scales" : "next_zeros",
+              " must be the next layer's contiguous 2-byte [groups, N_pad] tensor for its weight of K_pad=", k_pad,
+              ", N_pad=", n_pad, " on ", x.device(), ", got ", g.scalar_type(), " ", g.sizes(), " on ", g.device());
+  }
+  const int64_t group = s.size(0) == 1 ? -1 : k_pad / s.size(0);
+  if (bytes == 0 || (group != -1 && group != 32 && group != 64 && group != 128)) return nw;
+  nw.w = w.data_ptr();
+  nw.scales = s.data_ptr();
+  nw.zeros = next_zeros ? next_zeros->data_ptr() : nullptr;
+  nw.n_pad = int(n_pad);
+  nw.k_pad = int(k_pad);
+  nw.group_size = int(group);
+  nw.bytes = bytes;
+  return nw;
+}
+
 at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales,
                        const std::optional<at::Tensor>& zeros, const at::Tensor& workspace, int64_t size_n,
-                       int64_t group_size, const std::optional<std::string>& plan_spec) {
+                       int64_t group_size, const std::optional<std::string>& plan_spec,
+                       const std::optional<at::Tensor>& next_w, const std::optional<at::Tensor>& next_scales,
+                       const std::optional<at::Tensor>& next_zeros, int64_t prefetch_bytes) {
   const char* op = "vmp::marlin_gemm";
   check_cuda_2d(x, op, "x");
   VMP_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
@@ -175,9 +218,10 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 
   const mk::DType dtype = x.scalar_type() == at::kHalf ? mk::DType::kFloat16 : mk::DType::kBFloat16;
   const mk::PlanHints hints = plan_spec ? parse_plan(plan_spec->c_str(), "vmp::marlin_gemm plan") : plan_hints();
+  const mk::NextWeight next = next_weight(x, next_w, next_scales, next_zeros, prefetch_bytes);
   mk::GemmPlan plan;
   check_launch(mk::plan_gemm(static_cast<int>(m), static_cast<int>(n_pad), static_cast<int>(k_pad), dtype,
-                             x.get_device(), hints, &plan),
+                             x.get_device(), hints, &plan, next),
                op);
   VMP_CHECK(workspace.numel() >= plan.stripes.grid(), op, ": workspace has ", workspace.numel(),
               " ints, this call needs ", plan.stripes.grid(), "; fix: allocate torch.zeros(4 * multiprocessor count, dtype=torch.int32) once per layer");
@@ -197,6 +241,7 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   args.n_pad = static_cast<int>(n_pad);
   args.k_pad = static_cast<int>(k_pad);
   args.group_size = static_cast<int>(group_size);
+  args.next = next;
   check_launch(mk::gemm(args, plan, c10::cuda::getCurrentCUDAStream()), op);
   return out;
 }
@@ -243,6 +288,43 @@ std::vector<int64_t> marlin_tile_plan(int64_t m, int64_t n_pad, int64_t k_pad, i
   return {t.m_blocks, t.chunks, t.stages, t.blocks_per_sm, t.drain, t.smem_bytes};
 }
 
+// Host only, for tests without a GPU: what all `blocks` blocks of a call at M = m prefetch of a
+// next layer of N_pad x K_pad (group_size, -1: channelwise; zero points or not) with a budget of
+// `bytes`, on a GPU with these limits (marlin_tile_plan's) under `plan`, as [weight offset,
+// bytes, group-row offset, bytes] per item (mk::prefetch_items), after the next layer's stripes
+// as [grid, head units].
+std::vector<int64_t> marlin_prefetch_items(int64_t m, int64_t n_pad, int64_t k_pad, int64_t group_size, bool zeros,
+                                           int64_t sms, int64_t smem_per_sm, int64_t smem_optin,
+                                           int64_t smem_reserved, int64_t blocks, int64_t bytes,
+                                           const std::optional<std::string>& plan) {
+  VMP_CHECK(m >= 1 && m <= kMaxDim && n_pad >= kTileN && n_pad % kTileN == 0 && n_pad <= kMaxDim &&
+                k_pad >= kTileK && k_pad % kTileK == 0 && k_pad <= kMaxDim &&
+                (group_size == -1 || group_size == 32 || group_size == 64 || group_size == 128) && sms >= 1 &&
+                sms <= 65536 && smem_per_sm >= 1 && smem_per_sm <= (1 << 24) && smem_optin >= 1 &&
+                smem_optin <= smem_per_sm && smem_reserved >= 0 && blocks >= 1 && blocks <= 2 * sms && bytes >= 0,
+            "vmp::marlin_prefetch_items: needs 1 <= m, n_pad a multiple of ", kTileN, ", k_pad of ", kTileK,
+            ", group_size -1, 32, 64 or 128, positive limits, 1 <= blocks <= 2 sms and bytes >= 0; got m=", m,
+            ", n_pad=", n_pad, ", k_pad=", k_pad, ", group_size=", group_size, ", sms=", sms, ", blocks=", blocks,
+            ", bytes=", bytes);
+  DeviceLimits lim;
+  lim.sms = static_cast<int>(sms);
+  lim.smem_per_sm = static_cast<int>(smem_per_sm);
+  lim.smem_optin = static_cast<int>(smem_optin);
+  lim.smem_reserved = static_cast<int>(smem_reserved);
+  const mk::PlanHints hints = plan ? parse_plan(plan->c_str(), "vmp::marlin_prefetch_items plan") : mk::PlanHints{};
+  static const char kHasZeros = 0;  // only its address is used: "has zero points"
+  mk::NextWeight nw;
+  nw.zeros = zeros ? &kHasZeros : nullptr;
+  nw.n_pad = static_cast<int>(n_pad);
+  nw.k_pad = static_cast<int>(k_pad);
+  nw.group_size = static_cast<int>(group_size);
+  nw.bytes = bytes;
+  const mk::NextPlan np = mk::plan_next(static_cast<int>(m), nw, lim, hints);
+  std::vector<int64_t> out = mk::prefetch_items(nw, np, static_cast<int>(blocks));
+  out.insert(out.end(), {np.head_units > 0 ? np.stripes.grid() : 0, np.head_units});
+  return out;
+}
+
 }  // namespace
 
 void register_marlin_ops(torch::Library& m) {
@@ -255,7 +337,11 @@ void register_marlin_ops(torch::Library& m) {
   m.def("marlin_permute_groups(Tensor src, SymInt g_pad, SymInt n_pad) -> Tensor");
   m.def(
       "marlin_gemm(Tensor x, Tensor w, Tensor scales, Tensor? zeros, Tensor workspace, SymInt size_n, "
-      "int group_size, str? plan=None) -> Tensor");
+      "int group_size, str? plan=None, Tensor? next_w=None, Tensor? next_scales=None, Tensor? next_zeros=None, "
+      "int prefetch_bytes=0) -> Tensor");
+  m.def("marlin_prefetch_items(int m, int n_pad, int k_pad, int group_size, bool zeros, int sms, int smem_per_sm, "
+        "int smem_optin, int smem_reserved, int blocks, int bytes, str? plan=None) -> int[]",
+        &marlin_prefetch_items);
   m.impl("marlin_repack", torch::dispatch(c10::DispatchKey::CUDA, TORCH_FN(marlin_repack)));
   m.impl("marlin_permute_groups", torch::dispatch(c10::DispatchKey::CUDA, TORCH_FN(marlin_permute_groups)));
   m.impl("marlin_gemm", torch::dispatch(c10::DispatchKey::CUDA, TORCH_FN(marlin_gemm)));

@@ -197,6 +197,52 @@ def test_smaller_gpu_plans_drain_here():
             assert torch.ops.vmp.marlin_tile_plan(m, DRAIN_N, DRAIN_K, *limits, cap)[4] == 1, (cap, m)
 
 
+# Next layers for the prefetch: g128; g32 with zero points; channelwise; N and K padded.
+NEXT_LAYERS = [(1024, 1536, 128, False), (1152, 768, 32, True), (512, 1000, -1, False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_prefetching_the_next_layer_keeps_every_bit(dtype):
+    """vmp::marlin_gemm's next_w= / prefetch_bytes= (16-row tiles ask L2 for the heads of the
+    next layer's stripes as they end; a separate kernel variant) change no output bit at 1..16
+    tokens for any next layer and budget, under other launch plans and in a CUDA graph; larger
+    tiles ignore it. Which bytes are prefetched is checked without a GPU
+    (tests/test_l2_prefetch.py)."""
+    k, n = 1024, 1536
+    w = make_weight(k, n, 128, False, dtype)
+    spec = spec_for(w, dtype)
+    p = MarlinBackend.prepare(spec, w)
+    nexts = []
+    for kn, nn, g, z in NEXT_LAYERS:
+        wn = make_weight(kn, nn, g, z, dtype)
+        nexts.append(MarlinBackend.prepare(spec_for(wn, dtype), wn))
+    for m in (1, 5, 9, 16, 40):
+        x = torch.randn(m, k, device=DEV).to(dtype)
+        for plan in (None, "blocks=2", "swap=0"):
+            want = MarlinBackend.apply(spec, p, x, plan)
+            assert_close_to_reference(want, x, w, reference_mm(x, w))
+            for nxt in nexts:
+                for budget in (1 << 16, 16 << 20, 1 << 30):
+                    got = MarlinBackend.apply(spec, p, x, plan, nxt, budget)
+                    assert torch.equal(got, want), (m, plan, nxt["qweight"].shape, budget)
+            assert int(p["workspace"].abs().sum()) == 0
+    x = torch.randn(16, k, device=DEV).to(dtype)
+    graph, out = capture_graph(lambda: MarlinBackend.apply(spec, p, x, None, nexts[1], 16 << 20))
+    x.copy_(torch.randn(16, k, device=DEV).to(dtype))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, MarlinBackend.apply(spec, p, x))
+    args = (x, p["qweight"], p["scales"], None, p["workspace"], n, 128, None)
+    with pytest.raises(RuntimeError, match=r"next_w and next_scales \(and next_zeros, if the next layer has zero "
+                                           r"points\) come together"):
+        torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"], None, None, 1 << 20)
+    with pytest.raises(RuntimeError, match=r"next_scales must be the next layer's contiguous 2-byte \[groups, N_pad\] "
+                                           r"tensor for its weight of K_pad=1024, N_pad=1536"):
+        torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"], nexts[0]["scales"].float(), None, 1 << 20)
+    with pytest.raises(RuntimeError, match=r"prefetch_bytes must be >= 0"):
+        torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"], nexts[0]["scales"], None, -1)
+
+
 def test_a_call_plan_replaces_the_environment_and_is_checked():
     """A call's plan (bench kernels --marlin-plans) is parsed like VMP_MARLIN_PLAN, whose own
     order=1 is honoured and whose bad values are refused in a fresh process."""

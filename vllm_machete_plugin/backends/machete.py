@@ -28,9 +28,9 @@ from .. import ops
 from ..canonical import CanonicalW4
 from . import add_backend
 from .base import Backend, LayerSpec
+from .prefetch import PREFETCH_BYTES
 
 ENV_SCHEDULE = "VMP_MACHETE_SCHEDULE"  # force one schedule name (see schedules())
-ENV_PREFETCH = "VMP_L2_PREFETCH_MB"    # L2 prefetch budget for the next layer's weight (small-M kernel)
 GROUP_SIZES = (64, 128)                # plus channelwise (group_size == K)
 ALIGN_N = 128
 ALIGN_K = 64
@@ -57,27 +57,6 @@ def forced_schedule() -> Optional[str]:
 # the `os` module among the traced sources of vLLM's compile-cache key (it cannot read
 # "<frozen os>", and a warm restart then missed the cache).
 FORCED_SCHEDULE = forced_schedule()
-
-
-def prefetch_bytes() -> int:
-    """VMP_L2_PREFETCH_MB as bytes: how much of the next layer's weight the small-M kernel
-    (M <= 16) asks L2 to fetch as it finishes, so that weight streams in while the kernels
-    between the two GEMMs (norm, attention, activation) leave DRAM idle. 0 (the default until
-    it is measured end to end) turns it off."""
-    raw = os.environ.get(ENV_PREFETCH, "").strip()
-    if not raw:
-        return 0
-    try:
-        mb = float(raw)
-    except ValueError:
-        mb = -1.0
-    if not 0 <= mb <= 1024:
-        raise ValueError(f"{ENV_PREFETCH}={raw!r}: expected megabytes of L2 prefetch per call, 0 to 1024 "
-                         f"(0: off); fix: e.g. {ENV_PREFETCH}=16, or unset it")
-    return int(mb * 2**20)
-
-
-PREFETCH_BYTES = prefetch_bytes()  # read once, at import, like FORCED_SCHEDULE
 
 
 class MacheteBackend(Backend):

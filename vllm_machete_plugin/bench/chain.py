@@ -1,5 +1,6 @@
-"""Decode-step chain benchmark: the L2 prefetch of the next layer's weight (VMP_L2_PREFETCH_MB,
-machete_small_m.cu) measured where it acts, between GEMMs.
+"""Decode-step chain benchmark: the L2 prefetch of the next layer's weight (VMP_L2_PREFETCH_MB: the
+small-M Machete kernel, machete_small_m.cu, and Marlin's 16-row tiles, marlin_gemm.cu) measured
+where it acts, between GEMMs.
 
 One CUDA graph holds `--layers` decoder layers of Llama-3.1-70B's four W4A16 GEMMs (qkv, o,
 gate_up, down; distinct random weights, 428 MB a layer, so every layer comes from DRAM), each
@@ -10,7 +11,8 @@ the linear method links them (the last to none). Columns are prefetch budgets; a
 the gaps alone is subtracted, so a cell is the four GEMMs' µs per decoder layer. Graphs are
 replayed in interleaved rounds (kernels.interleaved_times_us).
 
-  python -m vllm_machete_plugin.bench chain [--m 1,16] [--gaps 0,3,10] [--budgets 0,8,16,32] [--layers 4]
+  python -m vllm_machete_plugin.bench chain [--backend machete|marlin] [--m 1,16] [--gaps 0,3,10]
+      [--budgets 0,8,16,32] [--layers 4]
 """
 from __future__ import annotations
 
@@ -44,10 +46,9 @@ def chain_links(n_layers: int) -> list[tuple[int, str, tuple[int, str] | None]]:
     return [(i, name, seq[j + 1] if j + 1 < len(seq) else None) for j, (i, name) in enumerate(seq)]
 
 
-def build_calls(m: int, gap_us: float, budget: int, weights: dict, x_srcs: dict, xs: dict,
+def build_calls(backend, m: int, gap_us: float, budget: int, weights: dict, x_srcs: dict, xs: dict,
                 n_layers: int) -> list[Callable[[], object]]:
     """The chain's calls: per GEMM, the X write, the gap and the GEMM (budget < 0: gaps only)."""
-    from ..backends.machete import MacheteBackend
     calls = []
     for i, name, nxt in chain_links(n_layers):
         spec, w = weights[(i, name)]
@@ -60,19 +61,18 @@ def build_calls(m: int, gap_us: float, budget: int, weights: dict, x_srcs: dict,
             if cycles:
                 torch.cuda._sleep(cycles)
             if budget >= 0:
-                MacheteBackend.apply(spec, w, x, next_w, prefetch=budget)
+                backend.apply(spec, w, x, next_weights=next_w, prefetch=budget)
         calls.append(call)
     return calls
 
 
-def run(m_values: list[int], gaps: list[float], budgets_mb: list[float], n_layers: int) -> list[dict]:
-    from ..backends.machete import MacheteBackend
+def run(backend, m_values: list[int], gaps: list[float], budgets_mb: list[float], n_layers: int) -> list[dict]:
     weights = {}
     for i in range(n_layers):
         for name in ORDER:
             n, k = LAYERS[name]
             spec = LayerSpec(k=k, n=n, group_size=GROUP, has_zeros=False, act_dtype=torch.float16)
-            weights[(i, name)] = spec, MacheteBackend.prepare(spec, random_weight(n, k))
+            weights[(i, name)] = spec, backend.prepare(spec, random_weight(n, k))
     xs = {(m, name): torch.empty(m, LAYERS[name][1], device="cuda", dtype=torch.float16)
           for m in m_values for name in ORDER}
     x_srcs = {key: torch.randn_like(x) for key, x in xs.items()}
@@ -81,9 +81,9 @@ def run(m_values: list[int], gaps: list[float], budgets_mb: list[float], n_layer
     rows = []
     for m in m_values:
         for gap in gaps:
-            graphs = {"gaps_us": capture_graph(build_calls(m, gap, -1, weights, x_srcs, xs, n_layers), 1)}
+            graphs = {"gaps_us": capture_graph(build_calls(backend, m, gap, -1, weights, x_srcs, xs, n_layers), 1)}
             for mb in budgets_mb:
-                calls = build_calls(m, gap, int(mb * 2**20), weights, x_srcs, xs, n_layers)
+                calls = build_calls(backend, m, gap, int(mb * 2**20), weights, x_srcs, xs, n_layers)
                 graphs[f"pf{mb:g}_us"] = capture_graph(calls, 1)
             times = interleaved_times_us(graphs, rounds=2 * len(graphs))
             per_layer = {col: t * 4 for col, t in times.items()}  # per-call medians -> per decoder layer
@@ -113,7 +113,8 @@ def markdown(rows: list[dict], budgets_mb: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vllm_machete_plugin.bench chain", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--m", default="1,16", help="tokens per call (the small-M kernel: 1..16)")
+    ap.add_argument("--backend", default="machete", choices=["machete", "marlin"], help="whose kernels")
+    ap.add_argument("--m", default="1,16", help="tokens per call (the prefetching kernels: 1..16)")
     ap.add_argument("--gaps", default="0,3,10", help="µs of spinning before each GEMM")
     ap.add_argument("--budgets", default="0,8,16,32", help="prefetch budgets per call, MB (0: off)")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers in the graph (428 MB of weight each)")
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     m_values = parse_list(args.m, "m", int)
     if any(not 1 <= m <= 16 for m in m_values):
-        raise SystemExit("--m: the prefetch is the small-M kernel's, 1..16 tokens")
+        raise SystemExit("--m: the prefetching kernels are those of 1..16 tokens")
     gaps, budgets = parse_list(args.gaps, "gaps"), parse_list(args.budgets, "budgets")
     if args.layers < 2:
         raise SystemExit("--layers must be >= 2 (a chain needs a next layer)")
@@ -129,15 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the chain benchmark needs a CUDA GPU")
     from ..backends import device_capability
     from ..backends.machete import MacheteBackend
-    ok, why = MacheteBackend.can_implement(LayerSpec(k=8192, n=8192, group_size=GROUP, has_zeros=False,
-                                                     act_dtype=torch.float16), device_capability())
+    from ..backends.marlin import MarlinBackend
+    backend = MacheteBackend if args.backend == "machete" else MarlinBackend
+    ok, why = backend.can_implement(LayerSpec(k=8192, n=8192, group_size=GROUP, has_zeros=False,
+                                              act_dtype=torch.float16), device_capability())
     if not ok:
-        raise SystemExit(f"the chain benchmark runs our Machete backend: {why}")
-    rows = run(m_values, gaps, budgets, args.layers)
+        raise SystemExit(f"the chain benchmark cannot run the {args.backend} backend here: {why}")
+    rows = run(backend, m_values, gaps, budgets, args.layers)
     print(markdown(rows, budgets))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+            json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "backend": args.backend,
                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                        "layers": args.layers, "budgets_mb": budgets, "rows": rows}, f, indent=1)
     return 0
