@@ -148,6 +148,10 @@ mk::NextWeight next_weight(const at::Tensor& x, const std::optional<at::Tensor>&
               " must be the next layer's contiguous 2-byte [groups, N_pad] tensor for its weight of K_pad=", k_pad,
               ", N_pad=", n_pad, " on ", x.device(), ", got ", g.scalar_type(), " ", g.sizes(), " on ", g.device());
   }
+  for (const std::optional<at::Tensor>* t : {&next_w, &next_scales, &next_zeros})
+    VMP_CHECK(!*t || reinterpret_cast<uintptr_t>((*t)->data_ptr()) % 16 == 0, op,
+              ": the next layer's tensors must start 16-byte aligned (the L2 prefetch reads them in 16-byte units); "
+              "fix: pass the prepared tensors themselves, not offset views");
   const int64_t group = s.size(0) == 1 ? -1 : k_pad / s.size(0);
   if (bytes == 0 || (group != -1 && group != 32 && group != 64 && group != 128)) return nw;
   nw.w = w.data_ptr();

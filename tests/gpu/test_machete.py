@@ -304,6 +304,9 @@ def test_prefetching_the_next_layer_keeps_every_bit(dtype):
         mm(x, (w_next, s_next.float(), None), 1 << 20)
     with pytest.raises(RuntimeError, match=r"prefetch_bytes must be >= 0"):
         mm(x, nexts[0], -1)
+    shifted = torch.empty(s_next.numel() + 1, dtype=s_next.dtype, device=DEV)[1:].view(s_next.shape)
+    with pytest.raises(RuntimeError, match=r"the next layer's tensors must start 16-byte aligned"):
+        mm(x, (w_next, shifted, None), 1 << 20)
 
 
 def test_bad_inputs_have_clear_errors():

@@ -241,6 +241,10 @@ def test_prefetching_the_next_layer_keeps_every_bit(dtype):
         torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"], nexts[0]["scales"].float(), None, 1 << 20)
     with pytest.raises(RuntimeError, match=r"prefetch_bytes must be >= 0"):
         torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"], nexts[0]["scales"], None, -1)
+    s_next = nexts[0]["scales"]
+    shifted = torch.empty(s_next.numel() + 1, dtype=s_next.dtype, device=DEV)[1:].view(s_next.shape)
+    with pytest.raises(RuntimeError, match=r"the next layer's tensors must start 16-byte aligned"):
+        torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"], shifted, None, 1 << 20)
 
 
 def test_a_call_plan_replaces_the_environment_and_is_checked():
