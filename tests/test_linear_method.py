@@ -2,6 +2,7 @@
 quant method on the CPU: parameters created by the format module, filled by vLLM's
 weight loaders from a tiny checkpoint's tensors, repacked, and run with the reference
 backend (forced with VMP_BACKEND=reference; it is never chosen on its own)."""
+import copy
 import json
 
 import pytest
@@ -127,9 +128,11 @@ def test_each_layer_links_to_the_next_one_its_model_prepares(vllm_tp1, tmp_path,
     for layer in layers.values():
         layer.quant_method.process_weights_after_loading(layer)
     for a, b in zip(names, names[1:]):
-        assert layers[a].vmp_next is layers[b], a
+        assert layers[a].vmp_next() is layers[b], a
         assert "vmp_next" not in dict(layers[a].named_children()) and "vmp_next" not in layers[a]._parameters
     assert getattr(layers["down_proj"], "vmp_next", None) is None
+    copies = copy.deepcopy(layers)  # a weak link: copying a layer does not walk the chain behind it
+    assert copies["qkv_proj"].vmp_next() is layers["o_proj"]
 
     # A second model: its first layer is not the first model's last layer's next.
     _, cfg2, qc2, tensors2 = _build(tmp_path / "b", "gptq", dict(group_size=128, sym=True), "float16")

@@ -92,12 +92,14 @@ class MacheteLinearMethod(LinearMethodBase):
         in (qkv, o, gate_up, down, then the next decoder layer's qkv), so a backend that
         prefetches (Backend.prefetch_budget() > 0) can start reading this layer's weight while the
         kernels between the two GEMMs run. A wrong guess costs only the prefetch: results never
-        depend on it. Stored outside the module tree (not a submodule, not a parameter)."""
+        depend on it. Stored outside the module tree (not a submodule, not a parameter) and weakly:
+        strong links would chain every layer to the next, 320 deep on a 70B model, past what
+        copy.deepcopy can recurse through."""
         prev = _last_prepared.get("layer", lambda: None)()
         same_model = _last_prepared.get("config", lambda: None)() is self.config
         if (prev is not None and same_model and prev.vmp_backend is layer.vmp_backend
                 and prev.vmp_params_dtype == layer.vmp_params_dtype):
-            object.__setattr__(prev, "vmp_next", layer)
+            object.__setattr__(prev, "vmp_next", weakref.ref(layer))
             budget = layer.vmp_backend.prefetch_budget()
             if budget > 0 and "prefetch" not in _announced:
                 _announced.add("prefetch")
@@ -115,7 +117,8 @@ class MacheteLinearMethod(LinearMethodBase):
             x2 = x2.index_select(1, perm)
         weights = {n: getattr(layer, _PREFIX + n) for n in layer.vmp_weight_names}
         backend = layer.vmp_backend
-        nxt = getattr(layer, "vmp_next", None) if backend.prefetch_budget() > 0 else None
+        link = getattr(layer, "vmp_next", None) if backend.prefetch_budget() > 0 else None
+        nxt = link() if link is not None else None
         if nxt is not None:
             y = backend.apply(spec, weights, x2.contiguous(),
                               next_weights={n: getattr(nxt, _PREFIX + n) for n in nxt.vmp_weight_names})

@@ -504,6 +504,15 @@ const void* kernel_for(ActType act, bool zeros, bool prefetch, int t) {
   return act == kF16 ? kernel_for_type<half>(zeros, prefetch, t) : kernel_for_type<__nv_bfloat16>(zeros, prefetch, t);
 }
 
+// Block units of an N x K call: (octet of 8 row groups, 128-deep k block), octet-major;
+// stripes balanced over the resident blocks of t token blocks on `sms` SMs.
+long long block_units(int n, int k) {
+  return (n / kRows + kWarps - 1) / kWarps * static_cast<long long>((k + kUnitK - 1) / kUnitK);
+}
+Stripes unit_stripes(long long units, int sms, int t) {
+  return split_stripes(units, static_cast<long long>(sms) * blocks_per_sm(t));
+}
+
 // The next layer's call runs this schedule at this M too (one batch goes through every
 // layer), so its own stripes (units, stripe, grid) say what its blocks read first; `bytes`
 // pays for head_cols K columns of each stripe head. A next weight the small-M kernel cannot
@@ -511,9 +520,8 @@ const void* kernel_for(ActType act, bool zeros, bool prefetch, int t) {
 void plan_next(int t, int sms, const NextWeight& nw, SmallMPlan* plan) {
   plan->next_units = plan->next_stripe = plan->next_grid = plan->next_head_cols = 0;
   if (nw.bytes <= 0 || nw.n <= 0 || nw.k <= 0 || nw.n % kRows || nw.k % kStageK) return;
-  const long long octets = (nw.n / kRows + kWarps - 1) / kWarps;
-  const long long units = octets * ((nw.k + kUnitK - 1) / kUnitK);
-  const Stripes sp = split_stripes(units, static_cast<long long>(sms) * blocks_per_sm(t));
+  const long long units = block_units(nw.n, nw.k);
+  const Stripes sp = unit_stripes(units, sms, t);
   const long long col_bytes = kWarps * kWBytes + (nw.zeros != nullptr ? 2 : 1) * kWarps * kGBytes;
   const long long cols = std::min<long long>(nw.bytes / (col_bytes * sp.grid), 2LL * sp.stripe);
   if (cols <= 0 || units > (1LL << 30)) return;
@@ -557,11 +565,8 @@ const char* plan_small_m(int schedule, const MMArgs& a, SmallMPlan* plan) {
   plan->smem_bytes = kXRowBytes + kWarps * kStages * plan->stage_bytes;
   if (plan->smem_bytes > budget) return "too little shared memory per SM for the small-M pipeline";
   plan->tokens = tokens_per_tile;
-  // Block units: (octet of 8 row groups, 128-deep k block); stripes balanced over the
-  // resident blocks.
-  const long long octets = (a.n / kRows + kWarps - 1) / kWarps;
-  const long long units = octets * ((a.k + kUnitK - 1) / kUnitK);
-  const Stripes sp = split_stripes(units, static_cast<long long>(a.sm_count) * blocks_per_sm(t));
+  const long long units = block_units(a.n, a.k);
+  const Stripes sp = unit_stripes(units, a.sm_count, t);
   plan->units = static_cast<int>(units);
   plan->stripe = sp.stripe;
   plan->grid = sp.grid;

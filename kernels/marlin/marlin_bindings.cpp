@@ -132,6 +132,9 @@ mk::NextWeight next_weight(const at::Tensor& x, const std::optional<at::Tensor>&
             "layer's own w, scales and zeros; got ", next_w ? "" : "no ", "next_w, ", next_scales ? "" : "no ",
             "next_scales, ", next_zeros ? "" : "no ", "next_zeros");
   if (!next_w) return nw;
+  // A next layer on another device (an offloaded one) gets no prefetch: the hint is dropped.
+  for (const std::optional<at::Tensor>* t : {&next_w, &next_scales, &next_zeros})
+    if (*t && (*t)->device() != x.device()) return nw;
   const at::Tensor& w = *next_w;
   const at::Tensor& s = *next_scales;
   VMP_CHECK(w.dim() == 2 && w.scalar_type() == at::kInt && w.is_contiguous() && w.device() == x.device() &&

@@ -2,6 +2,8 @@
 layer spec for one, and CUDA-graph capture."""
 from __future__ import annotations
 
+import re
+
 import torch
 
 from vllm_machete_plugin.backends.base import LayerSpec
@@ -35,6 +37,19 @@ def make_weight(k: int, n: int, group: int, zero_points: bool, dtype: torch.dtyp
 def spec_for(w: CanonicalW4, dtype: torch.dtype, act_order: bool = False) -> LayerSpec:
     return LayerSpec(k=w.k, n=w.n, group_size=w.group_size, has_zeros=not w.symmetric,
                      act_dtype=dtype, act_order=act_order)
+
+
+def prefetch_flags(fn, kernel: str) -> list[str]:
+    """The kPrefetch template argument (the last, 'true' or 'false') of every launch of our
+    `kernel` (small_m_kernel, gemm_kernel) that fn() makes, read from the profiler's kernel names."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()  # plans, allocations and first-launch attribute calls outside the profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if f"{kernel}<" in e.name]
+    return [re.search(rf"{kernel}<[^()]*?(true|false)>", name).group(1) for name in names]
 
 
 def capture_graph(fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

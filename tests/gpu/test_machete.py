@@ -25,7 +25,7 @@ from vllm_machete_plugin.backends.machete import (MacheteBackend, kernels_built,
                                                   schedules)
 from vllm_machete_plugin.canonical import SYMMETRIC_ZERO, CanonicalW4, dequantize
 from vllm_machete_plugin.machete_layout_ref import prepack_ref
-from gpu_common import DEV, capture_graph, make_weight, spec_for  # noqa: E402
+from gpu_common import DEV, capture_graph, make_weight, prefetch_flags, spec_for  # noqa: E402
 
 
 def _skip_reason() -> str:
@@ -266,47 +266,58 @@ NEXT_LAYERS = [(1024, 1536, 128, False), (1088, 640, 64, True), (512, 1024, -1, 
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_prefetching_the_next_layer_keeps_every_bit(dtype):
-    """vmp::machete_mm's next= / prefetch_bytes= (the small-M kernel asks L2 for the heads of
-    the next layer's stripes as it finishes) change no output bit at 1..16 tokens for any next
-    layer and budget, eagerly and replayed in a CUDA graph; larger M (other kernels) ignore it.
-    Which bytes are prefetched is checked without a GPU (tests/test_small_m_prefetch.py)."""
+@pytest.mark.parametrize("zero_points", [False, True])
+def test_prefetching_the_next_layer_keeps_every_bit(dtype, zero_points):
+    """vmp::machete_mm's next_* / prefetch_bytes (the small-M kernel's prefetch variant asks L2
+    for the heads of the next layer's stripes as it finishes) change no output bit at 1..16
+    tokens for any next layer and budget, eagerly and replayed in a CUDA graph; the variant
+    really runs then, and only then; larger M (other kernels) ignore it. Which bytes are
+    prefetched is checked without a GPU (tests/test_l2_prefetch.py)."""
     k, n = 1024, 1536
-    w = make_weight(k, n, 128, False, dtype)
-    p = MacheteBackend.prepare(spec_for(w, dtype), w)
+    w = make_weight(k, n, 128, zero_points, dtype)
+    spec = spec_for(w, dtype)
+    p = MacheteBackend.prepare(spec, w)
     nexts = []
     for kn, nn, g, z in NEXT_LAYERS:
         wn = make_weight(kn, nn, g, z, dtype)
-        nexts.append(machete.next_tensors(MacheteBackend.prepare(spec_for(wn, dtype), wn)))
+        nexts.append(MacheteBackend.prepare(spec_for(wn, dtype), wn))
 
-    def mm(x, nxt, budget):
-        return torch.ops.vmp.machete_mm(x, p["w"], p["scales"], None, 128, None, p["locks"], *nxt, budget)
+    def mm(x, nxt=None, budget=0):
+        return MacheteBackend.apply(spec, p, x, nxt, prefetch=budget)
 
     for m in (1, 8, 9, 16, 40):
         x = torch.randn(m, k, device=DEV).to(dtype)
-        want = run_mm(x, p, 128)
+        want = mm(x)
         assert_close(want, x, w)
         for nxt in nexts:
             for budget in (1 << 16, 16 << 20, 1 << 30):
-                assert torch.equal(mm(x, nxt, budget), want), (m, nxt[0].shape, budget)
+                assert torch.equal(mm(x, nxt, budget), want), (m, nxt["w"].shape, budget)
     x = torch.randn(16, k, device=DEV).to(dtype)
+    assert prefetch_flags(lambda: mm(x, nexts[1], 16 << 20), "small_m_kernel") == ["true"]
+    assert prefetch_flags(lambda: mm(x), "small_m_kernel") == ["false"]
+    assert prefetch_flags(lambda: mm(x, nexts[1], 1 << 10), "small_m_kernel") == ["false"]  # < one column
     graph, out = capture_graph(lambda: mm(x, nexts[1], 16 << 20))
     x.copy_(torch.randn(16, k, device=DEV).to(dtype))
     graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(out, run_mm(x, p, 128))
-    w_next, s_next, _ = nexts[0]
+    assert torch.equal(out, mm(x))
+    w_next, s_next, _ = machete.next_tensors(nexts[0])
+
+    def op(*nxt):
+        return torch.ops.vmp.machete_mm(x, p["w"], p["scales"], p.get("zeros"), 128, None, p["locks"], *nxt)
+
     with pytest.raises(RuntimeError, match=r"next_w and next_scales \(and next_zeros, if the next layer has zero "
                                            r"points\) come together"):
-        mm(x, (w_next, None, None), 1 << 20)
+        op(w_next, None, None, 1 << 20)
     with pytest.raises(RuntimeError, match=r"next_scales must be the next layer's contiguous 2-byte "
                                            r"\[K/group_size, N\] tensor for its weight of K=1024, N=1536"):
-        mm(x, (w_next, s_next.float(), None), 1 << 20)
+        op(w_next, s_next.float(), None, 1 << 20)
     with pytest.raises(RuntimeError, match=r"prefetch_bytes must be >= 0"):
-        mm(x, nexts[0], -1)
+        op(w_next, s_next, None, -1)
     shifted = torch.empty(s_next.numel() + 1, dtype=s_next.dtype, device=DEV)[1:].view(s_next.shape)
     with pytest.raises(RuntimeError, match=r"the next layer's tensors must start 16-byte aligned"):
-        mm(x, (w_next, shifted, None), 1 << 20)
+        op(w_next, shifted, None, 1 << 20)
+    assert torch.equal(op(w_next.cpu(), s_next.cpu(), None, 1 << 20), out)  # on another device: no hint, no error
 
 
 def test_bad_inputs_have_clear_errors():

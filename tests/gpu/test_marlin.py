@@ -29,7 +29,7 @@ from vllm_machete_plugin.bench.kernels import smem_limits
 from vllm_machete_plugin.canonical import CanonicalW4, dequantize
 from vllm_machete_plugin.marlin_layout_ref import padded_kn, permute_groups_ref, repack_ref
 from gpu_common import (DEV, DRAIN_K, DRAIN_MS, DRAIN_N, DRAIN_PLANS, capture_graph, make_weight,  # noqa: E402
-                        spec_for)
+                        prefetch_flags, spec_for)
 
 _why_skip = ("no CUDA GPU" if not torch.cuda.is_available()
              else "" if ops.kernels_available() else f"kernels not built: {ops._load()}")
@@ -202,14 +202,15 @@ NEXT_LAYERS = [(1024, 1536, 128, False), (1152, 768, 32, True), (512, 1000, -1, 
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_prefetching_the_next_layer_keeps_every_bit(dtype):
-    """vmp::marlin_gemm's next_w= / prefetch_bytes= (16-row tiles ask L2 for the heads of the
-    next layer's stripes as they end; a separate kernel variant) change no output bit at 1..16
-    tokens for any next layer and budget, under other launch plans and in a CUDA graph; larger
-    tiles ignore it. Which bytes are prefetched is checked without a GPU
-    (tests/test_l2_prefetch.py)."""
+@pytest.mark.parametrize("zero_points", [False, True])
+def test_prefetching_the_next_layer_keeps_every_bit(dtype, zero_points):
+    """vmp::marlin_gemm's next_* / prefetch_bytes (16-row tiles ask L2 for the heads of the next
+    layer's stripes as they end, in a separate kernel variant) change no output bit at 1..16
+    tokens for any next layer and budget, under other launch plans and in a CUDA graph; the
+    variant really runs then, and only then; larger tiles ignore it. Which bytes are prefetched
+    is checked without a GPU (tests/test_l2_prefetch.py)."""
     k, n = 1024, 1536
-    w = make_weight(k, n, 128, False, dtype)
+    w = make_weight(k, n, 128, zero_points, dtype)
     spec = spec_for(w, dtype)
     p = MarlinBackend.prepare(spec, w)
     nexts = []
@@ -227,12 +228,16 @@ def test_prefetching_the_next_layer_keeps_every_bit(dtype):
                     assert torch.equal(got, want), (m, plan, nxt["qweight"].shape, budget)
             assert int(p["workspace"].abs().sum()) == 0
     x = torch.randn(16, k, device=DEV).to(dtype)
+    assert prefetch_flags(lambda: MarlinBackend.apply(spec, p, x, None, nexts[1], 16 << 20), "gemm_kernel") == ["true"]
+    assert prefetch_flags(lambda: MarlinBackend.apply(spec, p, x), "gemm_kernel") == ["false"]
+    x40 = torch.randn(40, k, device=DEV).to(dtype)  # a 48-row tile: no prefetch variant
+    assert prefetch_flags(lambda: MarlinBackend.apply(spec, p, x40, None, nexts[1], 16 << 20), "gemm_kernel") == ["false"]
     graph, out = capture_graph(lambda: MarlinBackend.apply(spec, p, x, None, nexts[1], 16 << 20))
     x.copy_(torch.randn(16, k, device=DEV).to(dtype))
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, MarlinBackend.apply(spec, p, x))
-    args = (x, p["qweight"], p["scales"], None, p["workspace"], n, 128, None)
+    args = (x, p["qweight"], p["scales"], p.get("zeros"), p["workspace"], n, 128, None)
     with pytest.raises(RuntimeError, match=r"next_w and next_scales \(and next_zeros, if the next layer has zero "
                                            r"points\) come together"):
         torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"], None, None, 1 << 20)
@@ -245,6 +250,8 @@ def test_prefetching_the_next_layer_keeps_every_bit(dtype):
     shifted = torch.empty(s_next.numel() + 1, dtype=s_next.dtype, device=DEV)[1:].view(s_next.shape)
     with pytest.raises(RuntimeError, match=r"the next layer's tensors must start 16-byte aligned"):
         torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"], shifted, None, 1 << 20)
+    # A next layer on another device: no hint, no error.
+    assert torch.equal(torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"].cpu(), s_next.cpu(), None, 1 << 20), out)
 
 
 def test_a_call_plan_replaces_the_environment_and_is_checked():
