@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../check.h"
+#include "../prefetch_args.h"
 #include "../device_limits.h"
 #include "machete.h"
 #include "machete_tile.h"
@@ -226,34 +227,14 @@ mc::NextWeight next_weight(const at::Tensor& x, const std::optional<at::Tensor>&
                            int64_t bytes) {
   const char* op = "vmp::machete_mm";
   mc::NextWeight nw;
-  VMP_CHECK(bytes >= 0, op, ": prefetch_bytes must be >= 0, got ", bytes);
-  VMP_CHECK(next_w.has_value() == next_scales.has_value() && (next_w || !next_zeros), op,
-            ": next_w and next_scales (and next_zeros, if the next layer has zero points) come together: the next "
-            "layer's own w, scales and zeros; got ", next_w ? "" : "no ", "next_w, ", next_scales ? "" : "no ",
-            "next_scales, ", next_zeros ? "" : "no ", "next_zeros");
-  if (!next_w) return nw;
-  // A next layer on another device (an offloaded one) gets no prefetch: the hint is dropped.
-  for (const std::optional<at::Tensor>* t : {&next_w, &next_scales, &next_zeros})
-    if (*t && (*t)->device() != x.device()) return nw;
+  if (!next_given(op, x, next_w, next_scales, next_zeros, bytes)) return nw;
   const at::Tensor& w = *next_w;
   const at::Tensor& s = *next_scales;
-  VMP_CHECK(w.dim() == 2 && (w.scalar_type() == at::kInt || w.scalar_type() == at::kUInt32) && w.is_contiguous() &&
-                w.device() == x.device(), op, ": next_w must be the next layer's prepacked int32 or uint32 [K/8, N] "
-            "weight on ", x.device(), ", got ", w.scalar_type(), " ", w.sizes(), " on ", w.device());
+  VMP_CHECK(w.dim() == 2 && (w.scalar_type() == at::kInt || w.scalar_type() == at::kUInt32) && w.is_contiguous(),
+            op, ": next_w must be the next layer's prepacked int32 or uint32 [K/8, N] weight, got ", w.scalar_type(),
+            " ", w.sizes());
   const int64_t k = w.size(0) * 8, n = w.size(1);
-  for (const std::optional<at::Tensor>* t : {&next_scales, &next_zeros}) {
-    if (!*t) continue;
-    const at::Tensor& g = **t;
-    VMP_CHECK(g.dim() == 2 && g.size(1) == n && g.size(0) >= 1 && k % g.size(0) == 0 && g.sizes() == s.sizes() &&
-                  g.is_contiguous() && g.element_size() == 2 && g.device() == x.device(), op, ": ",
-              t == &next_scales ? "next_scales" : "next_zeros",
-              " must be the next layer's contiguous 2-byte [K/group_size, N] tensor for its weight of K=", k, ", N=",
-              n, " on ", x.device(), ", got ", g.scalar_type(), " ", g.sizes(), " on ", g.device());
-  }
-  for (const std::optional<at::Tensor>* t : {&next_w, &next_scales, &next_zeros})
-    VMP_CHECK(!*t || reinterpret_cast<uintptr_t>((*t)->data_ptr()) % 16 == 0, op,
-              ": the next layer's tensors must start 16-byte aligned (the L2 prefetch reads them in 16-byte units); "
-              "fix: pass the prepared tensors themselves, not offset views");
+  check_next_groups(op, x, next_w, next_scales, next_zeros, k, n, "K", "N");
   const int64_t group = k / s.size(0);
   if (bytes == 0 || (group != k && (group & (group - 1)))) return nw;
   nw.w = w.data_ptr();

@@ -38,6 +38,7 @@
 #include "split_fixup.cuh"
 #include "stripes.h"
 #include "../device_limits.h"
+#include "../l2_prefetch.cuh"
 #include "../launch.h"
 #include "../ptx.cuh"
 
@@ -179,10 +180,6 @@ struct Ops<__nv_bfloat16> {
 // byte offsets from the weight's and the scales' starts. Returns false past the block's last
 // item; w_bytes == 0 for an item past its stripe or past K. One definition for the kernel
 // and the host op vmp::machete_prefetch_items (CPU tests).
-struct PrefetchSpan {
-  size_t w_off, g_off;
-  uint32_t w_bytes, g_bytes;
-};
 __host__ __device__ inline bool prefetch_item(const NextParams& q, int block, int blocks, int i, PrefetchSpan* it) {
   constexpr int kOctetAtoms = kWarps * kAtoms;
   const int s = block + i / q.head_cols * blocks;
@@ -207,13 +204,8 @@ __host__ __device__ inline bool prefetch_item(const NextParams& q, int block, in
 // inlined: a call leaves the main loop's register allocation nearly as it is without one
 // (SASS: the loop within 2 instructions of the plain kernel's; inlined, 4-39 more).
 __device__ __noinline__ void prefetch_next(const NextParams& q, int lane) {
-  PrefetchSpan it;
-  for (int i = lane; prefetch_item(q, blockIdx.x, gridDim.x, i, &it); i += 32) {
-    if (it.w_bytes == 0) continue;
-    ptx::prefetch_l2(q.w + it.w_off, it.w_bytes);
-    ptx::prefetch_l2(q.scales + it.g_off, it.g_bytes);
-    if (q.zeros != nullptr) ptx::prefetch_l2(q.zeros + it.g_off, it.g_bytes);
-  }
+  prefetch_block({q.w, q.scales, q.zeros}, lane,
+                 [&](int i, PrefetchSpan* it) { return prefetch_item(q, blockIdx.x, gridDim.x, i, it); });
 }
 
 // kT token blocks of 8 (M <= 8 kT). Shared memory: [zero row][per warp: kStages stages of
@@ -615,13 +607,8 @@ std::vector<int64_t> small_m_prefetch_items(int tokens, int sms, int blocks, con
   SmallMPlan plan;
   plan_next(tokens / 8, sms, next, &plan);
   const NextParams q = next_params(next, plan);
-  std::vector<int64_t> out;
-  if (q.head_cols <= 0) return out;
-  PrefetchSpan it;
-  for (int b = 0; b < blocks; ++b)
-    for (int i = 0; prefetch_item(q, b, blocks, i, &it); ++i)
-      if (it.w_bytes > 0) out.insert(out.end(), {int64_t(it.w_off), it.w_bytes, int64_t(it.g_off), it.g_bytes});
-  return out;
+  if (q.head_cols <= 0) return {};
+  return list_prefetch(blocks, [&](int b, int i, PrefetchSpan* it) { return prefetch_item(q, b, blocks, i, it); });
 }
 
 }  // namespace vmp::machete

@@ -27,6 +27,7 @@
 #include "marlin_layout.cuh"
 #include "marlin_stripes.h"
 #include "../device_limits.h"
+#include "../l2_prefetch.cuh"
 #include "../launch.h"
 #include "../ptx.cuh"
 
@@ -225,10 +226,6 @@ struct NextParams {
 // r below its group rows, as byte offsets from the weight's and the group rows' starts. Returns
 // false past the block's last item; w_bytes == 0 for an item past its stripe. One definition for
 // the kernel and the host-only prefetch_items (CPU tests).
-struct PrefetchSpan {
-  size_t w_off, g_off;
-  uint32_t w_bytes, g_bytes;
-};
 __host__ __device__ inline bool prefetch_item(const NextParams& q, int block, int blocks, int i, PrefetchSpan* it) {
   constexpr int kBands = kTileK / kSubK;
   const int per_stripe = kBands * q.head_units;
@@ -251,15 +248,8 @@ __host__ __device__ inline bool prefetch_item(const NextParams& q, int block, in
 // This block's share of the prefetch; the lanes of one warp take the items in turn. Not
 // inlined: a call leaves the main loop's register allocation nearly as it is without one.
 __device__ __noinline__ void prefetch_next(const NextParams& q, int lane) {
-  PrefetchSpan it;
-  for (int i = lane; prefetch_item(q, blockIdx.x, gridDim.x, i, &it); i += 32) {
-    if (it.w_bytes == 0) continue;
-    ptx::prefetch_l2(q.w + it.w_off, it.w_bytes);
-    if (it.g_bytes != 0) {
-      ptx::prefetch_l2(q.scales + it.g_off, it.g_bytes);
-      if (q.zeros != nullptr) ptx::prefetch_l2(q.zeros + it.g_off, it.g_bytes);
-    }
-  }
+  prefetch_block({q.w, q.scales, q.zeros}, lane,
+                 [&](int i, PrefetchSpan* it) { return prefetch_item(q, blockIdx.x, gridDim.x, i, it); });
 }
 
 // kZeros = false: symmetric u4b8 only (zero point 8 folded into immediates, fewer
@@ -853,14 +843,9 @@ NextParams next_params(const NextWeight& next, const NextPlan& plan) {
 }  // namespace
 
 std::vector<int64_t> prefetch_items(const NextWeight& next, const NextPlan& plan, int blocks) {
-  std::vector<int64_t> out;
   const NextParams q = next_params(next, plan);
-  if (q.head_units <= 0) return out;
-  PrefetchSpan it;
-  for (int b = 0; b < blocks; ++b)
-    for (int i = 0; prefetch_item(q, b, blocks, i, &it); ++i)
-      if (it.w_bytes > 0) out.insert(out.end(), {int64_t(it.w_off), it.w_bytes, int64_t(it.g_off), it.g_bytes});
-  return out;
+  if (q.head_units <= 0) return {};
+  return list_prefetch(blocks, [&](int b, int i, PrefetchSpan* it) { return prefetch_item(q, b, blocks, i, it); });
 }
 
 cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, const PlanHints& hints,

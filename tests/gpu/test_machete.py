@@ -310,7 +310,7 @@ def test_prefetching_the_next_layer_keeps_every_bit(dtype, zero_points):
                                            r"points\) come together"):
         op(w_next, None, None, 1 << 20)
     with pytest.raises(RuntimeError, match=r"next_scales must be the next layer's contiguous 2-byte "
-                                           r"\[K/group_size, N\] tensor for its weight of K=1024, N=1536"):
+                                           r"\[groups, N\] tensor for its weight of K=1024, N=1536"):
         op(w_next, s_next.float(), None, 1 << 20)
     with pytest.raises(RuntimeError, match=r"prefetch_bytes must be >= 0"):
         op(w_next, s_next, None, -1)
