@@ -29,8 +29,8 @@ inline bool next_given(const char* op, const at::Tensor& x, const std::optional<
   return true;
 }
 
-// The next layer's group rows for its weight of K = k, N = n (`dims` names them as the op's
-// weight does, e.g. "K_pad=", "N_pad="), and the alignment of all three tensors.
+// The next layer's group rows for its weight of K = k, N = n (k_name, n_name: what the op's
+// weight calls them, e.g. "K_pad", "N_pad"), and the alignment of all three tensors.
 inline void check_next_groups(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& next_w,
                               const std::optional<at::Tensor>& next_scales,
                               const std::optional<at::Tensor>& next_zeros, int64_t k, int64_t n,
@@ -49,6 +49,13 @@ inline void check_next_groups(const char* op, const at::Tensor& x, const std::op
     VMP_CHECK(!*t || reinterpret_cast<uintptr_t>((*t)->data_ptr()) % 16 == 0, op,
               ": the next layer's tensors must start 16-byte aligned (the L2 prefetch reads them in 16-byte units); "
               "fix: pass the prepared tensors themselves, not offset views");
+}
+
+// For the host-only listing ops (tests): a NextWeight's `zeros` that only says "has zero
+// points" (the listing reads no tensor).
+inline const void* zeros_marker(bool zeros) {
+  static const char kMarker = 0;
+  return zeros ? &kMarker : nullptr;
 }
 
 }  // namespace vmp

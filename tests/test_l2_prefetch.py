@@ -134,19 +134,21 @@ def marlin_heads(m, n_pad, k_pad, gpu, head, plan=None):
     return heads, len(stripes) // 2
 
 
-MARLIN_CASES = [  # M, next N_pad, next K_pad, group, zero points, GPU, this call's blocks, budget
-    (1, 1536, 2048, 128, False, "H200", 132, 2 << 20),
-    (16, 1024, 1152, 32, True, "A100", 108, 4 << 20),    # four group rows per unit
-    (64, 1536, 1024, -1, False, "H200", 132, 1 << 30),   # the whole weight
-    (128, 768, 1024, 64, False, "H200", 100, 3 << 20),   # two M chunks, chunk-major: both read each unit
+# M, next N_pad, next K_pad, group, zero points, GPU, this call's blocks, budget, plan. Only 16-row
+# tiles prefetch: above 16 tokens that takes VMP_MARLIN_PLAN's mb=1 (chunks of 16 rows).
+MARLIN_CASES = [
+    (1, 1536, 2048, 128, False, "H200", 132, 2 << 20, None),
+    (16, 1024, 1152, 32, True, "A100", 108, 4 << 20, None),    # four group rows per unit
+    (64, 1536, 1024, -1, False, "H200", 132, 1 << 30, "mb=1"),  # every unit, once per M chunk
+    (128, 768, 1024, 64, False, "H200", 100, 3 << 20, "mb=1"),  # 8 M chunks, chunk-major: all read each unit
 ]
 
 
 @needs_marlin
 @pytest.mark.parametrize("case", MARLIN_CASES)
 def test_marlin_prefetch_reads_the_heads_of_the_next_calls_stripes_within_the_budget(case):
-    m, n_pad, k_pad, group, zeros, gpu, blocks, budget = case
-    got, grid, head = marlin_items(m, n_pad, k_pad, group, zeros, gpu, blocks, budget)
+    m, n_pad, k_pad, group, zeros, gpu, blocks, budget, plan = case
+    got, grid, head = marlin_items(m, n_pad, k_pad, group, zeros, gpu, blocks, budget, plan)
     assert got and head >= 1
     group_rows = 1 if group == -1 else 128 // group
     byte_of = marlin_code_bytes(k_pad, n_pad)
@@ -167,11 +169,13 @@ def test_marlin_prefetch_reads_the_heads_of_the_next_calls_stripes_within_the_bu
         bands.setdefault((nt, kt), []).append(band)
     units = [unit for unit, b in bands.items() for _ in range(len(b) // 8)]
     assert all(sorted(b) == sorted(list(range(8)) * (len(b) // 8)) for b in bands.values()), "whole units"
-    heads, stripes = marlin_heads(m, n_pad, k_pad, gpu, head)
+    heads, stripes = marlin_heads(m, n_pad, k_pad, gpu, head, plan)
     assert grid == stripes and sorted(units) == sorted(heads)
     unit_bytes = 16384 + (2 if zeros else 1) * group_rows * 512
     assert len(units) * unit_bytes <= budget
-    assert sorted(marlin_items(m, n_pad, k_pad, group, zeros, gpu, max(1, blocks // 3), budget)[0]) == sorted(got)
+    assert sorted(marlin_items(m, n_pad, k_pad, group, zeros, gpu, max(1, blocks // 3), budget, plan)[0]) == sorted(got)
+    if plan:  # the default plan's tile at this M has more rows: no prefetch
+        assert marlin_items(m, n_pad, k_pad, group, zeros, gpu, blocks, budget) == ([], 0, 0)
 
 
 @needs_marlin

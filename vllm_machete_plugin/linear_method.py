@@ -115,18 +115,21 @@ class MacheteLinearMethod(LinearMethodBase):
         perm = getattr(layer, _PREFIX + "perm", None)
         if perm is not None:
             x2 = x2.index_select(1, perm)
-        weights = {n: getattr(layer, _PREFIX + n) for n in layer.vmp_weight_names}
         backend = layer.vmp_backend
         link = getattr(layer, "vmp_next", None) if backend.prefetch_budget() > 0 else None
         nxt = link() if link is not None else None
         if nxt is not None:
-            y = backend.apply(spec, weights, x2.contiguous(),
-                              next_weights={n: getattr(nxt, _PREFIX + n) for n in nxt.vmp_weight_names})
+            y = backend.apply(spec, _prepared(layer), x2.contiguous(), next_weights=_prepared(nxt))
         else:
-            y = backend.apply(spec, weights, x2.contiguous())
+            y = backend.apply(spec, _prepared(layer), x2.contiguous())
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], spec.n)
+
+
+def _prepared(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A layer's tensors from its backend's prepare (registered as vmp_<name>)."""
+    return {n: getattr(layer, _PREFIX + n) for n in layer.vmp_weight_names}
 
 
 def _load_format() -> str:

@@ -364,9 +364,8 @@ std::vector<int64_t> machete_prefetch_items(int64_t tokens, int64_t sms, int64_t
             "vmp::machete_prefetch_items: needs tokens 8 or 16, 1 <= blocks <= 2 sms, N and K multiples of 64, a "
             "power-of-two group dividing K (or -1) and bytes >= 0; got tokens=", tokens, " sms=", sms, " blocks=",
             blocks, " N=", n, " K=", k, " group_size=", group_size, " bytes=", bytes);
-  static const char kHasZeros = 0;  // only its address is used: "has zero points"
   mc::NextWeight nw;
-  nw.zeros = zeros ? &kHasZeros : nullptr;
+  nw.zeros = zeros_marker(zeros);
   nw.n = int(n);
   nw.k = int(k);
   nw.group_size = int(g);

@@ -95,9 +95,10 @@ bool choose_tile(int m, int n_pad, int k_pad, DeviceLimits lim, const PlanHints&
 cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, const PlanHints& hints,
                       GemmPlan* plan, const NextWeight& next = NextWeight{});
 
-// The prefetch of `next` by a call at M = m on a device with `lim` (host code only): the next
-// GEMM's own plan at this M (choose_tile; its blocks per SM taken as resident) and the head
-// of each of its stripes that next.bytes pays for.
+// The prefetch of `next` by a call at M = m on a device with `lim` (host code only): nothing
+// unless the tile at this M has 16 rows (the prefetching kernels); else the next GEMM's own
+// plan at this M (choose_tile; its blocks per SM taken as resident) and the head of each of its
+// stripes that next.bytes pays for.
 NextPlan plan_next(int m, const NextWeight& next, const DeviceLimits& lim, const PlanHints& hints);
 
 // Host only, for tests without a GPU: the byte ranges all `blocks` blocks of a call ask L2 for

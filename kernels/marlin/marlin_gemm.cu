@@ -815,6 +815,10 @@ NextPlan plan_next(int m, const NextWeight& next, const DeviceLimits& lim, const
   if (next.bytes <= 0 || next.n_pad < kTileN || next.k_pad < kTileK || next.n_pad % kTileN || next.k_pad % kTileK ||
       !choose_tile(m, next.n_pad, next.k_pad, lim, hints, &t))
     return out;
+  // Only the 16-row tiles prefetch (kPrefetch: 1..16 tokens, where the weight stream is all). The
+  // calling layer's tile at this M has the next one's rows and drain: choose_tile's rows depend
+  // on M, the GPU and the hints, not on the layer.
+  if (t.m_blocks != 1 || t.drain) return out;
   const int n_tiles = next.n_pad / kTileN, k_tiles = next.k_pad / kTileK;
   if (static_cast<long long>(t.chunks) * n_tiles * k_tiles > INT_MAX) return out;
   const StripeMap map = StripeMap::plan(t.chunks, n_tiles, k_tiles, lim.sms * t.blocks_per_sm, hints.chunk_major);
@@ -877,8 +881,7 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
   plan->drain = t.drain;
   plan->smem_bytes = t.smem_bytes;
   plan->reduce_floats = static_cast<size_t>(plan->stripes.grid()) * 2 * t.m_blocks * 16 * kTileN;  // 2 slots per block
-  // The prefetch is compiled for the 16-row tiles (1..16 tokens, where the weight stream is all).
-  plan->next = next.w != nullptr && t.m_blocks == 1 && !t.drain ? plan_next(m, next, lim, hints) : NextPlan{};
+  plan->next = next.w != nullptr ? plan_next(m, next, lim, hints) : NextPlan{};
   return cudaSuccess;
 }
 

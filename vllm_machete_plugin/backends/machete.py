@@ -28,7 +28,7 @@ from .. import ops
 from ..canonical import CanonicalW4
 from . import add_backend
 from .base import Backend, LayerSpec
-from .prefetch import PREFETCH_BYTES
+from .prefetch import PREFETCH_BYTES, prefetch_args
 
 ENV_SCHEDULE = "VMP_MACHETE_SCHEDULE"  # force one schedule name (see schedules())
 GROUP_SIZES = (64, 128)                # plus channelwise (group_size == K)
@@ -112,17 +112,9 @@ class MacheteBackend(Backend):
         """next_weights: the prepared tensors of the layer that runs next; `prefetch` bytes of
         them (default PREFETCH_BYTES) are prefetched into L2 by the small-M kernel."""
         group = -1 if spec.group_size == spec.k else spec.group_size
-        budget = PREFETCH_BYTES if prefetch is None else prefetch
-        if next_weights is None or budget <= 0:
-            return torch.ops.vmp.machete_mm(x, weights["w"], weights["scales"], weights.get("zeros"), group,
-                                            FORCED_SCHEDULE, weights.get("locks"))
         return torch.ops.vmp.machete_mm(x, weights["w"], weights["scales"], weights.get("zeros"), group,
-                                        FORCED_SCHEDULE, weights.get("locks"), *next_tensors(next_weights), budget)
-
-
-def next_tensors(weights: dict[str, torch.Tensor]) -> tuple:
-    """vmp::machete_mm's next_w, next_scales, next_zeros: a prepared layer's w, scales, zeros."""
-    return weights["w"], weights["scales"], weights.get("zeros")
+                                        FORCED_SCHEDULE, weights.get("locks"),
+                                        *prefetch_args(next_weights, "w", prefetch))
 
 
 # fp16 mid-M kernels hold rows row + 8 of each fragment as 16x the weight (machete_mid_m.cu):

@@ -22,7 +22,7 @@ from ..marlin_layout_ref import padded_kn
 from ..ops import fake_impl, kernels_available, require_kernels
 from . import add_backend
 from .base import Backend, LayerSpec
-from .prefetch import PREFETCH_BYTES
+from .prefetch import PREFETCH_BYTES, prefetch_args
 
 SUPPORTED_GROUPS = (32, 64, 128)
 ACT_DTYPES = (torch.float16, torch.bfloat16)
@@ -97,13 +97,10 @@ class MarlinBackend(Backend):
         k_pad = weights["qweight"].shape[0] * 16
         if x.shape[-1] != k_pad:
             x = F.pad(x, (0, k_pad - x.shape[-1]))
-        args = (x.contiguous(), weights["qweight"], weights["scales"], weights.get("zeros"), weights["workspace"],
-                spec.n, _kernel_group_size(spec), plan)
-        budget = PREFETCH_BYTES if prefetch is None else prefetch
-        if next_weights is None or budget <= 0:
-            return torch.ops.vmp.marlin_gemm(*args)
-        return torch.ops.vmp.marlin_gemm(*args, next_weights["qweight"], next_weights["scales"],
-                                         next_weights.get("zeros"), budget)
+        return torch.ops.vmp.marlin_gemm(x.contiguous(), weights["qweight"], weights["scales"],
+                                         weights.get("zeros"), weights["workspace"], spec.n,
+                                         _kernel_group_size(spec), plan,
+                                         *prefetch_args(next_weights, "qweight", prefetch))
 
 
 @fake_impl("marlin_repack")

@@ -29,3 +29,13 @@ def prefetch_bytes() -> int:
 # Read once, at import: apply() runs under torch.compile, where reading os.environ would put the
 # `os` module among the traced sources of vLLM's compile-cache key.
 PREFETCH_BYTES = prefetch_bytes()
+
+
+def prefetch_args(next_weights, weight_key: str, prefetch=None) -> tuple:
+    """The GEMM ops' trailing next_w, next_scales, next_zeros, prefetch_bytes for a call: the
+    next layer's prepared weight (under `weight_key`), scales and zeros, and `prefetch` bytes
+    (default PREFETCH_BYTES); () without a next layer or a budget (the plain call)."""
+    budget = PREFETCH_BYTES if prefetch is None else prefetch
+    if next_weights is None or budget <= 0:
+        return ()
+    return next_weights[weight_key], next_weights["scales"], next_weights.get("zeros"), budget
