@@ -57,11 +57,30 @@ def static_shared_bytes(res_usage: str) -> dict[str, list[int]]:
     return out
 
 
+def local_bytes(res_usage: str) -> dict[tuple[str, str], int]:
+    """cuobjdump -res-usage text -> {(arch, function name): LOCAL bytes}: the per-thread local
+    memory ptxas gave the kernel, spills included."""
+    out: dict[tuple[str, str], int] = {}
+    arch = name = None
+    for line in res_usage.splitlines():
+        if m := re.match(r"\s*arch = (\S+)", line):
+            arch = m.group(1)
+        elif m := re.match(r"\s*Function (\S+):\s*$", line):
+            name = m.group(1)
+        elif (m := re.search(r"\bLOCAL:(\d+)", line)) and name is not None:
+            out[(arch or "?", name)] = int(m.group(1))
+            name = None
+    return out
+
+
 def test_parser_reads_functions_and_shared_sizes():
     text = (" Function _ZN3vmp6marlin11gemm_kernelEv:\n"
             "  REG:255 STACK:0 SHARED:1040 LOCAL:0 CONSTANT[0]:440\n"
             " Function other:\n  REG:10 STACK:0 SHARED:0 LOCAL:0\n")
     assert static_shared_bytes(text) == {"_ZN3vmp6marlin11gemm_kernelEv": [1040], "other": [0]}
+    two = "arch = sm_80\n" + text.replace("LOCAL:0 C", "LOCAL:8 C") + "arch = sm_90\n" + text
+    assert local_bytes(two) == {("sm_80", "_ZN3vmp6marlin11gemm_kernelEv"): 8, ("sm_80", "other"): 0,
+                                ("sm_90", "_ZN3vmp6marlin11gemm_kernelEv"): 0, ("sm_90", "other"): 0}
 
 
 def _lib_and_tool(lib: str) -> tuple[Path, str]:
@@ -85,6 +104,22 @@ def test_our_kernels_dynamic_shared_memory_starts_128_byte_aligned(lib):
     assert not bad, (f"{len(bad)} kernels of {so.name} have static shared memory that is not a multiple of "
                      f"128 bytes, so their dynamic shared memory starts off a 128-byte line: "
                      f"{dict(list(bad.items())[:3])}; fix: move the __shared__ variable into the dynamic region")
+
+
+@pytest.mark.parametrize("lib", ["_C", "_machete_C"])
+def test_no_kernel_spills_on_any_architecture(lib):
+    """Every kernel of ours, in every architecture the extension was built for (CI builds all of
+    VMP_CUDA_ARCHS: Marlin for sm_80/86/89/90), keeps its registers: no local memory. Ampere and
+    Ada have never run here, so a spill there would otherwise show only on a user's GPU."""
+    so, tool = _lib_and_tool(lib)
+    text = subprocess.run([tool, "-res-usage", str(so)], check=True, capture_output=True, text=True).stdout
+    found = local_bytes(text)
+    assert found, f"cuobjdump found no kernel in {so.name}"
+    bad = {f"{arch} {name}": b for (arch, name), b in found.items() if b}
+    assert not bad, (f"{len(bad)} kernels of {so.name} use local memory (register spills or a local array): "
+                     f"{dict(list(bad.items())[:3])}; fix: lower the kernel's live registers (fewer values in "
+                     f"flight, a smaller tile) or its __launch_bounds__ minimum blocks, and check cuobjdump "
+                     f"-res-usage again")
 
 
 def _probe_sass(mangled: str, what: str) -> tuple[str, str]:
