@@ -17,6 +17,12 @@ from .checkpoints.base import LayerScheme, Partition
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm" so vLLM's log handler shows it
 _PREFIX = "vmp_"  # prepared tensors are registered on the layer as vmp_<name>
+# vLLM's LoRA layers put their adapters on the device of the base layer's weight, which they
+# find by name (vllm/lora/layers/utils.py, _get_lora_device: weight, weight_packed, qweight, ...);
+# without one, --enable-lora fails at engine start. `qweight` names a layer's prepared weight
+# there: a plain attribute, not a parameter, so no tensor is listed twice. Not `weight`: vLLM
+# reads a layer's `weight` as its dense matrix (MLA's kv_b_proj).
+LORA_DEVICE_ATTR = "qweight"
 _announced: set[str] = set()  # backends already logged in this process
 # The layer this process prepared last, and the quantization config (one per model) it
 # belongs to: see _link_previous.
@@ -80,6 +86,7 @@ class MacheteLinearMethod(LinearMethodBase):
             layer.register_parameter(_PREFIX + name, torch.nn.Parameter(t, requires_grad=False))
         if perm is not None:
             layer.register_parameter(_PREFIX + "perm", torch.nn.Parameter(perm, requires_grad=False))
+        object.__setattr__(layer, LORA_DEVICE_ATTR, getattr(layer, _PREFIX + next(iter(prepared))))
         layer.vmp_backend = backend
         layer.vmp_spec = spec
         layer.vmp_weight_names = tuple(prepared)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 pytest.importorskip("vllm")
-from vllm_machete_plugin.testing import build_tiny_checkpoint  # noqa: E402
+from vllm_machete_plugin.testing import build_tiny_checkpoint, build_tiny_lora  # noqa: E402
 from vllm_machete_plugin.testing.compare import agreeing_prompts, divergence_report, first_divergence  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.engine]
@@ -48,8 +48,8 @@ def _checkpoint(tmp_path_factory, fmt, dtype, act_order=False):
     return _CHECKPOINTS[key]
 
 
-def _generate(model, quantization, dtype, *, eager=True, tp=1, env=None, vary_batch=False):
-    key = (str(model), quantization, dtype, eager, tp, tuple(sorted((env or {}).items())), vary_batch)
+def _generate(model, quantization, dtype, *, eager=True, tp=1, env=None, vary_batch=False, lora=None):
+    key = (str(model), quantization, dtype, eager, tp, tuple(sorted((env or {}).items())), vary_batch, str(lora))
     if key in _OUTPUTS:
         return _OUTPUTS[key]
     cmd = [sys.executable, "-m", "vllm_machete_plugin.testing.generate", str(model),
@@ -57,6 +57,7 @@ def _generate(model, quantization, dtype, *, eager=True, tp=1, env=None, vary_ba
            "--tensor-parallel-size", str(tp)]
     cmd += ["--enforce-eager"] if eager else []
     cmd += ["--vary-batch"] if vary_batch else []
+    cmd += ["--lora", str(lora)] if lora else []
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "VLLM_USE_FLASHINFER_SAMPLER": "0", **(env or {})})
     log = r.stdout + r.stderr
@@ -127,6 +128,23 @@ def test_prefetching_the_next_layer_changes_no_token(tmp_path_factory):
     assert [o["token_ids"] for o in pre] == [o["token_ids"] for o in plain]
     for a, b in zip(pre, plain):
         assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-5)
+
+
+def test_lora_adapter_matches_vllm_builtin(tmp_path_factory):
+    """`--enable-lora` on our layers, vLLM's default compiled CUDA-graph mode: one batch where the
+    even prompts run a LoRA adapter and the odd ones the base model gives the tokens of vLLM's
+    built-in method serving the same adapter; the adapter changes the even prompts' tokens and
+    leaves the odd ones those of our engine without LoRA."""
+    model = _checkpoint(tmp_path_factory, "gptq", "float16")
+    adapter = build_tiny_lora(tmp_path_factory.mktemp("lora"), rank=8)
+    ours, log = _generate(model, "machete", "float16", eager=False, vary_batch=True, lora=adapter)
+    _assert_our_kernels(log, "machete")
+    theirs, _ = _generate(model, "builtin", "float16", lora=adapter)
+    _assert_agree("float16", ours, theirs)
+    base, _ = _generate(model, "machete", "float16")
+    changed = sum(a["token_ids"] != b["token_ids"] for a, b in zip(ours[0::2], base[0::2]))
+    assert changed >= 0.75 * len(ours[0::2]), f"the adapter changed only {changed} of {len(ours[0::2])} prompts"
+    _assert_agree("float16", ours[1::2], base[1::2])
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="tensor parallel needs 2 GPUs")

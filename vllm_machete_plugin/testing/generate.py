@@ -3,7 +3,7 @@ vLLM's built-in one on the same checkpoint. Prints one JSON object on the last l
 {"outputs": [{"token_ids": [...], "logprobs": [...], "top2": [[[id, lp], [id, lp]], ...]}, ...]}:
 the chosen tokens, their logprobs, and the two most likely tokens of every step.
 
-  python -m vllm_machete_plugin.testing.generate MODEL --quantization machete|builtin
+  python -m vllm_machete_plugin.testing.generate MODEL --quantization machete|builtin [--lora ADAPTER]
 """
 import argparse
 import json
@@ -27,16 +27,25 @@ def main() -> None:
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--vary-batch", action="store_true",
                     help="afterwards, also generate for 1, 3 and 7 prompts (other graph sizes)")
+    ap.add_argument("--lora", help="a PEFT LoRA adapter: the engine serves LoRA, and the even-numbered "
+                                   "prompts run this adapter while the odd ones run the base model, in one batch")
     args = ap.parse_args()
 
     from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
 
+    lora_kw, requests = {}, None
+    if args.lora:
+        with open(f"{args.lora}/adapter_config.json") as f:
+            lora_kw = dict(enable_lora=True, max_loras=1, max_lora_rank=json.load(f)["r"])
+        adapter = LoRARequest("adapter", 1, args.lora)
+        requests = [adapter if i % 2 == 0 else None for i in range(len(PROMPTS))]
     llm = LLM(model=args.model, dtype=args.dtype, enforce_eager=args.enforce_eager,
               quantization=None if args.quantization == "builtin" else args.quantization,
               tensor_parallel_size=args.tensor_parallel_size, max_model_len=512,
-              gpu_memory_utilization=0.3, seed=0)
+              gpu_memory_utilization=0.3, seed=0, **lora_kw)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=2, ignore_eos=True)
-    outs = llm.generate(PROMPTS, params)
+    outs = llm.generate(PROMPTS, params, lora_request=requests)
     result = []
     for o in outs:
         c = o.outputs[0]
@@ -47,7 +56,7 @@ def main() -> None:
                                 for lp in c.logprobs]})
     if args.vary_batch:
         for n in (1, 3, 7):
-            llm.generate(PROMPTS[:n], params)
+            llm.generate(PROMPTS[:n], params, lora_request=requests[:n] if requests else None)
     print(json.dumps({"outputs": result}))
 
 

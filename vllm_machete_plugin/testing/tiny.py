@@ -132,3 +132,30 @@ def read_tiny_linears(path: Union[str, Path]) -> dict[str, CanonicalW4]:
             out[prefix] = fmt.to_canonical(holder, scheme, Partition(k=k, output_sizes=(n,), k_full=k, n_full=n),
                                            where=prefix)
     return out
+
+
+def build_tiny_lora(path: Union[str, Path], rank: int = 8, dtype: str = "float16", seed: int = 1,
+                    strength: float = 0.5) -> Path:
+    """Write a PEFT LoRA adapter for the tiny checkpoints to `path` (adapter_config.json and
+    adapter_model.safetensors, as PEFT saves them) and return it. Every linear of LINEARS in every
+    layer gets lora_A [rank, K] and lora_B [N, rank] with lora_alpha == rank (scaling 1); B @ A has
+    entries of std strength / sqrt(K), `strength` times the base weights', so the adapter changes
+    greedy tokens."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(LAYERS):
+        for name, (k, n, _) in LINEARS.items():
+            pre = f"base_model.model.model.layers.{layer}.{name}"
+            tensors[f"{pre}.lora_A.weight"] = torch.randn(rank, k, generator=gen) / k ** 0.5
+            tensors[f"{pre}.lora_B.weight"] = torch.randn(n, rank, generator=gen) * (strength / rank ** 0.5)
+    save_file({key: t.to(DTYPES[dtype]).contiguous() for key, t in tensors.items()},
+              str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank, "lora_dropout": 0.0,
+              "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+              "target_modules": sorted({name.split(".")[-1] for name in LINEARS}), "modules_to_save": None}
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return path
