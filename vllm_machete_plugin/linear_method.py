@@ -10,7 +10,7 @@ from vllm.logger import init_logger
 from vllm.model_executor.layers.linear import (LinearMethodBase,
                                                register_weight_loader_v2_supported_method)
 
-from . import backends
+from . import backends, offload
 from .act_order import sort_by_group
 from .backends.base import LayerSpec
 from .checkpoints.base import LayerScheme, Partition
@@ -77,6 +77,7 @@ class MacheteLinearMethod(LinearMethodBase):
             prepared = backend.prepare(spec, w)
         except ValueError as e:  # name the layer (the backends do not know it)
             raise ValueError(f"{self.prefix}: {e}") from e
+        offloaded = offload.was_offloaded(getattr(layer, n) for n in layer.vmp_checkpoint_params)
         # Drop the checkpoint-layout parameters before keeping the repacked ones, so a
         # layer never holds both longer than this call (peak = one layer's extra copy).
         for name in layer.vmp_checkpoint_params:
@@ -84,6 +85,18 @@ class MacheteLinearMethod(LinearMethodBase):
         del w
         for name, t in prepared.items():
             layer.register_parameter(_PREFIX + name, torch.nn.Parameter(t, requires_grad=False))
+            if offloaded and name in backend.host_offloadable:
+                offload.to_host(getattr(layer, _PREFIX + name))
+        if offload.prefetch_offloading() and "prefetch-offload" not in _announced:
+            _announced.add("prefetch-offload")
+            logger.warning("vllm-machete-plugin: vLLM's prefetching weight offloader (--offload-group-size) "
+                           "cannot move the repacked weights of --quantization machete layers: they stay on "
+                           "the GPU (first: %s). Fix: offload with --cpu-offload-gb instead, which they follow.",
+                           self.prefix)
+        if offloaded and "offload" not in _announced:
+            _announced.add("offload")
+            logger.info("vllm-machete-plugin: the prepared weights of layers vLLM offloaded to the CPU "
+                        "(--cpu-offload-gb) stay in host memory (first: %s)", self.prefix)
         if perm is not None:
             layer.register_parameter(_PREFIX + "perm", torch.nn.Parameter(perm, requires_grad=False))
         object.__setattr__(layer, LORA_DEVICE_ATTR, getattr(layer, _PREFIX + next(iter(prepared))))
@@ -99,13 +112,15 @@ class MacheteLinearMethod(LinearMethodBase):
         in (qkv, o, gate_up, down, then the next decoder layer's qkv), so a backend that
         prefetches (Backend.prefetch_budget() > 0) can start reading this layer's weight while the
         kernels between the two GEMMs run. A wrong guess costs only the prefetch: results never
-        depend on it. Stored outside the module tree (not a submodule, not a parameter) and weakly:
+        depend on it. No link to a layer whose weight lives in host memory (vLLM's CPU offloading):
+        the prefetch asks L2 for device memory only. Stored outside the module tree (not a submodule, not a parameter) and weakly:
         strong links would chain every layer to the next, 320 deep on a 70B model, past what
         copy.deepcopy can recurse through."""
         prev = _last_prepared.get("layer", lambda: None)()
         same_model = _last_prepared.get("config", lambda: None)() is self.config
         if (prev is not None and same_model and prev.vmp_backend is layer.vmp_backend
-                and prev.vmp_params_dtype == layer.vmp_params_dtype):
+                and prev.vmp_params_dtype == layer.vmp_params_dtype
+                and not any(offload.is_offloaded(t) for t in _prepared(layer).values())):
             object.__setattr__(prev, "vmp_next", weakref.ref(layer))
             budget = layer.vmp_backend.prefetch_budget()
             if budget > 0 and "prefetch" not in _announced:

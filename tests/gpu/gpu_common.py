@@ -72,3 +72,21 @@ def capture_graph(fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
 # slice after it (tests/test_marlin_plan.py::test_gpu_tests_reach_every_drained_path).
 DRAIN_PLANS = ("smem=102400,drain=1", "smem=167936,drain=1")
 DRAIN_K, DRAIN_N, DRAIN_MS = 1152, 8192, (64, 128, 257)
+
+
+def in_host_memory(prepared: dict, backend) -> dict:
+    """`prepared` with the backend's weight tensors moved to pinned host memory behind UVA device
+    views, as vLLM's CPU offloading leaves them (vllm_machete_plugin.offload); the rest as is."""
+    import pytest
+
+    pytest.importorskip("vllm._C", reason="the UVA view is vLLM's own op")
+    from vllm_machete_plugin import offload
+
+    out = dict(prepared)
+    for name in backend.host_offloadable:
+        if name in out:
+            p = torch.nn.Parameter(out[name].clone(), requires_grad=False)
+            offload.to_host(p)
+            assert p.is_cuda and offload.is_offloaded(p), name
+            out[name] = p.data
+    return out

@@ -25,7 +25,7 @@ from vllm_machete_plugin.backends.machete import (MacheteBackend, kernels_built,
                                                   schedules)
 from vllm_machete_plugin.canonical import SYMMETRIC_ZERO, CanonicalW4, dequantize
 from vllm_machete_plugin.machete_layout_ref import prepack_ref
-from gpu_common import DEV, capture_graph, make_weight, prefetch_flags, spec_for  # noqa: E402
+from gpu_common import DEV, capture_graph, in_host_memory, make_weight, prefetch_flags, spec_for  # noqa: E402
 
 
 def _skip_reason() -> str:
@@ -102,6 +102,18 @@ def poison_cache(m: int, n: int, dtype: torch.dtype) -> None:
 def run_mm(x, prepared, group, schedule=None):
     return torch.ops.vmp.machete_mm(x, prepared["w"], prepared["scales"], prepared.get("zeros"), group, schedule,
                                     prepared.get("locks"))
+
+
+@pytest.mark.parametrize("schedule,m", [("64x16", 9), ("256x64w", 64), ("128x256", 300), (None, 1)])
+def test_weights_in_host_memory_give_the_same_bits(schedule, m):
+    """vLLM's CPU offloading (--cpu-offload-gb) leaves the prepacked weight, scales and zero points
+    in host memory behind UVA views: the small-M kernel's cp.async, the mid-M kernel's bulk copies
+    and the CUTLASS tiles' TMA read them across the bus; the locks stay on the device."""
+    w = make_weight(2048, 1024, 128, True, torch.float16)
+    p = MacheteBackend.prepare(spec_for(w, torch.float16), w)
+    x = torch.randn(m, w.k, device=DEV).half()
+    want = run_mm(x, p, 128, schedule)
+    assert torch.equal(run_mm(x, in_host_memory(p, MacheteBackend), 128, schedule), want)
 
 
 # ---- every schedule returns (first: a hang is named, not a stuck session) ------------

@@ -28,8 +28,8 @@ from vllm_machete_plugin.backends.reference import reference_mm
 from vllm_machete_plugin.bench.kernels import smem_limits
 from vllm_machete_plugin.canonical import CanonicalW4, dequantize
 from vllm_machete_plugin.marlin_layout_ref import padded_kn, permute_groups_ref, repack_ref
-from gpu_common import (DEV, DRAIN_K, DRAIN_MS, DRAIN_N, DRAIN_PLANS, capture_graph, make_weight,  # noqa: E402
-                        prefetch_flags, spec_for)
+from gpu_common import (DEV, DRAIN_K, DRAIN_MS, DRAIN_N, DRAIN_PLANS, capture_graph, in_host_memory,  # noqa: E402
+                        make_weight, prefetch_flags, spec_for)
 
 _why_skip = ("no CUDA GPU" if not torch.cuda.is_available()
              else "" if ops.kernels_available() else f"kernels not built: {ops._load()}")
@@ -360,6 +360,18 @@ def test_cuda_graph_capture_and_replay(m):
         torch.cuda.synchronize()
         assert_close_to_reference(static_out, new_x, w, reference_mm(new_x, w))
     assert int(weights["workspace"].abs().sum()) == 0
+
+
+@pytest.mark.parametrize("m", [1, 16, 64, 300])
+def test_weights_in_host_memory_give_the_same_bits(m):
+    """vLLM's CPU offloading (--cpu-offload-gb) leaves the weight, scales and zero points in host
+    memory behind UVA views; the kernel's copies read them across the bus, the workspace stays."""
+    w = make_weight(2048, 1024, 128, True, torch.float16)
+    spec = spec_for(w, torch.float16)
+    weights = MarlinBackend.prepare(spec, w)
+    x = torch.randn(m, w.k, device=DEV).half()
+    want = MarlinBackend.apply(spec, weights, x)
+    assert torch.equal(MarlinBackend.apply(spec, in_host_memory(weights, MarlinBackend), x), want)
 
 
 def test_non_default_stream():

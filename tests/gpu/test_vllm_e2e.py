@@ -48,8 +48,10 @@ def _checkpoint(tmp_path_factory, fmt, dtype, act_order=False):
     return _CHECKPOINTS[key]
 
 
-def _generate(model, quantization, dtype, *, eager=True, tp=1, env=None, vary_batch=False, lora=None):
-    key = (str(model), quantization, dtype, eager, tp, tuple(sorted((env or {}).items())), vary_batch, str(lora))
+def _generate(model, quantization, dtype, *, eager=True, tp=1, env=None, vary_batch=False, lora=None,
+              offload_gb=0.0):
+    key = (str(model), quantization, dtype, eager, tp, tuple(sorted((env or {}).items())), vary_batch, str(lora),
+           offload_gb)
     if key in _OUTPUTS:
         return _OUTPUTS[key]
     cmd = [sys.executable, "-m", "vllm_machete_plugin.testing.generate", str(model),
@@ -58,6 +60,7 @@ def _generate(model, quantization, dtype, *, eager=True, tp=1, env=None, vary_ba
     cmd += ["--enforce-eager"] if eager else []
     cmd += ["--vary-batch"] if vary_batch else []
     cmd += ["--lora", str(lora)] if lora else []
+    cmd += ["--cpu-offload-gb", str(offload_gb)] if offload_gb else []
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "VLLM_USE_FLASHINFER_SAMPLER": "0", **(env or {})})
     log = r.stdout + r.stderr
@@ -145,6 +148,21 @@ def test_lora_adapter_matches_vllm_builtin(tmp_path_factory):
     changed = sum(a["token_ids"] != b["token_ids"] for a, b in zip(ours[0::2], base[0::2]))
     assert changed >= 0.75 * len(ours[0::2]), f"the adapter changed only {changed} of {len(ours[0::2])} prompts"
     _assert_agree("float16", ours[1::2], base[1::2])
+
+
+def test_cpu_offload_keeps_tokens_and_weights_in_host_memory(tmp_path_factory):
+    """--cpu-offload-gb (vLLM's UVA offloading, compiled CUDA-graph mode) over the whole tiny
+    model: our prepared weights stay in host memory and the kernels, reading them across the bus,
+    give the tokens of the same engine without offloading."""
+    model = _checkpoint(tmp_path_factory, "gptq", "float16")
+    plain, _ = _generate(model, "machete", "float16", eager=False)
+    off, log = _generate(model, "machete", "float16", eager=False, offload_gb=1.0)
+    _assert_our_kernels(log, "machete")
+    assert "Total CPU offloaded parameters" in log
+    assert "stay in host memory (first: model.layers.0.self_attn.qkv_proj)" in log
+    assert [o["token_ids"] for o in off] == [o["token_ids"] for o in plain]
+    for a, b in zip(off, plain):
+        assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-5)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="tensor parallel needs 2 GPUs")

@@ -40,6 +40,9 @@ class Backend:
     min_capability: ClassVar[int] = 0          # e.g. 80 for sm_80
     max_capability: ClassVar[int] = 10_000     # exclusive family limits go here
     serving: ClassVar[bool] = True             # False: tests/debugging only, never auto-selected
+    # The prepared tensors that are weights: under vLLM's CPU offloading (--cpu-offload-gb) they
+    # may live in host memory, read by the kernels through UVA (vllm_machete_plugin.offload).
+    host_offloadable: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def can_implement(cls, spec: LayerSpec, capability: int) -> tuple[bool, str]:

@@ -61,6 +61,7 @@ FORCED_SCHEDULE = forced_schedule()
 
 class MacheteBackend(Backend):
     name = "machete"
+    host_offloadable = ("w", "scales", "zeros")
     min_capability = 90
     max_capability = 100  # sm_90 only: wgmma is sm_90a-specific
 

@@ -36,6 +36,7 @@ def _kernel_group_size(spec: LayerSpec) -> int:
 @add_backend
 class MarlinBackend(Backend):
     name = "marlin"
+    host_offloadable = ("qweight", "scales", "zeros")  # not the workspace: its locks take atomics
     min_capability = 80
 
     @classmethod

@@ -9,6 +9,7 @@ from .base import Backend, LayerSpec
 
 class ReferenceBackend(Backend):
     name = "reference"
+    host_offloadable = ("w_fp32",)
     serving = False
 
     @classmethod

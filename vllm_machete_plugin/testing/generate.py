@@ -29,6 +29,7 @@ def main() -> None:
                     help="afterwards, also generate for 1, 3 and 7 prompts (other graph sizes)")
     ap.add_argument("--lora", help="a PEFT LoRA adapter: the engine serves LoRA, and the even-numbered "
                                    "prompts run this adapter while the odd ones run the base model, in one batch")
+    ap.add_argument("--cpu-offload-gb", type=float, default=0.0, help="vLLM's CPU weight offloading")
     args = ap.parse_args()
 
     from vllm import LLM, SamplingParams
@@ -43,7 +44,7 @@ def main() -> None:
     llm = LLM(model=args.model, dtype=args.dtype, enforce_eager=args.enforce_eager,
               quantization=None if args.quantization == "builtin" else args.quantization,
               tensor_parallel_size=args.tensor_parallel_size, max_model_len=512,
-              gpu_memory_utilization=0.3, seed=0, **lora_kw)
+              gpu_memory_utilization=0.3, seed=0, cpu_offload_gb=args.cpu_offload_gb, **lora_kw)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=2, ignore_eos=True)
     outs = llm.generate(PROMPTS, params, lora_request=requests)
     result = []
