@@ -77,7 +77,7 @@ class MacheteLinearMethod(LinearMethodBase):
             prepared = backend.prepare(spec, w)
         except ValueError as e:  # name the layer (the backends do not know it)
             raise ValueError(f"{self.prefix}: {e}") from e
-        offloaded = offload.was_offloaded(getattr(layer, n) for n in layer.vmp_checkpoint_params)
+        offloaded = any(offload.is_offloaded(getattr(layer, n)) for n in layer.vmp_checkpoint_params)
         # Drop the checkpoint-layout parameters before keeping the repacked ones, so a
         # layer never holds both longer than this call (peak = one layer's extra copy).
         for name in layer.vmp_checkpoint_params:
@@ -87,7 +87,7 @@ class MacheteLinearMethod(LinearMethodBase):
             layer.register_parameter(_PREFIX + name, torch.nn.Parameter(t, requires_grad=False))
             if offloaded and name in backend.host_offloadable:
                 offload.to_host(getattr(layer, _PREFIX + name))
-        if offload.prefetch_offloading() and "prefetch-offload" not in _announced:
+        if "prefetch-offload" not in _announced and offload.prefetch_offloading():
             _announced.add("prefetch-offload")
             logger.warning("vllm-machete-plugin: vLLM's prefetching weight offloader (--offload-group-size) "
                            "cannot move the repacked weights of --quantization machete layers: they stay on "
@@ -112,10 +112,10 @@ class MacheteLinearMethod(LinearMethodBase):
         in (qkv, o, gate_up, down, then the next decoder layer's qkv), so a backend that
         prefetches (Backend.prefetch_budget() > 0) can start reading this layer's weight while the
         kernels between the two GEMMs run. A wrong guess costs only the prefetch: results never
-        depend on it. No link to a layer whose weight lives in host memory (vLLM's CPU offloading):
-        the prefetch asks L2 for device memory only. Stored outside the module tree (not a submodule, not a parameter) and weakly:
-        strong links would chain every layer to the next, 320 deep on a 70B model, past what
-        copy.deepcopy can recurse through."""
+        depend on it. No link to a layer whose weight lives in host memory (vLLM's CPU
+        offloading): the prefetch asks L2 for device memory only. Stored outside the module tree
+        (not a submodule, not a parameter) and weakly: strong links would chain every layer to the
+        next, 320 deep on a 70B model, past what copy.deepcopy can recurse through."""
         prev = _last_prepared.get("layer", lambda: None)()
         same_model = _last_prepared.get("config", lambda: None)() is self.config
         if (prev is not None and same_model and prev.vmp_backend is layer.vmp_backend

@@ -11,15 +11,9 @@ scratch tensors (Marlin's reduction locks) stay on the GPU.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 
 FLAG = "_vllm_is_uva_offloaded"  # vLLM's mark on a parameter whose data is a view of host memory
-
-
-def was_offloaded(params: Iterable[torch.Tensor]) -> bool:
-    return any(getattr(p, FLAG, False) for p in params)
 
 
 def is_offloaded(p: torch.Tensor) -> bool:

@@ -39,6 +39,16 @@ def spec_for(w: CanonicalW4, dtype: torch.dtype, act_order: bool = False) -> Lay
                      act_dtype=dtype, act_order=act_order)
 
 
+def prepare_layers(backend, dtype: torch.dtype, shapes) -> list[tuple[CanonicalW4, LayerSpec, dict]]:
+    """(weight, spec, backend.prepare's tensors) of a random layer per (k, n, group, zero_points)."""
+    out = []
+    for k, n, group, zero_points in shapes:
+        w = make_weight(k, n, group, zero_points, dtype)
+        spec = spec_for(w, dtype)
+        out.append((w, spec, backend.prepare(spec, w)))
+    return out
+
+
 def prefetch_flags(fn, kernel: str) -> list[str]:
     """The kPrefetch template argument (the last, 'true' or 'false') of every launch of our
     `kernel` (small_m_kernel, gemm_kernel) that fn() makes, read from the profiler's kernel names."""

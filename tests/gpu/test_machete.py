@@ -25,7 +25,8 @@ from vllm_machete_plugin.backends.machete import (MacheteBackend, kernels_built,
                                                   schedules)
 from vllm_machete_plugin.canonical import SYMMETRIC_ZERO, CanonicalW4, dequantize
 from vllm_machete_plugin.machete_layout_ref import prepack_ref
-from gpu_common import DEV, capture_graph, in_host_memory, make_weight, prefetch_flags, spec_for  # noqa: E402
+from gpu_common import (DEV, capture_graph, in_host_memory, make_weight, prefetch_flags, prepare_layers,  # noqa: E402
+                        spec_for)
 
 
 def _skip_reason() -> str:
@@ -109,8 +110,7 @@ def test_weights_in_host_memory_give_the_same_bits(schedule, m):
     """vLLM's CPU offloading (--cpu-offload-gb) leaves the prepacked weight, scales and zero points
     in host memory behind UVA views: the small-M kernel's cp.async, the mid-M kernel's bulk copies
     and the CUTLASS tiles' TMA read them across the bus; the locks stay on the device."""
-    w = make_weight(2048, 1024, 128, True, torch.float16)
-    p = MacheteBackend.prepare(spec_for(w, torch.float16), w)
+    [(w, _, p)] = prepare_layers(MacheteBackend, torch.float16, [(2048, 1024, 128, True)])
     x = torch.randn(m, w.k, device=DEV).half()
     want = run_mm(x, p, 128, schedule)
     assert torch.equal(run_mm(x, in_host_memory(p, MacheteBackend), 128, schedule), want)
@@ -286,13 +286,8 @@ def test_prefetching_the_next_layer_keeps_every_bit(dtype, zero_points):
     really runs then, and only then; larger M (other kernels) ignore it. Which bytes are
     prefetched is checked without a GPU (tests/test_l2_prefetch.py)."""
     k, n = 1024, 1536
-    w = make_weight(k, n, 128, zero_points, dtype)
-    spec = spec_for(w, dtype)
-    p = MacheteBackend.prepare(spec, w)
-    nexts = []
-    for kn, nn, g, z in NEXT_LAYERS:
-        wn = make_weight(kn, nn, g, z, dtype)
-        nexts.append(MacheteBackend.prepare(spec_for(wn, dtype), wn))
+    (w, spec, p), *rest = prepare_layers(MacheteBackend, dtype, [(k, n, 128, zero_points)] + NEXT_LAYERS)
+    nexts = [q for _, _, q in rest]
 
     def mm(x, nxt=None, budget=0):
         return MacheteBackend.apply(spec, p, x, nxt, prefetch=budget)

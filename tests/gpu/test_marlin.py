@@ -29,7 +29,7 @@ from vllm_machete_plugin.bench.kernels import smem_limits
 from vllm_machete_plugin.canonical import CanonicalW4, dequantize
 from vllm_machete_plugin.marlin_layout_ref import padded_kn, permute_groups_ref, repack_ref
 from gpu_common import (DEV, DRAIN_K, DRAIN_MS, DRAIN_N, DRAIN_PLANS, capture_graph, in_host_memory,  # noqa: E402
-                        make_weight, prefetch_flags, spec_for)
+                        make_weight, prefetch_flags, prepare_layers, spec_for)
 
 _why_skip = ("no CUDA GPU" if not torch.cuda.is_available()
              else "" if ops.kernels_available() else f"kernels not built: {ops._load()}")
@@ -210,13 +210,8 @@ def test_prefetching_the_next_layer_keeps_every_bit(dtype, zero_points):
     variant really runs then, and only then; larger tiles ignore it. Which bytes are prefetched
     is checked without a GPU (tests/test_l2_prefetch.py)."""
     k, n = 1024, 1536
-    w = make_weight(k, n, 128, zero_points, dtype)
-    spec = spec_for(w, dtype)
-    p = MarlinBackend.prepare(spec, w)
-    nexts = []
-    for kn, nn, g, z in NEXT_LAYERS:
-        wn = make_weight(kn, nn, g, z, dtype)
-        nexts.append(MarlinBackend.prepare(spec_for(wn, dtype), wn))
+    (w, spec, p), *rest = prepare_layers(MarlinBackend, dtype, [(k, n, 128, zero_points)] + NEXT_LAYERS)
+    nexts = [q for _, _, q in rest]
     for m in (1, 5, 9, 16, 40):
         x = torch.randn(m, k, device=DEV).to(dtype)
         for plan in (None, "blocks=2", "swap=0"):
@@ -366,9 +361,7 @@ def test_cuda_graph_capture_and_replay(m):
 def test_weights_in_host_memory_give_the_same_bits(m):
     """vLLM's CPU offloading (--cpu-offload-gb) leaves the weight, scales and zero points in host
     memory behind UVA views; the kernel's copies read them across the bus, the workspace stays."""
-    w = make_weight(2048, 1024, 128, True, torch.float16)
-    spec = spec_for(w, torch.float16)
-    weights = MarlinBackend.prepare(spec, w)
+    [(w, spec, weights)] = prepare_layers(MarlinBackend, torch.float16, [(2048, 1024, 128, True)])
     x = torch.randn(m, w.k, device=DEV).half()
     want = MarlinBackend.apply(spec, weights, x)
     assert torch.equal(MarlinBackend.apply(spec, in_host_memory(weights, MarlinBackend), x), want)
