@@ -4,6 +4,7 @@ weight loaders from a tiny checkpoint's tensors, repacked, and run with the refe
 backend (forced with VMP_BACKEND=reference; it is never chosen on its own)."""
 import copy
 import json
+import weakref
 
 import pytest
 import torch
@@ -55,9 +56,9 @@ def test_vllm_layers_match_reference(vllm_tp1, tmp_path, monkeypatch, fmt, opts,
              "down_proj": ["mlp.down_proj"]}
     gen = torch.Generator().manual_seed(0)
     for name, layer in layers.items():
-        ckpt_params = set(layer.vmp_checkpoint_params)
+        ckpt_params = [weakref.ref(getattr(layer, n)) for n in layer.vmp_checkpoint_params]
         layer.quant_method.process_weights_after_loading(layer)
-        assert not ckpt_params & set(layer._parameters), "checkpoint-layout params must be freed"
+        assert all(p() is None for p in ckpt_params), "checkpoint-layout params must be freed"
         x = torch.randn(5, layer.input_size, generator=gen).to(tdtype)
         y, _ = layer(x)
         want = torch.cat([reference_mm(x, expected_w[f"{pre}.{p}"]).float() for p in parts[name]], dim=1)

@@ -20,8 +20,10 @@ _PREFIX = "vmp_"  # prepared tensors are registered on the layer as vmp_<name>
 # vLLM's LoRA layers put their adapters on the device of the base layer's weight, which they
 # find by name (vllm/lora/layers/utils.py, _get_lora_device: weight, weight_packed, qweight, ...);
 # without one, --enable-lora fails at engine start. `qweight` names a layer's prepared weight
-# there: a plain attribute, not a parameter, so no tensor is listed twice. Not `weight`: vLLM
-# reads a layer's `weight` as its dense matrix (MLA's kv_b_proj).
+# there: the same Parameter registered under a second name (named_parameters lists it once).
+# Registered, not a plain attribute: vLLM's weight reload re-registers the checkpoint's
+# parameters, GPTQ's and AWQ's `qweight` among them, and a plain attribute of that name would
+# make that fail. Not `weight`: vLLM reads a layer's `weight` as its dense matrix (MLA's kv_b_proj).
 LORA_DEVICE_ATTR = "qweight"
 _announced: set[str] = set()  # backends already logged in this process
 # The layer this process prepared last, and the quantization config (one per model) it
@@ -50,7 +52,12 @@ class MacheteLinearMethod(LinearMethodBase):
         layer.vmp_dummy = _load_format() == "dummy"
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        """Repacks the loaded checkpoint parameters into the backend's tensors, registered as
+        vmp_<name>. Runs again on vLLM's in-place weight reload (`reload_weights`, RLHF weight
+        updates, sleep level 2): vLLM then copies the new tensors into the old ones, which
+        CUDA graphs captured, so the layout may not change; the prefetch links are kept."""
         part: Partition = layer.vmp_partition
+        reloading = hasattr(layer, "vmp_spec")
         if layer.vmp_dummy:
             self.config.fmt.fill_dummy(layer, self.scheme, part, layer.vmp_checkpoint_params)
         w = self.config.fmt.to_canonical(layer, self.scheme, part, where=self.prefix)
@@ -67,6 +74,12 @@ class MacheteLinearMethod(LinearMethodBase):
                          act_dtype=layer.vmp_params_dtype, act_order=perm is not None,
                          k_split=part.k_split)
         backend = backends.select(spec, self.prefix)
+        if reloading and (spec, backend) != (layer.vmp_spec, layer.vmp_backend):
+            raise ValueError(
+                f"{self.prefix}: the reloaded weights need the {backend.name} backend with {spec.describe()}, "
+                f"but the engine was built for the {layer.vmp_backend.name} backend with "
+                f"{layer.vmp_spec.describe()}; an in-place reload keeps the tensors the engine was built "
+                f"with. Fix: start a new engine on the new weights.")
         if backend.name not in _announced:
             _announced.add(backend.name)
             logger.info("vllm-machete-plugin: quantized linear layers run on the %s backend "
@@ -99,12 +112,13 @@ class MacheteLinearMethod(LinearMethodBase):
                         "(--cpu-offload-gb) stay in host memory (first: %s)", self.prefix)
         if perm is not None:
             layer.register_parameter(_PREFIX + "perm", torch.nn.Parameter(perm, requires_grad=False))
-        object.__setattr__(layer, LORA_DEVICE_ATTR, getattr(layer, _PREFIX + next(iter(prepared))))
+        layer.register_parameter(LORA_DEVICE_ATTR, getattr(layer, _PREFIX + next(iter(prepared))))
         layer.vmp_backend = backend
         layer.vmp_spec = spec
         layer.vmp_weight_names = tuple(prepared)
         layer.vmp_prefix = self.prefix
-        self._link_previous(layer)
+        if not reloading:  # a reload runs in checkpoint order, not the order the layers run in
+            self._link_previous(layer)
 
     def _link_previous(self, layer: torch.nn.Module) -> None:
         """Makes `layer` the next layer of the one this model prepared before it. vLLM prepares

@@ -48,10 +48,17 @@ def _checkpoint(tmp_path_factory, fmt, dtype, act_order=False):
     return _CHECKPOINTS[key]
 
 
-def _generate(model, quantization, dtype, *, eager=True, tp=1, env=None, vary_batch=False, lora=None,
-              offload_gb=0.0):
+def _generate(model, quantization, dtype, **kw):
+    """(outputs, log) of testing/generate.py: per prompt, its tokens, logprobs and top-2."""
+    result, log = _run(model, quantization, dtype, **kw)
+    return result["outputs"], log
+
+
+def _run(model, quantization, dtype, *, eager=True, tp=1, env=None, vary_batch=False, lora=None,
+         offload_gb=0.0, reload_from=None):
+    """(the JSON testing/generate.py prints, log), cached per configuration."""
     key = (str(model), quantization, dtype, eager, tp, tuple(sorted((env or {}).items())), vary_batch, str(lora),
-           offload_gb)
+           offload_gb, str(reload_from))
     if key in _OUTPUTS:
         return _OUTPUTS[key]
     cmd = [sys.executable, "-m", "vllm_machete_plugin.testing.generate", str(model),
@@ -61,6 +68,7 @@ def _generate(model, quantization, dtype, *, eager=True, tp=1, env=None, vary_ba
     cmd += ["--vary-batch"] if vary_batch else []
     cmd += ["--lora", str(lora)] if lora else []
     cmd += ["--cpu-offload-gb", str(offload_gb)] if offload_gb else []
+    cmd += ["--reload-from", str(reload_from)] if reload_from else []
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "VLLM_USE_FLASHINFER_SAMPLER": "0", **(env or {})})
     log = r.stdout + r.stderr
@@ -68,7 +76,7 @@ def _generate(model, quantization, dtype, *, eager=True, tp=1, env=None, vary_ba
     # vLLM's engine process logs to the same stdout, also after our result line.
     lines = [line for line in r.stdout.splitlines() if line.startswith('{"outputs"')]
     assert len(lines) == 1, log[-8000:]
-    _OUTPUTS[key] = json.loads(lines[0])["outputs"], log
+    _OUTPUTS[key] = json.loads(lines[0]), log
     return _OUTPUTS[key]
 
 
@@ -163,6 +171,27 @@ def test_cpu_offload_keeps_tokens_and_weights_in_host_memory(tmp_path_factory):
     assert [o["token_ids"] for o in off] == [o["token_ids"] for o in plain]
     for a, b in zip(off, plain):
         assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "compressed-tensors"])
+def test_sleep_level_2_and_reload_weights(tmp_path_factory, fmt):
+    """Sleep level 2 discards the weights; after wake_up, vLLM's reload_weights (the RLHF weight
+    update) loads another checkpoint of the same model into the same tensors, under the CUDA
+    graphs captured for the first: the engine then gives the tokens of a fresh engine on the
+    second checkpoint. GPTQ's checkpoint tensor is named like the LoRA device alias (qweight)."""
+    first = _checkpoint(tmp_path_factory, fmt, "float16")
+    second = build_tiny_checkpoint(tmp_path_factory.mktemp(f"{fmt}-seed1"), fmt, dtype="float16", seed=1)
+    result, log = _run(first, "machete", "float16", eager=False, reload_from=second)
+    _assert_our_kernels(log, "machete")
+    assert "Sleep mode freed" in log and "Reloading and processing weights took" in log, log[-4000:]
+    plain, _ = _generate(first, "machete", "float16", eager=False)
+    assert [o["token_ids"] for o in result["before"]] == [o["token_ids"] for o in plain]
+    fresh, _ = _generate(second, "machete", "float16", eager=False)
+    assert [o["token_ids"] for o in result["outputs"]] == [o["token_ids"] for o in fresh]
+    for a, b in zip(result["outputs"], fresh):
+        assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-5)
+    changed = sum(a["token_ids"] != b["token_ids"] for a, b in zip(fresh, plain))
+    assert changed >= 0.75 * len(plain), f"the second checkpoint changed only {changed} of {len(plain)} prompts"
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="tensor parallel needs 2 GPUs")

@@ -182,7 +182,7 @@ class CompressedTensorsFormat(CheckpointFormat):
                         weight_loader, dtypes=P.INDEX_DTYPES, layout=G_IDX, same_across_shards=True,
                         input_dim=0)
         P.add_param(layer, "weight_shape", "BasevLLMParameter", torch.empty(2, dtype=torch.int64),
-                    weight_loader, dtypes=P.INDEX_DTYPES, layout=SHAPE)
+                    weight_loader, dtypes=P.INDEX_DTYPES, layout=SHAPE, whole_per_shard=True)
 
     def to_canonical(self, layer: torch.nn.Module, scheme: LayerScheme, part: Partition,
                      where: str) -> CanonicalW4:
@@ -220,7 +220,7 @@ class CompressedTensorsFormat(CheckpointFormat):
         checkpoint has none; create_weights registers it only to catch one)."""
         super().fill_dummy(layer, scheme, part, names)
         if scheme.sym and "weight_zero_point" in names:
-            layer.weight_zero_point.vmp_loaded.clear()
+            P.mark_loaded(layer.weight_zero_point, loaded=False)
 
     @staticmethod
     def pack(w: CanonicalW4, scheme: LayerScheme) -> dict[str, torch.Tensor]:

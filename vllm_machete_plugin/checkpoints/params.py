@@ -20,6 +20,7 @@ INT32 = (torch.int32,)
 INDEX_DTYPES = (torch.int32, torch.int64)
 SUPPORTED_GROUP_SIZES = (-1, 32, 64, 128)
 _ALL_SHARDS = "all"
+_FIRST_SHARDS = frozenset({"q", 0})  # vLLM's first shard id of a fused qkv / gate_up layer
 
 
 def _names(dtypes: Iterable[torch.dtype]) -> str:
@@ -108,9 +109,21 @@ def _shard_keys(args: tuple, kwargs: dict) -> set:
 
 
 def _tracked(weight_loader: Callable, name: str, where: str, dtypes: tuple, layout: str,
-             same_across_shards: bool) -> Callable:
+             same_across_shards: bool, whole_per_shard: bool) -> Callable:
+    """`param.vmp_loaded` is a frozenset, replaced on each load, never mutated: vLLM's layerwise
+    reload (model_loader/reload) restores a layer's parameters from copies of their `__dict__`
+    taken at model construction, which must keep the empty set of that time.
+    A meta parameter is that reload counting the elements each load copies, to process the
+    layer once the count reaches the layer's size; the real load into the materialized
+    parameter follows. It is passed through untracked, except that a parameter every shard of a
+    fused layer fills whole (whole_per_shard) counts for its first shard only: counted per shard,
+    the layer would be processed before its last tensors arrive."""
     def load(param, loaded_weight: torch.Tensor, *args, **kwargs):
         keys = _shard_keys(args, kwargs)
+        if param.is_meta:
+            if whole_per_shard and _ALL_SHARDS not in keys and not keys & _FIRST_SHARDS:
+                return None
+            return weight_loader(param, loaded_weight, *args, **kwargs)
         shard = "" if keys == {_ALL_SHARDS} else f" (shard {sorted(map(str, keys))})"
         if loaded_weight.dtype not in dtypes:
             raise CheckpointError(
@@ -133,21 +146,24 @@ def _tracked(weight_loader: Callable, name: str, where: str, dtypes: tuple, layo
                 f"{where}: the fused shards carry different '{name}' tensors; vLLM serves them as "
                 f"one fused layer, which needs one shared act-order g_idx (shards quantized from "
                 f"the same input always have one).")
-        param.vmp_loaded |= keys
+        param.vmp_loaded = param.vmp_loaded | keys
     return load
 
 
 def add_param(layer: torch.nn.Module, name: str, cls_name: str, data: torch.Tensor,
               weight_loader: Callable, *, dtypes: tuple, layout: str,
-              same_across_shards: bool = False, **dims) -> None:
+              same_across_shards: bool = False, whole_per_shard: bool = False, **dims) -> None:
     """Register `name` as vLLM parameter class `cls_name` (from vllm.model_executor.parameter)
-    with a tracked weight_loader; `dims` are the class's input_dim/output_dim/packed_* args."""
+    with a tracked weight_loader; `dims` are the class's input_dim/output_dim/packed_* args.
+    same_across_shards: every shard of a fused layer loads the same tensor (checked).
+    whole_per_shard: every shard loads the whole parameter (implied by same_across_shards)."""
     from vllm.model_executor import parameter as vp
 
     where = layer_name(layer)
-    loader = _tracked(weight_loader, name, where, dtypes, layout, same_across_shards)
+    loader = _tracked(weight_loader, name, where, dtypes, layout, same_across_shards,
+                      whole_per_shard or same_across_shards)
     param = getattr(vp, cls_name)(data=data, weight_loader=loader, **dims)
-    param.vmp_loaded = set()
+    param.vmp_loaded = frozenset()
     layer.register_parameter(name, param)
 
 
@@ -171,9 +187,10 @@ def add_group_params(layer: torch.nn.Module, scheme: LayerScheme, part: Partitio
                   dtypes=INT32, layout=qzeros_layout, input_dim=0, output_dim=1, packed_dim=1, packed_factor=8)
 
 
-def mark_loaded(param: torch.nn.Parameter) -> None:
-    """Count `param` as filled for every shard (used for load_format="dummy")."""
-    param.vmp_loaded.add(_ALL_SHARDS)
+def mark_loaded(param: torch.nn.Parameter, loaded: bool = True) -> None:
+    """Count `param` as filled for every shard, or (loaded=False) as never filled; used for
+    load_format="dummy"."""
+    param.vmp_loaded = frozenset({_ALL_SHARDS}) if loaded else frozenset()
 
 
 def is_loaded(layer: torch.nn.Module, name: str, part: Partition) -> bool:

@@ -4,6 +4,11 @@ vLLM's built-in one on the same checkpoint. Prints one JSON object on the last l
 the chosen tokens, their logprobs, and the two most likely tokens of every step.
 
   python -m vllm_machete_plugin.testing.generate MODEL --quantization machete|builtin [--lora ADAPTER]
+      [--reload-from MODEL2]
+
+--reload-from: generate once on MODEL, then put the engine to sleep at level 2 (weights and KV
+cache discarded), wake it and reload the weights of MODEL2 in place (vLLM's reload_weights, as
+RLHF trainers do); the printed outputs are those of the reloaded engine, plus "before": the first.
 """
 import argparse
 import json
@@ -30,6 +35,7 @@ def main() -> None:
     ap.add_argument("--lora", help="a PEFT LoRA adapter: the engine serves LoRA, and the even-numbered "
                                    "prompts run this adapter while the odd ones run the base model, in one batch")
     ap.add_argument("--cpu-offload-gb", type=float, default=0.0, help="vLLM's CPU weight offloading")
+    ap.add_argument("--reload-from", help="a checkpoint of MODEL's architecture and quantization: see above")
     args = ap.parse_args()
 
     from vllm import LLM, SamplingParams
@@ -44,9 +50,23 @@ def main() -> None:
     llm = LLM(model=args.model, dtype=args.dtype, enforce_eager=args.enforce_eager,
               quantization=None if args.quantization == "builtin" else args.quantization,
               tensor_parallel_size=args.tensor_parallel_size, max_model_len=512,
-              gpu_memory_utilization=0.3, seed=0, cpu_offload_gb=args.cpu_offload_gb, **lora_kw)
+              gpu_memory_utilization=0.3, seed=0, cpu_offload_gb=args.cpu_offload_gb,
+              enable_sleep_mode=bool(args.reload_from), **lora_kw)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=2, ignore_eos=True)
-    outs = llm.generate(PROMPTS, params, lora_request=requests)
+    result = {"outputs": _outputs(llm.generate(PROMPTS, params, lora_request=requests))}
+    if args.reload_from:
+        llm.sleep(level=2)
+        llm.wake_up()
+        llm.collective_rpc("reload_weights", kwargs={"weights_path": args.reload_from})
+        result = {"outputs": _outputs(llm.generate(PROMPTS, params, lora_request=requests)),
+                  "before": result["outputs"]}
+    if args.vary_batch:
+        for n in (1, 3, 7):
+            llm.generate(PROMPTS[:n], params, lora_request=requests[:n] if requests else None)
+    print(json.dumps(result))
+
+
+def _outputs(outs) -> list[dict]:
     result = []
     for o in outs:
         c = o.outputs[0]
@@ -55,10 +75,7 @@ def main() -> None:
                        # vLLM lists the sampled token first; the stable sort keeps it first on an exact tie
                        "top2": [sorted(([tok, v.logprob] for tok, v in lp.items()), key=lambda e: -e[1])[:2]
                                 for lp in c.logprobs]})
-    if args.vary_batch:
-        for n in (1, 3, 7):
-            llm.generate(PROMPTS[:n], params, lora_request=requests[:n] if requests else None)
-    print(json.dumps({"outputs": result}))
+    return result
 
 
 if __name__ == "__main__":
