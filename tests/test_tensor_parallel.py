@@ -5,7 +5,6 @@ all-reduced by vLLM; column-parallel shards are compared slice by slice."""
 import json
 import socket
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 

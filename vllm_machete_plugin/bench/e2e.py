@@ -271,7 +271,7 @@ def run_worker(side: str, model: str, args) -> dict:
 def run_serving(side: str, model: str, args, workdir: Path, caches: dict[str, str]) -> dict:
     env = {"VLLM_USE_FLASHINFER_SAMPLER": "0"}
     with serving.Server(side, model, serving.engine_flags(engine_kwargs(args)), args.port,
-                        workdir / f"serve-{side}.log", env=caches) as server:
+                        workdir / f"serve-{side}.log", env=caches):
         out = {}
         for rate in RATES:
             name = f"bench-{side}-{rate}.json"
