@@ -78,6 +78,21 @@ def test_missing_tensor_is_reported_with_layer_and_name(vllm_tp1, tmp_path, monk
         layers["down_proj"].quant_method.process_weights_after_loading(layers["down_proj"])
 
 
+@pytest.mark.parametrize("load_format", ["sharded_state", "runai_streamer_sharded"])
+def test_saved_kernel_format_state_is_refused_with_the_fix(vllm_tp1, tmp_path, monkeypatch, load_format):
+    """vLLM's pre-sharded state loaders look the saved (repacked, vmp_*) names up in a fresh model's
+    checkpoint-layout parameters and would fail with a bare KeyError: refused when the model is built."""
+    from vllm_machete_plugin.checkpoints.base import CheckpointError
+
+    _, cfg, qc, _ = _build(tmp_path, "gptq", dict(group_size=128), "float16")
+    monkeypatch.setattr(vllm_tp1.load_config, "load_format", load_format)
+    with pytest.raises(CheckpointError, match=rf"model\.layers\.0\.self_attn\.qkv_proj: load_format='{load_format}' "
+                                              r".*Fix: load the original GPTQ/AWQ/compressed-tensors checkpoint"):
+        llama_linears(qc, cfg, torch.float16)
+    monkeypatch.setattr(vllm_tp1.load_config, "load_format", "auto")
+    assert not llama_linears(qc, cfg, torch.float16)["qkv_proj"].vmp_dummy
+
+
 def test_no_backend_error_names_layer_and_reasons(vllm_tp1, tmp_path, monkeypatch):
     from vllm_machete_plugin.backends import NoBackendError
 

@@ -13,7 +13,7 @@ from vllm.model_executor.layers.linear import (LinearMethodBase,
 from . import backends, offload
 from .act_order import sort_by_group
 from .backends.base import LayerSpec
-from .checkpoints.base import LayerScheme, Partition
+from .checkpoints.base import CheckpointError, LayerScheme, Partition
 
 logger = init_logger(f"vllm.{__name__}")  # under "vllm" so vLLM's log handler shows it
 _PREFIX = "vmp_"  # prepared tensors are registered on the layer as vmp_<name>
@@ -25,6 +25,10 @@ _PREFIX = "vmp_"  # prepared tensors are registered on the layer as vmp_<name>
 # parameters, GPTQ's and AWQ's `qweight` among them, and a plain attribute of that name would
 # make that fail. Not `weight`: vLLM reads a layer's `weight` as its dense matrix (MLA's kv_b_proj).
 LORA_DEVICE_ATTR = "qweight"
+# vLLM's loaders of pre-sharded state dicts that an engine saved after process_weights_after_loading
+# (ShardedStateLoader.save_model): they look the saved names up in a fresh model's state_dict,
+# which holds our checkpoint-layout parameters, not the vmp_* tensors saved.
+_KERNEL_FORMAT_LOADERS = ("sharded_state", "runai_streamer_sharded")
 _announced: set[str] = set()  # backends already logged in this process
 # The layer this process prepared last, and the quantization config (one per model) it
 # belongs to: see _link_previous.
@@ -41,6 +45,13 @@ class MacheteLinearMethod(LinearMethodBase):
     def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
                        output_partition_sizes: list[int], input_size: int, output_size: int,
                        params_dtype: torch.dtype, **extra_weight_attrs):
+        load_format = _load_format()
+        if load_format in _KERNEL_FORMAT_LOADERS:
+            raise CheckpointError(
+                f"{self.prefix}: load_format={load_format!r} loads the tensors an engine saved after "
+                f"repacking, but --quantization machete repacks the checkpoint at load time into a layout "
+                f"chosen for this GPU and version, and has no loader for saved kernel-format tensors. "
+                f"Fix: load the original GPTQ/AWQ/compressed-tensors checkpoint (load_format 'auto').")
         part = Partition(k=input_size_per_partition, output_sizes=tuple(output_partition_sizes),
                          k_full=input_size, n_full=output_size)
         before = set(layer._parameters)
@@ -49,7 +60,7 @@ class MacheteLinearMethod(LinearMethodBase):
         layer.vmp_checkpoint_params = tuple(n for n in layer._parameters if n not in before)
         layer.vmp_partition = part
         layer.vmp_params_dtype = params_dtype
-        layer.vmp_dummy = _load_format() == "dummy"
+        layer.vmp_dummy = load_format == "dummy"
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         """Repacks the loaded checkpoint parameters into the backend's tensors, registered as
