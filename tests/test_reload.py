@@ -13,8 +13,11 @@ from ckpt_harness import llama_linears, load_llama_linears
 from vllm_machete_plugin.linear_method import LORA_DEVICE_ATTR
 
 PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
-FORMATS = [("gptq", dict(group_size=128, sym=False)), ("awq", dict(group_size=64)),
-           ("compressed-tensors", dict(group_size=128, sym=False, act_order=True))]
+# compressed-tensors sym: the layer's weight_zero_point is never loaded, so vLLM processes it only
+# when the reload is finalized (its loaded-element count never reaches the layer's size).
+FORMATS = [("gptq", dict(group_size=128, sym=False)), ("gptq", dict(group_size=64, sym=True, act_order=True)),
+           ("awq", dict(group_size=64)), ("compressed-tensors", dict(group_size=128, sym=False, act_order=True)),
+           ("compressed-tensors", dict(group_size=128, sym=True))]
 
 
 def _checkpoint(path, fmt, opts, seed):
