@@ -113,3 +113,29 @@ def test_reload_that_changes_the_layout_is_refused_with_the_fix(vllm_tp1, tmp_pa
                                          r"reference backend with K=256 .* built for the reference backend with "
                                          r"K=288 .* Fix: start a new engine on the new weights"):
         _reload(model, first)
+
+
+@pytest.mark.parametrize("fmt,opts", [("gptq", dict(group_size=64, sym=True, act_order=True)),
+                                      ("compressed-tensors", dict(group_size=128, sym=False, act_order=True))])
+def test_reload_after_a_dummy_load_serves_the_reloaded_weights(vllm_tp1, tmp_path, monkeypatch, fmt, opts):
+    """RLHF engines start with load_format="dummy" and receive their weights by reload. The dummy
+    load's stand-ins (a seeded act-order permutation for g_idx; every tensor counted as loaded)
+    are for that first load only: the reloaded layers compute with the checkpoint's g_idx."""
+    from vllm.model_executor.model_loader.weight_utils import initialize_dummy_weights
+
+    monkeypatch.setenv("VMP_BACKEND", "reference")
+    cfg, tensors = _checkpoint(tmp_path / "a", fmt, opts, seed=0)
+    fresh = _loaded(cfg, tensors)
+    monkeypatch.setattr(vllm_tp1.load_config, "load_format", "dummy")
+    model = _model(cfg)
+    monkeypatch.setattr(vllm_tp1.load_config, "load_format", "auto")
+    initialize_dummy_weights(model, None)  # what vLLM's DummyModelLoader does
+    for layer in model.values():
+        assert layer.vmp_dummy
+        layer.quant_method.process_weights_after_loading(layer)
+    _reload(model, tensors)
+    gen = torch.Generator().manual_seed(0)
+    x = {name: torch.randn(5, layer.input_size, generator=gen).half() for name, layer in model.items()}
+    want = _outputs(fresh, x)
+    for name, y in _outputs(model, x).items():
+        torch.testing.assert_close(y, want[name], rtol=0, atol=0, msg=f"{name}: not the reloaded weights")

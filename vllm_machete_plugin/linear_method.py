@@ -69,7 +69,7 @@ class MacheteLinearMethod(LinearMethodBase):
         CUDA graphs captured, so the layout may not change; the prefetch links are kept."""
         part: Partition = layer.vmp_partition
         reloading = hasattr(layer, "vmp_spec")
-        if layer.vmp_dummy:
+        if layer.vmp_dummy and not reloading:  # a reload after a dummy load brings real weights
             self.config.fmt.fill_dummy(layer, self.scheme, part, layer.vmp_checkpoint_params)
         w = self.config.fmt.to_canonical(layer, self.scheme, part, where=self.prefix)
         perm: Optional[torch.Tensor] = None

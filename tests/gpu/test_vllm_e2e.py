@@ -55,10 +55,10 @@ def _generate(model, quantization, dtype, **kw):
 
 
 def _run(model, quantization, dtype, *, eager=True, tp=1, env=None, vary_batch=False, lora=None,
-         offload_gb=0.0, reload_from=None):
+         offload_gb=0.0, reload_from=None, load_format="auto"):
     """(the JSON testing/generate.py prints, log), cached per configuration."""
     key = (str(model), quantization, dtype, eager, tp, tuple(sorted((env or {}).items())), vary_batch, str(lora),
-           offload_gb, str(reload_from))
+           offload_gb, str(reload_from), load_format)
     if key in _OUTPUTS:
         return _OUTPUTS[key]
     cmd = [sys.executable, "-m", "vllm_machete_plugin.testing.generate", str(model),
@@ -69,6 +69,7 @@ def _run(model, quantization, dtype, *, eager=True, tp=1, env=None, vary_batch=F
     cmd += ["--lora", str(lora)] if lora else []
     cmd += ["--cpu-offload-gb", str(offload_gb)] if offload_gb else []
     cmd += ["--reload-from", str(reload_from)] if reload_from else []
+    cmd += ["--load-format", load_format]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "VLLM_USE_FLASHINFER_SAMPLER": "0", **(env or {})})
     log = r.stdout + r.stderr
@@ -173,19 +174,24 @@ def test_cpu_offload_keeps_tokens_and_weights_in_host_memory(tmp_path_factory):
         assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-5)
 
 
-@pytest.mark.parametrize("fmt", ["gptq", "compressed-tensors"])
-def test_sleep_level_2_and_reload_weights(tmp_path_factory, fmt):
+@pytest.mark.parametrize("fmt,act_order,load_format", [("gptq", False, "auto"), ("compressed-tensors", False, "auto"),
+                                                        ("gptq", True, "dummy")])
+def test_sleep_level_2_and_reload_weights(tmp_path_factory, fmt, act_order, load_format):
     """Sleep level 2 discards the weights; after wake_up, vLLM's reload_weights (the RLHF weight
     update) loads another checkpoint of the same model into the same tensors, under the CUDA
     graphs captured for the first: the engine then gives the tokens of a fresh engine on the
-    second checkpoint. GPTQ's checkpoint tensor is named like the LoRA device alias (qweight)."""
-    first = _checkpoint(tmp_path_factory, fmt, "float16")
-    second = build_tiny_checkpoint(tmp_path_factory.mktemp(f"{fmt}-seed1"), fmt, dtype="float16", seed=1)
-    result, log = _run(first, "machete", "float16", eager=False, reload_from=second)
+    second checkpoint. GPTQ's checkpoint tensor is named like the LoRA device alias (qweight).
+    load_format="dummy": an engine started on random weights, as RLHF engines start, serves the
+    reloaded act-order checkpoint (its g_idx, not the dummy load's permutation)."""
+    first = _checkpoint(tmp_path_factory, fmt, "float16", act_order)
+    second = build_tiny_checkpoint(tmp_path_factory.mktemp(f"{fmt}-seed1"), fmt, dtype="float16", seed=1,
+                                   act_order=act_order)
+    result, log = _run(first, "machete", "float16", eager=False, reload_from=second, load_format=load_format)
     _assert_our_kernels(log, "machete")
     assert "Sleep mode freed" in log and "Reloading and processing weights took" in log, log[-4000:]
     plain, _ = _generate(first, "machete", "float16", eager=False)
-    assert [o["token_ids"] for o in result["before"]] == [o["token_ids"] for o in plain]
+    if load_format == "auto":
+        assert [o["token_ids"] for o in result["before"]] == [o["token_ids"] for o in plain]
     fresh, _ = _generate(second, "machete", "float16", eager=False)
     assert [o["token_ids"] for o in result["outputs"]] == [o["token_ids"] for o in fresh]
     for a, b in zip(result["outputs"], fresh):

@@ -9,9 +9,12 @@ the chosen tokens, their logprobs, and the two most likely tokens of every step.
 --reload-from: generate once on MODEL, then put the engine to sleep at level 2 (weights and KV
 cache discarded), wake it and reload the weights of MODEL2 in place (vLLM's reload_weights, as
 RLHF trainers do); the printed outputs are those of the reloaded engine, plus "before": the first.
+With --load-format dummy, which vLLM cannot reload from a path, each worker reads MODEL2's
+safetensors itself and reloads from them as an iterator, as weight-transfer engines do.
 """
 import argparse
 import json
+import os
 
 PROMPTS = [
     "The capital of France is", "Once upon a time there was", "In a galaxy far away",
@@ -36,8 +39,12 @@ def main() -> None:
                                    "prompts run this adapter while the odd ones run the base model, in one batch")
     ap.add_argument("--cpu-offload-gb", type=float, default=0.0, help="vLLM's CPU weight offloading")
     ap.add_argument("--reload-from", help="a checkpoint of MODEL's architecture and quantization: see above")
+    ap.add_argument("--load-format", default="auto", help="vLLM's load_format of the first load (dummy: random "
+                                                          "weights, as RLHF engines start before their first reload)")
     args = ap.parse_args()
 
+    if args.reload_from and args.load_format == "dummy":
+        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of _reload_from_files
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
@@ -51,19 +58,34 @@ def main() -> None:
               quantization=None if args.quantization == "builtin" else args.quantization,
               tensor_parallel_size=args.tensor_parallel_size, max_model_len=512,
               gpu_memory_utilization=0.3, seed=0, cpu_offload_gb=args.cpu_offload_gb,
-              enable_sleep_mode=bool(args.reload_from), **lora_kw)
+              enable_sleep_mode=bool(args.reload_from), load_format=args.load_format, **lora_kw)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, logprobs=2, ignore_eos=True)
     result = {"outputs": _outputs(llm.generate(PROMPTS, params, lora_request=requests))}
     if args.reload_from:
         llm.sleep(level=2)
         llm.wake_up()
-        llm.collective_rpc("reload_weights", kwargs={"weights_path": args.reload_from})
+        if args.load_format == "dummy":
+            llm.collective_rpc(_reload_from_files, args=(args.reload_from,))
+        else:
+            llm.collective_rpc("reload_weights", kwargs={"weights_path": args.reload_from})
         result = {"outputs": _outputs(llm.generate(PROMPTS, params, lora_request=requests)),
                   "before": result["outputs"]}
     if args.vary_batch:
         for n in (1, 3, 7):
             llm.generate(PROMPTS[:n], params, lora_request=requests[:n] if requests else None)
     print(json.dumps(result))
+
+
+def _reload_from_files(worker, path: str) -> None:
+    """Runs in each worker: reload its model from the safetensors files under `path`."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    weights = {}
+    for f in sorted(Path(path).glob("*.safetensors")):
+        weights.update(load_file(str(f)))
+    worker.model_runner.reload_weights(weights_iterator=iter(weights.items()))
 
 
 def _outputs(outs) -> list[dict]:
