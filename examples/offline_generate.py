@@ -1,7 +1,7 @@
 """Generate text with vLLM through our `machete` quantization method.
 
   python examples/offline_generate.py                 # tiny demo checkpoint, built on the fly
-  python examples/offline_generate.py ./Llama-GPTQ    # a GPTQ / AWQ / compressed-tensors W4A16 model
+  python examples/offline_generate.py ./Llama-GPTQ    # a GPTQ / AWQ / compressed-tensors / AutoRound W4A16 model
 
 The demo checkpoint is a 2-layer Llama with random weights, quantized and packed as
 GPTQ by our own code, so its text is gibberish; what it shows is the whole path

@@ -26,6 +26,8 @@ CASES = [
     ("compressed-tensors", dict(group_size=128, sym=True)),
     ("compressed-tensors", dict(group_size=128, sym=False, act_order=True)),
     ("compressed-tensors", dict(group_size=-1, sym=False)),
+    ("auto-round", dict(group_size=128)),
+    ("auto-round", dict(group_size=32)),
 ]
 
 
@@ -87,7 +89,7 @@ def test_saved_kernel_format_state_is_refused_with_the_fix(vllm_tp1, tmp_path, m
     _, cfg, qc, _ = _build(tmp_path, "gptq", dict(group_size=128), "float16")
     monkeypatch.setattr(vllm_tp1.load_config, "load_format", load_format)
     with pytest.raises(CheckpointError, match=rf"model\.layers\.0\.self_attn\.qkv_proj: load_format='{load_format}' "
-                                              r".*Fix: load the original GPTQ/AWQ/compressed-tensors checkpoint"):
+                                              r".*Fix: load the original quantized checkpoint"):
         llama_linears(qc, cfg, torch.float16)
     monkeypatch.setattr(vllm_tp1.load_config, "load_format", "auto")
     assert not llama_linears(qc, cfg, torch.float16)["qkv_proj"].vmp_dummy

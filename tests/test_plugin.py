@@ -9,7 +9,7 @@ from ckpt_harness import engine_quant_config
 from vllm_machete_plugin import QUANTIZATION_NAME
 from vllm_machete_plugin.testing import build_tiny_checkpoint
 
-FORMATS = ["gptq", "awq", "compressed-tensors"]
+FORMATS = ["gptq", "awq", "compressed-tensors", "auto-round"]
 
 
 def test_entry_point_declared():

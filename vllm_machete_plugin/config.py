@@ -1,4 +1,4 @@
-"""The `machete` QuantizationConfig: claims GPTQ / AWQ / compressed-tensors W4A16
+"""The `machete` QuantizationConfig: claims GPTQ / AWQ / compressed-tensors / AutoRound W4A16
 checkpoints, but only when the user asked for `--quantization machete`."""
 from __future__ import annotations
 

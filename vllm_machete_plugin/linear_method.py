@@ -51,7 +51,7 @@ class MacheteLinearMethod(LinearMethodBase):
                 f"{self.prefix}: load_format={load_format!r} loads the tensors an engine saved after "
                 f"repacking, but --quantization machete repacks the checkpoint at load time into a layout "
                 f"chosen for this GPU and version, and has no loader for saved kernel-format tensors. "
-                f"Fix: load the original GPTQ/AWQ/compressed-tensors checkpoint (load_format 'auto').")
+                f"Fix: load the original quantized checkpoint (load_format 'auto').")
         part = Partition(k=input_size_per_partition, output_sizes=tuple(output_partition_sizes),
                          k_full=input_size, n_full=output_size)
         before = set(layer._parameters)

@@ -99,9 +99,10 @@ def _assert_our_kernels(log, backend=None):
         assert f"run on the {backend} backend" in log
 
 
-@pytest.mark.parametrize("fmt", ["gptq", "awq", "compressed-tensors"])
+@pytest.mark.parametrize("fmt", ["gptq", "awq", "compressed-tensors", "auto-round"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_eager_matches_vllm_builtin(tmp_path_factory, fmt, dtype):
+    """auto-round: vLLM's built-in side is its `inc` method (GPTQ packing, symmetric)."""
     model = _checkpoint(tmp_path_factory, fmt, dtype)
     ours, log = _generate(model, "machete", dtype)
     _assert_our_kernels(log)

@@ -1,6 +1,7 @@
 """Checkpoint formats: one module per on-disk format, all producing CanonicalW4."""
 from __future__ import annotations
 
+from .auto_round import AutoRoundFormat
 from .awq import AWQFormat
 from .base import CheckpointError, CheckpointFormat
 from .compressed_tensors import CompressedTensorsFormat
@@ -10,6 +11,7 @@ FORMATS: dict[str, type[CheckpointFormat]] = {
     "gptq": GPTQFormat,
     "awq": AWQFormat,
     "compressed-tensors": CompressedTensorsFormat,
+    "auto-round": AutoRoundFormat,
 }
 
 
