@@ -17,7 +17,7 @@ PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_pro
 # when the reload is finalized (its loaded-element count never reaches the layer's size).
 FORMATS = [("gptq", dict(group_size=128, sym=False)), ("gptq", dict(group_size=64, sym=True, act_order=True)),
            ("awq", dict(group_size=64)), ("compressed-tensors", dict(group_size=128, sym=False, act_order=True)),
-           ("compressed-tensors", dict(group_size=128, sym=True))]
+           ("compressed-tensors", dict(group_size=128, sym=True)), ("auto-round", dict(group_size=128))]
 
 
 def _checkpoint(path, fmt, opts, seed):
