@@ -24,6 +24,13 @@ def scheme(group_size=128):
     return LayerScheme(bits=4, group_size=group_size, sym=True, act_order=False)
 
 
+def test_asymmetric_modules_by_config_or_by_rule():
+    assert auto_round(sym=False)._scheme_of_module(DOWN) == LayerScheme(4, 128, False, False)
+    fmt = auto_round(extra_config={r".*down_proj": {"sym": False}})
+    assert fmt._scheme_of_module(DOWN) == LayerScheme(4, 128, False, False)
+    assert fmt._scheme_of_module("model.layers.0.mlp.up_proj") == scheme()
+
+
 def test_modules_follow_extra_config_and_blocks():
     fmt = auto_round(extra_config={DOWN: {"bits": 16, "data_type": "float"},
                                    r"layers\.1\..*o_proj": {"group_size": 64},
@@ -63,7 +70,6 @@ def test_vllm_renames_reach_the_rules():
 @pytest.mark.parametrize("kw,match", [
     (dict(packing_format="auto_round:auto_awq"), r"packing_format='auto_round:auto_awq' is not supported"),
     (dict(packing_format="auto_round:llm_compressor"), r"only 'auto_round:auto_gptq'"),
-    (dict(sym=False), r"AutoRound quantization_config: sym=false with auto_round:auto_gptq packing"),
     (dict(data_type="mx_fp"), r"data_type='mx_fp' is not supported"),
     (dict(bits=8), r"bits=8 is not supported"),
     (dict(group_size=96), r"group_size=96 is not supported"),
@@ -81,7 +87,6 @@ def test_missing_keys_are_named():
 
 
 @pytest.mark.parametrize("rule,match", [
-    ({"sym": False}, r"sym=false"),
     ({"bits": 8}, r"bits=8 is not supported"),
     ({"data_type": "nv_fp"}, r"data_type='nv_fp'"),
 ])
@@ -102,6 +107,17 @@ def test_symmetric_zero_points_stored_either_way_load_exactly(version):
     got = canonical(layer, fmt)
     assert got.zeros is None and torch.equal(got.codes, w.codes)
     assert torch.equal(dequantize(got), dequantize(w))
+
+
+def test_asymmetric_zero_points_are_gptq_v1s():
+    """AutoRound's GPTQ packer stores z - 1, as GPTQ v1 does: an asymmetric module loads exactly."""
+    fmt = auto_round(sym=False, group_size=64)
+    gen = torch.Generator().manual_seed(0)
+    w = quantize_rtn(torch.randn(128, 256, generator=gen), 64, False, False, torch.float16, gen)
+    layer = make_layer("row", fmt, 256, 128)
+    load(layer, GPTQFormat.pack(w, layer.scheme, checkpoint_format="gptq"))
+    got = canonical(layer, fmt)
+    assert torch.equal(got.zeros, w.zeros) and torch.equal(got.codes, w.codes)
 
 
 def test_asymmetric_zero_points_under_a_sym_config_are_refused():

@@ -28,6 +28,7 @@ CASES = [
     ("compressed-tensors", dict(group_size=-1, sym=False)),
     ("auto-round", dict(group_size=128)),
     ("auto-round", dict(group_size=32)),
+    ("auto-round", dict(group_size=64, sym=False)),
 ]
 
 

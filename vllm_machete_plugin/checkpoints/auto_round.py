@@ -1,7 +1,8 @@
-"""AutoRound checkpoints (intel/auto-round), quant_method "auto-round", served as vLLM 0.26.0 serves
-them on CUDA (its `inc` method): packing_format "auto_round:auto_gptq", symmetric, 4-bit integers.
+"""AutoRound checkpoints (intel/auto-round), quant_method "auto-round" with packing_format
+"auto_round:auto_gptq": 4-bit integer weights in GPTQ's tensors under AutoRound's own config.
 
-The tensors are GPTQ's (gptq.py: qweight packed along K, qzeros, scales, g_idx); the config differs:
+The tensors are GPTQ v1's (gptq.py: qweight packed along K, qzeros storing z - 1 as AutoRound's GPTQ
+packer writes them, scales, g_idx); the config differs:
   bits, group_size, sym, data_type ("int")  the default of every quantized module
   extra_config {module: {bits, group_size, sym, data_type}}
                                            per-module overrides; a key is a module name (also
@@ -10,10 +11,10 @@ The tensors are GPTQ's (gptq.py: qweight packed along K, qzeros, scales, g_idx);
                                            unquantized
   block_name_to_quantize / to_quant_block_names
                                            only modules under these prefixes are quantized
-A symmetric module's zero points are 8; AutoRound's GPTQ packing may store them as GPTQ v1 does (7)
-or as 8, so either is accepted where every stored zero point agrees, anything else refused.
-Refused with the reason, as vLLM refuses them for this packing on CUDA or as we cannot check them:
-other packing formats, sym=false, data types other than "int", and a quantized lm_head.
+A symmetric module's zero points are 8, stored as 7; stored as 8 (no - 1) they are accepted too,
+where every stored zero point of the module agrees. sym=false is served as GPTQ asym is (vLLM 0.26.0
+refuses it for this packing on CUDA). Refused with the reason: other packing formats, data types
+other than "int", and a quantized lm_head.
 """
 from __future__ import annotations
 
@@ -43,11 +44,11 @@ class AutoRoundFormat(GPTQFormat):
                 f"{_WHERE}: packing_format={packing!r} is not supported; only {GPTQ_PACKING!r} (GPTQ's "
                 f"layout) is. Fix: export with AutoRound's auto_round format and GPTQ packing, or serve "
                 f"this checkpoint without --quantization machete.")
-        _check_layer_rule(raw, _WHERE)
+        _check_data_type(raw, _WHERE)
         missing = [key for key in ("bits", "group_size") if key not in raw]
         if missing:
             raise CheckpointError(f"{_WHERE}: required keys {missing} are missing.")
-        super().__init__({"bits": raw["bits"], "group_size": raw["group_size"], "sym": True,
+        super().__init__({"bits": raw["bits"], "group_size": raw["group_size"], "sym": bool(raw.get("sym", True)),
                           "desc_act": bool(raw.get("desc_act", False)), "checkpoint_format": "gptq"})
         blocks = raw.get("block_name_to_quantize", raw.get("to_quant_block_names"))
         self.blocks = blocks.split(",") if isinstance(blocks, str) else list(blocks or [])
@@ -92,16 +93,20 @@ class AutoRoundFormat(GPTQFormat):
         if bits >= 16:
             return None
         where = name if key is None else f"{name} (AutoRound extra_config {key!r})"
-        _check_layer_rule(rule, where)
-        scheme = self._scheme(bits, int(rule.get("group_size", self.group_size)), True, self.desc_act)
+        _check_data_type(rule, where)
+        scheme = self._scheme(bits, int(rule.get("group_size", self.group_size)), bool(rule.get("sym", self.sym)),
+                              self.desc_act)
         P.check_bits(scheme.bits, where)
         P.check_group_size(scheme.group_size, where)
         return scheme
 
     def _zero_points(self, checks: P.Checks, stored: torch.Tensor, scheme: LayerScheme,
                      where: str) -> Optional[torch.Tensor]:
-        """Every module is symmetric (_check_layer_rule): the stored zero points must all be 7
-        (8 in GPTQ v1's encoding) or all be 8. Returns None (no zeros tensor)."""
+        """sym: the stored zero points must all be 7 (8 in GPTQ v1's encoding) or all be 8; returns
+        None (no zeros tensor). Otherwise GPTQ v1's zero points (stored z - 1)."""
+        if not scheme.sym:
+            return super()._zero_points(checks, stored, scheme, where)
+
         def fail() -> None:
             found = sorted(torch.unique(stored).tolist())
             raise CheckpointError(
@@ -127,15 +132,10 @@ def _is_regex(key: str) -> bool:
     return any(c in _REGEX_CHARS for c in key)
 
 
-def _check_layer_rule(rule: dict, where: str) -> None:
-    """The data type and symmetry of a config (or of one extra_config rule), as served here."""
+def _check_data_type(rule: dict, where: str) -> None:
+    """The data type of a config, or of one extra_config rule: integers only."""
     data_type = rule.get("data_type", "int")
     if data_type != "int":
         raise CheckpointError(
             f"{where}: data_type={data_type!r} is not supported; --quantization machete serves 4-bit "
             f"integer weights (data_type 'int'). Fix: serve this checkpoint without --quantization machete.")
-    if not rule.get("sym", True):
-        raise CheckpointError(
-            f"{where}: sym=false with {GPTQ_PACKING} packing is not supported: vLLM refuses it on CUDA "
-            f"too, and its zero-point encoding has no reference here. Fix: export symmetric, or export "
-            f"a GPTQ or compressed-tensors checkpoint (AutoRound's auto_gptq or llm_compressor formats).")
