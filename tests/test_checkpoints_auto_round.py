@@ -7,7 +7,8 @@ import torch
 
 from ckpt_harness import canonical, load, make_layer
 from vllm_machete_plugin.canonical import dequantize
-from vllm_machete_plugin.checkpoints import AutoRoundFormat, CheckpointError, GPTQFormat, format_for
+from vllm_machete_plugin.checkpoints import AWQFormat, AutoRoundFormat, CheckpointError, GPTQFormat, format_for
+from vllm_machete_plugin.checkpoints.auto_round import AutoRoundAWQFormat
 from vllm_machete_plugin.checkpoints.base import LayerScheme
 from vllm_machete_plugin.testing import quantize_rtn
 
@@ -68,8 +69,10 @@ def test_vllm_renames_reach_the_rules():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(packing_format="auto_round:auto_awq"), r"packing_format='auto_round:auto_awq' is not supported"),
-    (dict(packing_format="auto_round:llm_compressor"), r"only 'auto_round:auto_gptq'"),
+    (dict(packing_format="auto_round:llm_compressor"),
+     r"packing_format='auto_round:llm_compressor' is not supported; supported: 'auto_round:auto_gptq' and "
+     r"'auto_round:auto_awq'"),
+    (dict(packing_format="auto_round:auto_awq", data_type="mx_fp"), r"data_type='mx_fp' is not supported"),
     (dict(data_type="mx_fp"), r"data_type='mx_fp' is not supported"),
     (dict(bits=8), r"bits=8 is not supported"),
     (dict(group_size=96), r"group_size=96 is not supported"),
@@ -128,3 +131,23 @@ def test_asymmetric_zero_points_under_a_sym_config_are_refused():
     load(layer, GPTQFormat.pack(w, layer.scheme.__class__(4, 128, False, False)))
     with pytest.raises(CheckpointError, match=rf"{DOWN}: the AutoRound config says sym=true, but 'qzeros' hold"):
         canonical(layer, fmt)
+
+
+def test_awq_packing_reads_autoawqs_tensors_under_the_same_rules():
+    """auto_round:auto_awq: AutoAWQ's GEMM tensors, zero points always stored (8 where symmetric), so
+    every module is served with them; the module rules are AutoRound's."""
+    fmt = auto_round(packing_format="auto_round:auto_awq", group_size=64,
+                     extra_config={DOWN: {"bits": 16}, r".*o_proj": {"group_size": 128}})
+    assert isinstance(fmt, AutoRoundAWQFormat) and fmt.name == "auto-round"
+    assert fmt._scheme_of_module(DOWN) is None
+    assert fmt._scheme_of_module("model.layers.0.self_attn.o_proj") == LayerScheme(4, 128, False, False)
+    assert fmt._scheme_of_module("model.layers.0.mlp.up_proj") == LayerScheme(4, 64, False, False)
+    assert fmt._scheme_of_module("lm_head") is None
+    gen = torch.Generator().manual_seed(0)
+    for sym in (True, False):
+        w = quantize_rtn(torch.randn(128, 256, generator=gen), 64, sym, False, torch.float16, gen)
+        layer = make_layer("row", fmt, 256, 128, layer_prefix="model.layers.1")
+        packed = AutoRoundFormat.pack(w, layer.scheme, packing_format="auto_round:auto_awq")
+        assert packed.keys() == AWQFormat.pack(w, layer.scheme).keys()
+        load(layer, packed)
+        assert torch.equal(dequantize(canonical(layer, fmt)), dequantize(w))

@@ -29,6 +29,8 @@ CASES = [
     ("auto-round", dict(group_size=128)),
     ("auto-round", dict(group_size=32)),
     ("auto-round", dict(group_size=64, sym=False)),
+    ("auto-round", dict(group_size=128, packing_format="auto_round:auto_awq")),
+    ("auto-round", dict(group_size=64, sym=False, packing_format="auto_round:auto_awq")),
 ]
 
 

@@ -22,4 +22,4 @@ def format_for(raw_quant_config: dict) -> CheckpointFormat:
         raise CheckpointError(
             f"quantization_config quant_method={raw_quant_config.get('quant_method')!r} is not "
             f"supported; supported formats: {', '.join(FORMATS)} (4-bit weights, 16-bit activations).")
-    return FORMATS[method](raw_quant_config)
+    return FORMATS[method].for_config(raw_quant_config)

@@ -65,6 +65,12 @@ class CheckpointFormat:
     def __init__(self, raw: dict):
         raise NotImplementedError
 
+    @classmethod
+    def for_config(cls, raw: dict) -> "CheckpointFormat":
+        """The format object for this quant_method's config (a format whose on-disk layout
+        depends on the config returns the class for that layout)."""
+        return cls(raw)
+
     def scheme_for(self, prefix: str, packed_modules_mapping: Mapping[str, list[str]]) -> Optional[LayerScheme]:
         """The scheme for the linear layer at `prefix` (vLLM module name), or None when
         the checkpoint leaves it unquantized. Fused layers (qkv_proj, gate_up_proj) are
