@@ -262,6 +262,13 @@ def test_unknown_checkpoint_format_is_refused():
         gptq(checkpoint_format="marlin")
 
 
+def test_legacy_marlin_flag_is_refused_with_the_fix():
+    """AutoGPTQ's older quantize_config.json says is_marlin_format=true instead (no checkpoint_format)."""
+    with pytest.raises(CheckpointError, match=r"checkpoint_format='marlin' is not supported.*is_marlin_format=true.*"
+                                              r"serve the GPTQ checkpoint they were converted from"):
+        GPTQFormat({"quant_method": "gptq", "bits": 4, "group_size": 128, "is_marlin_format": True})
+
+
 def test_group_size_not_dividing_k():
     with pytest.raises(CheckpointError, match=r"mlp\.down_proj: group_size=128 does not divide the layer's K=320"):
         make_layer("row", gptq(128), 320, 128)

@@ -52,10 +52,15 @@ class GPTQFormat(CheckpointFormat):
                 f"{where}: lm_head=true (a quantized lm_head) is not supported; we serve the "
                 f"lm_head unquantized. Fix: use a checkpoint quantized with lm_head=false.")
         fmt = raw.get("checkpoint_format", raw.get("format", "gptq"))
+        if raw.get("is_marlin_format", False):  # AutoGPTQ's older spelling of checkpoint_format "marlin"
+            fmt = "marlin"
         if fmt not in _CHECKPOINT_FORMATS:
+            hint = (" Marlin-format checkpoints (AutoGPTQ's marlin export, is_marlin_format=true) hold "
+                    "Marlin's own tiles; serve the GPTQ checkpoint they were converted from."
+                    if fmt == "marlin" else "")
             raise CheckpointError(
                 f"{where}: checkpoint_format={fmt!r} is not supported; supported: "
-                f"{sorted(_CHECKPOINT_FORMATS)} (gptq = v1 zero points stored as z-1, gptq_v2 = z).")
+                f"{sorted(_CHECKPOINT_FORMATS)} (gptq = v1 zero points stored as z-1, gptq_v2 = z).{hint}")
         self.version = _CHECKPOINT_FORMATS[fmt]
         self._warned_v1_under_v2 = False
         pack_dtype = raw.get("pack_dtype", "int32")
