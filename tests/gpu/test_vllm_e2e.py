@@ -40,11 +40,16 @@ _CHECKPOINTS: dict = {}
 _OUTPUTS: dict = {}
 
 
+# Test names of checkpoint variants: (format, its build_tiny_checkpoint keywords).
+VARIANTS = {"auto-round-awq": ("auto-round", {"packing_format": "auto_round:auto_awq"})}
+
+
 def _checkpoint(tmp_path_factory, fmt, dtype, act_order=False):
     key = (fmt, dtype, act_order)
     if key not in _CHECKPOINTS:
         path = tmp_path_factory.mktemp(f"{fmt}-{dtype}{'-actorder' if act_order else ''}")
-        _CHECKPOINTS[key] = build_tiny_checkpoint(path, fmt, dtype=dtype, act_order=act_order)
+        base, kw = VARIANTS.get(fmt, (fmt, {}))
+        _CHECKPOINTS[key] = build_tiny_checkpoint(path, base, dtype=dtype, act_order=act_order, **kw)
     return _CHECKPOINTS[key]
 
 
@@ -99,10 +104,10 @@ def _assert_our_kernels(log, backend=None):
         assert f"run on the {backend} backend" in log
 
 
-@pytest.mark.parametrize("fmt", ["gptq", "awq", "compressed-tensors", "auto-round"])
+@pytest.mark.parametrize("fmt", ["gptq", "awq", "compressed-tensors", "auto-round", "auto-round-awq"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_eager_matches_vllm_builtin(tmp_path_factory, fmt, dtype):
-    """auto-round: vLLM's built-in side is its `inc` method (GPTQ packing, symmetric)."""
+    """auto-round(-awq): vLLM's built-in side is its `inc` method (symmetric, GPTQ or AWQ packing)."""
     model = _checkpoint(tmp_path_factory, fmt, dtype)
     ours, log = _generate(model, "machete", dtype)
     _assert_our_kernels(log)
