@@ -56,11 +56,32 @@ def kernels_everywhere(monkeypatch):
     from vllm_machete_plugin.backends import machete, marlin
     monkeypatch.setattr(machete, "kernels_built", lambda: True)
     monkeypatch.setattr(marlin, "kernels_available", lambda: True)
+    monkeypatch.setattr(ops, "build_info", lambda: "archs=80,86,89,90")
 
 
 def test_hopper_default_is_machete_only(kernels_everywhere):
     assert select(SPEC, "layer", capability=90).name == "machete"
     assert select(SPEC, "layer", capability=89).name == "marlin"
+
+
+@pytest.mark.parametrize("archs,cap,runs", [
+    ("80,86,89,90", 86, True), ("80,86,89,90", 87, True), ("80", 89, True), ("90", 86, False),
+    ("80,86,89,90", 100, False), ("80,86,89,90", 120, False), ("120", 121, True), ("90a", 90, True),
+    ("unknown", 120, True)])
+def test_machine_code_runs_within_its_major_version(monkeypatch, archs, cap, runs):
+    monkeypatch.setattr(ops, "build_info", lambda: f"archs={archs}")
+    assert ops.runs_on(cap) is runs
+
+
+def test_a_gpu_newer_than_the_build_is_refused_with_the_fix(kernels_everywhere):
+    """Blackwell (sm_100, sm_120) has no machine code in a default build, and it carries no PTX: the
+    first kernel launch would fail deep in CUDA. Refused when the model loads, with the rebuild."""
+    with pytest.raises(NoBackendError) as e:
+        select(SPEC, "model.layers.0.mlp.down_proj", capability=120)
+    msg = str(e.value)
+    assert "model.layers.0.mlp.down_proj" in msg and "machete: needs sm_90 to sm_99, this is sm_120" in msg
+    assert ("marlin: the kernels were built for sm_80, sm_86, sm_89, sm_90, none of which runs on sm_120" in msg
+            and 'VMP_CUDA_ARCHS="120" pip install' in msg), msg
 
 
 def test_hopper_group_32_falls_back_to_marlin(kernels_everywhere):

@@ -62,6 +62,8 @@ def select(spec: LayerSpec, where: str, capability: int | None = None) -> type[B
             continue
         ok, why = b.can_implement(spec, cap)
         if ok:
+            ok, why = b.built_for(cap)
+        if ok:
             return b
         reasons.append(f"{b.name}: {why}")
     if not candidates:

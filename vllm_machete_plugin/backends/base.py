@@ -50,6 +50,12 @@ class Backend:
         raise NotImplementedError
 
     @classmethod
+    def built_for(cls, capability: int) -> tuple[bool, str]:
+        """(True, "") when this build has machine code for a GPU of `capability` (asked by
+        select() of the GPU it runs on, after can_implement), else (False, reason with the fix)."""
+        return True, ""
+
+    @classmethod
     def prepare(cls, spec: LayerSpec, w: CanonicalW4) -> dict[str, torch.Tensor]:
         """Repack `w` (on the target device) into this backend's tensors."""
         raise NotImplementedError

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..canonical import CanonicalW4
 from ..marlin_layout_ref import padded_kn
-from ..ops import fake_impl, kernels_available, require_kernels
+from ..ops import built_archs, fake_impl, kernels_available, require_kernels, runs_on
 from . import add_backend
 from .base import Backend, LayerSpec
 from .prefetch import PREFETCH_BYTES, prefetch_args
@@ -54,6 +54,15 @@ class MarlinBackend(Backend):
         if not kernels_available():
             return False, "the CUDA kernels of vllm-machete-plugin were not built (see vllm_machete_plugin.ops)"
         return True, ""
+
+    @classmethod
+    def built_for(cls, capability: int) -> tuple[bool, str]:
+        if runs_on(capability):
+            return True, ""
+        built = ", ".join(f"sm_{a}" for a in built_archs())
+        return False, (f"the kernels were built for {built}, none of which runs on sm_{capability} (machine "
+                       f"code runs only within its major version). Fix: rebuild for this GPU, "
+                       f"VMP_CUDA_ARCHS=\"{capability}\" pip install --no-build-isolation -e . (untested on it)")
 
     @classmethod
     def prepare(cls, spec: LayerSpec, w: CanonicalW4) -> dict[str, torch.Tensor]:
