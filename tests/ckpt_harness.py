@@ -256,7 +256,10 @@ LLAMA_SHARDS = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_pro
 
 
 def load_llama_linears(layers: dict, tensors: dict, layer: int = 0, skip=()) -> None:
-    """What vLLM's Llama load_weights does for these layers' checkpoint tensors."""
+    """What vLLM's Llama load_weights does for these layers' checkpoint tensors. As there, the
+    parameters are looked up in a snapshot taken before the first load (a layer that vLLM's
+    layerwise reload processes early keeps receiving its late tensors on the old parameters)."""
+    params = {(name, n): p for name, m in layers.items() for n, p in m.named_parameters()}
     for key, t in tensors.items():
         if not key.startswith(f"model.layers.{layer}.") or key in skip:
             continue
@@ -264,7 +267,7 @@ def load_llama_linears(layers: dict, tensors: dict, layer: int = 0, skip=()) -> 
         if module not in LLAMA_SHARDS:
             continue
         target, shard = LLAMA_SHARDS[module]
-        param = getattr(layers[target], suffix)
+        param = params[(target, suffix)]
         if shard is None:
             param.weight_loader(param, t)
         else:

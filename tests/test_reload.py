@@ -51,12 +51,14 @@ def _loaded(cfg, tensors):
     return model
 
 
-def _reload(model, tensors):
-    """What GPUModelRunner.reload_weights does with checkpoint-format weights."""
+def _reload(model, tensors, reverse=False):
+    """What GPUModelRunner.reload_weights does with checkpoint-format weights. reverse: in the
+    opposite of the file's (sorted) order, so that fused shards other than the first bring the
+    last tensors, as a trainer's state_dict order can (qweight, qzeros, scales, g_idx per module)."""
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
 
     initialize_layerwise_reload(model)
-    load_llama_linears(model, tensors)
+    load_llama_linears(model, dict(reversed(tensors.items())) if reverse else tensors)
     finalize_layerwise_reload(model, None)
 
 
@@ -91,8 +93,9 @@ def test_reload_computes_with_the_new_weights_in_the_same_tensors(vllm_tp1, tmp_
     assert {name: layer.vmp_next() for name, layer in model.items() if hasattr(layer, "vmp_next")} == links
     for name, layer in model.items():  # vLLM's LoRA layers read their device from this alias
         assert getattr(layer, LORA_DEVICE_ATTR) is getattr(layer, "vmp_" + layer.vmp_weight_names[0]), name
-    # Twice: the reload leaves the layers as loading did.
-    _reload(model, first)
+    # Twice: the reload leaves the layers as loading did; in the other order of tensors, the last
+    # to arrive are the k, v and up shards' (whole per shard: g_idx, weight_shape, weight_g_idx).
+    _reload(model, first, reverse=True)
     for name, y in _outputs(model, x).items():
         torch.testing.assert_close(y, before[name], rtol=0, atol=0, msg=f"{name}: second reload")
 

@@ -117,7 +117,8 @@ def _tracked(weight_loader: Callable, name: str, where: str, dtypes: tuple, layo
     layer once the count reaches the layer's size; the real load into the materialized
     parameter follows. It is passed through untracked, except that a parameter every shard of a
     fused layer fills whole (whole_per_shard) counts for its first shard only: counted per shard,
-    the layer would be processed before its last tensors arrive."""
+    the layer would be processed before its last tensors arrive. Its other shards may then arrive
+    after the layer was processed (vLLM drops them), so is_loaded asks one shard of it."""
     def load(param, loaded_weight: torch.Tensor, *args, **kwargs):
         keys = _shard_keys(args, kwargs)
         if param.is_meta:
@@ -164,6 +165,7 @@ def add_param(layer: torch.nn.Module, name: str, cls_name: str, data: torch.Tens
                       whole_per_shard or same_across_shards)
     param = getattr(vp, cls_name)(data=data, weight_loader=loader, **dims)
     param.vmp_loaded = frozenset()
+    param.vmp_same_across_shards = same_across_shards
     layer.register_parameter(name, param)
 
 
@@ -194,13 +196,17 @@ def mark_loaded(param: torch.nn.Parameter, loaded: bool = True) -> None:
 
 
 def is_loaded(layer: torch.nn.Module, name: str, part: Partition) -> bool:
-    """True when every output shard of `name` was filled. A plain tensor attribute (not
-    created by add_param, e.g. tensors read straight from a file) counts as loaded."""
+    """True when every output shard of `name` was filled; for a tensor every shard loads the
+    same of (same_across_shards), when one was: vLLM's layerwise reload may process the layer
+    before the other shards' copies arrive (_tracked counts it once). A plain tensor attribute
+    (not created by add_param, e.g. tensors read straight from a file) counts as loaded."""
     t = getattr(layer, name, None)
     if t is None:
         return False
     loaded = getattr(t, "vmp_loaded", None)
     if loaded is None:
+        return True
+    if loaded and getattr(t, "vmp_same_across_shards", False):
         return True
     return _ALL_SHARDS in loaded or len(loaded) >= len(part.output_sizes)
 
