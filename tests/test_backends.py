@@ -67,6 +67,7 @@ def test_hopper_default_is_machete_only(kernels_everywhere):
 @pytest.mark.parametrize("archs,cap,runs", [
     ("80,86,89,90", 86, True), ("80,86,89,90", 87, True), ("80", 89, True), ("90", 86, False),
     ("80,86,89,90", 100, False), ("80,86,89,90", 120, False), ("120", 121, True), ("90a", 90, True),
+    ("120a", 121, False), ("120a", 120, True), ("90,100f", 103, True), ("90,100f", 120, False),
     ("unknown", 120, True)])
 def test_machine_code_runs_within_its_major_version(monkeypatch, archs, cap, runs):
     monkeypatch.setattr(ops, "build_info", lambda: f"archs={archs}")

@@ -45,6 +45,20 @@ def test_modules_follow_extra_config_and_blocks():
     assert fmt._scheme_of_module("model.layers.2.self_attn.q_proj") == scheme(32)  # exact key
     assert fmt._scheme_of_module("lm_head") is None
     assert fmt._scheme_of_module("visual.blocks.0.attn.qkv") is None  # outside block_name_to_quantize
+    # Outside the blocks, a rule with bits quantizes (AutoRound's exporter writes one for each module
+    # it quantized there); its other defaults are channelwise and symmetric, as vLLM reads them.
+    outside = auto_round(block_name_to_quantize=["model.layers"],
+                         extra_config={"mtp.fc": {"bits": 4, "group_size": 128}, "mtp.proj": {"bits": 4},
+                                       r"visual\..*": {"data_type": "int"}})
+    assert outside._scheme_of_module("mtp.fc") == scheme()
+    assert outside._scheme_of_module("mtp.proj") == LayerScheme(4, -1, True, False)
+    assert outside._scheme_of_module("visual.blocks.0.attn.qkv") is None  # a rule without bits
+    assert outside._scheme_of_module("mtp.other") is None
+    # Older exports list one list of block names per model part.
+    nested = auto_round(to_quant_block_names=[["model.layers.0", "model.layers.1"], ["mtp.layers"]])
+    assert nested.blocks == ["model.layers.0", "model.layers.1", "mtp.layers"]
+    assert nested._scheme_of_module("mtp.layers.0.mlp.down_proj") == scheme()
+    assert nested._scheme_of_module("model.layers.2.mlp.down_proj") is None
     # vLLM's prefixes may lack the checkpoint's leading "model." (an exact key matches either way).
     prefixed = auto_round(extra_config={"model.layers.3.mlp.up_proj": {"bits": 16}})
     assert prefixed._scheme_of_module("layers.3.mlp.up_proj") is None

@@ -116,6 +116,13 @@ def test_reload_that_changes_the_layout_is_refused_with_the_fix(vllm_tp1, tmp_pa
                                          r"reference backend with K=256 .* built for the reference backend with "
                                          r"K=288 .* Fix: start a new engine on the new weights"):
         _reload(model, first)
+    # Built for a regrouped act-order layer (row-parallel, TP >= 2): the message says why.
+    model = _loaded(cfg, first)
+    o = model["o_proj"]
+    o.vmp_spec = replace(o.vmp_spec, k=o.vmp_spec.k + 32, act_order=True, k_split=True)
+    with pytest.raises(ValueError, match=r"groups straddle tensor-parallel ranks, so its regrouped K follows the "
+                                         r"checkpoint's g_idx: .*load_format=dummy start\. Fix: start a new engine"):
+        _reload(model, first)
 
 
 @pytest.mark.parametrize("fmt,opts", [("gptq", dict(group_size=64, sym=True, act_order=True)),

@@ -86,11 +86,17 @@ class MacheteLinearMethod(LinearMethodBase):
                          k_split=part.k_split)
         backend = backends.select(spec, self.prefix)
         if reloading and (spec, backend) != (layer.vmp_spec, layer.vmp_backend):
+            why = ""
+            if layer.vmp_spec.act_order and layer.vmp_spec.k_split:
+                why = (" This row-parallel act-order layer's groups straddle tensor-parallel ranks, so its "
+                       "regrouped K follows the checkpoint's g_idx: in place it takes only weights with the "
+                       "same g_idx (the same checkpoint, e.g. after sleep level 2), not those of another "
+                       "act-order checkpoint nor after a load_format=dummy start.")
             raise ValueError(
                 f"{self.prefix}: the reloaded weights need the {backend.name} backend with {spec.describe()}, "
                 f"but the engine was built for the {layer.vmp_backend.name} backend with "
                 f"{layer.vmp_spec.describe()}; an in-place reload keeps the tensors the engine was built "
-                f"with. Fix: start a new engine on the new weights.")
+                f"with.{why} Fix: start a new engine on the new weights.")
         if backend.name not in _announced:
             _announced.add(backend.name)
             logger.info("vllm-machete-plugin: quantized linear layers run on the %s backend "

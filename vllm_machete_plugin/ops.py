@@ -61,18 +61,24 @@ def build_info() -> str:
     return torch.ops.vmp.build_info()
 
 
-def built_archs() -> tuple[int, ...]:
-    """The architectures _C was compiled for (machine code only, no PTX), e.g. (80, 86, 89, 90),
-    from build_info's "archs=80,86,89,90"; () when the build does not say."""
-    listed = build_info().partition("archs=")[2].split(",")
-    return tuple(int(a.strip().rstrip("a")) for a in listed if a.strip().rstrip("a").isdigit())
+def built_archs() -> tuple[str, ...]:
+    """The architectures _C was compiled for (machine code only, no PTX), e.g. ("80", "86", "89",
+    "90"), from build_info's "archs=80,86,89,90"; () when the build does not say. An "a" suffix
+    (sm_90a) marks code for that exact GPU, an "f" suffix (sm_100f) code for its family."""
+    listed = (a.strip() for a in build_info().partition("archs=")[2].split(","))
+    return tuple(a for a in listed if a.rstrip("af").isdigit())
 
 
 def runs_on(capability: int) -> bool:
-    """Whether _C has machine code this GPU runs: code for sm_XY runs on sm_XZ with Z >= Y, and on
-    no other major version (a GPU newer than the build, e.g. sm_100 or sm_120, has none)."""
+    """Whether _C has machine code this GPU runs: code for sm_XY (or sm_XYf) runs on sm_XZ with
+    Z >= Y and on no other major version, so a GPU newer than the build (sm_100, sm_120 under the
+    default build) has none; code for sm_XYa runs on sm_XY only."""
     archs = built_archs()
-    return not archs or any(a // 10 == capability // 10 and a <= capability for a in archs)
+
+    def runs(arch: str) -> bool:
+        n = int(arch.rstrip("af"))
+        return n == capability if arch.endswith("a") else n // 10 == capability // 10 and n <= capability
+    return not archs or any(runs(a) for a in archs)
 
 
 _FAKES: list = []

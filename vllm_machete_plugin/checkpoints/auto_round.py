@@ -45,7 +45,9 @@ class _AutoRoundRules:
 
     def _read_rules(self, raw: dict) -> None:
         blocks = raw.get("block_name_to_quantize", raw.get("to_quant_block_names"))
-        self.blocks = blocks.split(",") if isinstance(blocks, str) else list(blocks or [])
+        blocks = blocks.split(",") if isinstance(blocks, str) else list(blocks or [])
+        # Older exports list one list of block names per model part.
+        self.blocks = [b for x in blocks for b in (x if isinstance(x, (list, tuple)) else [x])]
         self.extra = dict(raw.get("extra_config") or {})
         for key, rule in self.extra.items():
             if _is_regex(key):
@@ -76,17 +78,21 @@ class _AutoRoundRules:
         return None, {}
 
     def _rules_scheme(self, name: str) -> Optional[LayerScheme]:
-        """The module's scheme by the rules, or None where they leave it unquantized."""
-        if is_lm_head(name) or (self.blocks and not any(name.startswith(b) for b in self.blocks)):
+        """The module's scheme by the rules, or None where they leave it unquantized. Outside
+        block_name_to_quantize a module is unquantized unless an extra_config rule gives it bits
+        (AutoRound's exporter writes one for every module it quantized there); such a rule's
+        defaults are then a channelwise, symmetric quantization, as vLLM reads them."""
+        if is_lm_head(name):
             return None
+        in_blocks = not self.blocks or any(name.startswith(b) for b in self.blocks)
         key, rule = self._rule_of(name)
-        bits = int(rule.get("bits", self.bits))
+        bits = int(rule.get("bits", self.bits if in_blocks else 16))
         if bits >= 16:
             return None
         where = name if key is None else f"{name} (AutoRound extra_config {key!r})"
         _check_data_type(rule, where)
-        scheme = self._packed_scheme(bits, int(rule.get("group_size", self.group_size)),
-                                     bool(rule.get("sym", self.sym)))
+        scheme = self._packed_scheme(bits, int(rule.get("group_size", self.group_size if in_blocks else -1)),
+                                     bool(rule.get("sym", self.sym if in_blocks else True)))
         P.check_bits(scheme.bits, where)
         P.check_group_size(scheme.group_size, where)
         return scheme
