@@ -52,14 +52,20 @@ def _loaded(cfg, tensors):
 
 
 def _reload(model, tensors, reverse=False):
-    """What GPUModelRunner.reload_weights does with checkpoint-format weights. reverse: in the
+    """What GPUModelRunner.reload_weights does with checkpoint-format weights, outside vLLM's
+    current-config context as it runs there (a GPU run found that). reverse: in the
     opposite of the file's (sorted) order, so that fused shards other than the first bring the
     last tensors, as a trainer's state_dict order can (qweight, qzeros, scales, g_idx per module)."""
+    import vllm.config.vllm as vllm_config
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
 
-    initialize_layerwise_reload(model)
-    load_llama_linears(model, dict(reversed(tensors.items())) if reverse else tensors)
-    finalize_layerwise_reload(model, None)
+    current, vllm_config._current_vllm_config = vllm_config._current_vllm_config, None  # it runs outside one
+    try:
+        initialize_layerwise_reload(model)
+        load_llama_linears(model, dict(reversed(tensors.items())) if reverse else tensors)
+        finalize_layerwise_reload(model, None)
+    finally:
+        vllm_config._current_vllm_config = current
 
 
 def _outputs(model, x):

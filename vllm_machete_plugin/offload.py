@@ -36,7 +36,10 @@ def to_host(p: torch.nn.Parameter) -> None:
 def prefetch_offloading() -> bool:
     """Whether vLLM's other offloader, the prefetching one (--offload-group-size), is on. It
     tracks parameters by the names they had before loading, so it cannot move ours."""
-    from vllm.config import get_current_vllm_config
+    from vllm.config.vllm import get_current_vllm_config_or_none
 
-    oc = get_current_vllm_config().offload_config
+    config = get_current_vllm_config_or_none()  # None in vLLM's weight reload, which runs outside one
+    if config is None:
+        return False
+    oc = config.offload_config
     return oc.offload_backend == "prefetch" or (oc.offload_backend == "auto" and oc.prefetch.offload_group_size > 0)
