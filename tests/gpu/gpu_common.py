@@ -89,7 +89,10 @@ def in_host_memory(prepared: dict, backend) -> dict:
     views, as vLLM's CPU offloading leaves them (vllm_machete_plugin.offload); the rest as is."""
     import pytest
 
-    pytest.importorskip("vllm._C", reason="the UVA view is vLLM's own op")
+    try:
+        import vllm._C  # noqa: F401  (registers the UVA view op)
+    except ImportError as e:  # the reason names the import error (H200, 2026-12-05: all 8 cases skipped)
+        pytest.skip(f"the UVA view is vLLM's own op, and vllm._C does not import here: {e}")
     from vllm_machete_plugin import offload
 
     out = dict(prepared)
