@@ -234,6 +234,28 @@ def llama_quant_config(path, **kw):
     return qc
 
 
+def tiny_files(path) -> tuple[dict, dict]:
+    """(config.json as a dict, the tensors of model.safetensors) of a tiny checkpoint at `path`."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    return json.loads((path / "config.json").read_text()), load_file(str(path / "model.safetensors"))
+
+
+def machete_config(cfg: dict):
+    """Our quant config from config.json's quantization_config (as vLLM's from_config builds it),
+    with Llama's packed_modules_mapping, which vLLM sets from the model class. A new object each
+    call: the linear method links only layers of one config (one model)."""
+    from vllm_machete_plugin.config import MacheteConfig
+
+    qc = MacheteConfig.from_config(cfg["quantization_config"])
+    qc.packed_modules_mapping = MAPPING
+    return qc
+
+
 def llama_linears(qc, cfg: dict, dtype: torch.dtype, layer: int = 0) -> dict:
     """vLLM's four linear layers of Llama decoder layer `layer` (config.json dict `cfg`),
     built with quant config `qc`: its get_quant_method runs here, as in vLLM's model init."""

@@ -3,18 +3,15 @@ quant method on the CPU: parameters created by the format module, filled by vLLM
 weight loaders from a tiny checkpoint's tensors, repacked, and run with the reference
 backend (forced with VMP_BACKEND=reference; it is never chosen on its own)."""
 import copy
-import json
 import weakref
 
 import pytest
 import torch
 
-from ckpt_harness import llama_linears, load_llama_linears
+from ckpt_harness import llama_linears, load_llama_linears, machete_config, tiny_files
 from vllm_machete_plugin.backends.reference import reference_mm
 from vllm_machete_plugin.testing import build_tiny_checkpoint
 from vllm_machete_plugin.testing.tiny import read_tiny_linears
-
-PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 
 CASES = [
     ("gptq", dict(group_size=128, sym=True)),
@@ -35,15 +32,9 @@ CASES = [
 
 
 def _build(tmp_path, fmt, opts, dtype):
-    from safetensors.torch import load_file
-
-    from vllm_machete_plugin.config import MacheteConfig
-
     path = build_tiny_checkpoint(tmp_path / "ckpt", fmt, dtype=dtype, **opts)
-    cfg = json.loads((path / "config.json").read_text())
-    qc = MacheteConfig.from_config(cfg["quantization_config"])
-    qc.packed_modules_mapping = PACKED  # vLLM sets this from the model class
-    return path, cfg, qc, load_file(str(path / "model.safetensors"))
+    cfg, tensors = tiny_files(path)
+    return path, cfg, machete_config(cfg), tensors
 
 
 @pytest.mark.parametrize("fmt,opts", CASES)

@@ -3,33 +3,25 @@
 vLLM's linear layers driven by our method with the reference backend, and vLLM's CPU punica
 wrapper applying the adapters per token. The engine-level run is
 tests/gpu/test_vllm_e2e.py::test_lora_adapter_matches_vllm_builtin."""
-import json
 
 import pytest
 import torch
 
-from ckpt_harness import llama_linears, load_llama_linears
+from ckpt_harness import MAPPING, llama_linears, load_llama_linears, machete_config, tiny_files
 from vllm_machete_plugin.backends.reference import reference_mm
 from vllm_machete_plugin.testing import build_tiny_checkpoint
 from vllm_machete_plugin.testing.tiny import read_tiny_linears
 
-PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 PARTS = {"qkv_proj": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "o_proj": ["self_attn.o_proj"],
          "gate_up_proj": ["mlp.gate_proj", "mlp.up_proj"], "down_proj": ["mlp.down_proj"]}
 RANK = 8
 
 
 def _prepared_layers(tmp_path, fmt, opts):
-    from safetensors.torch import load_file
-
-    from vllm_machete_plugin.config import MacheteConfig
-
     path = build_tiny_checkpoint(tmp_path / "ckpt", fmt, dtype="float16", **opts)
-    cfg = json.loads((path / "config.json").read_text())
-    qc = MacheteConfig.from_config(cfg["quantization_config"])
-    qc.packed_modules_mapping = PACKED
-    layers = llama_linears(qc, cfg, torch.float16)
-    load_llama_linears(layers, load_file(str(path / "model.safetensors")))
+    cfg, tensors = tiny_files(path)
+    layers = llama_linears(machete_config(cfg), cfg, torch.float16)
+    load_llama_linears(layers, tensors)
     for layer in layers.values():
         layer.quant_method.process_weights_after_loading(layer)
     return layers, read_tiny_linears(path)
@@ -57,7 +49,7 @@ def test_lora_adapters_apply_per_token_on_our_layers(vllm_tp1, tmp_path, monkeyp
                            [1, 2], max_loras=2, vocab_size=32)
     gen = torch.Generator().manual_seed(0)
     for name, layer in layers.items():
-        wrapped = from_layer(layer, 2, lora_config, PACKED.get(name, [name]), None)
+        wrapped = from_layer(layer, 2, lora_config, MAPPING.get(name, [name]), None)
         assert isinstance(wrapped, BaseLayerWithLoRA), f"{name}: vLLM found no LoRA wrapper for our layer"
         assert wrapped.device.type == "cpu"
         slices = [expected_w["model.layers.0." + p] for p in PARTS[name]]

@@ -3,31 +3,22 @@ checkpoint parameters vLLM's UVA offloader had moved to host memory keeps its pr
 there (vllm_machete_plugin.offload), its scratch stays on the device, its output is unchanged, and
 no prefetch link points at it. The host-memory view is vLLM's own on a GPU; here it is stood in
 for by a recorder. GPU runs: tests/gpu/test_vllm_e2e.py::test_cpu_offload_keeps_tokens_and_weights_in_host_memory."""
-import json
 
 import pytest
 import torch
 
-from ckpt_harness import llama_linears, load_llama_linears
+from ckpt_harness import llama_linears, load_llama_linears, machete_config, tiny_files
 from vllm_machete_plugin import offload
 from vllm_machete_plugin.backends import MarlinBackend, ReferenceBackend
 from vllm_machete_plugin.backends.machete import MacheteBackend
 from vllm_machete_plugin.testing import build_tiny_checkpoint
 
-PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
-
 
 def _layers(tmp_path):
-    from safetensors.torch import load_file
-
-    from vllm_machete_plugin.config import MacheteConfig
-
-    path = build_tiny_checkpoint(tmp_path / "ckpt", "gptq", dtype="float16", group_size=128, sym=False)
-    cfg = json.loads((path / "config.json").read_text())
-    qc = MacheteConfig.from_config(cfg["quantization_config"])
-    qc.packed_modules_mapping = PACKED
-    layers = llama_linears(qc, cfg, torch.float16)
-    load_llama_linears(layers, load_file(str(path / "model.safetensors")))
+    cfg, tensors = tiny_files(build_tiny_checkpoint(tmp_path / "ckpt", "gptq", dtype="float16", group_size=128,
+                                                    sym=False))
+    layers = llama_linears(machete_config(cfg), cfg, torch.float16)
+    load_llama_linears(layers, tensors)
     return layers
 
 

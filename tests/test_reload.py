@@ -4,15 +4,13 @@ reload functions over vLLM's linear layers driven by our method with the referen
 layers must come out computing with the new checkpoint, in the same tensors as before (CUDA graphs
 captured before the reload read those addresses), with their prefetch links kept. The engine-level
 run is tests/gpu/test_vllm_e2e.py::test_sleep_level_2_and_reload_weights."""
-import json
 
 import pytest
 import torch
 
-from ckpt_harness import llama_linears, load_llama_linears
+from ckpt_harness import llama_linears, load_llama_linears, machete_config, tiny_files
 from vllm_machete_plugin.linear_method import LORA_DEVICE_ATTR
 
-PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 # compressed-tensors sym: the layer's weight_zero_point is never loaded, so vLLM processes it only
 # when the reload is finalized (its loaded-element count never reaches the layer's size).
 FORMATS = [("gptq", dict(group_size=128, sym=False)), ("gptq", dict(group_size=64, sym=True, act_order=True)),
@@ -21,12 +19,9 @@ FORMATS = [("gptq", dict(group_size=128, sym=False)), ("gptq", dict(group_size=6
 
 
 def _checkpoint(path, fmt, opts, seed):
-    from safetensors.torch import load_file
-
     from vllm_machete_plugin.testing import build_tiny_checkpoint
 
-    path = build_tiny_checkpoint(path, fmt, dtype="float16", seed=seed, **opts)
-    return json.loads((path / "config.json").read_text()), load_file(str(path / "model.safetensors"))
+    return tiny_files(build_tiny_checkpoint(path, fmt, dtype="float16", seed=seed, **opts))
 
 
 def _model(cfg):
@@ -34,11 +29,7 @@ def _model(cfg):
     construction (vllm.model_executor.model_loader.utils.initialize_model)."""
     from vllm.model_executor.model_loader.reload import record_metadata_for_reloading
 
-    from vllm_machete_plugin.config import MacheteConfig
-
-    qc = MacheteConfig.from_config(cfg["quantization_config"])
-    qc.packed_modules_mapping = PACKED
-    model = torch.nn.ModuleDict(llama_linears(qc, cfg, torch.float16))
+    model = torch.nn.ModuleDict(llama_linears(machete_config(cfg), cfg, torch.float16))
     record_metadata_for_reloading(model)
     return model
 
