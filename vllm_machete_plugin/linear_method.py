@@ -186,9 +186,8 @@ def _prepared(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _load_format() -> str:
-    from vllm.config import get_current_vllm_config
-    try:
-        return str(get_current_vllm_config().load_config.load_format)
-    except AssertionError:  # no current config: a layer built outside vLLM's loader
-        return ""
+    from vllm.config.vllm import get_current_vllm_config_or_none
+
+    config = get_current_vllm_config_or_none()  # None: a layer built outside vLLM's loader
+    return "" if config is None else str(config.load_config.load_format)
 
