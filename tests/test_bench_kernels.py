@@ -273,5 +273,5 @@ def test_marlin_columns_name_the_tile_they_ran():
     GPU with and without the drained kernels, for qkv at 64 tokens."""
     h200 = (132, 233472, 232448, 1024)
     assert bench.marlin_tile(64, 10240, 8192, None, h200) == "64x1 s4"
-    assert bench.marlin_tile(64, 10240, 8192, "smem=102400", h200) == "16x4 s3"
-    assert bench.marlin_tile(64, 10240, 8192, "smem=102400,drain=1", h200) == "32x2 s3 drained"
+    assert bench.marlin_tile(64, 10240, 8192, "smem=102400,drain=0", h200) == "16x4 s3"
+    assert bench.marlin_tile(64, 10240, 8192, "smem=102400", h200) == "32x2 s3 drained"

@@ -30,10 +30,9 @@ LAYERS = [(10240, 8192), (57344, 8192)]
 MS = [1, 8, 9, 16, 17, 32, 33, 48, 49, 64, 65, 100, 128, 200, 256, 1024, 4096]
 
 
-def plan(m, n_pad, k_pad, gpu, hints="drain=1"):
-    """[m_blocks, chunks, stages, blocks_per_sm, drain, smem_bytes] for GPUS[gpu]; the drained
-    kernels are allowed unless `hints` says otherwise (they are off by default until they have run
-    on a GPU: test_drain_is_off_by_default)."""
+def plan(m, n_pad, k_pad, gpu, hints=None):
+    """[m_blocks, chunks, stages, blocks_per_sm, drain, smem_bytes] for GPUS[gpu] under `hints`
+    (VMP_MARLIN_PLAN's form; None: the default plan, drained kernels allowed)."""
     got = torch.ops.vmp.marlin_tile_plan(m, n_pad, k_pad, *GPUS[gpu], hints)
     assert len(got) == 6, f"no tile fits M={m} on {gpu}"
     mb, chunks, stages, blocks, drain, smem = got
@@ -68,7 +67,7 @@ def test_hopper_keeps_its_plans(layer):
 
 @pytest.mark.parametrize("gpu,most_rows", [("A100 (sm_80)", 64), ("L40S (sm_89)", 48), ("A10 (sm_86)", 48)])
 def test_smaller_gpus_get_tiles_of_32_rows_and_more(gpu, most_rows):
-    """With drain=1, on 164 KB and 100 KB of shared memory the reduction tile overlays the
+    """On 164 KB and 100 KB of shared memory the reduction tile overlays the
     stages where it must, so from 17 tokens up a tile holds 32..most_rows rows (without: 16-row
     chunks on sm_86/89 at every M, each re-reading and re-dequantizing the weight, and 48-row
     ones with a third of their rows empty on the A100 at 49..64 tokens)."""
@@ -89,17 +88,19 @@ def test_a_smem_cap_plans_as_the_smaller_gpu(gpu, cap):
             assert plan(m, *layer, "H200 (sm_90)", f"smem={cap},drain=1") == plan(m, *layer, gpu), m
 
 
-def test_drain_is_off_by_default():
-    """Until the drained kernels have run on a GPU the default plans are the earlier ones."""
+def test_drain_is_on_by_default_and_drain_0_gives_the_undrained_plans():
+    """The default plan is drain=1's (measured on the H200, 2026-12-05); drain=0 keeps the plans
+    of before: no drained tile anywhere, 16-row chunks on sm_86/89."""
     for gpu in GPUS:
         for m in MS:
-            assert not plan(m, 10240, 8192, gpu, None)["drain"], (gpu, m)
-    assert plan(64, 10240, 8192, "L40S (sm_89)", None)["mb"] == 1
-    assert plan(64, 10240, 8192, "L40S (sm_89)", "drain=0") == plan(64, 10240, 8192, "L40S (sm_89)", None)
-    # Where the 64-row tile does not fit, the chunks are rebalanced: two of 32 rows at 64 tokens on the
-    # A100, not two of 48 with a third of their rows empty.
-    assert plan(64, 10240, 8192, "A100 (sm_80)", None) == dict(mb=2, chunks=2, stages=4, blocks=1, drain=False,
-                                                            smem=4 * 28672 + 2 * 16 * 264 * 4 + 16)
+            assert plan(m, 10240, 8192, gpu) == plan(m, 10240, 8192, gpu, "drain=1"), (gpu, m)
+            assert not plan(m, 10240, 8192, gpu, "drain=0")["drain"], (gpu, m)
+    assert plan(64, 10240, 8192, "L40S (sm_89)")["drain"]
+    assert plan(64, 10240, 8192, "L40S (sm_89)", "drain=0")["mb"] == 1
+    # Where the 64-row tile does not fit undrained, the chunks are rebalanced: two of 32 rows at 64
+    # tokens on the A100, not two of 48 with a third of their rows empty.
+    assert plan(64, 10240, 8192, "A100 (sm_80)", "drain=0") == dict(mb=2, chunks=2, stages=4, blocks=1, drain=False,
+                                                                 smem=4 * 28672 + 2 * 16 * 264 * 4 + 16)
 
 
 def test_plan_caps_are_honoured_and_bad_ones_named():

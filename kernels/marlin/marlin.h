@@ -76,9 +76,10 @@ struct PlanHints {
                           // (marlin_gemm.cu, kDrain); 0: never (default: kDrainByDefault)
 };
 
-// The drained kernels are planned only on request until they have run on a GPU: built and
-// tested without one (session 29), they would otherwise serve sm_80/86/89 untried.
-constexpr bool kDrainByDefault = false;
+// Drained tiles where the undrained one does not fit (sm_80/86/89; never on Hopper's 228 KB). On the
+// H200 with the sm_86/89 plan they take 0.64-0.74x the time of its 16-row chunks from 32 tokens up, and
+// the A100 plan's drained 64-row tile is within 0.97-1.03x of Hopper's own (docs/profile_h200.md).
+constexpr bool kDrainByDefault = true;
 
 // The tile the planner picks for M = m on a device with `lim`: host code only (no CUDA call),
 // so that tests without a GPU can check it for any GPU. False when no tile fits.

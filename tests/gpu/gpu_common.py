@@ -90,9 +90,9 @@ def in_host_memory(prepared: dict, backend) -> dict:
     import pytest
 
     try:
-        import vllm._C  # noqa: F401  (registers the UVA view op)
-    except ImportError as e:  # the reason names the import error (H200, 2026-12-05: all 8 cases skipped)
-        pytest.skip(f"the UVA view is vLLM's own op, and vllm._C does not import here: {e}")
+        import vllm._C_stable_libtorch  # noqa: F401  (vLLM 0.26's library: registers torch.ops._C's UVA view op)
+    except ImportError as e:
+        pytest.skip(f"the UVA view is vLLM's own op, and vllm._C_stable_libtorch does not import here: {e}")
     from vllm_machete_plugin import offload
 
     out = dict(prepared)

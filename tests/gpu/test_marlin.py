@@ -151,13 +151,13 @@ def test_plan_knobs_keep_results_and_bad_knobs_are_named():
 # chunks with split slices; one / two blocks per SM for 16-row tiles (one is the default up
 # to 80 Mi weights, so for every layer here), transposed MMAs (M <= 8) included.
 # The plans of 100 KB (sm_86/89) and 164 KB (sm_80) GPUs, run here under a shared-memory cap:
-# with drain=1 their 32..64-row tiles drain the pipeline at every slice end (the reduction tile
-# overlays the stages; tests/test_marlin_plan.py), here on tiles with padding rows; without, the
-# defaults (16-row tiles on 100 KB, rebalanced chunks on 164 KB). Restarts and refills after a
+# by default (drain=1) their 32..64-row tiles drain the pipeline at every slice end (the reduction
+# tile overlays the stages; tests/test_marlin_plan.py), here on tiles with padding rows; with
+# drain=0, 16-row tiles on 100 KB and rebalanced chunks on 164 KB. Restarts and refills after a
 # slice end: test_drained_pipelines_restart_and_refill.
 PLAN_PAIRS = {"stripe order": (("order=0", "order=1"), (65, 128, 200, 257, 1024)),
               "blocks per SM": (("blocks=1", "blocks=2"), (1, 5, 8, 9, 16)),
-              "smaller GPUs": (("smem=102400,drain=1", "smem=167936,drain=1", "smem=102400", "smem=167936"),
+              "smaller GPUs": (("smem=102400,drain=1", "smem=167936,drain=1", "smem=102400,drain=0", "smem=167936,drain=0"),
                                (17, 33, 48, 64, 100, 128, 257))}
 
 
