@@ -1,7 +1,6 @@
 // Inline-PTX wrappers shared by the mma.sync kernels (Marlin, Machete small-M): shared
 // addresses, cp.async, ldmatrix, shared loads, LOP3, mma.sync: sm_80 instructions; the
-// programmatic-dependent-launch controls (sm_90 instructions, no-ops below sm_90); L2
-// prefetch (bulk on sm_90, per line below).
+// programmatic-dependent-launch controls (sm_90 instructions, no-ops below sm_90).
 #pragma once
 
 #include <cstdint>
@@ -90,18 +89,6 @@ __device__ __forceinline__ void pdl_wait() {
 __device__ __forceinline__ void pdl_launch_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-
-// Asks L2 to fetch [p, p + bytes) from DRAM (a hint: no register, no shared memory, no
-// completion to wait for; the data is not guaranteed to be there when read). p 16-byte
-// aligned, bytes a multiple of 16. sm_90: one bulk request; below: one per 128-byte line.
-__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-#else
-  for (uint32_t off = 0; off < bytes; off += 128)
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(static_cast<const char*>(p) + off) : "memory");
 #endif
 }
 

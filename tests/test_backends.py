@@ -109,55 +109,6 @@ def test_machete_mm_fake_takes_the_layer_locks():
             assert y.shape == (m, 1024) and y.dtype == torch.bfloat16
 
 
-@pytest.mark.skipif(not (ops.kernels_available() and ops.has_op("machete_mm")),
-                    reason="the Machete extension was not built (needs nvcc and VMP_CUDA_ARCHS with 90)")
-def test_machete_apply_hands_the_next_layer_to_the_op_only_with_a_budget(monkeypatch):
-    """With a prefetch budget MacheteBackend.apply passes the next layer's w, scales, zeros and
-    the budget to vmp::machete_mm (its schema takes them; the fake gives the same [M, N]);
-    without one, or without a next layer, the call is the plain one."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from vllm_machete_plugin.backends import machete
-    from types import SimpleNamespace
-    calls = []
-    real = torch.ops.vmp.machete_mm
-
-    class TorchWithSpy:  # machete.py's `torch`, its vmp::machete_mm recording each call
-        ops = SimpleNamespace(vmp=SimpleNamespace(machete_mm=lambda *a: calls.append(a) or real(*a)))
-
-        def __getattr__(self, name):
-            return getattr(torch, name)
-
-    monkeypatch.setattr(machete, "torch", TorchWithSpy())
-    spec = LayerSpec(k=4096, n=1024, group_size=128, has_zeros=False, act_dtype=torch.bfloat16)
-    with FakeTensorMode():
-        mine = {"w": torch.empty(512, 1024, dtype=torch.int32), "scales": torch.empty(32, 1024, dtype=torch.bfloat16),
-                "locks": torch.empty(torch.ops.vmp.machete_small_m_locks(), dtype=torch.int32)}
-        nxt = {"w": torch.empty(128, 4096, dtype=torch.uint32), "scales": torch.empty(16, 4096, dtype=torch.bfloat16),
-               "zeros": torch.empty(16, 4096, dtype=torch.bfloat16), "locks": mine["locks"]}
-        x = torch.empty(3, 4096, dtype=torch.bfloat16)
-        assert machete.MacheteBackend.apply(spec, mine, x, nxt, prefetch=16 << 20).shape == (3, 1024)
-        machete.MacheteBackend.apply(spec, mine, x, nxt, prefetch=0)
-        machete.MacheteBackend.apply(spec, mine, x)
-    assert [len(c) for c in calls] == [11, 7, 7] and calls[0][10] == 16 << 20
-    assert calls[0][7:10] == (nxt["w"], nxt["scales"], nxt["zeros"])
-
-
-def test_prefetch_budget_is_read_in_megabytes_and_bad_values_are_named(monkeypatch):
-    from vllm_machete_plugin.backends import machete, marlin, prefetch
-    assert machete.MacheteBackend.prefetch_budget() == marlin.MarlinBackend.prefetch_budget() == prefetch.PREFETCH_BYTES
-    monkeypatch.delenv(prefetch.ENV_PREFETCH, raising=False)
-    assert prefetch.prefetch_bytes() == 0
-    monkeypatch.setenv(prefetch.ENV_PREFETCH, "16")
-    assert prefetch.prefetch_bytes() == 16 << 20
-    monkeypatch.setenv(prefetch.ENV_PREFETCH, "0.5")
-    assert prefetch.prefetch_bytes() == 1 << 19
-    for bad in ("-1", "lots", "4096"):
-        monkeypatch.setenv(prefetch.ENV_PREFETCH, bad)
-        with pytest.raises(ValueError, match=f"VMP_L2_PREFETCH_MB='{bad}': expected megabytes .* fix:"):
-            prefetch.prefetch_bytes()
-
-
 def test_machete_weight_records_its_kind_and_the_fake_checks_it():
     """vmp::machete_prepack's dtype records the kind it packed (uint32: u4 codes q for zero
     points, int32: u4b8 codes q-8). The machete_mm fake, what torch.compile traces, refuses

@@ -2,7 +2,6 @@
 quant method on the CPU: parameters created by the format module, filled by vLLM's
 weight loaders from a tiny checkpoint's tensors, repacked, and run with the reference
 backend (forced with VMP_BACKEND=reference; it is never chosen on its own)."""
-import copy
 import weakref
 
 import pytest
@@ -123,56 +122,3 @@ def test_dummy_load_format_gives_a_fully_quantized_layer(vllm_tp1, tmp_path, mon
         assert y.shape == (3, layer.output_size_per_partition) and torch.isfinite(y).all()
         if opts.get("act_order"):
             assert hasattr(layer, "vmp_perm") or layer.vmp_backend.name == "reference"
-
-
-def test_each_layer_links_to_the_next_one_its_model_prepares(vllm_tp1, tmp_path, monkeypatch):
-    """process_weights_after_loading links a layer to the one the same model prepares next
-    (qkv -> o -> gate_up -> down, the order they run in), outside the module tree and never
-    across models; apply() hands a prefetching backend (Backend.prefetch_budget() > 0) that
-    layer's prepared tensors, also when traced by torch.compile with fullgraph=True."""
-    from vllm_machete_plugin.backends.reference import ReferenceBackend
-    monkeypatch.setenv("VMP_BACKEND", "reference")
-    _, cfg, qc, tensors = _build(tmp_path / "a", "gptq", dict(group_size=128, sym=True), "float16")
-    layers = llama_linears(qc, cfg, torch.float16)
-    load_llama_linears(layers, tensors)
-    names = list(layers)
-    assert names == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
-    for layer in layers.values():
-        layer.quant_method.process_weights_after_loading(layer)
-    for a, b in zip(names, names[1:]):
-        assert layers[a].vmp_next() is layers[b], a
-        assert "vmp_next" not in dict(layers[a].named_children()) and "vmp_next" not in layers[a]._parameters
-    assert getattr(layers["down_proj"], "vmp_next", None) is None
-    copies = copy.deepcopy(layers)  # a weak link: copying a layer does not walk the chain behind it
-    assert copies["qkv_proj"].vmp_next() is layers["o_proj"]
-
-    # A second model: its first layer is not the first model's last layer's next.
-    _, cfg2, qc2, tensors2 = _build(tmp_path / "b", "gptq", dict(group_size=128, sym=True), "float16")
-    other = llama_linears(qc2, cfg2, torch.float16)
-    load_llama_linears(other, tensors2)
-    other["qkv_proj"].quant_method.process_weights_after_loading(other["qkv_proj"])
-    assert getattr(layers["down_proj"], "vmp_next", None) is None
-
-    seen = []
-
-    class Prefetching(ReferenceBackend):
-        @classmethod
-        def prefetch_budget(cls):
-            return 1
-
-        @classmethod
-        def apply(cls, spec, weights, x, next_weights=None):
-            seen.append(next_weights)
-            return super().apply(spec, weights, x)
-
-    o = layers["o_proj"]
-    for layer in layers.values():
-        layer.vmp_backend = Prefetching
-    x = torch.randn(3, o.input_size).half()
-    want = o.quant_method.apply(o, x)
-    assert seen[-1]["w_fp32"] is layers["gate_up_proj"].vmp_w_fp32
-    compiled = torch.compile(lambda x: o.quant_method.apply(o, x), backend="eager", fullgraph=True)
-    assert torch.equal(compiled(x), want)
-    assert seen[-1] is not None and seen[-1]["w_fp32"].shape == layers["gate_up_proj"].vmp_w_fp32.shape
-    layers["down_proj"].quant_method.apply(layers["down_proj"], torch.randn(2, layers["down_proj"].input_size).half())
-    assert seen[-1] is None

@@ -2,7 +2,7 @@
 the weight updates of RLHF trainers, and the reload after sleep level 2), on the CPU: vLLM's own
 reload functions over vLLM's linear layers driven by our method with the reference backend. The
 layers must come out computing with the new checkpoint, in the same tensors as before (CUDA graphs
-captured before the reload read those addresses), with their prefetch links kept. The engine-level
+captured before the reload read those addresses). The engine-level
 run is tests/gpu/test_vllm_e2e.py::test_sleep_level_2_and_reload_weights."""
 
 import pytest
@@ -74,8 +74,6 @@ def test_reload_computes_with_the_new_weights_in_the_same_tensors(vllm_tp1, tmp_
     x = {name: torch.randn(5, layer.input_size, generator=gen).half() for name, layer in model.items()}
     before = _outputs(model, x)
     params = {n: (p, p.data_ptr()) for n, p in model.named_parameters()}
-    links = {name: layer.vmp_next() for name, layer in model.items() if hasattr(layer, "vmp_next")}
-    assert len(links) == 3
 
     _reload(model, second)
 
@@ -87,7 +85,6 @@ def test_reload_computes_with_the_new_weights_in_the_same_tensors(vllm_tp1, tmp_
     assert set(now) == set(params)
     for n, (p, ptr) in params.items():
         assert now[n] is p and p.data_ptr() == ptr, f"{n}: a new tensor; captured CUDA graphs would read the old one"
-    assert {name: layer.vmp_next() for name, layer in model.items() if hasattr(layer, "vmp_next")} == links
     for name, layer in model.items():  # vLLM's LoRA layers read their device from this alias
         assert getattr(layer, LORA_DEVICE_ATTR) is getattr(layer, "vmp_" + layer.vmp_weight_names[0]), name
     # Twice: the reload leaves the layers as loading did; in the other order of tensors, the last

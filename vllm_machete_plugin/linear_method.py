@@ -2,7 +2,6 @@
 loading into the chosen backend's layout, and run the backend every forward."""
 from __future__ import annotations
 
-import weakref
 from typing import Optional
 
 import torch
@@ -30,9 +29,6 @@ LORA_DEVICE_ATTR = "qweight"
 # which holds our checkpoint-layout parameters, not the vmp_* tensors saved.
 _KERNEL_FORMAT_LOADERS = ("sharded_state", "runai_streamer_sharded")
 _announced: set[str] = set()  # backends already logged in this process
-# The layer this process prepared last, and the quantization config (one per model) it
-# belongs to: see _link_previous.
-_last_prepared: dict[str, weakref.ref] = {}
 
 
 @register_weight_loader_v2_supported_method
@@ -66,7 +62,7 @@ class MacheteLinearMethod(LinearMethodBase):
         """Repacks the loaded checkpoint parameters into the backend's tensors, registered as
         vmp_<name>. Runs again on vLLM's in-place weight reload (`reload_weights`, RLHF weight
         updates, sleep level 2): vLLM then copies the new tensors into the old ones, which
-        CUDA graphs captured, so the layout may not change; the prefetch links are kept."""
+        CUDA graphs captured, so the layout may not change."""
         part: Partition = layer.vmp_partition
         reloading = hasattr(layer, "vmp_spec")
         if layer.vmp_dummy and not reloading:  # a reload after a dummy load brings real weights
@@ -133,33 +129,6 @@ class MacheteLinearMethod(LinearMethodBase):
         layer.vmp_backend = backend
         layer.vmp_spec = spec
         layer.vmp_weight_names = tuple(prepared)
-        layer.vmp_prefix = self.prefix
-        if not reloading:  # a reload runs in checkpoint order, not the order the layers run in
-            self._link_previous(layer)
-
-    def _link_previous(self, layer: torch.nn.Module) -> None:
-        """Makes `layer` the next layer of the one this model prepared before it. vLLM prepares
-        the layers in module registration order, which in a decoder layer is the order they run
-        in (qkv, o, gate_up, down, then the next decoder layer's qkv), so a backend that
-        prefetches (Backend.prefetch_budget() > 0) can start reading this layer's weight while the
-        kernels between the two GEMMs run. A wrong guess costs only the prefetch: results never
-        depend on it. No link to a layer whose weight lives in host memory (vLLM's CPU
-        offloading): the prefetch asks L2 for device memory only. Stored outside the module tree
-        (not a submodule, not a parameter) and weakly: strong links would chain every layer to the
-        next, 320 deep on a 70B model, past what copy.deepcopy can recurse through."""
-        prev = _last_prepared.get("layer", lambda: None)()
-        same_model = _last_prepared.get("config", lambda: None)() is self.config
-        if (prev is not None and same_model and prev.vmp_backend is layer.vmp_backend
-                and prev.vmp_params_dtype == layer.vmp_params_dtype
-                and not any(offload.is_offloaded(t) for t in _prepared(layer).values())):
-            object.__setattr__(prev, "vmp_next", weakref.ref(layer))
-            budget = layer.vmp_backend.prefetch_budget()
-            if budget > 0 and "prefetch" not in _announced:
-                _announced.add("prefetch")
-                logger.info("vllm-machete-plugin: each layer prefetches up to %.3g MB of the next layer's weight "
-                            "into L2 (first: %s -> %s)", budget / 2**20, prev.vmp_prefix, self.prefix)
-        _last_prepared["layer"] = weakref.ref(layer)
-        _last_prepared["config"] = weakref.ref(self.config)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -168,13 +137,7 @@ class MacheteLinearMethod(LinearMethodBase):
         perm = getattr(layer, _PREFIX + "perm", None)
         if perm is not None:
             x2 = x2.index_select(1, perm)
-        backend = layer.vmp_backend
-        link = getattr(layer, "vmp_next", None) if backend.prefetch_budget() > 0 else None
-        nxt = link() if link is not None else None
-        if nxt is not None:
-            y = backend.apply(spec, _prepared(layer), x2.contiguous(), next_weights=_prepared(nxt))
-        else:
-            y = backend.apply(spec, _prepared(layer), x2.contiguous())
+        y = layer.vmp_backend.apply(spec, _prepared(layer), x2.contiguous())
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], spec.n)

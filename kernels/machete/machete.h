@@ -10,7 +10,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <vector>
 
 namespace vmp::machete {
 
@@ -32,20 +31,6 @@ enum Raster : int {
   kRasterTokens = 2,    // consecutive CTAs take consecutive token tiles of one feature tile (AlongN)
 };
 
-// The weight of the GEMM that runs next in the model (the next linear layer; the kernels
-// in between, norm, attention or activation, leave DRAM idle at decode sizes). The small-M
-// kernel asks L2 for the first `bytes` of it, spread over that GEMM's own stripes in the
-// order its blocks read them (that GEMM's small-M plan at this M), as its blocks finish, so
-// the next call starts from L2 (machete_small_m.cu, prefetch_next). A hint: results never
-// depend on it. Other kernels ignore it.
-struct NextWeight {
-  const void* w = nullptr;       // prepacked codes of the next layer; nullptr: no prefetch
-  const void* scales = nullptr;  // its [K/g, N] scales (and zeros), 2-byte elements
-  const void* zeros = nullptr;
-  int n = 0, k = 0, group_size = 0;
-  int64_t bytes = 0;             // budget (<= 0: no prefetch)
-};
-
 struct MMArgs {
   const void* x = nullptr;       // [M, K] act dtype, row stride ldx (elements), 16-byte aligned
   int64_t ldx = 0;
@@ -60,7 +45,6 @@ struct MMArgs {
   int raster = kRasterAuto;      // CUTLASS tiles only
   int swizzle = 1;               // CUTLASS tiles only: CTAs grouped 1, 2, 4 or 8 along the other dimension
   int device = 0, sm_count = 0;
-  NextWeight next;               // small-M kernel only
 };
 
 // The frozen schedule set. A tile name is "<tile N>x<tile M>": output features x tokens
@@ -116,19 +100,10 @@ struct SmallMPlan {
   int units = 0, stripe = 0, grid = 0;
   int locks = 0;   // lock slots used
   size_t partial_floats = 0;
-  // a.next's own small-M plan at this M (units, stripe, grid) and the 64-deep K columns of
-  // the head of each of its stripes that fit the budget (0: no prefetch).
-  int next_units = 0, next_stripe = 0, next_grid = 0, next_head_cols = 0;
 };
 const char* plan_small_m(int schedule, const MMArgs& a, SmallMPlan* plan);
 const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, float* partials, int* locks,
                         cudaStream_t stream);
-
-// Host only, for tests without a GPU: the byte ranges the small-M kernel asks L2 for when
-// `next` runs after it (prefetch_item in machete_small_m.cu), for all `blocks` blocks of a
-// call of `tokens` (8 or 16) per tile on `sms` SMs: [weight offset, bytes, group-row offset,
-// bytes] per item, offsets from next.w and next.scales (next's pointers are not read).
-std::vector<int64_t> small_m_prefetch_items(int tokens, int sms, int blocks, const NextWeight& next);
 
 // Mid-M kernel: the same contract as the small-M pair (partials need no initialisation,
 // locks are zero before and after), for any M, 32, 64 or 128 tokens per tile. X rows must

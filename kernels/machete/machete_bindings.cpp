@@ -19,7 +19,6 @@
 #include <vector>
 
 #include "../check.h"
-#include "../prefetch_args.h"
 #include "../device_limits.h"
 #include "machete.h"
 #include "machete_tile.h"
@@ -219,39 +218,9 @@ void run_own(const mc::Schedule& sched, mc::ActType act, const mc::MMArgs& a, co
   check_launch(cudaGetLastError(), op);
 }
 
-// The next layer's weight for the small-M kernel's L2 prefetch (mc::NextWeight): that layer's
-// own w, scales (and zeros) as this op takes them, or none. Shapes the kernel cannot prefetch
-// by (a group size that is not a power of two) get no prefetch.
-mc::NextWeight next_weight(const at::Tensor& x, const std::optional<at::Tensor>& next_w,
-                           const std::optional<at::Tensor>& next_scales, const std::optional<at::Tensor>& next_zeros,
-                           int64_t bytes) {
-  const char* op = "vmp::machete_mm";
-  mc::NextWeight nw;
-  if (!next_given(op, x, next_w, next_scales, next_zeros, bytes)) return nw;
-  const at::Tensor& w = *next_w;
-  const at::Tensor& s = *next_scales;
-  VMP_CHECK(w.dim() == 2 && (w.scalar_type() == at::kInt || w.scalar_type() == at::kUInt32) && w.is_contiguous(),
-            op, ": next_w must be the next layer's prepacked int32 or uint32 [K/8, N] weight, got ", w.scalar_type(),
-            " ", w.sizes());
-  const int64_t k = w.size(0) * 8, n = w.size(1);
-  check_next_groups(op, x, next_w, next_scales, next_zeros, k, n, "K", "N");
-  const int64_t group = k / s.size(0);
-  if (bytes == 0 || (group != k && (group & (group - 1)))) return nw;
-  nw.w = w.data_ptr();
-  nw.scales = s.data_ptr();
-  nw.zeros = next_zeros ? next_zeros->data_ptr() : nullptr;
-  nw.n = int(n);
-  nw.k = int(k);
-  nw.group_size = int(group);
-  nw.bytes = bytes;
-  return nw;
-}
-
 at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales,
                       const std::optional<at::Tensor>& zeros, int64_t group_size,
-                      const std::optional<std::string>& schedule, const std::optional<at::Tensor>& locks,
-                      const std::optional<at::Tensor>& next_w, const std::optional<at::Tensor>& next_scales,
-                      const std::optional<at::Tensor>& next_zeros, int64_t prefetch_bytes) {
+                      const std::optional<std::string>& schedule, const std::optional<at::Tensor>& locks) {
   const char* op = "vmp::machete_mm";
   VMP_CHECK(x.is_cuda() && x.dim() == 2, op, ": x must be a 2-D CUDA tensor [M, K], got ", x.sizes(), " on ",
               x.device());
@@ -321,7 +290,6 @@ at::Tensor machete_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   a.splits = sched.splits;
   a.raster = sched.raster;
   a.swizzle = sched.swizzle;
-  a.next = next_weight(x, next_w, next_scales, next_zeros, prefetch_bytes);
   const mc::ActType act = x.scalar_type() == at::kHalf ? mc::kF16 : mc::kBF16;
   if (mc::is_small_m(sched.tile)) {
     run_own<mc::SmallMPlan, &mc::plan_small_m, &mc::run_small_m>(sched, act, a, x, locks);
@@ -350,28 +318,6 @@ std::vector<std::string> machete_schedules() {
 }
 
 int64_t machete_small_m_locks() { return kSmallMLocks; }
-
-// Host only, for tests without a GPU: what the small-M kernel's `blocks` blocks (a call of
-// `tokens` per tile on `sms` SMs) prefetch of a next layer of N x K (group_size, -1:
-// channelwise; zero points or not) with a budget of `bytes`, as [weight offset, bytes,
-// group-row offset, bytes] per item (mc::small_m_prefetch_items).
-std::vector<int64_t> machete_prefetch_items(int64_t tokens, int64_t sms, int64_t blocks, int64_t n, int64_t k,
-                                            int64_t group_size, bool zeros, int64_t bytes) {
-  const int64_t g = group_size == -1 ? k : group_size;
-  VMP_CHECK((tokens == 8 || tokens == 16) && sms >= 1 && sms <= 65536 && blocks >= 1 && blocks <= 2 * sms &&
-                n >= 64 && n % 64 == 0 && k >= 64 && k % 64 == 0 && n <= kMaxDim && k <= kMaxDim && g >= 1 &&
-                k % g == 0 && (g == k || (g & (g - 1)) == 0) && bytes >= 0,
-            "vmp::machete_prefetch_items: needs tokens 8 or 16, 1 <= blocks <= 2 sms, N and K multiples of 64, a "
-            "power-of-two group dividing K (or -1) and bytes >= 0; got tokens=", tokens, " sms=", sms, " blocks=",
-            blocks, " N=", n, " K=", k, " group_size=", group_size, " bytes=", bytes);
-  mc::NextWeight nw;
-  nw.zeros = zeros_marker(zeros);
-  nw.n = int(n);
-  nw.k = int(k);
-  nw.group_size = int(g);
-  nw.bytes = bytes;
-  return mc::small_m_prefetch_items(int(tokens), int(sms), int(blocks), nw);
-}
 
 // The heuristic's pick (after VMP_MACHETE_SUBST) for a GPU with `sms` SMs; sms <= 0: the
 // current CUDA device's.
@@ -429,11 +375,8 @@ TORCH_LIBRARY_FRAGMENT(vmp, m) {
   m.def("machete_prepack(Tensor codes, bool has_zeros) -> Tensor");
   m.def(
       "machete_mm(Tensor x, Tensor w, Tensor scales, Tensor? zeros, int group_size, str? schedule=None, "
-      "Tensor? locks=None, Tensor? next_w=None, Tensor? next_scales=None, Tensor? next_zeros=None, "
-      "int prefetch_bytes=0) -> Tensor");
+      "Tensor? locks=None) -> Tensor");
   m.def("machete_small_m_locks() -> int", &vmp::machete_small_m_locks);
-  m.def("machete_prefetch_items(int tokens, int sms, int blocks, int n, int k, int group_size, bool zeros, "
-        "int bytes) -> int[]", &vmp::machete_prefetch_items);
   m.def("machete_schedules() -> str[]", &vmp::machete_schedules);
   m.def("machete_heuristic(int m, int n, int k, int sm_count=0) -> str", &vmp::machete_heuristic);
   m.def("wgmma_probe(int n, bool rs, int warpgroups, int in_flight, int iters, int dq=0, bool mma=True, "

@@ -26,8 +26,8 @@
 // sums the slots in block order, so the result is deterministic, and resets the lock.
 //
 // Only sm_80 instructions (cp.async, ldmatrix, mma.sync) plus the PDL controls (launched
-// through launch.h: the first stages' weights are fetched before pdl_wait()) and the bulk
-// L2 prefetch of the next layer's weight (prefetch_next); built into _machete_C (sm_90a).
+// through launch.h: the first stages' weights are fetched before pdl_wait()); built into
+// _machete_C (sm_90a).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -38,7 +38,6 @@
 #include "split_fixup.cuh"
 #include "stripes.h"
 #include "../device_limits.h"
-#include "../l2_prefetch.cuh"
 #include "../launch.h"
 #include "../ptx.cuh"
 
@@ -81,16 +80,6 @@ struct Params {
   int kb_count;  // units per row group = ceil(K / 128)
   int units, stripe;
   int stage_bytes;
-};
-
-// The next layer's weight (NextWeight, machete.h) and its own small-M stripes, the kernel's
-// second parameter; w == nullptr: no prefetch.
-struct NextParams {
-  const unsigned char* w;
-  const unsigned char* scales;
-  const unsigned char* zeros;
-  int n, na, k_atoms, kb_count, group_shift;
-  int units, stripe, grid, head_cols;  // head_cols >= 1 when w != nullptr
 };
 
 // ---- PTX wrappers: ../ptx.cuh ------------------------------------------------------
@@ -173,46 +162,11 @@ struct Ops<__nv_bfloat16> {
   __device__ static __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
 };
 
-// The prefetch of the next layer's weight: the heads of that layer's stripes, in the order
-// its blocks read them. Item i of block `block` of a grid of `blocks` is one 64-deep K column
-// of stripe block + (i / head_cols) blocks (column i % head_cols of the stripe): the octet's
-// atoms at that K (<= 16 KB, contiguous) and the group row of their scales (and zeros), as
-// byte offsets from the weight's and the scales' starts. Returns false past the block's last
-// item; w_bytes == 0 for an item past its stripe or past K. One definition for the kernel
-// and the host op vmp::machete_prefetch_items (CPU tests).
-__host__ __device__ inline bool prefetch_item(const NextParams& q, int block, int blocks, int i, PrefetchSpan* it) {
-  constexpr int kOctetAtoms = kWarps * kAtoms;
-  const int s = block + i / q.head_cols * blocks;
-  if (s >= q.grid) return false;
-  it->w_bytes = it->g_bytes = 0;
-  const int c = i % q.head_cols;  // unit c / 2 of stripe s, its half c % 2
-  const int u = s * q.stripe + c / 2;
-  const int stripe_end = (s + 1) * q.stripe < q.units ? (s + 1) * q.stripe : q.units;
-  if (u >= stripe_end) return true;
-  const int rgo = u / q.kb_count, ak = 2 * (u % q.kb_count) + c % 2;
-  if (ak >= q.k_atoms) return true;  // K % 128 == 64: the last unit has one column
-  const int left = q.na - rgo * kOctetAtoms;  // the last octet may be partial
-  const int atoms = left < kOctetAtoms ? left : kOctetAtoms;
-  it->w_off = (static_cast<size_t>(ak) * q.na + rgo * kOctetAtoms) * 512;
-  it->w_bytes = atoms * 512;
-  it->g_off = (static_cast<size_t>((ak * kStageK) >> q.group_shift) * q.n + rgo * kOctetAtoms * kAtomN) * 2;
-  it->g_bytes = atoms * kAtomN * 2;
-  return true;
-}
-
-// This block's share of the prefetch; the lanes of one warp take the items in turn. Not
-// inlined: a call leaves the main loop's register allocation nearly as it is without one
-// (SASS: the loop within 2 instructions of the plain kernel's; inlined, 21-39 more).
-__device__ __noinline__ void prefetch_next(const NextParams& q, int lane) {
-  prefetch_block({q.w, q.scales, q.zeros}, lane,
-                 [&](int i, PrefetchSpan* it) { return prefetch_item(q, blockIdx.x, gridDim.x, i, it); });
-}
-
 // kT token blocks of 8 (M <= 8 kT). Shared memory: [zero row][per warp: kStages stages of
 // p.stage_bytes]. Warp w of a block owns row group 8*rgo + w of every block unit (rgo, kb)
 // of the block's stripe, so the 8 warps read the same X chunk (copied through L1, .ca).
-template <typename T, int kT, bool kZeros, bool kPrefetch>
-__global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(const Params p, const NextParams next) {
+template <typename T, int kT, bool kZeros>
+__global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(const Params p) {
   using O = Ops<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -472,28 +426,20 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kT)) small_m_kernel(co
     fixup_release(lock);
   }
   cp_async_wait<0>();
-  // The next layer's weight streams in behind this kernel's end and the kernels between the
-  // two GEMMs.
-  if constexpr (kPrefetch) {
-    if (warp == 0) prefetch_next(next, lane);
-  }
 }
 
-// kPrefetch: a separate variant, so that the kernel without a prefetch is the code it was
-// before the prefetch existed (the same SASS).
-template <typename T, bool kZeros, bool kPrefetch>
+template <typename T, bool kZeros>
 const void* kernel_for_type(int t) {
-  return t == 1 ? reinterpret_cast<const void*>(&small_m_kernel<T, 1, kZeros, kPrefetch>)
-                : reinterpret_cast<const void*>(&small_m_kernel<T, 2, kZeros, kPrefetch>);
+  return t == 1 ? reinterpret_cast<const void*>(&small_m_kernel<T, 1, kZeros>)
+                : reinterpret_cast<const void*>(&small_m_kernel<T, 2, kZeros>);
 }
 template <typename T>
-const void* kernel_for_type(bool zeros, bool prefetch, int t) {
-  if (zeros) return prefetch ? kernel_for_type<T, true, true>(t) : kernel_for_type<T, true, false>(t);
-  return prefetch ? kernel_for_type<T, false, true>(t) : kernel_for_type<T, false, false>(t);
+const void* kernel_for_type(bool zeros, int t) {
+  return zeros ? kernel_for_type<T, true>(t) : kernel_for_type<T, false>(t);
 }
 
-const void* kernel_for(ActType act, bool zeros, bool prefetch, int t) {
-  return act == kF16 ? kernel_for_type<half>(zeros, prefetch, t) : kernel_for_type<__nv_bfloat16>(zeros, prefetch, t);
+const void* kernel_for(ActType act, bool zeros, int t) {
+  return act == kF16 ? kernel_for_type<half>(zeros, t) : kernel_for_type<__nv_bfloat16>(zeros, t);
 }
 
 // Block units of an N x K call: (octet of 8 row groups, 128-deep k block), octet-major;
@@ -503,42 +449,6 @@ long long block_units(int n, int k) {
 }
 Stripes unit_stripes(long long units, int sms, int t) {
   return split_stripes(units, static_cast<long long>(sms) * blocks_per_sm(t));
-}
-
-// The next layer's call runs this schedule at this M too (one batch goes through every
-// layer), so its own stripes (units, stripe, grid) say what its blocks read first; `bytes`
-// pays for head_cols K columns of each stripe head. A next weight the small-M kernel cannot
-// run gets no prefetch (a hint, never an error); its shared memory is this call's (same M).
-void plan_next(int t, int sms, const NextWeight& nw, SmallMPlan* plan) {
-  plan->next_units = plan->next_stripe = plan->next_grid = plan->next_head_cols = 0;
-  if (nw.bytes <= 0 || nw.n <= 0 || nw.k <= 0 || nw.n % kRows || nw.k % kStageK) return;
-  const long long units = block_units(nw.n, nw.k);
-  const Stripes sp = unit_stripes(units, sms, t);
-  const long long col_bytes = kWarps * kWBytes + (nw.zeros != nullptr ? 2 : 1) * kWarps * kGBytes;
-  const long long cols = std::min<long long>(nw.bytes / (col_bytes * sp.grid), 2LL * sp.stripe);
-  if (cols <= 0 || units > (1LL << 30)) return;
-  plan->next_units = static_cast<int>(units);
-  plan->next_stripe = sp.stripe;
-  plan->next_grid = sp.grid;
-  plan->next_head_cols = static_cast<int>(cols);
-}
-
-NextParams next_params(const NextWeight& nw, const SmallMPlan& plan) {
-  NextParams q{};
-  if (plan.next_head_cols <= 0) return q;
-  q.w = static_cast<const unsigned char*>(nw.w);
-  q.scales = static_cast<const unsigned char*>(nw.scales);
-  q.zeros = static_cast<const unsigned char*>(nw.zeros);
-  q.n = nw.n;
-  q.na = nw.n / kAtomN;
-  q.k_atoms = nw.k / kStageK;
-  q.kb_count = (nw.k + kUnitK - 1) / kUnitK;
-  q.group_shift = nw.group_size == nw.k ? kChannelShift : __builtin_ctz(static_cast<unsigned>(nw.group_size));
-  q.units = plan.next_units;
-  q.stripe = plan.next_stripe;
-  q.grid = plan.next_grid;
-  q.head_cols = plan.next_head_cols;
-  return q;
 }
 
 }  // namespace
@@ -564,15 +474,13 @@ const char* plan_small_m(int schedule, const MMArgs& a, SmallMPlan* plan) {
   plan->grid = sp.grid;
   plan->partial_floats = static_cast<size_t>(plan->grid) * 2 * kWarps * kSlotFloats;
   plan->locks = plan->grid * kWarps;
-  plan_next(t, a.sm_count, a.next.w != nullptr ? a.next : NextWeight{}, plan);
   return nullptr;
 }
 
 const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, float* partials, int* locks,
                         cudaStream_t stream) {
   const int t = plan.tokens / 8;
-  NextParams next = next_params(a.next, plan);
-  const void* fn = kernel_for(act, a.zeros != nullptr, next.w != nullptr, t);
+  const void* fn = kernel_for(act, a.zeros != nullptr, t);
   if (allow_dynamic_smem(fn, a.device, plan.smem_bytes) != cudaSuccess)
     return "cudaFuncSetAttribute (dynamic shared memory) failed for the small-M kernel";
   Params p;
@@ -595,19 +503,11 @@ const char* run_small_m(ActType act, const SmallMPlan& plan, const MMArgs& a, fl
   p.units = plan.units;
   p.stripe = plan.stripe;
   p.stage_bytes = plan.stage_bytes;
-  void* args[] = {&p, &next};
+  void* args[] = {&p};
   if (launch_kernel(fn, dim3(plan.grid), dim3(kThreads), args, static_cast<size_t>(plan.smem_bytes), stream,
                     kernel_has_pdl(fn)) != cudaSuccess)
     return "small-M kernel launch failed";
   return nullptr;
-}
-
-std::vector<int64_t> small_m_prefetch_items(int tokens, int sms, int blocks, const NextWeight& next) {
-  SmallMPlan plan;
-  plan_next(tokens / 8, sms, next, &plan);
-  const NextParams q = next_params(next, plan);
-  if (q.head_cols <= 0) return {};
-  return list_prefetch(blocks, [&](int b, int i, PrefetchSpan* it) { return prefetch_item(q, b, blocks, i, it); });
 }
 
 }  // namespace vmp::machete

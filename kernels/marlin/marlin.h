@@ -6,7 +6,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <vector>
 
 #include "../device_limits.h"
 #include "marlin_stripes.h"
@@ -27,27 +26,6 @@ cudaError_t repack(const uint8_t* codes, int k, int n, int k_pad, int n_pad, uin
 cudaError_t permute_groups(const uint16_t* src, int g, int n, int g_pad, int n_pad, uint16_t* dst,
                            cudaStream_t stream);
 
-// The weight of the GEMM that runs next in the model (the next linear layer; the kernels in
-// between, norm, attention or activation, leave DRAM idle at decode sizes). As its blocks
-// finish, the kernel asks L2 for the first `bytes` of it, spread over the heads of that GEMM's
-// own stripes (its plan at this M) in the order its blocks read them (marlin_gemm.cu,
-// prefetch_item). A hint: results never depend on it.
-struct NextWeight {
-  const void* w = nullptr;       // its packed weight [k_pad/16, 2*n_pad]; nullptr: no prefetch
-  const void* scales = nullptr;  // its [groups, n_pad] group rows (and zero points), 2-byte elements
-  const void* zeros = nullptr;
-  int n_pad = 0, k_pad = 0;
-  int group_size = 0;            // 32, 64 or 128, or -1 (channelwise)
-  int64_t bytes = 0;             // budget (<= 0: no prefetch)
-};
-
-// What of a NextWeight a call prefetches: that GEMM's stripes and the first head_units units
-// of each (0: nothing).
-struct NextPlan {
-  StripeMap stripes;
-  int head_units = 0;
-};
-
 // How one GEMM call is split; computed on the host from the shape and the device.
 struct GemmPlan {
   DType dtype;
@@ -59,7 +37,6 @@ struct GemmPlan {
   bool drain;           // the reduction tile overlays the stages (marlin_gemm.cu, smem_bytes)
   int smem_bytes;
   size_t reduce_floats;  // fp32 scratch for the cross-block reduction (no initialisation needed)
-  NextPlan next;         // the prefetch of the next layer's weight (plan_gemm's `next`)
 };
 
 // Caps on the plan's free choices (0: the default). Set from VMP_MARLIN_PLAN by the
@@ -94,18 +71,7 @@ bool choose_tile(int m, int n_pad, int k_pad, DeviceLimits lim, const PlanHints&
 // Fails (cudaErrorInvalidValue) when the device lacks the shared memory for any config.
 // k_pad % kTileK == 0 and n_pad % kTileN == 0 (marlin_layout.cuh).
 cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, const PlanHints& hints,
-                      GemmPlan* plan, const NextWeight& next = NextWeight{});
-
-// The prefetch of `next` by a call at M = m on a device with `lim` (host code only): nothing
-// unless the tile at this M has 16 rows (the prefetching kernels); else the next GEMM's own
-// plan at this M (choose_tile; its blocks per SM taken as resident) and the head of each of its
-// stripes that next.bytes pays for.
-NextPlan plan_next(int m, const NextWeight& next, const DeviceLimits& lim, const PlanHints& hints);
-
-// Host only, for tests without a GPU: the byte ranges all `blocks` blocks of a call ask L2 for
-// under `plan`: [weight offset, bytes, group-row offset, bytes] per item, offsets from next.w and
-// next.scales (next's pointers are not read).
-std::vector<int64_t> prefetch_items(const NextWeight& next, const NextPlan& plan, int blocks);
+                      GemmPlan* plan);
 
 struct GemmArgs {
   DType dtype;
@@ -118,7 +84,6 @@ struct GemmArgs {
   int* locks;          // >= plan.stripes.grid() ints (slice counters), zero before the call and after it
   int m, n, n_pad, k_pad;
   int group_size;      // 32, 64 or 128 dividing k_pad, or -1 for one group (channelwise)
-  NextWeight next;     // the next layer's weight, prefetched as plan.next says
 };
 
 cudaError_t gemm(const GemmArgs& args, const GemmPlan& plan, cudaStream_t stream);

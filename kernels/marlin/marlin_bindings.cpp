@@ -14,7 +14,6 @@
 #include <vector>
 
 #include "../check.h"
-#include "../prefetch_args.h"
 #include "../registration.h"
 #include "marlin.h"
 #include "marlin_layout.cuh"
@@ -120,39 +119,9 @@ at::Tensor marlin_permute_groups(const at::Tensor& src, int64_t g_pad, int64_t n
   return out;
 }
 
-// The next layer's weight for the kernel's L2 prefetch (mk::NextWeight): that layer's own
-// w, scales (and zeros) as this op takes them, or none.
-mk::NextWeight next_weight(const at::Tensor& x, const std::optional<at::Tensor>& next_w,
-                           const std::optional<at::Tensor>& next_scales, const std::optional<at::Tensor>& next_zeros,
-                           int64_t bytes) {
-  const char* op = "vmp::marlin_gemm";
-  mk::NextWeight nw;
-  if (!next_given(op, x, next_w, next_scales, next_zeros, bytes)) return nw;
-  const at::Tensor& w = *next_w;
-  const at::Tensor& s = *next_scales;
-  VMP_CHECK(w.dim() == 2 && w.scalar_type() == at::kInt && w.is_contiguous() && w.size(0) % (kTileK / 16) == 0 &&
-                w.size(0) > 0 && w.size(1) % (2 * kTileN) == 0 && w.size(1) > 0,
-            op, ": next_w must be the next layer's int32 [K_pad/16, 2*N_pad] weight from vmp::marlin_repack, got ",
-            w.scalar_type(), " ", w.sizes());
-  const int64_t k_pad = w.size(0) * 16, n_pad = w.size(1) / 2;
-  check_next_groups(op, x, next_w, next_scales, next_zeros, k_pad, n_pad, "K_pad", "N_pad");
-  const int64_t group = s.size(0) == 1 ? -1 : k_pad / s.size(0);
-  if (bytes == 0 || (group != -1 && group != 32 && group != 64 && group != 128)) return nw;
-  nw.w = w.data_ptr();
-  nw.scales = s.data_ptr();
-  nw.zeros = next_zeros ? next_zeros->data_ptr() : nullptr;
-  nw.n_pad = int(n_pad);
-  nw.k_pad = int(k_pad);
-  nw.group_size = int(group);
-  nw.bytes = bytes;
-  return nw;
-}
-
 at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales,
                        const std::optional<at::Tensor>& zeros, const at::Tensor& workspace, int64_t size_n,
-                       int64_t group_size, const std::optional<std::string>& plan_spec,
-                       const std::optional<at::Tensor>& next_w, const std::optional<at::Tensor>& next_scales,
-                       const std::optional<at::Tensor>& next_zeros, int64_t prefetch_bytes) {
+                       int64_t group_size, const std::optional<std::string>& plan_spec) {
   const char* op = "vmp::marlin_gemm";
   check_cuda_2d(x, op, "x");
   VMP_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, op,
@@ -206,10 +175,9 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 
   const mk::DType dtype = x.scalar_type() == at::kHalf ? mk::DType::kFloat16 : mk::DType::kBFloat16;
   const mk::PlanHints hints = plan_spec ? parse_plan(plan_spec->c_str(), "vmp::marlin_gemm plan") : plan_hints();
-  const mk::NextWeight next = next_weight(x, next_w, next_scales, next_zeros, prefetch_bytes);
   mk::GemmPlan plan;
   check_launch(mk::plan_gemm(static_cast<int>(m), static_cast<int>(n_pad), static_cast<int>(k_pad), dtype,
-                             x.get_device(), hints, &plan, next),
+                             x.get_device(), hints, &plan),
                op);
   VMP_CHECK(workspace.numel() >= plan.stripes.grid(), op, ": workspace has ", workspace.numel(),
               " ints, this call needs ", plan.stripes.grid(), "; fix: allocate torch.zeros(4 * multiprocessor count, dtype=torch.int32) once per layer");
@@ -229,7 +197,6 @@ at::Tensor marlin_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   args.n_pad = static_cast<int>(n_pad);
   args.k_pad = static_cast<int>(k_pad);
   args.group_size = static_cast<int>(group_size);
-  args.next = next;
   check_launch(mk::gemm(args, plan, c10::cuda::getCurrentCUDAStream()), op);
   return out;
 }
@@ -285,34 +252,6 @@ std::vector<int64_t> marlin_tile_plan(int64_t m, int64_t n_pad, int64_t k_pad, i
   return {t.m_blocks, t.chunks, t.stages, t.blocks_per_sm, t.drain, t.smem_bytes};
 }
 
-// Host only, for tests without a GPU: what all `blocks` blocks of a call at M = m prefetch of a
-// next layer of N_pad x K_pad (group_size, -1: channelwise; zero points or not) with a budget of
-// `bytes`, on a GPU with these limits (marlin_tile_plan's) under `plan`, as [weight offset,
-// bytes, group-row offset, bytes] per item (mk::prefetch_items), after the next layer's stripes
-// as [grid, head units].
-std::vector<int64_t> marlin_prefetch_items(int64_t m, int64_t n_pad, int64_t k_pad, int64_t group_size, bool zeros,
-                                           int64_t sms, int64_t smem_per_sm, int64_t smem_optin,
-                                           int64_t smem_reserved, int64_t blocks, int64_t bytes,
-                                           const std::optional<std::string>& plan) {
-  const char* op = "vmp::marlin_prefetch_items";
-  const DeviceLimits lim = host_limits(op, m, n_pad, k_pad, sms, smem_per_sm, smem_optin, smem_reserved);
-  VMP_CHECK((group_size == -1 || group_size == 32 || group_size == 64 || group_size == 128) && sms <= 65536 &&
-                blocks >= 1 && blocks <= 2 * sms && bytes >= 0,
-            op, ": needs a next layer's group_size -1, 32, 64 or 128, and 1 <= blocks <= 2 sms, sms <= 65536 and "
-            "bytes >= 0; got group_size=", group_size, ", sms=", sms, ", blocks=", blocks, ", bytes=", bytes);
-  const mk::PlanHints hints = plan ? parse_plan(plan->c_str(), "vmp::marlin_prefetch_items plan") : mk::PlanHints{};
-  mk::NextWeight nw;
-  nw.zeros = zeros_marker(zeros);
-  nw.n_pad = static_cast<int>(n_pad);
-  nw.k_pad = static_cast<int>(k_pad);
-  nw.group_size = static_cast<int>(group_size);
-  nw.bytes = bytes;
-  const mk::NextPlan np = mk::plan_next(static_cast<int>(m), nw, lim, hints);
-  std::vector<int64_t> out = mk::prefetch_items(nw, np, static_cast<int>(blocks));
-  out.insert(out.end(), {np.head_units > 0 ? np.stripes.grid() : 0, np.head_units});
-  return out;
-}
-
 }  // namespace
 
 void register_marlin_ops(torch::Library& m) {
@@ -325,11 +264,7 @@ void register_marlin_ops(torch::Library& m) {
   m.def("marlin_permute_groups(Tensor src, SymInt g_pad, SymInt n_pad) -> Tensor");
   m.def(
       "marlin_gemm(Tensor x, Tensor w, Tensor scales, Tensor? zeros, Tensor workspace, SymInt size_n, "
-      "int group_size, str? plan=None, Tensor? next_w=None, Tensor? next_scales=None, Tensor? next_zeros=None, "
-      "int prefetch_bytes=0) -> Tensor");
-  m.def("marlin_prefetch_items(int m, int n_pad, int k_pad, int group_size, bool zeros, int sms, int smem_per_sm, "
-        "int smem_optin, int smem_reserved, int blocks, int bytes, str? plan=None) -> int[]",
-        &marlin_prefetch_items);
+      "int group_size, str? plan=None) -> Tensor");
   m.impl("marlin_repack", torch::dispatch(c10::DispatchKey::CUDA, TORCH_FN(marlin_repack)));
   m.impl("marlin_permute_groups", torch::dispatch(c10::DispatchKey::CUDA, TORCH_FN(marlin_permute_groups)));
   m.impl("marlin_gemm", torch::dispatch(c10::DispatchKey::CUDA, TORCH_FN(marlin_gemm)));

@@ -27,7 +27,6 @@
 #include "marlin_layout.cuh"
 #include "marlin_stripes.h"
 #include "../device_limits.h"
-#include "../l2_prefetch.cuh"
 #include "../launch.h"
 #include "../ptx.cuh"
 
@@ -209,49 +208,6 @@ struct KernelParams {
   StripeMap map;
 };
 
-// The next layer's weight (NextWeight, marlin.h) and what of it to prefetch (NextPlan), the
-// kernel's second parameter; w == nullptr: no prefetch.
-struct NextParams {
-  const unsigned char* w;
-  const unsigned char* scales;
-  const unsigned char* zeros;
-  StripeMap map;
-  int n_pad, group_shift, head_units;  // head_units >= 1 when w != nullptr
-};
-
-// The prefetch of the next layer's weight: the heads of that layer's stripes, in the order its
-// blocks read them. Item i of block `block` of a grid of `blocks` is band r = i % 8 (16 k rows,
-// a 2 KB run of marlin_layout.cuh) of unit j = i / 8 % head_units of stripe block + i / (8
-// head_units) * blocks, with the unit's group row r (512 bytes of scales, and zero points) for
-// r below its group rows, as byte offsets from the weight's and the group rows' starts. Returns
-// false past the block's last item; w_bytes == 0 for an item past its stripe. One definition for
-// the kernel and the host-only prefetch_items (CPU tests).
-__host__ __device__ inline bool prefetch_item(const NextParams& q, int block, int blocks, int i, PrefetchSpan* it) {
-  constexpr int kBands = kTileK / kSubK;
-  const int per_stripe = kBands * q.head_units;
-  const int s = block + i / per_stripe * blocks;
-  if (s >= q.map.grid()) return false;
-  it->w_bytes = it->g_bytes = 0;
-  const int u = q.map.begin(s) + i % per_stripe / kBands, r = i % kBands;
-  if (u >= q.map.end(s)) return true;
-  const int slice = u / q.map.k_tiles, kt = u % q.map.k_tiles, nt = q.map.n_tile_of(slice);
-  it->w_off = (static_cast<size_t>(kt * kBands + r) * (q.n_pad / kSubN) + nt * (kTileN / kSubN)) * kSubBytes;
-  it->w_bytes = kTileN / kSubN * kSubBytes;
-  const int group_rows = q.group_shift < kOneGroupShift ? kTileK >> q.group_shift : 1;
-  if (r < group_rows) {
-    it->g_off = (static_cast<size_t>(((kt * kTileK) >> q.group_shift) + r) * q.n_pad + nt * kTileN) * 2;
-    it->g_bytes = kGroupRowBytes;
-  }
-  return true;
-}
-
-// This block's share of the prefetch; the lanes of one warp take the items in turn. Not
-// inlined: a call leaves the main loop's register allocation nearly as it is without one.
-__device__ __noinline__ void prefetch_next(const NextParams& q, int lane) {
-  prefetch_block({q.w, q.scales, q.zeros}, lane,
-                 [&](int i, PrefetchSpan* it) { return prefetch_item(q, blockIdx.x, gridDim.x, i, it); });
-}
-
 // kZeros = false: symmetric u4b8 only (zero point 8 folded into immediates, fewer
 // registers); kZeros = true handles both (zero points when p.zeros != nullptr).
 // kSwap (MB == 1, M <= 8): the transposed product Y^T = W^T X^T, the weight as the MMA's
@@ -260,15 +216,10 @@ __device__ __noinline__ void prefetch_next(const NextParams& q, int lane) {
 // The dequantized registers are the same; only their roles and the output mapping change.
 // kStages: cp.async pipeline depth (stages_compiled(MB, kStages, kDrain)); kDrain: the
 // reduction tile overlays the stages (smem_bytes above).
-// kPrefetch (MB == 1 only: the decode sizes): at its end the kernel prefetches the next
-// layer's weight (prefetch_next); a separate variant, so the kernel without it is the code it
-// was before the prefetch existed.
-template <typename T, int MB, bool kZeros, bool kSwap, int kStages, bool kDrain, bool kPrefetch>
-__global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const KernelParams p,
-                                                                               const NextParams next) {
+template <typename T, int MB, bool kZeros, bool kSwap, int kStages, bool kDrain>
+__global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const KernelParams p) {
   static_assert(kStages >= 3 && kStages <= kMaxStages, "the refill of a stage needs 2 more in flight");
   static_assert(!kDrain || blocks_per_sm(MB) == 1, "a drained pipeline is for one block per SM");
-  static_assert(!kPrefetch || (MB == 1 && !kDrain), "the prefetch is compiled for 16-row tiles only");
   using O = Ops<T>;
   using T2 = typename O::T2;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -691,37 +642,19 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(MB)) gemm_kernel(const
       start(u, load_stop(u, cp), false);
     }
   }
-  // The next layer's weight streams in behind this kernel's end and the kernels between the
-  // two GEMMs.
-  if constexpr (kPrefetch) {
-    if (warp == 0) prefetch_next(next, lane);
-  }
 }
 
 // Every M-tile has a zero-point-free variant (u4b8: zero point 8 folded into immediates,
 // fewer registers and instructions) and one that handles both cases at run time; each is
 // compiled for the depths of stages_compiled only.
-template <typename T, int MB, bool kSwap, int kStages, bool kDrain = false, bool kPrefetch = false>
+template <typename T, int MB, bool kSwap, int kStages, bool kDrain = false>
 const void* kernel_for_stages(bool zeros) {
   static_assert(stages_compiled(MB, kStages, kDrain), "depth not in stages_compiled");
-  return zeros ? reinterpret_cast<const void*>(&gemm_kernel<T, MB, true, kSwap, kStages, kDrain, kPrefetch>)
-               : reinterpret_cast<const void*>(&gemm_kernel<T, MB, false, kSwap, kStages, kDrain, kPrefetch>);
-}
-template <typename T, bool kSwap>
-const void* kernel_with_prefetch(int stages, bool zeros) {
-  switch (stages) {
-    case 3: return kernel_for_stages<T, 1, kSwap, 3, false, true>(zeros);
-    case 4: return kernel_for_stages<T, 1, kSwap, 4, false, true>(zeros);
-    case 6: return kernel_for_stages<T, 1, kSwap, 6, false, true>(zeros);
-    default: return nullptr;  // not compiled
-  }
+  return zeros ? reinterpret_cast<const void*>(&gemm_kernel<T, MB, true, kSwap, kStages, kDrain>)
+               : reinterpret_cast<const void*>(&gemm_kernel<T, MB, false, kSwap, kStages, kDrain>);
 }
 template <typename T>
-const void* kernel_for_type(int mb, int stages, bool drain, bool zeros, bool swap, bool prefetch) {
-  if (prefetch) {
-    if (mb != 1 || drain) return nullptr;
-    return swap ? kernel_with_prefetch<T, true>(stages, zeros) : kernel_with_prefetch<T, false>(stages, zeros);
-  }
+const void* kernel_for_type(int mb, int stages, bool drain, bool zeros, bool swap) {
   if (drain) {
     switch (mb * 16 + stages) {
       case 32 + 3: return kernel_for_stages<T, 2, false, 3, true>(zeros);
@@ -744,11 +677,10 @@ const void* kernel_for_type(int mb, int stages, bool drain, bool zeros, bool swa
 }
 
 // nullptr when (mb, stages, drain) is not compiled (!stages_compiled), swap is asked for mb > 1
-// or prefetch for mb > 1 or a drained tile.
-const void* kernel_for(DType dtype, int mb, int stages, bool drain, bool zeros, bool swap, bool prefetch = false) {
+const void* kernel_for(DType dtype, int mb, int stages, bool drain, bool zeros, bool swap) {
   if (swap && mb != 1) return nullptr;
-  return dtype == DType::kFloat16 ? kernel_for_type<half>(mb, stages, drain, zeros, swap, prefetch)
-                                  : kernel_for_type<__nv_bfloat16>(mb, stages, drain, zeros, swap, prefetch);
+  return dtype == DType::kFloat16 ? kernel_for_type<half>(mb, stages, drain, zeros, swap)
+                                  : kernel_for_type<__nv_bfloat16>(mb, stages, drain, zeros, swap);
 }
 
 int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
@@ -809,51 +741,8 @@ bool choose_tile(int m, int n_pad, int k_pad, DeviceLimits lim, const PlanHints&
   return true;
 }
 
-NextPlan plan_next(int m, const NextWeight& next, const DeviceLimits& lim, const PlanHints& hints) {
-  NextPlan out;
-  TileChoice t;
-  if (next.bytes <= 0 || next.n_pad < kTileN || next.k_pad < kTileK || next.n_pad % kTileN || next.k_pad % kTileK ||
-      !choose_tile(m, next.n_pad, next.k_pad, lim, hints, &t))
-    return out;
-  // Only the 16-row tiles prefetch (kPrefetch: 1..16 tokens, where the weight stream is all). The
-  // calling layer's tile at this M has the next one's rows and drain: choose_tile's rows depend
-  // on M, the GPU and the hints, not on the layer.
-  if (t.m_blocks != 1 || t.drain) return out;
-  const int n_tiles = next.n_pad / kTileN, k_tiles = next.k_pad / kTileK;
-  if (static_cast<long long>(t.chunks) * n_tiles * k_tiles > INT_MAX) return out;
-  const StripeMap map = StripeMap::plan(t.chunks, n_tiles, k_tiles, lim.sms * t.blocks_per_sm, hints.chunk_major);
-  const int group_rows = next.group_size == -1 ? 1 : kTileK / next.group_size;
-  const long long unit_bytes = kBBytes + (next.zeros != nullptr ? 2 : 1) * group_rows * kGroupRowBytes;
-  const long long head = std::min<long long>(next.bytes / (unit_bytes * map.grid()), map.per);
-  if (head <= 0) return out;
-  out.stripes = map;
-  out.head_units = static_cast<int>(head);
-  return out;
-}
-
-namespace {
-NextParams next_params(const NextWeight& next, const NextPlan& plan) {
-  NextParams q{};
-  if (plan.head_units <= 0) return q;
-  q.w = static_cast<const unsigned char*>(next.w);
-  q.scales = static_cast<const unsigned char*>(next.scales);
-  q.zeros = static_cast<const unsigned char*>(next.zeros);
-  q.map = plan.stripes;
-  q.n_pad = next.n_pad;
-  q.group_shift = next.group_size == -1 ? kOneGroupShift : __builtin_ctz(static_cast<unsigned>(next.group_size));
-  q.head_units = plan.head_units;
-  return q;
-}
-}  // namespace
-
-std::vector<int64_t> prefetch_items(const NextWeight& next, const NextPlan& plan, int blocks) {
-  const NextParams q = next_params(next, plan);
-  if (q.head_units <= 0) return {};
-  return list_prefetch(blocks, [&](int b, int i, PrefetchSpan* it) { return prefetch_item(q, b, blocks, i, it); });
-}
-
 cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, const PlanHints& hints,
-                      GemmPlan* plan, const NextWeight& next) {
+                      GemmPlan* plan) {
   if (m <= 0 || n_pad <= 0 || k_pad <= 0 || n_pad % kTileN || k_pad % kTileK) return cudaErrorInvalidValue;
   DeviceLimits lim;
   cudaError_t err = device_limits(device, &lim);
@@ -881,7 +770,6 @@ cudaError_t plan_gemm(int m, int n_pad, int k_pad, DType dtype, int device, cons
   plan->drain = t.drain;
   plan->smem_bytes = t.smem_bytes;
   plan->reduce_floats = static_cast<size_t>(plan->stripes.grid()) * 2 * t.m_blocks * 16 * kTileN;  // 2 slots per block
-  plan->next = next.w != nullptr ? plan_next(m, next, lim, hints) : NextPlan{};
   return cudaSuccess;
 }
 
@@ -903,8 +791,7 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
   if (map.n_tiles != a.n_pad / kTileN || map.k_tiles != a.k_pad / kTileK ||
       static_cast<long long>(map.chunks) * 16 * plan.m_blocks < a.m)
     return cudaErrorInvalidValue;
-  const bool prefetch = a.next.w != nullptr && plan.next.head_units > 0;
-  const void* fn = kernel_for(a.dtype, plan.m_blocks, plan.stages, plan.drain, a.zeros != nullptr, plan.swap, prefetch);
+  const void* fn = kernel_for(a.dtype, plan.m_blocks, plan.stages, plan.drain, a.zeros != nullptr, plan.swap);
   if (a.dtype != plan.dtype || fn == nullptr) return cudaErrorInvalidValue;
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
@@ -925,8 +812,7 @@ cudaError_t gemm(const GemmArgs& a, const GemmPlan& plan, cudaStream_t stream) {
   p.k_pad = a.k_pad;
   p.group_shift = shift;
   p.map = plan.stripes;
-  NextParams next = prefetch ? next_params(a.next, plan.next) : NextParams{};
-  void* kargs[] = {&p, &next};
+  void* kargs[] = {&p};
   return launch_kernel(fn, dim3(plan.stripes.grid()), dim3(kThreads), kargs, static_cast<size_t>(plan.smem_bytes), stream,
                        kernel_has_pdl(fn));
 }

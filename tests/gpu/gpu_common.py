@@ -2,7 +2,6 @@
 layer spec for one, and CUDA-graph capture."""
 from __future__ import annotations
 
-import re
 
 import torch
 
@@ -47,19 +46,6 @@ def prepare_layers(backend, dtype: torch.dtype, shapes) -> list[tuple[CanonicalW
         spec = spec_for(w, dtype)
         out.append((w, spec, backend.prepare(spec, w)))
     return out
-
-
-def prefetch_flags(fn, kernel: str) -> list[str]:
-    """The kPrefetch template argument (the last, 'true' or 'false') of every launch of our
-    `kernel` (small_m_kernel, gemm_kernel) that fn() makes, read from the profiler's kernel names."""
-    from torch.profiler import ProfilerActivity, profile
-    fn()  # plans, allocations and first-launch attribute calls outside the profile
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    names = [e.name for e in prof.events() if f"{kernel}<" in e.name]
-    return [re.search(rf"{kernel}<[^()]*?(true|false)>", name).group(1) for name in names]
 
 
 def capture_graph(fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

@@ -25,7 +25,7 @@ from vllm_machete_plugin.backends.machete import (MacheteBackend, kernels_built,
                                                   schedules)
 from vllm_machete_plugin.canonical import SYMMETRIC_ZERO, CanonicalW4, dequantize
 from vllm_machete_plugin.machete_layout_ref import prepack_ref
-from gpu_common import (DEV, capture_graph, in_host_memory, make_weight, prefetch_flags, prepare_layers,  # noqa: E402
+from gpu_common import (DEV, capture_graph, in_host_memory, make_weight, prepare_layers,  # noqa: E402
                         spec_for)
 
 
@@ -269,62 +269,6 @@ def test_strided_input_view(dtype):
     y = run_mm(x, prepared, 128)
     assert_close(y, x, w)
     assert torch.equal(y, run_mm(x.contiguous(), prepared, 128))
-
-
-# ---- the L2 prefetch of the next layer's weight (small-M kernel; a hint) ---------------
-
-# Next layers: full octets; a partial octet with K % 128 == 64, g64 and zero points; channelwise.
-NEXT_LAYERS = [(1024, 1536, 128, False), (1088, 640, 64, True), (512, 1024, -1, False)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("zero_points", [False, True])
-def test_prefetching_the_next_layer_keeps_every_bit(dtype, zero_points):
-    """vmp::machete_mm's next_* / prefetch_bytes (the small-M kernel's prefetch variant asks L2
-    for the heads of the next layer's stripes as it finishes) change no output bit at 1..16
-    tokens for any next layer and budget, eagerly and replayed in a CUDA graph; the variant
-    really runs then, and only then; larger M (other kernels) ignore it. Which bytes are
-    prefetched is checked without a GPU (tests/test_l2_prefetch.py)."""
-    k, n = 1024, 1536
-    (w, spec, p), *rest = prepare_layers(MacheteBackend, dtype, [(k, n, 128, zero_points)] + NEXT_LAYERS)
-    nexts = [q for _, _, q in rest]
-
-    def mm(x, nxt=None, budget=0):
-        return MacheteBackend.apply(spec, p, x, nxt, prefetch=budget)
-
-    for m in (1, 8, 9, 16, 40):
-        x = torch.randn(m, k, device=DEV).to(dtype)
-        want = mm(x)
-        assert_close(want, x, w)
-        for nxt in nexts:
-            for budget in (1 << 16, 16 << 20, 1 << 30):
-                assert torch.equal(mm(x, nxt, budget), want), (m, nxt["w"].shape, budget)
-    x = torch.randn(16, k, device=DEV).to(dtype)
-    assert prefetch_flags(lambda: mm(x, nexts[1], 16 << 20), "small_m_kernel") == ["true"]
-    assert prefetch_flags(lambda: mm(x), "small_m_kernel") == ["false"]
-    assert prefetch_flags(lambda: mm(x, nexts[1], 1 << 10), "small_m_kernel") == ["false"]  # < one column
-    graph, out = capture_graph(lambda: mm(x, nexts[1], 16 << 20))
-    x.copy_(torch.randn(16, k, device=DEV).to(dtype))
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, mm(x))
-    w_next, s_next = nexts[0]["w"], nexts[0]["scales"]
-
-    def op(*nxt):
-        return torch.ops.vmp.machete_mm(x, p["w"], p["scales"], p.get("zeros"), 128, None, p["locks"], *nxt)
-
-    with pytest.raises(RuntimeError, match=r"next_w and next_scales \(and next_zeros, if the next layer has zero "
-                                           r"points\) come together"):
-        op(w_next, None, None, 1 << 20)
-    with pytest.raises(RuntimeError, match=r"next_scales must be the next layer's contiguous 2-byte "
-                                           r"\[groups, N\] tensor for its weight of K=1024, N=1536"):
-        op(w_next, s_next.float(), None, 1 << 20)
-    with pytest.raises(RuntimeError, match=r"prefetch_bytes must be >= 0"):
-        op(w_next, s_next, None, -1)
-    shifted = torch.empty(s_next.numel() + 1, dtype=s_next.dtype, device=DEV)[1:].view(s_next.shape)
-    with pytest.raises(RuntimeError, match=r"the next layer's tensors must start 16-byte aligned"):
-        op(w_next, shifted, None, 1 << 20)
-    assert torch.equal(op(w_next.cpu(), s_next.cpu(), None, 1 << 20), out)  # on another device: no hint, no error
 
 
 def test_bad_inputs_have_clear_errors():

@@ -29,7 +29,7 @@ from vllm_machete_plugin.bench.kernels import smem_limits
 from vllm_machete_plugin.canonical import CanonicalW4, dequantize
 from vllm_machete_plugin.marlin_layout_ref import padded_kn, permute_groups_ref, repack_ref
 from gpu_common import (DEV, DRAIN_K, DRAIN_MS, DRAIN_N, DRAIN_PLANS, capture_graph, in_host_memory,  # noqa: E402
-                        make_weight, prefetch_flags, prepare_layers, spec_for)
+                        make_weight, prepare_layers, spec_for)
 
 _why_skip = ("no CUDA GPU" if not torch.cuda.is_available()
              else "" if ops.kernels_available() else f"kernels not built: {ops._load()}")
@@ -195,58 +195,6 @@ def test_smaller_gpu_plans_drain_here():
     for cap in DRAIN_PLANS:
         for m in DRAIN_MS:
             assert torch.ops.vmp.marlin_tile_plan(m, DRAIN_N, DRAIN_K, *limits, cap)[4] == 1, (cap, m)
-
-
-# Next layers for the prefetch: g128; g32 with zero points; channelwise; N and K padded.
-NEXT_LAYERS = [(1024, 1536, 128, False), (1152, 768, 32, True), (512, 1000, -1, False)]
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("zero_points", [False, True])
-def test_prefetching_the_next_layer_keeps_every_bit(dtype, zero_points):
-    """vmp::marlin_gemm's next_* / prefetch_bytes (16-row tiles ask L2 for the heads of the next
-    layer's stripes as they end, in a separate kernel variant) change no output bit at 1..16
-    tokens for any next layer and budget, under other launch plans and in a CUDA graph; the
-    variant really runs then, and only then; larger tiles ignore it. Which bytes are prefetched
-    is checked without a GPU (tests/test_l2_prefetch.py)."""
-    k, n = 1024, 1536
-    (w, spec, p), *rest = prepare_layers(MarlinBackend, dtype, [(k, n, 128, zero_points)] + NEXT_LAYERS)
-    nexts = [q for _, _, q in rest]
-    for m in (1, 5, 9, 16, 40):
-        x = torch.randn(m, k, device=DEV).to(dtype)
-        for plan in (None, "blocks=2", "swap=0"):
-            want = MarlinBackend.apply(spec, p, x, plan)
-            assert_close_to_reference(want, x, w, reference_mm(x, w))
-            for nxt in nexts:
-                for budget in (1 << 16, 16 << 20, 1 << 30):
-                    got = MarlinBackend.apply(spec, p, x, plan, nxt, budget)
-                    assert torch.equal(got, want), (m, plan, nxt["qweight"].shape, budget)
-            assert int(p["workspace"].abs().sum()) == 0
-    x = torch.randn(16, k, device=DEV).to(dtype)
-    assert prefetch_flags(lambda: MarlinBackend.apply(spec, p, x, None, nexts[1], 16 << 20), "gemm_kernel") == ["true"]
-    assert prefetch_flags(lambda: MarlinBackend.apply(spec, p, x), "gemm_kernel") == ["false"]
-    x40 = torch.randn(40, k, device=DEV).to(dtype)  # a 48-row tile: no prefetch variant
-    assert prefetch_flags(lambda: MarlinBackend.apply(spec, p, x40, None, nexts[1], 16 << 20), "gemm_kernel") == ["false"]
-    graph, out = capture_graph(lambda: MarlinBackend.apply(spec, p, x, None, nexts[1], 16 << 20))
-    x.copy_(torch.randn(16, k, device=DEV).to(dtype))
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, MarlinBackend.apply(spec, p, x))
-    args = (x, p["qweight"], p["scales"], p.get("zeros"), p["workspace"], n, 128, None)
-    with pytest.raises(RuntimeError, match=r"next_w and next_scales \(and next_zeros, if the next layer has zero "
-                                           r"points\) come together"):
-        torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"], None, None, 1 << 20)
-    with pytest.raises(RuntimeError, match=r"next_scales must be the next layer's contiguous 2-byte \[groups, N_pad\] "
-                                           r"tensor for its weight of K_pad=1024, N_pad=1536"):
-        torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"], nexts[0]["scales"].float(), None, 1 << 20)
-    with pytest.raises(RuntimeError, match=r"prefetch_bytes must be >= 0"):
-        torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"], nexts[0]["scales"], None, -1)
-    s_next = nexts[0]["scales"]
-    shifted = torch.empty(s_next.numel() + 1, dtype=s_next.dtype, device=DEV)[1:].view(s_next.shape)
-    with pytest.raises(RuntimeError, match=r"the next layer's tensors must start 16-byte aligned"):
-        torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"], shifted, None, 1 << 20)
-    # A next layer on another device: no hint, no error.
-    assert torch.equal(torch.ops.vmp.marlin_gemm(*args, nexts[0]["qweight"].cpu(), s_next.cpu(), None, 1 << 20), out)
 
 
 def test_a_call_plan_replaces_the_environment_and_is_checked():

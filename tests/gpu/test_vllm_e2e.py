@@ -133,24 +133,6 @@ def test_compiled_with_cuda_graphs_matches_and_never_recompiles(tmp_path_factory
     _assert_agree(dtype, ours, theirs)
 
 
-def test_prefetching_the_next_layer_changes_no_token(tmp_path_factory):
-    """VMP_L2_PREFETCH_MB (the small-M kernel prefetches the next layer's weight into L2, a
-    hint) in vLLM's compiled CUDA-graph mode: the layers are linked in the order they run, and
-    the tokens and log-probs are those of the same run without it, with no recompilation."""
-    model = _checkpoint(tmp_path_factory, "gptq", "float16")
-    env = {"TORCH_LOGS": "recompiles"}
-    plain, _ = _generate(model, "machete", "float16", eager=False, env=env, vary_batch=True)
-    pre, log = _generate(model, "machete", "float16", eager=False, env={**env, "VMP_L2_PREFETCH_MB": "16"},
-                         vary_batch=True)
-    _assert_our_kernels(log, "machete")
-    assert ("prefetches up to 16 MB of the next layer's weight into L2 (first: model.layers.0.self_attn.qkv_proj "
-            "-> model.layers.0.self_attn.o_proj)") in log
-    assert "Recompiling function" not in log
-    assert [o["token_ids"] for o in pre] == [o["token_ids"] for o in plain]
-    for a, b in zip(pre, plain):
-        assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-5)
-
-
 def test_lora_adapter_matches_vllm_builtin(tmp_path_factory):
     """`--enable-lora` on our layers, vLLM's default compiled CUDA-graph mode: one batch where the
     even prompts run a LoRA adapter and the odd ones the base model gives the tokens of vLLM's

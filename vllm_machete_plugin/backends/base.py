@@ -64,10 +64,3 @@ class Backend:
     def apply(cls, spec: LayerSpec, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """x: [M, K] contiguous, act dtype. Returns [M, N] in the act dtype."""
         raise NotImplementedError
-
-    @classmethod
-    def prefetch_budget(cls) -> int:
-        """> 0: apply() also takes next_weights=, the prepared tensors of the layer that runs
-        next in the model (same backend), and prefetches up to this many bytes of them into L2
-        (a hint; results never depend on it). MacheteBackend: VMP_L2_PREFETCH_MB."""
-        return 0

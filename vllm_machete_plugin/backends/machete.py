@@ -13,9 +13,7 @@ VMP_MACHETE_SCHEDULE if set when this module was imported, else the C++ heuristi
 the small-M mma.sync kernel (kernels/machete/machete_small_m.cu) for M <= 16 (64x8 up to
 8 tokens, 64x16 up to 16), our own wgmma tiles (kernels/machete/machete_mid_m.cu) 256x32w /
 256x64w at 17..64 tokens and 256x128w at 65..128 (and 257..512 on gate_up-sized N) on large
-layers, the CUTLASS wgmma tiles elsewhere (docs/machete_heuristic.md). With VMP_L2_PREFETCH_MB
-and the next layer's prepared tensors (next_weights, linked by the linear method), the small-M
-kernel prefetches the head of that layer's weight stream into L2 as it finishes (a hint).
+layers, the CUTLASS wgmma tiles elsewhere (docs/machete_heuristic.md).
 """
 from __future__ import annotations
 
@@ -28,7 +26,6 @@ from .. import ops
 from ..canonical import CanonicalW4
 from . import add_backend
 from .base import Backend, LayerSpec
-from .prefetch import PREFETCH_BYTES, prefetch_args
 
 ENV_SCHEDULE = "VMP_MACHETE_SCHEDULE"  # force one schedule name (see schedules())
 GROUP_SIZES = (64, 128)                # plus channelwise (group_size == K)
@@ -103,19 +100,10 @@ class MacheteBackend(Backend):
         return out
 
     @classmethod
-    def prefetch_budget(cls) -> int:
-        return PREFETCH_BYTES
-
-    @classmethod
-    def apply(cls, spec: LayerSpec, weights: dict[str, torch.Tensor], x: torch.Tensor,
-              next_weights: Optional[dict[str, torch.Tensor]] = None,
-              prefetch: Optional[int] = None) -> torch.Tensor:
-        """next_weights: the prepared tensors of the layer that runs next; `prefetch` bytes of
-        them (default PREFETCH_BYTES) are prefetched into L2 by the small-M kernel."""
+    def apply(cls, spec: LayerSpec, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         group = -1 if spec.group_size == spec.k else spec.group_size
         return torch.ops.vmp.machete_mm(x, weights["w"], weights["scales"], weights.get("zeros"), group,
-                                        FORCED_SCHEDULE, weights.get("locks"),
-                                        *prefetch_args(next_weights, "w", prefetch))
+                                        FORCED_SCHEDULE, weights.get("locks"))
 
 
 # fp16 mid-M kernels hold rows row + 8 of each fragment as 16x the weight (machete_mid_m.cu):
@@ -164,9 +152,7 @@ def _prepack_fake(codes: torch.Tensor, has_zeros: bool) -> torch.Tensor:
 @ops.fake_impl("machete_mm")
 def _mm_fake(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
              group_size: int, schedule: Optional[str] = None,
-             locks: Optional[torch.Tensor] = None, next_w: Optional[torch.Tensor] = None,
-             next_scales: Optional[torch.Tensor] = None, next_zeros: Optional[torch.Tensor] = None,
-             prefetch_bytes: int = 0) -> torch.Tensor:
+             locks: Optional[torch.Tensor] = None) -> torch.Tensor:
     check_weight_kind(w, zeros is not None)
     return x.new_empty((x.shape[0], w.shape[1]))
 

@@ -22,7 +22,6 @@ from ..marlin_layout_ref import padded_kn
 from ..ops import built_archs, fake_impl, kernels_available, require_kernels, runs_on
 from . import add_backend
 from .base import Backend, LayerSpec
-from .prefetch import PREFETCH_BYTES, prefetch_args
 
 SUPPORTED_GROUPS = (32, 64, 128)
 ACT_DTYPES = (torch.float16, torch.bfloat16)
@@ -93,24 +92,16 @@ class MarlinBackend(Backend):
         return out
 
     @classmethod
-    def prefetch_budget(cls) -> int:
-        return PREFETCH_BYTES
-
-    @classmethod
     def apply(cls, spec: LayerSpec, weights: dict[str, torch.Tensor], x: torch.Tensor,
-              plan: Optional[str] = None, next_weights: Optional[dict[str, torch.Tensor]] = None,
-              prefetch: Optional[int] = None) -> torch.Tensor:
-        """`plan`: launch-plan caps in VMP_MARLIN_PLAN's form for this call only (benchmarks).
-        next_weights: the prepared tensors of the layer that runs next; `prefetch` bytes of them
-        (default PREFETCH_BYTES, backends/prefetch.py) are prefetched into L2 as the kernel ends."""
+              plan: Optional[str] = None) -> torch.Tensor:
+        """`plan`: launch-plan caps in VMP_MARLIN_PLAN's form for this call only (benchmarks)."""
         require_kernels("MarlinBackend.apply")
         k_pad = weights["qweight"].shape[0] * 16
         if x.shape[-1] != k_pad:
             x = F.pad(x, (0, k_pad - x.shape[-1]))
         return torch.ops.vmp.marlin_gemm(x.contiguous(), weights["qweight"], weights["scales"],
                                          weights.get("zeros"), weights["workspace"], spec.n,
-                                         _kernel_group_size(spec), plan,
-                                         *prefetch_args(next_weights, "qweight", prefetch))
+                                         _kernel_group_size(spec), plan)
 
 
 @fake_impl("marlin_repack")
@@ -124,6 +115,5 @@ def _marlin_permute_groups_fake(src: torch.Tensor, g_pad, n_pad) -> torch.Tensor
 
 
 @fake_impl("marlin_gemm")
-def _marlin_gemm_fake(x, w, scales, zeros, workspace, size_n, group_size, plan=None, next_w=None,
-                      next_scales=None, next_zeros=None, prefetch_bytes=0) -> torch.Tensor:
+def _marlin_gemm_fake(x, w, scales, zeros, workspace, size_n, group_size, plan=None) -> torch.Tensor:
     return x.new_empty((x.shape[0], size_n))

@@ -1,10 +1,9 @@
-"""`python -m vllm_machete_plugin.bench <suite> [options]`; suites: kernels, chain, e2e, soak, load, profile,
-wgmma."""
+"""`python -m vllm_machete_plugin.bench <suite> [options]`; suites: kernels, e2e, soak, load, profile, wgmma."""
 from __future__ import annotations
 
 import sys
 
-SUITES = ("kernels", "chain", "e2e", "soak", "load", "profile", "wgmma")
+SUITES = ("kernels", "e2e", "soak", "load", "profile", "wgmma")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +21,6 @@ def main(argv: list[str] | None = None) -> int:
         from .profile import main as suite_main
     elif argv[0] == "wgmma":
         from .wgmma import main as suite_main
-    elif argv[0] == "chain":
-        from .chain import main as suite_main
     else:
         from .kernels import main as suite_main
     return suite_main(argv[1:])
