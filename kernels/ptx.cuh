@@ -1,5 +1,5 @@
 // Inline-PTX wrappers shared by the mma.sync kernels (Marlin, Machete small-M): shared
-// addresses, cp.async, ldmatrix, shared loads, LOP3, mma.sync: sm_80 instructions; the
+// addresses, cp.async, ldmatrix, shared loads, LOP3, mma.sync: sm_80 instructions; and the
 // programmatic-dependent-launch controls (sm_90 instructions, no-ops below sm_90).
 #pragma once
 

@@ -433,22 +433,10 @@ const void* kernel_for_type(int t) {
   return t == 1 ? reinterpret_cast<const void*>(&small_m_kernel<T, 1, kZeros>)
                 : reinterpret_cast<const void*>(&small_m_kernel<T, 2, kZeros>);
 }
-template <typename T>
-const void* kernel_for_type(bool zeros, int t) {
-  return zeros ? kernel_for_type<T, true>(t) : kernel_for_type<T, false>(t);
-}
 
 const void* kernel_for(ActType act, bool zeros, int t) {
-  return act == kF16 ? kernel_for_type<half>(zeros, t) : kernel_for_type<__nv_bfloat16>(zeros, t);
-}
-
-// Block units of an N x K call: (octet of 8 row groups, 128-deep k block), octet-major;
-// stripes balanced over the resident blocks of t token blocks on `sms` SMs.
-long long block_units(int n, int k) {
-  return (n / kRows + kWarps - 1) / kWarps * static_cast<long long>((k + kUnitK - 1) / kUnitK);
-}
-Stripes unit_stripes(long long units, int sms, int t) {
-  return split_stripes(units, static_cast<long long>(sms) * blocks_per_sm(t));
+  if (act == kF16) return zeros ? kernel_for_type<half, true>(t) : kernel_for_type<half, false>(t);
+  return zeros ? kernel_for_type<__nv_bfloat16, true>(t) : kernel_for_type<__nv_bfloat16, false>(t);
 }
 
 }  // namespace
@@ -467,8 +455,11 @@ const char* plan_small_m(int schedule, const MMArgs& a, SmallMPlan* plan) {
   plan->smem_bytes = kXRowBytes + kWarps * kStages * plan->stage_bytes;
   if (plan->smem_bytes > budget) return "too little shared memory per SM for the small-M pipeline";
   plan->tokens = tokens_per_tile;
-  const long long units = block_units(a.n, a.k);
-  const Stripes sp = unit_stripes(units, a.sm_count, t);
+  // Block units: (octet of 8 row groups, 128-deep k block); stripes balanced over the
+  // resident blocks.
+  const long long octets = (a.n / kRows + kWarps - 1) / kWarps;
+  const long long units = octets * ((a.k + kUnitK - 1) / kUnitK);
+  const Stripes sp = split_stripes(units, static_cast<long long>(a.sm_count) * blocks_per_sm(t));
   plan->units = static_cast<int>(units);
   plan->stripe = sp.stripe;
   plan->grid = sp.grid;

@@ -224,14 +224,12 @@ std::vector<int64_t> marlin_stripe_map(int64_t chunks, int64_t n_tiles, int64_t 
 // limits (cudaDeviceGetAttribute's SM count, shared memory per SM, per block opt-in and
 // reserved per block) under `plan` (parse_plan's form), as [m_blocks, chunks, stages,
 // blocks_per_sm, drain, smem_bytes]; [] when no tile fits.
-// The host-only ops' GPU: an M and a padded shape the planner takes, and cudaDeviceGetAttribute's
-// SM count, shared memory per SM, per block opt-in and reserved per block.
-DeviceLimits host_limits(const char* op, int64_t m, int64_t n_pad, int64_t k_pad, int64_t sms, int64_t smem_per_sm,
-                         int64_t smem_optin, int64_t smem_reserved) {
+std::vector<int64_t> marlin_tile_plan(int64_t m, int64_t n_pad, int64_t k_pad, int64_t sms, int64_t smem_per_sm,
+                                      int64_t smem_optin, int64_t smem_reserved, const std::optional<std::string>& plan) {
   VMP_CHECK(m >= 1 && m <= kMaxDim && n_pad >= kTileN && n_pad % kTileN == 0 && n_pad <= kMaxDim && k_pad >= kTileK &&
                 k_pad % kTileK == 0 && k_pad <= kMaxDim && sms >= 1 && smem_per_sm >= 1 && smem_optin >= 1 &&
                 smem_reserved >= 0 && smem_per_sm <= (1 << 24) && smem_optin <= smem_per_sm,
-            op, ": needs 1 <= m, n_pad a multiple of ", kTileN, ", k_pad of ", kTileK,
+            "vmp::marlin_tile_plan: needs 1 <= m, n_pad a multiple of ", kTileN, ", k_pad of ", kTileK,
             ", positive limits with smem_optin <= smem_per_sm; got m=", m, ", n_pad=", n_pad, ", k_pad=", k_pad,
             ", limits ", sms, ", ", smem_per_sm, ", ", smem_optin, ", ", smem_reserved);
   DeviceLimits lim;
@@ -239,13 +237,6 @@ DeviceLimits host_limits(const char* op, int64_t m, int64_t n_pad, int64_t k_pad
   lim.smem_per_sm = static_cast<int>(smem_per_sm);
   lim.smem_optin = static_cast<int>(smem_optin);
   lim.smem_reserved = static_cast<int>(smem_reserved);
-  return lim;
-}
-
-std::vector<int64_t> marlin_tile_plan(int64_t m, int64_t n_pad, int64_t k_pad, int64_t sms, int64_t smem_per_sm,
-                                      int64_t smem_optin, int64_t smem_reserved, const std::optional<std::string>& plan) {
-  const DeviceLimits lim =
-      host_limits("vmp::marlin_tile_plan", m, n_pad, k_pad, sms, smem_per_sm, smem_optin, smem_reserved);
   const mk::PlanHints hints = plan ? parse_plan(plan->c_str(), "vmp::marlin_tile_plan plan") : mk::PlanHints{};
   mk::TileChoice t;
   if (!mk::choose_tile(static_cast<int>(m), static_cast<int>(n_pad), static_cast<int>(k_pad), lim, hints, &t)) return {};

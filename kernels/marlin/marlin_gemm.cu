@@ -676,7 +676,7 @@ const void* kernel_for_type(int mb, int stages, bool drain, bool zeros, bool swa
   }
 }
 
-// nullptr when (mb, stages, drain) is not compiled (!stages_compiled), swap is asked for mb > 1
+// nullptr when (mb, stages, drain) is not compiled (!stages_compiled) or swap is asked for mb > 1.
 const void* kernel_for(DType dtype, int mb, int stages, bool drain, bool zeros, bool swap) {
   if (swap && mb != 1) return nullptr;
   return dtype == DType::kFloat16 ? kernel_for_type<half>(mb, stages, drain, zeros, swap)
